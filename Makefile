@@ -1,0 +1,60 @@
+# Two commands: `make demo` and `make test`. Everything they need, they install.
+PYTHON ?= python3
+VENV := .venv
+STABLE := .venv-test-stable
+ALPHA := .venv-test-alpha
+PYTEST_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8001
+
+.PHONY: demo demo-data test test-stable test-alpha browser-deps bench lint clean
+
+# ---------------------------------------------------------------- demo
+$(VENV)/.installed: setup.py
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+demo-data: $(VENV)/.installed
+	$(VENV)/bin/python demo_data/build.py
+
+demo: demo-data
+	$(VENV)/bin/python demo_data/serve.py --host $(HOST) --port $(PORT)
+
+# ---------------------------------------------------------------- tests
+$(STABLE)/.installed: setup.py
+	test -d $(STABLE) || $(PYTHON) -m venv $(STABLE)
+	$(STABLE)/bin/pip install -q --upgrade pip
+	$(STABLE)/bin/pip install -q -e ".[test]" "datasette>=0.65.5,<1.0"
+	touch $@
+
+$(ALPHA)/.installed: setup.py
+	test -d $(ALPHA) || $(PYTHON) -m venv $(ALPHA)
+	$(ALPHA)/bin/pip install -q --upgrade pip
+	$(ALPHA)/bin/pip install -q --pre -e ".[test]" "datasette>=1.0a0"
+	touch $@
+
+browser-deps:
+	@bash .ci/browser-deps.sh
+
+test: browser-deps $(STABLE)/.installed $(ALPHA)/.installed
+	@echo "=== Datasette stable: $$($(STABLE)/bin/python -c 'import datasette.version as v; print(v.__version__)')"
+	$(STABLE)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@echo "=== Datasette alpha: $$($(ALPHA)/bin/python -c 'import datasette.version as v; print(v.__version__)')"
+	$(ALPHA)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-stable: browser-deps $(STABLE)/.installed
+	$(STABLE)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-alpha: browser-deps $(ALPHA)/.installed
+	$(ALPHA)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STABLE)/.installed
+	$(STABLE)/bin/python benchmarks/run_all.py
+
+lint: $(STABLE)/.installed
+	$(STABLE)/bin/ruff check datasette_llm_core datasette_llm_extract datasette_llm_rag tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(STABLE) $(ALPHA) build *.egg-info

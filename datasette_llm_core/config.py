@@ -1,0 +1,94 @@
+"""Plugin configuration, parsed and validated in one place.
+
+Everything lives under ``plugins: datasette-llm-newsroom:`` in metadata.yml
+(Datasette 0.65) or datasette.yaml (1.0; 1.0 also moves ``plugins`` found in
+metadata into config). Secrets come from environment variables via
+``{"$env": "NAME"}`` (resolved by Datasette) or ``api_key_env: NAME``.
+The ``extract`` and ``rag`` sections belong to those plugins and are kept as
+plain dicts here; each plugin validates its own section.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+PLUGIN_NAME = "datasette-llm-newsroom"
+
+Purpose = Literal["extract", "answer", "embed"]
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="Id used in defaults, fallbacks and the model picker")
+    provider: Literal["openai", "anthropic", "openai-compatible"]
+    model: str | None = Field(None, description="Vendor model name; defaults to id")
+    label: str | None = None
+    api_key: str | None = Field(None, description='Usually {"$env": "OPENAI_API_KEY"}')
+    api_key_env: str | None = Field(None, description="Environment variable holding the key")
+    base_url: str | None = None
+    supports: list[Literal["streaming", "schema", "images", "pdfs"]] | None = None
+    input_cost_per_mtok: float | None = None
+    output_cost_per_mtok: float | None = None
+    context_tokens: int | None = None
+    timeout: float | None = None
+    dimensions: int | None = None  # embedding models only
+
+
+class RetryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff: float = Field(0.5, ge=0)
+    max_backoff: float = Field(30.0, ge=0)
+
+
+class BudgetConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost_per_run: float | None = None
+    max_tokens_per_run: int | None = None
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_database: str | None = None
+    models: list[ModelConfig] = []
+    embedding_models: list[ModelConfig] = []
+    defaults: dict[str, str] = {}
+    fallback: dict[str, list[str]] | list[str] = {}
+    retries: RetryConfig = RetryConfig()
+    timeout: float = Field(60.0, gt=0)
+    budgets: BudgetConfig = BudgetConfig()
+    permissions: dict[str, Any] = {}
+    extract: dict[str, Any] = {}
+    rag: dict[str, Any] = {}
+
+    def fallback_chain(self, purpose: str) -> list[str]:
+        if isinstance(self.fallback, list):
+            return list(self.fallback)
+        return list(self.fallback.get(purpose, []))
+
+
+def parse_settings(raw: dict | None) -> Settings:
+    try:
+        return Settings.model_validate(raw or {})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(
+            f"Invalid configuration under plugins: {PLUGIN_NAME}: {problems}. "
+            "See the Configuration section of the README."
+        ) from None
+
+
+def plugin_settings(datasette) -> Settings:
+    """Parsed settings for this Datasette instance (raises ``ConfigError``)."""
+    return parse_settings(datasette.plugin_config(PLUGIN_NAME))

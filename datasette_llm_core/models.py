@@ -1,0 +1,129 @@
+"""Base classes every chat and embedding model implements.
+
+A *model* knows one vendor's request/response format; the authenticated
+client, base URL and HTTP connection belong to its *provider* (see
+``providers/``). Models declare capabilities as attributes and implement one
+method (``stream`` for chat, ``embed`` for embeddings).
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, ClassVar, Literal
+
+import numpy as np
+
+from .errors import CapabilityError
+from .types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, Usage
+
+CAPABILITY_LABELS = {
+    "schema": "structured output",
+    "images": "image input",
+    "pdfs": "PDF input",
+    "streaming": "streaming",
+}
+
+
+class ChatModel:
+    """A chat model. Subclasses set the attributes and implement ``stream``."""
+
+    #: Unique id used in configuration, the call log and the model picker.
+    model_id: str = ""
+    #: Provider name ("openai", "anthropic", "openai-compatible", "test", ...).
+    provider: str = ""
+    #: Human-readable name for the model picker.
+    label: str = ""
+    supports_streaming: ClassVar[bool] | bool = True
+    supports_schema: ClassVar[bool] | bool = True
+    supports_images: ClassVar[bool] | bool = False
+    supports_pdfs: ClassVar[bool] | bool = False
+    #: USD per million input / output tokens, for estimates; None if unknown.
+    input_cost_per_mtok: float | None = None
+    output_cost_per_mtok: float | None = None
+    #: Context window in tokens (used to size chunks).
+    context_tokens: int = 128_000
+
+    def capabilities(self) -> set[str]:
+        caps = set()
+        if self.supports_streaming:
+            caps.add("streaming")
+        if self.supports_schema:
+            caps.add("schema")
+        if self.supports_images:
+            caps.add("images")
+        if self.supports_pdfs:
+            caps.add("pdfs")
+        return caps
+
+    def check(self, request: ChatRequest) -> None:
+        """Raise ``CapabilityError`` if this model cannot serve ``request``."""
+        missing = request.needs() - self.capabilities()
+        if missing:
+            labels = ", ".join(sorted(CAPABILITY_LABELS.get(m, m) for m in missing))
+            raise CapabilityError(
+                f"Model {self.model_id!r} does not support {labels}. "
+                "Pick a model that does, or configure one under "
+                "plugins: datasette-llm-newsroom: models."
+            )
+
+    def estimate_cost(self, input_tokens: int, output_tokens: int) -> float | None:
+        if self.input_cost_per_mtok is None or self.output_cost_per_mtok is None:
+            return None
+        return (
+            input_tokens * self.input_cost_per_mtok
+            + output_tokens * self.output_cost_per_mtok
+        ) / 1_000_000
+
+    async def stream(
+        self, request: ChatRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Yield ``TextDelta`` events, then exactly one ``StreamEnd``.
+
+        Errors are raised as ``ModelError`` (wrapping the vendor exception).
+        """
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    async def complete(
+        self, request: ChatRequest, *, timeout: float | None = None
+    ) -> ChatResponse:
+        """Run ``stream`` to the end and return the whole response."""
+        pieces: list[str] = []
+        end = StreamEnd()
+        async for event in self.stream(request, timeout=timeout):
+            if isinstance(event, TextDelta):
+                pieces.append(event.text)
+            elif isinstance(event, StreamEnd):
+                end = event
+        return ChatResponse(
+            text="".join(pieces),
+            usage=end.usage or Usage(),
+            model_id=self.model_id,
+            finish_reason=end.finish_reason,
+        )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_id}>"
+
+
+class EmbeddingModel:
+    """An embedding model. Subclasses implement ``embed``."""
+
+    model_id: str = ""
+    provider: str = ""
+    dimensions: int = 0
+    #: How many texts one call to ``embed`` should carry at most.
+    batch_size: int = 64
+    input_cost_per_mtok: float | None = None
+
+    async def embed(
+        self, texts: list[str], *, kind: Literal["query", "document"]
+    ) -> np.ndarray:
+        """Return a float32 array of shape (len(texts), dimensions), L2-normalised.
+
+        ``kind`` says whether the texts are search queries or documents to
+        index; models that embed the two differently use it.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.model_id}>"

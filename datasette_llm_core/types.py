@@ -1,0 +1,126 @@
+"""Plain data types passed between the plugins and model providers.
+
+Nothing here imports Datasette or a vendor SDK.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+
+@dataclass
+class TextPart:
+    text: str
+
+
+@dataclass
+class ImagePart:
+    data: bytes
+    media_type: str  # image/jpeg, image/png, image/webp, image/gif
+
+
+@dataclass
+class PdfPart:
+    data: bytes
+    filename: str = "document.pdf"
+
+
+Part = Union[TextPart, ImagePart, PdfPart]
+
+
+@dataclass
+class Message:
+    role: Literal["user", "assistant"]
+    parts: list[Part]
+
+    @classmethod
+    def user(cls, *parts: Part | str) -> "Message":
+        return cls("user", [TextPart(p) if isinstance(p, str) else p for p in parts])
+
+    @classmethod
+    def assistant(cls, text: str) -> "Message":
+        return cls("assistant", [TextPart(text)])
+
+
+@dataclass
+class ChatRequest:
+    """One call to a chat model.
+
+    ``json_schema`` asks for structured output matching that JSON schema; the
+    provider uses its vendor's native mechanism (OpenAI ``response_format``,
+    Anthropic forced tool / structured output) and the text of the response is
+    then the JSON document.
+    """
+
+    messages: list[Message]
+    system: str | None = None
+    json_schema: dict | None = None
+    schema_name: str = "output"
+    max_tokens: int = 4096
+    temperature: float | None = 0.0
+
+    def needs(self) -> set[str]:
+        """Capabilities a model must declare to serve this request."""
+        needed: set[str] = set()
+        if self.json_schema is not None:
+            needed.add("schema")
+        for message in self.messages:
+            for part in message.parts:
+                if isinstance(part, ImagePart):
+                    needed.add("images")
+                elif isinstance(part, PdfPart):
+                    needed.add("pdfs")
+        return needed
+
+    def text_length(self) -> int:
+        """Characters of text in the request, for rough token estimates."""
+        total = len(self.system or "")
+        for message in self.messages:
+            for part in message.parts:
+                if isinstance(part, TextPart):
+                    total += len(part.text)
+        return total
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+        )
+
+
+@dataclass
+class TextDelta:
+    """A piece of streamed output text."""
+
+    text: str
+
+
+@dataclass
+class StreamEnd:
+    """Last event of a stream: token usage and why the model stopped."""
+
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None  # "stop", "length", "tool_use", ...
+
+
+StreamEvent = Union[TextDelta, StreamEnd]
+
+
+@dataclass
+class ChatResponse:
+    text: str
+    usage: Usage
+    model_id: str
+    finish_reason: str | None = None
+
+    def json(self):
+        """Parse the text as JSON (raises ``json.JSONDecodeError``)."""
+        return json.loads(self.text)

@@ -1,0 +1,1 @@
+"""Schema-driven extraction into reviewed, traceable table rows (Datasette hooks only)."""

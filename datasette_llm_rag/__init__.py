@@ -1,0 +1,1 @@
+"""Cited question answering and semantic search over existing tables (Datasette hooks only)."""

