@@ -24,8 +24,8 @@ setup(
     packages=find_packages(include=["datasette_llm_core*", "datasette_llm_extract*", "datasette_llm_rag*"]),
     package_data={
         "datasette_llm_core": ["embeddings/tokenizer/*", "templates/*.html", "static/*"],
-        "datasette_llm_extract": ["templates/*.html", "static/*"],
-        "datasette_llm_rag": ["templates/*.html", "static/*"],
+        "datasette_llm_extract": ["templates/*.html"],
+        "datasette_llm_rag": ["templates/*.html"],
     },
     entry_points={
         "datasette": [

@@ -26,3 +26,39 @@ ACTIONS = {
     "llm-index": "Build or refresh the semantic search index",
     "llm-view-log": "View the LLM call log and the suite's state database",
 }
+
+
+# The functions below are the whole public interface; views call only these.
+# (First version: root-only defaults; the full 0.65/1.0 compatibility layer
+# with config-driven grants replaces the bodies, not the signatures.)
+
+
+async def allowed(
+    datasette,
+    actor: dict | None,
+    action: str,
+    database: str | None = None,
+    table: str | None = None,
+) -> bool:
+    """May ``actor`` perform the suite ``action`` on this database/table?"""
+    if action == "llm-search":
+        return await can_view(datasette, actor, database)
+    return bool(actor and actor.get("id") == "root")
+
+
+async def ensure_allowed(datasette, actor, action, database=None, table=None) -> None:
+    """Raise ``datasette.Forbidden`` unless ``allowed(...)``."""
+    from datasette import Forbidden
+
+    if not await allowed(datasette, actor, action, database, table):
+        raise Forbidden(f"You do not have permission to {ACTIONS.get(action, action).lower()}.")
+
+
+async def can_view(datasette, actor, database: str | None, table: str | None = None) -> bool:
+    """Datasette's own view-instance/view-database/view-table checks, on either line."""
+    raise NotImplementedError
+
+
+async def viewable_tables(datasette, actor, database: str, tables: list[str]) -> list[str]:
+    """The subset of ``tables`` in ``database`` that ``actor`` may view."""
+    raise NotImplementedError
