@@ -20,3 +20,39 @@ def startup(datasette):
         await state_db(datasette)
 
     return inner
+
+
+# --- permissions (logic in permissions.py) --------------------------------
+# permission_allowed exists only on Datasette 0.65; register_actions and
+# permission_resources_sql only on 1.0. Pluggy keeps an impl for a hook the
+# running line lacks as unverified and never calls it (tests load both lines).
+from . import permissions as _permissions  # noqa: E402
+
+
+@hookimpl(specname="permission_allowed", trylast=True)
+def llm_permission_allowed(datasette, actor, action, resource):
+    if action in _permissions.ACTIONS or action in _permissions.STATE_DB_GUARDED:
+        return _permissions.permission_allowed_065(datasette, actor, action, resource)
+    return None
+
+
+@hookimpl(specname="register_actions")
+def llm_register_actions(datasette):
+    return _permissions.action_objects()
+
+
+@hookimpl(specname="permission_resources_sql")
+def llm_permission_resources_sql(datasette, actor, action):
+    if action in _permissions.ACTIONS or action in _permissions.STATE_DB_GUARDED:
+        return _permissions.permission_resources_sql_v1(datasette, actor, action)
+    return None
+
+
+@hookimpl(specname="menu_links")
+def llm_menu_links(datasette, actor, request):
+    return _permissions.menu_links_body(datasette, actor)
+
+
+@hookimpl(specname="startup")
+def llm_check_permission_config(datasette):
+    _permissions.grants_for(datasette)  # raises ConfigError on a bad permissions: block

@@ -5,19 +5,46 @@ The suite's actions:
 =================  ==========  ==============================================
 action             resource    default
 =================  ==========  ==============================================
-llm-extract        table/db    root only (spends money)
-llm-ask            database    root only (spends money: answers with a model)
+llm-extract        table/db    denied (spends money)
+llm-ask            database    denied (spends money: answers with a model)
 llm-search         database    anyone who may view the database
-llm-index          database    root only (spends: embeds rows)
-llm-view-log       instance    root only
+llm-index          database    denied (spends: embeds rows)
+llm-view-log       instance    denied (call log, other users' runs)
 =================  ==========  ==============================================
 
-Grant them with Datasette's own ``permissions:`` blocks (1.0) or, on both
-lines, under ``plugins: datasette-llm-newsroom: permissions:`` using the same
-allow-block syntax, at instance level or per database/table.
+The actor ``{"id": "root"}`` may do everything on both lines (on 1.0 Datasette
+also grants root everything itself when started with ``--root``). Every action
+on a database or table also needs Datasette's own permission to view it.
+
+Grants, on both lines, under ``plugins: datasette-llm-newsroom: permissions:``
+with Datasette's allow-block syntax (``{id: alice}``, ``{id: [a, b]}``,
+``{roles: editor}``, ``true``)::
+
+    permissions:
+      llm-view-log: {id: editor}          # instance level: every database
+      llm-extract: {id: [alice]}
+      databases:
+        newsroom:                         # one database, all its tables
+          llm-ask: {id: bob}
+          tables:
+            filings:                      # one table (llm-extract only)
+              llm-extract: {id: carol}
+
+Plugin grants only ever add permissions. On Datasette 1.0 the actions are
+also registered natively, so ``permissions:`` blocks in datasette.yaml work
+too (and can deny, e.g. ``llm-search: false`` on a database).
+
+The state database (``llm_newsroom``) holds the call log and everyone's runs:
+viewing it, its tables and queries, and running SQL against it are denied to
+actors without ``llm-view-log``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
 
 ACTIONS = {
     "llm-extract": "Run LLM extraction into a table",
@@ -27,10 +54,135 @@ ACTIONS = {
     "llm-view-log": "View the LLM call log and the suite's state database",
 }
 
+#: The finest resource each action can be granted on.
+ACTION_SCOPES = {
+    "llm-extract": "table",
+    "llm-ask": "database",
+    "llm-search": "database",
+    "llm-index": "database",
+    "llm-view-log": "instance",
+}
 
-# The functions below are the whole public interface; views call only these.
-# (First version: root-only defaults; the full 0.65/1.0 compatibility layer
-# with config-driven grants replaces the bodies, not the signatures.)
+#: Actions allowed by default to anyone who may view the database.
+DEFAULT_ALLOWED = frozenset({"llm-search"})
+
+#: Datasette actions on the state database that need ``llm-view-log``.
+STATE_DB_GUARDED = ("view-database", "view-table", "view-query", "execute-sql")
+
+STATE_DB_NAME = "llm_newsroom"  # same as state.STATE_DB_NAME (no import cycle)
+
+
+def _is_v1() -> bool:
+    # Importing datasette.app here would be circular (plugins load while it
+    # imports); the resource classes only exist on the 1.0 line.
+    import importlib.util
+
+    return importlib.util.find_spec("datasette.resources") is not None
+
+
+IS_V1 = _is_v1()
+
+
+# --------------------------------------------------------------------------
+# Plugin-config grants (pure: no Datasette import needed except allow blocks)
+
+
+@dataclass
+class Grants:
+    """Parsed ``permissions:`` section: allow blocks by scope."""
+
+    instance: dict[str, Any] = field(default_factory=dict)
+    databases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tables: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def blocks(self, action: str):
+        """Yield ``(database, table, allow_block)`` for ``action``."""
+        if action in self.instance:
+            yield None, None, self.instance[action]
+        for db, actions in self.databases.items():
+            if action in actions:
+                yield db, None, actions[action]
+        for (db, table), actions in self.tables.items():
+            if action in actions:
+                yield db, table, actions[action]
+
+
+def _check_actions(where: str, block: dict, allowed_actions: set[str], extra: set[str]) -> None:
+    for key in block:
+        if key in extra:
+            continue
+        if key not in ACTIONS:
+            raise ConfigError(
+                f"Unknown action {key!r} in plugins: datasette-llm-newsroom: permissions{where}. "
+                f"Use one of: {', '.join(ACTIONS)}."
+            )
+        if key not in allowed_actions:
+            raise ConfigError(
+                f"Action {key!r} cannot be granted in permissions{where}: it applies to "
+                f"the {ACTION_SCOPES[key]}, so grant it "
+                + ("at instance level." if ACTION_SCOPES[key] == "instance" else "on a database.")
+            )
+
+
+def parse_grants(raw: dict | None) -> Grants:
+    """Validate the plugin's ``permissions:`` section (raises ``ConfigError``)."""
+    grants = Grants()
+    if not raw:
+        return grants
+    if not isinstance(raw, dict):
+        raise ConfigError("plugins: datasette-llm-newsroom: permissions must be a mapping.")
+    _check_actions("", raw, set(ACTIONS), {"databases"})
+    grants.instance = {k: v for k, v in raw.items() if k != "databases"}
+    db_actions = {a for a, s in ACTION_SCOPES.items() if s in ("database", "table")}
+    table_actions = {a for a, s in ACTION_SCOPES.items() if s == "table"}
+    for db, block in (raw.get("databases") or {}).items():
+        block = block or {}
+        if not isinstance(block, dict):
+            raise ConfigError(f"permissions: databases: {db} must be a mapping.")
+        _check_actions(f": databases: {db}", block, db_actions, {"tables"})
+        grants.databases[str(db)] = {k: v for k, v in block.items() if k != "tables"}
+        for table, tblock in (block.get("tables") or {}).items():
+            tblock = tblock or {}
+            if not isinstance(tblock, dict):
+                raise ConfigError(f"permissions: databases: {db}: tables: {table} must be a mapping.")
+            _check_actions(f": databases: {db}: tables: {table}", tblock, table_actions, set())
+            grants.tables[(str(db), str(table))] = dict(tblock)
+    return grants
+
+
+def grants_for(datasette) -> Grants:
+    from .config import plugin_settings
+
+    return parse_grants(plugin_settings(datasette).permissions)
+
+
+def _matches(actor: dict | None, allow_block: Any) -> bool:
+    from datasette.utils import actor_matches_allow
+
+    return bool(actor_matches_allow(actor, allow_block))
+
+
+def granted_resources(grants: Grants, actor: dict | None, action: str) -> list[tuple[str | None, str | None]]:
+    """``(database, table)`` pairs on which plugin config grants ``action`` to ``actor``."""
+    return [(db, table) for db, table, block in grants.blocks(action) if _matches(actor, block)]
+
+
+def grant_covers(pairs, database: str | None, table: str | None) -> bool:
+    """Does one of the granted ``(database, table)`` pairs cover this resource?"""
+    for db, tbl in pairs:
+        if db is None:
+            return True
+        if db == database and (tbl is None or tbl == table):
+            return True
+    return False
+
+
+def is_root(actor: dict | None) -> bool:
+    return bool(actor) and actor.get("id") == "root"
+
+
+# --------------------------------------------------------------------------
+# Public interface (views call only these)
 
 
 async def allowed(
@@ -41,9 +193,40 @@ async def allowed(
     table: str | None = None,
 ) -> bool:
     """May ``actor`` perform the suite ``action`` on this database/table?"""
-    if action == "llm-search":
-        return await can_view(datasette, actor, database)
-    return bool(actor and actor.get("id") == "root")
+    scope = ACTION_SCOPES.get(action)
+    if scope is None:
+        raise ValueError(f"Unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    view_table = None
+    if scope == "instance":
+        database = table = None
+    elif database is None:
+        raise ValueError(f"{action} needs a database")
+    elif scope == "database":
+        view_table = table
+        table = None
+    if not await can_view(datasette, actor, database, table if scope == "table" else None):
+        return False
+    if IS_V1:
+        from datasette.resources import DatabaseResource, TableResource
+
+        if database is None:
+            resource = None
+        elif table is not None:
+            resource = TableResource(database, table)
+        else:
+            resource = DatabaseResource(database)
+        ok = await datasette.allowed(action=action, resource=resource, actor=actor)
+    else:
+        if database is None:
+            resource = None
+        elif table is not None:
+            resource = (database, table)
+        else:
+            resource = database
+        ok = await datasette.permission_allowed(actor, action, resource=resource, default=False)
+    if ok and scope == "database" and view_table is not None:
+        ok = await can_view(datasette, actor, database, view_table)
+    return bool(ok)
 
 
 async def ensure_allowed(datasette, actor, action, database=None, table=None) -> None:
@@ -55,10 +238,155 @@ async def ensure_allowed(datasette, actor, action, database=None, table=None) ->
 
 
 async def can_view(datasette, actor, database: str | None, table: str | None = None) -> bool:
-    """Datasette's own view-instance/view-database/view-table checks, on either line."""
-    raise NotImplementedError
+    """Datasette's own view-instance/view-database/view-table checks, on either line.
+
+    Mirrors what Datasette's own pages check: the table page on 0.65 asks
+    view-table, then view-database, then view-instance (first answer wins);
+    1.0 resolves view-table alone (its rules cascade from database level).
+    """
+    if IS_V1:
+        from datasette.resources import DatabaseResource, TableResource
+
+        if database is None:
+            return await datasette.allowed(action="view-instance", actor=actor)
+        if table is None:
+            return await datasette.allowed(
+                action="view-database", resource=DatabaseResource(database), actor=actor
+            )
+        return await datasette.allowed(
+            action="view-table", resource=TableResource(database, table), actor=actor
+        )
+    from datasette import Forbidden
+
+    checks: list = []
+    if table is not None:
+        checks.append(("view-table", (database, table)))
+    if database is not None:
+        checks.append(("view-database", database))
+    checks.append("view-instance")
+    try:
+        await datasette.ensure_permissions(actor, checks)
+    except Forbidden:
+        return False
+    return True
 
 
 async def viewable_tables(datasette, actor, database: str, tables: list[str]) -> list[str]:
-    """The subset of ``tables`` in ``database`` that ``actor`` may view."""
-    raise NotImplementedError
+    """The subset of ``tables`` in ``database`` that ``actor`` may view (order kept)."""
+    if not tables:
+        return []
+    if not await can_view(datasette, actor, database):
+        return []
+    if not IS_V1:
+        return [t for t in tables if await can_view(datasette, actor, database, t)]
+    # 1.0: one query for every table Datasette's catalog knows about; tables
+    # not in the catalog yet (created since the last schema refresh) are
+    # checked one by one.
+    from datasette.resources import TableResource
+
+    page = await datasette.allowed_resources("view-table", actor, parent=database, limit=1000)
+    ok: set[str] = set()
+    async for resource in page.all():
+        ok.add(TableResource.normalize_child(resource.child))
+    known = await datasette.get_internal_database().execute(
+        "select table_name from catalog_tables where database_name = ? "
+        "union all select view_name from catalog_views where database_name = ?",
+        [database, database],
+    )
+    in_catalog = {TableResource.normalize_child(r[0]) for r in known.rows}
+    result = []
+    for t in tables:
+        key = TableResource.normalize_child(t)
+        if key in ok:
+            result.append(t)
+        elif key not in in_catalog and await can_view(datasette, actor, database, t):
+            result.append(t)
+    return result
+
+
+# --------------------------------------------------------------------------
+# Hook bodies (the @hookimpl wrappers live in __init__.py / _hooks_v1.py)
+
+
+def action_objects() -> list:
+    """Datasette 1.0 ``Action`` objects for register_actions."""
+    from datasette.permissions import Action
+    from datasette.resources import DatabaseResource, TableResource
+
+    classes = {"table": TableResource, "database": DatabaseResource, "instance": None}
+    return [
+        Action(name=name, description=desc, resource_class=classes[ACTION_SCOPES[name]])
+        for name, desc in ACTIONS.items()
+    ]
+
+
+async def permission_allowed_065(datasette, actor, action, resource):
+    """Datasette 0.65 ``permission_allowed`` body (registered trylast: last answer wins)."""
+    if action in ACTIONS:
+        if is_root(actor) or action in DEFAULT_ALLOWED:
+            return True
+        if isinstance(resource, (tuple, list)):
+            database, table = resource
+        else:
+            database, table = resource, None
+        pairs = granted_resources(grants_for(datasette), actor, action)
+        return True if grant_covers(pairs, database, table) else None
+    if action in STATE_DB_GUARDED:
+        database = resource[0] if isinstance(resource, (tuple, list)) else resource
+        if database == STATE_DB_NAME:
+            if not await datasette.permission_allowed(actor, "llm-view-log", default=False):
+                return False
+    return None
+
+
+_param_counter = 0
+
+
+async def permission_resources_sql_v1(datasette, actor, action):
+    """Datasette 1.0 ``permission_resources_sql`` body."""
+    from datasette.permissions import PermissionSQL
+
+    global _param_counter
+    if action in ACTIONS:
+        rows: list[tuple[str | None, str | None, str]] = []
+        if is_root(actor):
+            rows.append((None, None, "root may use every LLM action"))
+        if action in DEFAULT_ALLOWED:
+            rows.append((None, None, f"{action} is allowed to anyone who can view the database"))
+        for db, table in granted_resources(grants_for(datasette), actor, action):
+            where = "/".join(p for p in (db, table) if p) or "instance"
+            rows.append((db, table, f"granted in plugin config ({where})"))
+        if not rows:
+            return None
+        _param_counter += 1
+        n = _param_counter
+        selects, params = [], {}
+        for i, (db, table, reason) in enumerate(rows):
+            params[f"llmnr_{n}_{i}_p"] = db
+            params[f"llmnr_{n}_{i}_c"] = table
+            params[f"llmnr_{n}_{i}_r"] = reason
+            selects.append(
+                f"SELECT :llmnr_{n}_{i}_p AS parent, :llmnr_{n}_{i}_c AS child, "
+                f"1 AS allow, :llmnr_{n}_{i}_r AS reason"
+            )
+        return PermissionSQL(sql="\nUNION ALL\n".join(selects), params=params)
+    if action in STATE_DB_GUARDED:
+        if await datasette.allowed(action="llm-view-log", actor=actor):
+            return None
+        return PermissionSQL(
+            sql="SELECT :llmnr_state_db AS parent, NULL AS child, 0 AS allow, "
+            ":llmnr_state_reason AS reason",
+            params={
+                "llmnr_state_db": STATE_DB_NAME,
+                "llmnr_state_reason": "the LLM state database needs llm-view-log",
+            },
+        )
+    return None
+
+
+async def menu_links_body(datasette, actor) -> list[dict]:
+    if STATE_DB_NAME not in datasette.databases:
+        return []
+    if not await allowed(datasette, actor, "llm-view-log"):
+        return []
+    return [{"href": datasette.urls.table(STATE_DB_NAME, "llm_calls"), "label": "LLM call log"}]
