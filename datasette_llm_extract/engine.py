@@ -1,0 +1,507 @@
+"""Run an extraction job: chunks in parallel, rows streamed as events.
+
+``run_extraction(gateway, job, actor=...)`` is an async generator of small
+event dataclasses (each with ``to_dict()`` for JSON / server-sent events):
+
+    RunStarted -> (ChunkStarted, RowExtracted..., ChunkDone | ChunkFailed)* -> RunFinished
+
+Chunks run concurrently (bounded by ``job.concurrency``); their events are
+merged through one queue so rows reach the caller as soon as the model closes
+each row object. Invalid rows are re-asked once with their validation errors;
+rows still invalid are reported with ``valid=False`` and reasons, never
+dropped. Failed chunks are reported, never skipped silently. Closing the
+generator cancels every running call. No Datasette imports here: the gateway
+is passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from dataclasses import asdict, dataclass, field
+from typing import Any, AsyncIterator, Union
+
+from datasette_llm_core.errors import BudgetError, CapabilityError, LLMSuiteError
+from datasette_llm_core.models import ChatModel
+from datasette_llm_core.types import ChatRequest, StreamEnd, TextDelta, Usage
+
+from .chunking import DEFAULT_CHUNK_CHARS, Chunk, chunk_chars_for_model, chunk_text, locate_quote
+from .documents import Document
+from .merge import Deduplicator
+from .prompts import PROMPT_VERSION, build_reask_request, build_request
+from .schema import QUOTE_FIELD, TableSpec, row_model, validate_row
+from .streamparse import RowStreamParser
+
+PURPOSE = "extract"
+IMAGE_TOKENS = 1_500  # rough input tokens per image, for estimates
+PDF_PAGE_TOKENS = 1_800  # rough input tokens per natively read PDF page
+
+
+@dataclass
+class ExtractionJob:
+    spec: TableSpec
+    instructions: str = ""
+    documents: list[Document] = field(default_factory=list)
+    model_id: str | None = None
+    examples: list[dict] = field(default_factory=list)
+    concurrency: int = 4
+    #: Characters per text chunk; None sizes chunks from the model's context window.
+    chunk_chars: int | None = None
+    overlap: int = 300
+    #: Keys (tuples of key-column values, or row dicts) already in the target table.
+    existing_keys: list[Any] = field(default_factory=list)
+    #: Per-run caps: refuse to start when the estimate is over, stop starting chunks once reached.
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    #: Output tokens allowed per request.
+    max_output_tokens: int = 4096
+    reask: bool = True
+    #: None: send PDFs natively when the model reads PDFs, else their text.
+    native_pdfs: bool | None = None
+
+
+@dataclass
+class WorkUnit:
+    """One request's worth of input: a text chunk, or a whole image / native PDF."""
+
+    index: int
+    document: int
+    chunk: Chunk | None
+    native: bool = False
+    note: str | None = None
+
+    def to_dict(self, documents: list[Document]) -> dict:
+        doc = documents[self.document]
+        out = {"index": self.index, "document": self.document, "document_name": doc.name,
+               "kind": "text" if self.chunk is not None else doc.kind}
+        if self.chunk is not None:
+            out.update(start=self.chunk.start, end=self.chunk.end)
+        return out
+
+
+# --- events -------------------------------------------------------------------
+
+@dataclass
+class Event:
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["type"] = type(self).__name__
+        return data
+
+
+@dataclass
+class RunStarted(Event):
+    chunks_total: int
+    estimate: dict
+    model_id: str
+    prompt_version: str = PROMPT_VERSION
+
+
+@dataclass
+class ChunkStarted(Event):
+    chunk: dict
+
+
+@dataclass
+class RowExtracted(Event):
+    index: int
+    values: dict
+    source_quote: str | None
+    quote_found: bool
+    quote_span: list[int] | None
+    document: int
+    chunk: int
+    valid: bool
+    errors: list[str] = field(default_factory=list)
+    duplicate: bool = False
+    #: "run" (an earlier row of this run, see duplicate_of) or "table" (already in the table).
+    duplicate_reason: str | None = None
+    duplicate_of: int | None = None
+    reasked: bool = False
+    #: False for images: there is no text to check the quote against.
+    quote_checked: bool = True
+
+
+@dataclass
+class ChunkDone(Event):
+    chunk: dict
+    rows: int
+    truncated: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChunkFailed(Event):
+    chunk: dict
+    error: str
+    error_class: str = ""
+
+
+@dataclass
+class RunFinished(Event):
+    usage: dict
+    cost: float | None
+    chunks_ok: int
+    chunks_failed: int
+    rows_valid: int
+    rows_invalid: int
+    rows_duplicate: int = 0
+    cancelled: bool = False
+
+
+ExtractionEvent = Union[RunStarted, ChunkStarted, RowExtracted, ChunkDone, ChunkFailed, RunFinished]
+
+
+# --- planning -----------------------------------------------------------------
+
+def _resolve_model(gateway, job: ExtractionJob) -> ChatModel:
+    if job.model_id:
+        return gateway.get_chat_model(job.model_id)
+    model = gateway.default_chat_model(PURPOSE)
+    if model is None:
+        from datasette_llm_core.gateway import no_model_message
+
+        raise CapabilityError(no_model_message(PURPOSE))
+    return model
+
+
+def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
+    """Split the job's documents into work units, checking the model can read them."""
+    if not job.documents:
+        raise ValueError("Nothing to extract from: paste some text or add a file.")
+    chunk_chars = job.chunk_chars or chunk_chars_for_model(
+        getattr(model, "context_tokens", 0) or 0, output_tokens=job.max_output_tokens
+    ) or DEFAULT_CHUNK_CHARS
+    units: list[WorkUnit] = []
+    for d, doc in enumerate(job.documents):
+        if doc.kind == "image":
+            if not model.supports_images:
+                raise CapabilityError(
+                    f"{doc.name} is an image but model {model.model_id!r} cannot read images: "
+                    "pick a model with image input, or paste the document's text instead."
+                )
+            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name))
+            continue
+        native_pdf = doc.kind == "pdf" and (
+            job.native_pdfs if job.native_pdfs is not None else bool(model.supports_pdfs)
+        )
+        if doc.kind == "pdf" and native_pdf:
+            if not model.supports_pdfs:
+                raise CapabilityError(f"Model {model.model_id!r} cannot read PDFs: pick one that does.")
+            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name))
+            continue
+        if not doc.text.strip():
+            raise CapabilityError(
+                f"{doc.name} has no text to extract from"
+                + (" (a scanned PDF without a text layer): pick a model that reads PDFs, or run OCR first."
+                   if doc.kind == "pdf" else ".")
+            )
+        chunks = chunk_text(doc.text, chunk_chars, job.overlap, document=d)
+        for c in chunks:
+            note = doc.name if len(chunks) == 1 else f"part {c.index + 1} of {len(chunks)} of {doc.name}"
+            units.append(WorkUnit(len(units), d, c, note=note))
+    return units
+
+
+def _request_for(job: ExtractionJob, unit: WorkUnit) -> ChatRequest:
+    doc = job.documents[unit.document]
+    if unit.native:
+        return build_request(job.spec, job.instructions, None, parts=doc.parts(native=True),
+                             examples=job.examples, note=unit.note, max_tokens=job.max_output_tokens)
+    return build_request(job.spec, job.instructions, unit.chunk.text, examples=job.examples,
+                         note=unit.note, max_tokens=job.max_output_tokens)
+
+
+def _estimate_units(job: ExtractionJob, model: ChatModel, units: list[WorkUnit]) -> dict:
+    input_tokens = 0
+    output_tokens = 0
+    for unit in units:
+        tokens = _request_for(job, unit).text_length() // 4 + 1
+        doc = job.documents[unit.document]
+        if unit.native:
+            tokens += IMAGE_TOKENS if doc.kind == "image" else PDF_PAGE_TOKENS * max(1, doc.pages)
+        input_tokens += tokens
+        content = tokens if unit.native else len(unit.chunk.text) // 4
+        output_tokens += min(job.max_output_tokens, max(200, content // 2))
+    cost = model.estimate_cost(input_tokens, output_tokens)
+    return {"input_tokens": input_tokens, "output_tokens": output_tokens,
+            "cost": None if cost is None else round(cost, 6), "chunks": len(units),
+            "model_id": model.model_id}
+
+
+def estimate(job: ExtractionJob, model: ChatModel) -> dict:
+    """Rough tokens and cost of running ``job`` on ``model`` (cost None when prices are unknown).
+
+    Output tokens are a guess (half the input of each chunk, at least 200, at
+    most ``max_output_tokens``); re-asks are not counted.
+    """
+    return _estimate_units(job, model, plan_units(job, model))
+
+
+def check_budget(job: ExtractionJob, est: dict) -> None:
+    """Raise ``BudgetError`` if the estimate is over the job's caps."""
+    total = est["input_tokens"] + est["output_tokens"]
+    if job.max_tokens is not None and total > job.max_tokens:
+        raise BudgetError(
+            f"This run would use about {total:,} tokens, over the per-run limit of {job.max_tokens:,}. "
+            "Split the document, extract from fewer files, or ask an administrator to raise "
+            "budgets: max_tokens_per_run."
+        )
+    if job.max_cost is not None and est.get("cost") is not None and est["cost"] > job.max_cost:
+        raise BudgetError(
+            f"This run would cost about ${est['cost']:.2f}, over the per-run limit of ${job.max_cost:.2f}. "
+            "Pick a cheaper model, split the document, or ask an administrator to raise "
+            "budgets: max_cost_per_run."
+        )
+
+
+# --- running ------------------------------------------------------------------
+
+def _gateway_kwargs(gateway, **optional) -> dict:
+    """Pass ``ref``/``budget`` only to gateways that accept them."""
+    try:
+        params = inspect.signature(gateway.stream).parameters
+    except (TypeError, ValueError):
+        return {}
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in optional.items() if v is not None and (accepts_any or k in params)}
+
+
+class _Run:
+    def __init__(self, gateway, job: ExtractionJob, model: ChatModel, units: list[WorkUnit],
+                 actor, ref) -> None:
+        self.gateway = gateway
+        self.job = job
+        self.model = model
+        self.units = units
+        self.actor = actor
+        self.extra = _gateway_kwargs(gateway, ref=ref)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.row_model = row_model(job.spec)
+        self.dedup = Deduplicator(job.spec, job.existing_keys)
+        self.usage = Usage()
+        self.next_index = 0
+        self.budget_hit = False
+
+    def _unit_dict(self, unit: WorkUnit) -> dict:
+        return unit.to_dict(self.job.documents)
+
+    def _over_budget(self) -> bool:
+        if self.job.max_tokens is not None and (
+            self.usage.input_tokens + self.usage.output_tokens >= self.job.max_tokens
+        ):
+            return True
+        if self.job.max_cost is not None:
+            cost = self.model.estimate_cost(self.usage.input_tokens, self.usage.output_tokens)
+            if cost is not None and cost >= self.job.max_cost:
+                return True
+        return False
+
+    async def _stream(self, request: ChatRequest, parser: RowStreamParser, on_rows) -> str | None:
+        finish = None
+        async for event in self.gateway.stream(
+            request, purpose=PURPOSE, prompt_version=PROMPT_VERSION, actor=self.actor,
+            model_id=self.model.model_id, **self.extra,
+        ):
+            if isinstance(event, TextDelta):
+                rows = parser.feed(event.text)
+                if rows:
+                    await on_rows(rows)
+            elif isinstance(event, StreamEnd):
+                self.usage = self.usage + (event.usage or Usage())
+                finish = event.finish_reason
+        return finish
+
+    def _make_row(self, unit: WorkUnit, raw: dict, values: dict, errors: list[str], reasked: bool) -> RowExtracted:
+        quote = raw.get(QUOTE_FIELD)
+        quote = quote.strip() if isinstance(quote, str) and quote.strip() else None
+        doc = self.job.documents[unit.document]
+        span = None
+        checked = doc.kind != "image"
+        if quote and checked:
+            if unit.chunk is not None:
+                local = locate_quote(unit.chunk.text, quote)
+                if local:
+                    span = (local[0] + unit.chunk.start, local[1] + unit.chunk.start)
+            if span is None:
+                span = locate_quote(doc.text, quote)
+        index = self.next_index
+        self.next_index += 1
+        duplicate_reason = duplicate_of = None
+        if not errors:
+            duplicate_reason = self.dedup.check(values, index)
+            if duplicate_reason == "run":
+                duplicate_of = self.dedup.first_index(values)
+        return RowExtracted(
+            index=index, values=values, source_quote=quote, quote_found=span is not None,
+            quote_span=list(span) if span else None, document=unit.document, chunk=unit.index,
+            valid=not errors, errors=errors, duplicate=duplicate_reason is not None,
+            duplicate_reason=duplicate_reason, duplicate_of=duplicate_of, reasked=reasked,
+            quote_checked=checked,
+        )
+
+    async def run_unit(self, unit: WorkUnit, semaphore: asyncio.Semaphore) -> None:
+        async with semaphore:
+            if self.budget_hit or self._over_budget():
+                self.budget_hit = True
+                await self.queue.put(ChunkFailed(self._unit_dict(unit),
+                                                 "Skipped: the run reached its token or cost limit.",
+                                                 "BudgetError"))
+                return
+            await self.queue.put(ChunkStarted(self._unit_dict(unit)))
+            emitted = 0
+            invalid: list[tuple[dict, list[str]]] = []
+
+            async def on_rows(rows: list[dict]) -> None:
+                nonlocal emitted
+                for raw in rows:
+                    values, errors = validate_row(self.row_model, raw)
+                    if errors and self.job.reask:
+                        invalid.append((raw, errors))
+                        continue
+                    await self.queue.put(self._make_row(unit, raw, values, errors, False))
+                    emitted += 1
+
+            parser = RowStreamParser()
+            try:
+                finish = await self._stream(_request_for(self.job, unit), parser, on_rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # reported, never dropped
+                await self._flush_invalid(unit, invalid, "the chunk failed before they could be re-asked")
+                await self.queue.put(ChunkFailed(self._unit_dict(unit), _error_message(e),
+                                                 type(e).__name__))
+                return
+            result = parser.finish()
+            warnings = list(result.errors)
+            truncated = result.truncated or finish == "length"
+            if finish == "length" and not result.truncated:
+                warnings.append("the model stopped at its output limit")
+            if not result.rows and not parser.complete:
+                await self._flush_invalid(unit, invalid, "")
+                await self.queue.put(ChunkFailed(
+                    self._unit_dict(unit),
+                    "The model's answer could not be read as rows: " + "; ".join(warnings)
+                    + ". Try again, or pick another model.", "OutputError"))
+                return
+            if invalid:
+                emitted += await self._reask(unit, invalid)
+            await self.queue.put(ChunkDone(self._unit_dict(unit), emitted, truncated, warnings))
+
+    async def _flush_invalid(self, unit, invalid, reason: str) -> None:
+        for raw, errors in invalid:
+            values = {n: raw.get(n) for n in self.job.spec.column_names()}
+            extra = [f"not re-asked: {reason}"] if reason else []
+            await self.queue.put(self._make_row(unit, raw, values, errors + extra, False))
+        invalid.clear()
+
+    async def _reask(self, unit: WorkUnit, invalid: list[tuple[dict, list[str]]]) -> int:
+        doc = self.job.documents[unit.document]
+        request = build_reask_request(
+            self.job.spec, self.job.instructions,
+            None if unit.native else unit.chunk.text,
+            invalid=invalid, parts=doc.parts(native=True) if unit.native else None,
+            note=unit.note, max_tokens=self.job.max_output_tokens,
+        )
+        parser = RowStreamParser()
+
+        async def ignore(rows):
+            return None
+
+        try:
+            await self._stream(request, parser, ignore)
+            corrected = parser.finish().rows
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            await self._flush_invalid(unit, invalid, f"the re-ask failed ({_error_message(e)})")
+            return len(invalid)
+        count = 0
+        for i, (raw, errors) in enumerate(invalid):
+            fixed = corrected[i] if i < len(corrected) else None
+            if fixed is not None:
+                values, new_errors = validate_row(self.row_model, fixed)
+                if not fixed.get(QUOTE_FIELD):
+                    fixed = {**fixed, QUOTE_FIELD: raw.get(QUOTE_FIELD)}
+                row = self._make_row(unit, fixed, values, new_errors, True)
+            else:
+                values = {n: raw.get(n) for n in self.job.spec.column_names()}
+                row = self._make_row(unit, raw, values, errors + ["the model did not return a corrected row"], True)
+            await self.queue.put(row)
+            count += 1
+        return count
+
+
+def _error_message(e: BaseException) -> str:
+    if isinstance(e, LLMSuiteError):
+        return str(e)
+    return f"{type(e).__name__}: {e}"
+
+
+async def run_extraction(gateway, job: ExtractionJob, *, actor: dict | None = None,
+                         ref: str | None = None) -> AsyncIterator[ExtractionEvent]:
+    """Run ``job`` through ``gateway`` and yield events as they happen.
+
+    Raises (before yielding anything) ``CapabilityError``/``ConfigError`` when
+    the model cannot do the job, ``BudgetError`` when the estimate is over the
+    caps, ``ValueError`` when there is nothing to extract.
+    """
+    model = _resolve_model(gateway, job)
+    units = plan_units(job, model)
+    est = _estimate_units(job, model, units)
+    check_budget(job, est)
+    run = _Run(gateway, job, model, units, actor, ref)
+    yield RunStarted(chunks_total=len(units), estimate=est, model_id=model.model_id)
+    semaphore = asyncio.Semaphore(max(1, int(job.concurrency)))
+    tasks = [asyncio.create_task(run.run_unit(u, semaphore), name=f"extract-chunk-{u.index}") for u in units]
+    remaining = set(tasks)
+    ok = failed = valid = invalid_rows = duplicates = 0
+    finished = False
+
+    def on_done(task: asyncio.Task) -> None:
+        remaining.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            run.queue.put_nowait(("crash", task, task.exception()))
+        if not remaining:
+            run.queue.put_nowait(None)
+
+    for t in tasks:
+        t.add_done_callback(on_done)
+    try:
+        while True:
+            item = await run.queue.get()
+            if item is None:
+                if run.queue.empty():
+                    break
+                run.queue.put_nowait(None)  # drain what arrived first
+                continue
+            if isinstance(item, tuple):  # a bug in a chunk task: report it as a failed chunk
+                _, task, exc = item
+                unit = units[tasks.index(task)]
+                item = ChunkFailed(unit.to_dict(job.documents), _error_message(exc), type(exc).__name__)
+            if isinstance(item, ChunkDone):
+                ok += 1
+            elif isinstance(item, ChunkFailed):
+                failed += 1
+            elif isinstance(item, RowExtracted):
+                if not item.valid:
+                    invalid_rows += 1
+                elif item.duplicate:
+                    duplicates += 1
+                else:
+                    valid += 1
+            yield item
+        finished = True
+        cost = model.estimate_cost(run.usage.input_tokens, run.usage.output_tokens)
+        yield RunFinished(
+            usage=asdict(run.usage), cost=None if cost is None else round(cost, 6),
+            chunks_ok=ok, chunks_failed=failed, rows_valid=valid, rows_invalid=invalid_rows,
+            rows_duplicate=duplicates,
+        )
+    finally:
+        if not finished:
+            for t in tasks:
+                t.cancel()
+        pending = [t for t in tasks if not t.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
