@@ -2,25 +2,42 @@
 
 ``llm_gateway(datasette)`` returns a ``Gateway`` that resolves models (from
 the ``register_llm_models`` / ``register_embedding_models`` hooks), checks
-capabilities before sending, retries with backoff, falls back along the
-configured chain, enforces timeouts and writes one call-log row per attempt.
+capabilities before sending, retries with backoff (honouring the provider's
+Retry-After), falls back along the configured chain, enforces timeouts and
+budgets, and writes one call-log row per attempt (``calllog.py``).
 
 Plugins never call a model directly.
+
+Timeouts: ``complete`` and ``embed`` bound each attempt as a whole; ``stream``
+bounds the wait for each event (first delta included), so a long answer that
+keeps streaming is never cut, but a stalled one is.
+
+Streams fall back to the next model only while nothing has been emitted;
+after the first delta an error ends the stream with ``ModelError``.
 """
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Literal
+import asyncio
+import time
+from typing import AsyncIterator, Awaitable, Callable, Literal
 
 import numpy as np
 from datasette.utils import await_me_maybe
 
+from . import calllog
+from .budget import Budget, estimate, estimate_embedding, price, text_tokens
+from .calllog import CallRecord, redact, secret_values, write_call, write_call_soon
 from .config import Settings, plugin_settings
-from .errors import ConfigError
+from .errors import BudgetError, CapabilityError, ConfigError, ModelError
 from .models import ChatModel, EmbeddingModel
-from .types import ChatRequest, ChatResponse, StreamEvent
+from .types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, Usage
+
+__all__ = ["Gateway", "Budget", "estimate", "llm_gateway", "no_model_message"]
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+Sleep = Callable[[float], Awaitable[None]]
 
 
 async def _collect(datasette, hook_name: str) -> list:
@@ -34,12 +51,42 @@ async def _collect(datasette, hook_name: str) -> list:
     return found
 
 
+def _actor_id(actor: dict | None) -> str | None:
+    if actor and actor.get("id") is not None:
+        return str(actor["id"])
+    return None
+
+
+def _ms(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)
+
+
+def _describe(error: BaseException) -> tuple[str, str]:
+    """(error_class, message) for any failure of an attempt."""
+    if isinstance(error, ModelError):
+        return error.error_class, str(error)
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout", "the model did not answer in time"
+    return type(error).__name__, str(error) or type(error).__name__
+
+
 class Gateway:
-    def __init__(self, datasette, settings: Settings, chat: list[ChatModel], embed: list[EmbeddingModel]):
+    def __init__(
+        self,
+        datasette,
+        settings: Settings,
+        chat: list[ChatModel],
+        embed: list[EmbeddingModel],
+        *,
+        sleep: Sleep | None = None,
+    ):
         self.datasette = datasette
         self.settings = settings
         self._chat = {m.model_id: m for m in chat}
         self._embed = {m.model_id: m for m in embed}
+        #: Awaitable used between retries; tests replace it to record delays.
+        self.sleep: Sleep = sleep or asyncio.sleep
+        self.secrets = secret_values(settings)
 
     # --- model lookup -------------------------------------------------
     def chat_models(self) -> list[ChatModel]:
@@ -75,6 +122,103 @@ class Gateway:
         models = self.chat_models()
         return models[0] if models else None
 
+    def new_budget(self) -> Budget:
+        """A ``Budget`` with the configured per-run caps (``budgets:``)."""
+        caps = self.settings.budgets
+        return Budget(max_cost=caps.max_cost_per_run, max_tokens=caps.max_tokens_per_run)
+
+    def redact(self, text: str | None) -> str | None:
+        return redact(text, self.secrets)
+
+    def fallback_models(self, purpose: str, primary: ChatModel, request: ChatRequest) -> list[ChatModel]:
+        """The chain tried for ``purpose``: ``primary`` then capable, usable fallbacks."""
+        chain = [primary]
+        for model_id in self.settings.fallback_chain(purpose):
+            if model_id == primary.model_id or any(m.model_id == model_id for m in chain):
+                continue
+            model = self.get_chat_model(model_id)
+            try:
+                model.check(request)
+                _ensure_ready(model)
+            except (CapabilityError, ConfigError):
+                continue  # cannot serve this request: not worth an attempt
+            chain.append(model)
+        return chain
+
+    # --- policy ---------------------------------------------------------
+    def _timeout(self, model, timeout: float | None) -> float:
+        return timeout or getattr(model, "timeout", None) or self.settings.timeout
+
+    def _retry_delay(self, error: BaseException, attempt: int) -> float | None:
+        """Seconds to wait before retrying, or None when not worth retrying."""
+        retries = self.settings.retries
+        if attempt >= retries.max_attempts:
+            return None
+        if isinstance(error, ModelError):
+            if not error.retryable:
+                return None
+            if error.retry_after is not None:
+                if error.retry_after > retries.max_backoff:
+                    return None  # the provider asks for a longer wait: fall back instead
+                return max(0.0, error.retry_after)
+        elif not isinstance(error, (asyncio.TimeoutError, TimeoutError)):
+            return None
+        return min(retries.max_backoff, retries.backoff * (2 ** (attempt - 1)))
+
+    def _start(self, model, kind, purpose, prompt_version, actor, ref, group, attempt, streamed):
+        return CallRecord(
+            kind=kind,
+            outcome="ok",
+            call_group=group,
+            ref=ref,
+            purpose=purpose,
+            provider=getattr(model, "provider", None),
+            model_id=model.model_id,
+            actor_id=_actor_id(actor),
+            prompt_version=prompt_version,
+            attempt=attempt,
+            streamed=1 if streamed else 0,
+        )
+
+    def _resolve(self, purpose: str, model_id: str | None, request: ChatRequest) -> list[ChatModel]:
+        model = self.get_chat_model(model_id) if model_id else self.default_chat_model(purpose)
+        if model is None:
+            raise ConfigError(no_model_message(purpose))
+        model.check(request)
+        _ensure_ready(model)
+        return self.fallback_models(purpose, model, request)
+
+    async def _refused(self, record: CallRecord, error: BudgetError) -> None:
+        record.outcome = "refused"
+        record.error_class = "budget"
+        record.error_message = str(error)
+        record.input_tokens = record.output_tokens = 0
+        await write_call(self.datasette, record, self.secrets)
+
+    def _final_error(self, purpose: str, failures: list[tuple[str, BaseException]]) -> ModelError:
+        parts = []
+        for model_id, error in failures:
+            _, message = _describe(error)
+            parts.append(f"{model_id}: {message}")
+        last = failures[-1][1]
+        tried = "the model" if len(failures) == 1 else f"all {len(failures)} models"
+        message = self.redact(
+            f"The {purpose} call failed after trying {tried}. "
+            + " | ".join(parts)
+            + " Try again later, or configure a fallback model under plugins: "
+            "datasette-llm-newsroom: fallback."
+        )
+        status = getattr(last, "status", None)
+        error_class = _describe(last)[0]
+        return ModelError(
+            message,
+            status=status,
+            retryable=bool(getattr(last, "retryable", False)) or error_class == "timeout",
+            retry_after=getattr(last, "retry_after", None),
+            error_class=error_class,
+            model_id=failures[-1][0],
+        )
+
     # --- calls ----------------------------------------------------------
     async def stream(
         self,
@@ -84,13 +228,125 @@ class Gateway:
         prompt_version: str,
         actor: dict | None = None,
         model_id: str | None = None,
+        ref: str | None = None,
+        budget: Budget | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        model = self.get_chat_model(model_id) if model_id else self.default_chat_model(purpose)
-        if model is None:
-            raise ConfigError(no_model_message(purpose))
-        model.check(request)
-        async for event in model.stream(request, timeout=self.settings.timeout):
-            yield event
+        """Stream ``TextDelta`` events then one ``StreamEnd`` (with ``call_id``)."""
+        chain = self._resolve(purpose, model_id, request)
+        group = calllog.new_id()
+        failures: list[tuple[str, BaseException]] = []
+        attempt_no = 0
+        for index, model in enumerate(chain):
+            has_next = index + 1 < len(chain)
+            for attempt in range(1, self.settings.retries.max_attempts + 1):
+                attempt_no += 1
+                record = self._start(model, "chat", purpose, prompt_version, actor, ref, group, attempt_no, True)
+                in_tokens, out_guess, cost_guess = estimate(request, model)
+                reservation = None
+                if budget is not None:
+                    try:
+                        reservation = budget.reserve(
+                            in_tokens + out_guess, cost_guess, what=f"this {purpose} call"
+                        )
+                    except BudgetError as e:
+                        await self._refused(record, e)
+                        raise
+                limit = self._timeout(model, timeout)
+                start = time.monotonic()
+                chars = 0
+                emitted = False
+                end: StreamEnd | None = None
+                events = model.stream(request, timeout=limit)
+                try:
+                    try:
+                        while True:
+                            try:
+                                async with asyncio.timeout(limit):
+                                    event = await events.__anext__()
+                            except StopAsyncIteration:
+                                break
+                            if isinstance(event, TextDelta):
+                                if not event.text:
+                                    continue
+                                if not emitted:
+                                    record.first_token_ms = _ms(start)
+                                emitted = True
+                                chars += len(event.text)
+                                yield event
+                            elif isinstance(event, StreamEnd):
+                                end = event
+                    finally:
+                        await events.aclose()
+                except (GeneratorExit, asyncio.CancelledError):
+                    # The consumer went away (page closed, task cancelled).
+                    record.outcome = "cancelled"
+                    record.error_class = "cancelled"
+                    record.input_tokens = in_tokens
+                    record.output_tokens = -(-chars // 4)
+                    record.tokens_estimated = 1
+                    record.cost_usd = price(model, record.input_tokens, record.output_tokens)
+                    record.latency_ms = _ms(start)
+                    if budget is not None:
+                        budget.settle(reservation, record.input_tokens + record.output_tokens, record.cost_usd)
+                    write_call_soon(self.datasette, record, self.secrets)
+                    raise
+                except (ConfigError, CapabilityError):
+                    if budget is not None:
+                        budget.release(reservation)
+                    raise
+                except Exception as error:  # noqa: BLE001 - every failure is logged then handled
+                    if budget is not None:
+                        budget.release(reservation)
+                    error_class, message = _describe(error)
+                    record.error_class = error_class
+                    record.error_message = message
+                    record.latency_ms = _ms(start)
+                    record.input_tokens = in_tokens if emitted else 0
+                    record.output_tokens = -(-chars // 4)
+                    record.tokens_estimated = 1
+                    if emitted:
+                        record.outcome = "error"
+                        await write_call(self.datasette, record, self.secrets)
+                        raise ModelError(
+                            self.redact(
+                                f"The answer from {model.model_id} broke off after it had started "
+                                f"({message}). The partial output is incomplete: run it again."
+                            ),
+                            status=getattr(error, "status", None),
+                            retryable=True,
+                            error_class=error_class,
+                            model_id=model.model_id,
+                        ) from error
+                    delay = self._retry_delay(error, attempt)
+                    if delay is not None:
+                        record.outcome = "retry"
+                        await write_call(self.datasette, record, self.secrets)
+                        await self.sleep(delay)
+                        continue
+                    failures.append((model.model_id, error))
+                    record.outcome = "fallback" if has_next else "error"
+                    await write_call(self.datasette, record, self.secrets)
+                    if has_next:
+                        break
+                    raise self._final_error(purpose, failures) from error
+                # Success.
+                end = end or StreamEnd()
+                usage = end.usage or Usage()
+                estimated = not (usage.input_tokens or usage.output_tokens)
+                if estimated:
+                    usage = Usage(in_tokens, -(-chars // 4))
+                record.input_tokens = usage.input_tokens
+                record.output_tokens = usage.output_tokens
+                record.tokens_estimated = 1 if estimated else 0
+                record.cost_usd = price(model, usage.input_tokens, usage.output_tokens)
+                record.finish_reason = end.finish_reason
+                record.latency_ms = _ms(start)
+                if budget is not None:
+                    budget.settle(reservation, usage.input_tokens + usage.output_tokens, record.cost_usd)
+                await write_call(self.datasette, record, self.secrets)
+                yield StreamEnd(usage=usage, finish_reason=end.finish_reason, call_id=record.id)
+                return
 
     async def complete(
         self,
@@ -100,12 +356,86 @@ class Gateway:
         prompt_version: str,
         actor: dict | None = None,
         model_id: str | None = None,
+        ref: str | None = None,
+        budget: Budget | None = None,
+        timeout: float | None = None,
     ) -> ChatResponse:
-        model = self.get_chat_model(model_id) if model_id else self.default_chat_model(purpose)
-        if model is None:
-            raise ConfigError(no_model_message(purpose))
-        model.check(request)
-        return await model.complete(request, timeout=self.settings.timeout)
+        """One whole answer (``call_id`` set), with retries and fallback."""
+        chain = self._resolve(purpose, model_id, request)
+        group = calllog.new_id()
+        failures: list[tuple[str, BaseException]] = []
+        attempt_no = 0
+        for index, model in enumerate(chain):
+            has_next = index + 1 < len(chain)
+            for attempt in range(1, self.settings.retries.max_attempts + 1):
+                attempt_no += 1
+                record = self._start(model, "chat", purpose, prompt_version, actor, ref, group, attempt_no, False)
+                in_tokens, out_guess, cost_guess = estimate(request, model)
+                reservation = None
+                if budget is not None:
+                    try:
+                        reservation = budget.reserve(
+                            in_tokens + out_guess, cost_guess, what=f"this {purpose} call"
+                        )
+                    except BudgetError as e:
+                        await self._refused(record, e)
+                        raise
+                limit = self._timeout(model, timeout)
+                start = time.monotonic()
+                try:
+                    async with asyncio.timeout(limit):
+                        response = await model.complete(request, timeout=limit)
+                except asyncio.CancelledError:
+                    record.outcome = "cancelled"
+                    record.error_class = "cancelled"
+                    record.latency_ms = _ms(start)
+                    if budget is not None:
+                        budget.release(reservation)
+                    write_call_soon(self.datasette, record, self.secrets)
+                    raise
+                except (ConfigError, CapabilityError):
+                    if budget is not None:
+                        budget.release(reservation)
+                    raise
+                except Exception as error:  # noqa: BLE001
+                    if budget is not None:
+                        budget.release(reservation)
+                    record.error_class, record.error_message = _describe(error)
+                    record.latency_ms = _ms(start)
+                    record.input_tokens = record.output_tokens = 0
+                    delay = self._retry_delay(error, attempt)
+                    if delay is not None:
+                        record.outcome = "retry"
+                        await write_call(self.datasette, record, self.secrets)
+                        await self.sleep(delay)
+                        continue
+                    failures.append((model.model_id, error))
+                    record.outcome = "fallback" if has_next else "error"
+                    await write_call(self.datasette, record, self.secrets)
+                    if has_next:
+                        break
+                    raise self._final_error(purpose, failures) from error
+                usage = response.usage or Usage()
+                estimated = not (usage.input_tokens or usage.output_tokens)
+                if estimated:
+                    usage = Usage(in_tokens, text_tokens(response.text) if response.text else 0)
+                record.input_tokens = usage.input_tokens
+                record.output_tokens = usage.output_tokens
+                record.tokens_estimated = 1 if estimated else 0
+                record.cost_usd = price(model, usage.input_tokens, usage.output_tokens)
+                record.finish_reason = response.finish_reason
+                record.latency_ms = _ms(start)
+                if budget is not None:
+                    budget.settle(reservation, usage.input_tokens + usage.output_tokens, record.cost_usd)
+                await write_call(self.datasette, record, self.secrets)
+                return ChatResponse(
+                    text=response.text,
+                    usage=usage,
+                    model_id=model.model_id,
+                    finish_reason=response.finish_reason,
+                    call_id=record.id,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def embed(
         self,
@@ -115,9 +445,90 @@ class Gateway:
         purpose: str = "embed",
         actor: dict | None = None,
         model_id: str | None = None,
+        ref: str | None = None,
+        budget: Budget | None = None,
+        timeout: float | None = None,
     ) -> np.ndarray:
+        """Embed ``texts`` in batches (one log row per batch attempt).
+
+        Embeddings never fall back to another model: vectors from two models
+        do not mix in one index. Retries apply as for chat calls.
+        """
         model = self.get_embedding_model(model_id)
-        return await model.embed(texts, kind=kind)
+        _ensure_ready(model)
+        if not texts:
+            return np.zeros((0, model.dimensions or 0), dtype=np.float32)
+        group = calllog.new_id()
+        batch_size = max(1, getattr(model, "batch_size", 64) or 64)
+        out: list[np.ndarray] = []
+        attempt_no = 0
+        for offset in range(0, len(texts), batch_size):
+            batch = texts[offset : offset + batch_size]
+            for attempt in range(1, self.settings.retries.max_attempts + 1):
+                attempt_no += 1
+                record = self._start(model, "embed", purpose, None, actor, ref, group, attempt_no, False)
+                record.items = len(batch)
+                tokens, cost_guess = estimate_embedding(batch, model)
+                reservation = None
+                if budget is not None:
+                    try:
+                        reservation = budget.reserve(tokens, cost_guess, what="this embedding batch")
+                    except BudgetError as e:
+                        await self._refused(record, e)
+                        raise
+                limit = self._timeout(model, timeout)
+                start = time.monotonic()
+                try:
+                    async with asyncio.timeout(limit):
+                        with_usage = getattr(model, "embed_with_usage", None)
+                        if with_usage is not None:
+                            vectors, used = await with_usage(batch, kind=kind)
+                        else:
+                            vectors, used = await model.embed(batch, kind=kind), None
+                except asyncio.CancelledError:
+                    record.outcome = "cancelled"
+                    record.error_class = "cancelled"
+                    record.latency_ms = _ms(start)
+                    if budget is not None:
+                        budget.release(reservation)
+                    write_call_soon(self.datasette, record, self.secrets)
+                    raise
+                except (ConfigError, CapabilityError):
+                    if budget is not None:
+                        budget.release(reservation)
+                    raise
+                except Exception as error:  # noqa: BLE001
+                    if budget is not None:
+                        budget.release(reservation)
+                    record.error_class, record.error_message = _describe(error)
+                    record.latency_ms = _ms(start)
+                    delay = self._retry_delay(error, attempt)
+                    if delay is not None:
+                        record.outcome = "retry"
+                        await write_call(self.datasette, record, self.secrets)
+                        await self.sleep(delay)
+                        continue
+                    record.outcome = "error"
+                    await write_call(self.datasette, record, self.secrets)
+                    raise self._final_error(purpose, [(model.model_id, error)]) from error
+                record.input_tokens = used if used is not None else tokens
+                record.output_tokens = 0
+                record.tokens_estimated = 0 if used is not None else 1
+                record.cost_usd = price(model, record.input_tokens, 0)
+                record.latency_ms = _ms(start)
+                if budget is not None:
+                    budget.settle(reservation, record.input_tokens, record.cost_usd)
+                await write_call(self.datasette, record, self.secrets)
+                out.append(np.asarray(vectors, dtype=np.float32))
+                break
+        return np.concatenate(out, axis=0) if len(out) > 1 else out[0]
+
+
+def _ensure_ready(model) -> None:
+    """Raise ``ConfigError`` (e.g. missing API key) before any request is made."""
+    check = getattr(model, "ensure_ready", None)
+    if check is not None:
+        check()
 
 
 def no_model_message(purpose: str) -> str:
@@ -129,8 +540,8 @@ def no_model_message(purpose: str) -> str:
     )
 
 
-async def llm_gateway(datasette) -> Gateway:
+async def llm_gateway(datasette, *, sleep: Sleep | None = None) -> Gateway:
     settings = plugin_settings(datasette)
     chat = await _collect(datasette, "register_llm_models")
     embed = await _collect(datasette, "register_embedding_models")
-    return Gateway(datasette, settings, chat, embed)
+    return Gateway(datasette, settings, chat, embed, sleep=sleep)

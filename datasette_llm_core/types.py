@@ -109,6 +109,8 @@ class StreamEnd:
 
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None  # "stop", "length", "tool_use", ...
+    #: Id of the call-log row of this call (set by the gateway).
+    call_id: str | None = None
 
 
 StreamEvent = Union[TextDelta, StreamEnd]
@@ -120,6 +122,8 @@ class ChatResponse:
     usage: Usage
     model_id: str
     finish_reason: str | None = None
+    #: Id of the call-log row of this call (set by the gateway).
+    call_id: str | None = None
 
     def json(self):
         """Parse the text as JSON (raises ``json.JSONDecodeError``)."""

@@ -114,9 +114,11 @@ class HashEmbeddingModel(EmbeddingModel):
         return self.embed_sync(texts)
 
 
-@dataclass
+@dataclass(eq=False)  # hashable: pluggy keeps plugins in a set
 class FakeModelsPlugin:
     """A Datasette plugin object providing the fakes through the suite's hooks."""
+
+    __name__ = "tests.fakes.FakeModelsPlugin"  # Datasette lists plugins by __name__
 
     chat: list[ChatModel] = field(default_factory=list)
     embedding: list[EmbeddingModel] = field(default_factory=list)

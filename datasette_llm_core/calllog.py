@@ -1,0 +1,252 @@
+"""The persistent call log and feedback tables, and secret redaction.
+
+Every attempt the gateway makes (chat or embedding) becomes one row of
+``llm_calls`` in the state database; thumbs up/down from journalists go to
+``llm_feedback``. Nothing is written here that has not been through
+``redact()`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import re
+import sqlite3
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+from .state import register_migrations, state_db
+
+#: Environment variables that always count as secrets when set.
+SECRET_ENV_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "DATASETTE_LLM_API_KEY")
+
+# Key-shaped strings scrubbed even when they are not configured values
+# (a key pasted into a prompt or echoed by a proxy, for instance).
+_KEY_PATTERNS = [
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{12,}"),
+    re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9_\-\.=]{12,}"),
+    re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[A-Za-z0-9_\-]{12,}"),
+]
+REDACTED = "[REDACTED]"
+
+
+def _migration_calls(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        create table if not exists llm_calls (
+          id text primary key, -- call id: one row per attempt
+          call_group text, -- shared by every attempt of one gateway call (retries, fallbacks)
+          ref text, -- caller's reference, e.g. an extraction run id
+          kind text not null, -- chat or embed
+          purpose text, -- extract, answer, embed, ...
+          provider text, -- openai, anthropic, openai-compatible, ...
+          model_id text, -- configured model id
+          actor_id text, -- id of the actor who caused the call
+          prompt_version text, -- version id of the prompt template used
+          attempt integer, -- 1-based attempt number within the call group
+          streamed integer, -- 1 when the call was a stream
+          input_tokens integer, -- tokens sent (provider count, else estimate)
+          output_tokens integer, -- tokens received (provider count, else estimate)
+          tokens_estimated integer, -- 1 when token counts are chars/4 estimates
+          cost_usd real, -- estimated cost in USD from model prices, null if unknown
+          latency_ms integer, -- wall time of the attempt in milliseconds
+          first_token_ms integer, -- time to the first streamed delta in milliseconds
+          outcome text not null, -- ok, retry, fallback, error, cancelled, refused
+          finish_reason text, -- stop, length, ... as reported by the model
+          error_class text, -- short error class (rate_limit, timeout, auth, ...)
+          error_message text, -- redacted error message
+          items integer, -- number of texts embedded (embedding calls)
+          started_at text not null, -- ISO 8601 UTC start time
+          finished_at text -- ISO 8601 UTC end time
+        )
+        """
+    )
+    conn.execute("create index if not exists llm_calls_ref on llm_calls(ref)")
+    conn.execute("create index if not exists llm_calls_started on llm_calls(started_at)")
+
+
+def _migration_feedback(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        create table if not exists llm_feedback (
+          id integer primary key, -- feedback id
+          call_id text, -- the llm_calls.id rated, if one call
+          ref text, -- the caller's reference rated (e.g. an extraction run id)
+          actor_id text, -- who gave the feedback
+          rating integer not null check (rating in (-1, 1)), -- +1 thumbs up, -1 thumbs down
+          comment text, -- optional free text
+          created_at text not null -- ISO 8601 UTC
+        )
+        """
+    )
+    conn.execute("create index if not exists llm_feedback_ref on llm_feedback(ref)")
+    conn.execute("create index if not exists llm_feedback_call on llm_feedback(call_id)")
+
+
+register_migrations(
+    "core",
+    [("0001_llm_calls", _migration_calls), ("0002_llm_feedback", _migration_feedback)],
+)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ---------------------------------------------------------------- redaction
+def secret_values(settings=None, environ=None) -> list[str]:
+    """Every secret value the suite knows of: configured keys and key env vars."""
+    environ = os.environ if environ is None else environ
+    found: set[str] = set()
+    for name in SECRET_ENV_VARS:
+        if environ.get(name):
+            found.add(environ[name])
+    if settings is not None:
+        for model in list(settings.models) + list(settings.embedding_models):
+            if model.api_key:
+                found.add(model.api_key)
+            if model.api_key_env and environ.get(model.api_key_env):
+                found.add(environ[model.api_key_env])
+    # Very short values would redact ordinary words; keys are long.
+    return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
+
+
+def redact(text: str | None, secrets: Iterable[str] | None = None) -> str | None:
+    """``text`` with every secret value and key-shaped string replaced."""
+    if text is None:
+        return None
+    text = str(text)
+    for secret in secrets if secrets is not None else secret_values():
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = _KEY_PATTERNS[0].sub(REDACTED, text)
+    text = _KEY_PATTERNS[1].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _KEY_PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    return text
+
+
+# ---------------------------------------------------------------- call rows
+@dataclass
+class CallRecord:
+    kind: str
+    outcome: str
+    id: str = field(default_factory=new_id)
+    call_group: str | None = None
+    ref: str | None = None
+    purpose: str | None = None
+    provider: str | None = None
+    model_id: str | None = None
+    actor_id: str | None = None
+    prompt_version: str | None = None
+    attempt: int = 1
+    streamed: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    tokens_estimated: int = 0
+    cost_usd: float | None = None
+    latency_ms: int | None = None
+    first_token_ms: int | None = None
+    finish_reason: str | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    items: int | None = None
+    started_at: str = field(default_factory=now_iso)
+    finished_at: str | None = None
+
+
+_COLUMNS = [f for f in CallRecord.__dataclass_fields__]
+_INSERT = "insert into llm_calls ({}) values ({})".format(
+    ", ".join(_COLUMNS), ", ".join("?" for _ in _COLUMNS)
+)
+
+# Writes scheduled without waiting (cancelled streams) keep a reference here.
+_pending: set[asyncio.Task] = set()
+
+
+def _insert_fn(record: CallRecord):
+    values = asdict(record)
+    params = [values[c] for c in _COLUMNS]
+
+    def fn(conn):
+        with conn:  # Datasette 0.65 does not commit for us
+            conn.execute(_INSERT, params)
+
+    return fn
+
+
+async def write_call(datasette, record: CallRecord, secrets: Iterable[str] | None = None) -> str:
+    """Insert one call row (its error message redacted); returns the call id."""
+    record.error_message = redact(record.error_message, secrets)
+    if record.finished_at is None:
+        record.finished_at = now_iso()
+    db = await state_db(datasette)
+    await db.execute_write_fn(_insert_fn(record), block=True)
+    return record.id
+
+
+def write_call_soon(datasette, record: CallRecord, secrets: Iterable[str] | None = None) -> str:
+    """Schedule ``write_call`` without waiting (for cancelled or closing streams)."""
+    task = asyncio.get_running_loop().create_task(write_call(datasette, record, secrets))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+    return record.id
+
+
+async def flush_pending() -> None:
+    """Wait for writes scheduled with ``write_call_soon`` (tests, shutdown)."""
+    if _pending:
+        await asyncio.gather(*list(_pending), return_exceptions=True)
+
+
+async def calls_for_ref(datasette, ref: str) -> list[dict]:
+    """Every logged attempt carrying caller reference ``ref``, oldest first."""
+    db = await state_db(datasette)
+    result = await db.execute(
+        "select * from llm_calls where ref = ? order by started_at, attempt", [ref]
+    )
+    return [dict(r) for r in result.rows]
+
+
+async def get_call(datasette, call_id: str) -> dict | None:
+    db = await state_db(datasette)
+    result = await db.execute("select * from llm_calls where id = ?", [call_id])
+    rows = result.rows
+    return dict(rows[0]) if rows else None
+
+
+# ---------------------------------------------------------------- feedback
+async def record_feedback(
+    datasette,
+    *,
+    actor: dict | None,
+    rating: int,
+    ref: str | None = None,
+    call_id: str | None = None,
+    comment: str | None = None,
+) -> int:
+    """Store a thumbs up (+1) or down (-1) on a call or a caller reference."""
+    if rating not in (1, -1):
+        raise ValueError("rating must be +1 (thumbs up) or -1 (thumbs down)")
+    if not ref and not call_id:
+        raise ValueError("feedback needs a call_id or a ref to point at")
+    actor_id = str(actor.get("id")) if actor and actor.get("id") is not None else None
+    comment = redact(comment.strip()[:4000], None) if comment else None
+    params = [call_id, ref, actor_id, rating, comment, now_iso()]
+
+    def fn(conn):
+        with conn:
+            cursor = conn.execute(
+                "insert into llm_feedback (call_id, ref, actor_id, rating, comment, created_at)"
+                " values (?, ?, ?, ?, ?, ?)",
+                params,
+            )
+        return cursor.lastrowid
+
+    db = await state_db(datasette)
+    return await db.execute_write_fn(fn, block=True)
