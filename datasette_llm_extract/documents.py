@@ -103,6 +103,11 @@ def _check_image(data: bytes, media_type: str, name: str) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only
             width, height = img.size
+    except Image.DecompressionBombError:  # Pillow refuses far-too-large images itself
+        raise InputError(
+            f"{name}: the image has far more than {MAX_MEGAPIXELS} megapixels, the limit. "
+            "Resize it (e.g. to 3000 pixels on the longest side) and upload again."
+        ) from None
     except Exception:
         raise InputError(
             f"{name}: the image could not be read (the file may be damaged). "
