@@ -58,6 +58,8 @@ class ExtractionJob:
     reask: bool = True
     #: None: send PDFs natively when the model reads PDFs, else their text.
     native_pdfs: bool | None = None
+    #: A gateway ``Budget`` shared by every call of the run (passed when the gateway accepts it).
+    budget: Any = None
 
 
 @dataclass
@@ -275,7 +277,7 @@ class _Run:
         self.model = model
         self.units = units
         self.actor = actor
-        self.extra = _gateway_kwargs(gateway, ref=ref)
+        self.extra = _gateway_kwargs(gateway, ref=ref, budget=job.budget)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.row_model = row_model(job.spec)
         self.dedup = Deduplicator(job.spec, job.existing_keys)

@@ -347,10 +347,9 @@ def _field_type(column: ColumnSpec):
         }[column.type]
         if column.type == "number":
             base = float
-    annotated = Annotated[base, BeforeValidator(normaliser)]
     if column.nullable:
-        return Optional[annotated], Field(default=None, alias=column.name)
-    return annotated, Field(..., alias=column.name)
+        return Annotated[Optional[base], BeforeValidator(normaliser)], Field(default=None, alias=column.name)
+    return Annotated[base, BeforeValidator(normaliser)], Field(..., alias=column.name)
 
 
 class RowBase(BaseModel):
@@ -380,7 +379,7 @@ def validate_row(model: type[BaseModel], values: dict) -> tuple[dict, list[str]]
         for err in e.errors():
             loc = ".".join(str(aliases.get(p, p)) for p in err["loc"]) or "(row)"
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "missing":
+            if err["type"] == "missing" or _blank(err.get("input")):
                 msg = "a value is required"
             elif err["type"] == "literal_error":
                 msg = f"{err.get('input')!r} is not one of the allowed choices"
