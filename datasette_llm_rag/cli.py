@@ -1,0 +1,164 @@
+"""``datasette llm-rag index`` and ``datasette llm-rag evaluate``.
+
+``index`` builds or refreshes a database's sidecar through the same gateway
+the server uses (so embedding calls are logged), with a progress bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import os
+from pathlib import Path
+
+import click
+
+from datasette_llm_core.errors import LLMSuiteError
+
+
+def _load_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yml", ".yaml")):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def _make_datasette(db_path: str, metadata: dict, config: dict, immutable: bool):
+    from datasette.app import Datasette
+
+    params = inspect.signature(Datasette.__init__).parameters
+    kwargs: dict = {"metadata": metadata}
+    if "config" in params:
+        kwargs["config"] = config
+    elif config.get("plugins"):  # 0.65 reads plugin settings from metadata
+        merged = dict(metadata)
+        merged.setdefault("plugins", {}).update(config["plugins"])
+        kwargs["metadata"] = merged
+    if immutable:
+        return Datasette([], immutables=[db_path], **kwargs)
+    return Datasette([db_path], **kwargs)
+
+
+async def _run_index(db_path, db_name, tables, rebuild, verify_only, metadata, config, sidecar, immutable, bar):
+    from datasette_llm_core.gateway import llm_gateway
+
+    from .indexer import refresh_index, verify
+    from .ragconfig import rag_config_for
+
+    ds = _make_datasette(db_path, metadata, config, immutable)
+    await ds.invoke_startup()
+    rag = rag_config_for(ds)
+    gw = await llm_gateway(ds)
+    model = gw.get_embedding_model(rag.model_for(db_name))
+    if verify_only:
+        return await verify(db_path, db_name, rag, model, sidecar=sidecar, immutable=immutable)
+    embed = functools.partial(gw.embed, purpose="embed", model_id=model.model_id, ref=f"index:{db_name}")
+    return await refresh_index(
+        db_path,
+        db_name,
+        rag,
+        model,
+        embed=embed,
+        sidecar=sidecar,
+        tables=tables or None,
+        rebuild=rebuild,
+        immutable=immutable,
+        progress=bar,
+    )
+
+
+def register(cli: click.Group) -> None:
+    """Add the ``llm-rag`` command group to Datasette's CLI."""
+
+    @cli.group(name="llm-rag")
+    def llm_rag():
+        "Build and check the search indexes used for question answering"
+
+    @llm_rag.command(name="index")
+    @click.argument("db_path", type=click.Path(exists=True, dir_okay=False))
+    @click.option("--table", "tables", multiple=True, help="Only this table (repeatable)")
+    @click.option("--rebuild", is_flag=True, help="Start from an empty index (e.g. new model)")
+    @click.option("--verify", "verify_only", is_flag=True, help="Report stale/missing rows, change nothing")
+    @click.option("-m", "--metadata", type=click.Path(exists=True, dir_okay=False), help="metadata.yml/json")
+    @click.option("-c", "--config", type=click.Path(exists=True, dir_okay=False), help="datasette.yaml/json")
+    @click.option("--sidecar", type=click.Path(dir_okay=False), help="Sidecar path (default: beside DB)")
+    @click.option("--name", "db_name", help="Database name (default: file name without extension)")
+    @click.option("-i", "--immutable", is_flag=True, help="Open the database as immutable")
+    def index(db_path, tables, rebuild, verify_only, metadata, config, sidecar, db_name, immutable):
+        "Build or refresh the search index of DB_PATH (only new or changed rows are embedded)"
+        db_name = db_name or Path(db_path).stem
+        state: dict = {}
+
+        def progress(done: int, total: int) -> None:
+            if "bar" not in state:
+                if total == 0:
+                    return
+                state["bar"] = click.progressbar(length=total, label="Embedding", file=click.get_text_stream("stderr"))
+                state["bar"].__enter__()
+                state["done"] = 0
+            state["bar"].update(done - state["done"])
+            state["done"] = done
+
+        try:
+            result = asyncio.run(
+                _run_index(
+                    os.path.abspath(db_path), db_name, list(tables), rebuild, verify_only,
+                    _load_file(metadata), _load_file(config), sidecar, immutable, progress,
+                )
+            )
+        except LLMSuiteError as e:
+            raise click.ClickException(str(e)) from None
+        finally:
+            if "bar" in state:
+                state["bar"].__exit__(None, None, None)
+        if verify_only:
+            click.echo(
+                f"stale: {result.stale}  missing: {result.missing}  orphaned: {result.orphaned}  "
+                f"model ok: {'yes' if result.model_ok else 'no'} "
+                f"(index: {result.indexed_model}, configured: {result.configured_model})  "
+                f"entries: {result.entries}"
+            )
+            if not result.ok:
+                raise SystemExit(1)
+            return
+        click.echo(
+            f"{db_name}: {result.added} added, {result.updated} updated, {result.deleted} deleted, "
+            f"{result.unchanged} unchanged ({result.rows} rows read, {result.embedded} texts embedded) "
+            f"in {result.seconds:.2f}s -> {result.sidecar}"
+        )
+
+    @llm_rag.command(name="evaluate")
+    @click.argument("corpus", type=click.Path(exists=True, dir_okay=False))
+    @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
+    @click.argument("qrels", type=click.Path(exists=True, dir_okay=False))
+    @click.option("--limit", type=int, help="Only the first N judged queries")
+    @click.option("--cache", type=click.Path(dir_okay=False), help="Embedding cache file (.npz)")
+    @click.option("--rrf-k", type=int, default=60, show_default=True)
+    @click.option("--depth", type=int, default=100, show_default=True, help="Results per method fused")
+    def evaluate_cmd(corpus, queries, qrels, limit, cache, rrf_k, depth):
+        "Retrieval quality (nDCG@10, recall@10/100, MRR@10) on a BEIR-format data set"
+        from datasette_llm_core.embeddings.local_minilm import LocalMiniLM
+
+        from .evaluate import CachingEmbedder, EvalSettings, evaluate, format_table
+
+        try:
+            embedder = CachingEmbedder(LocalMiniLM(), cache)
+            [result] = evaluate(
+                corpus, queries, qrels, embedder, limit=limit,
+                settings_list=[EvalSettings(rrf_k=rrf_k, depth=depth)],
+            )
+            embedder.save()
+        except LLMSuiteError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(
+            f"{result.documents} documents, {result.queries} queries; "
+            f"rrf_k={rrf_k} depth={depth}; indexed in {result.index_seconds:.1f}s "
+            f"({embedder.embedded} texts embedded)"
+        )
+        click.echo(format_table(result))

@@ -1,0 +1,88 @@
+"""Ranking helpers: safe FTS5 queries from user text, and reciprocal rank fusion."""
+
+from __future__ import annotations
+
+import re
+from typing import Hashable, Iterable, Sequence
+
+# Common English function words: they match almost every row and only slow
+# BM25 down without changing the ranking much. Written out here, not taken
+# from any library, and deliberately short.
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are as at be because been
+    before being below between both but by can could did do does doing down during
+    each few for from further had has have having he her here hers herself him himself
+    his how i if in into is it its itself just me more most my myself no nor not of
+    off on once only or other our ours ourselves out over own same she should so some
+    such than that the their theirs them themselves then there these they this those
+    through to too under until up very was we were what when where which while who whom
+    why will with would you your yours yourself yourselves
+    """.split()
+)
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+#: Most terms put into one FTS query (long pasted questions stay fast).
+MAX_TERMS = 32
+
+
+def query_terms(text: str, *, stopwords: frozenset[str] = STOPWORDS) -> list[str]:
+    """Lower-cased word tokens of ``text`` without stopwords or repeats, in order."""
+    seen: list[str] = []
+    for word in _WORD.findall(text or ""):
+        word = word.lower()
+        if word in stopwords or word in seen:
+            continue
+        seen.append(word)
+    if not seen:  # a question made only of stopwords: keep them rather than nothing
+        for word in _WORD.findall(text or ""):
+            word = word.lower()
+            if word not in seen:
+                seen.append(word)
+    return seen[:MAX_TERMS]
+
+
+def fts_query(text: str, *, operator: str = "OR") -> str:
+    """An FTS5 MATCH expression that can never be a syntax error.
+
+    Every term is a double-quoted string (so ``AND``, ``NEAR(``, ``*``, ``"``
+    and column filters in user text are plain words), joined with OR so BM25
+    ranks rows by how many and how rare the matching terms are. Returns "" when
+    the text has no words at all (then there is nothing to search for).
+    """
+    if operator not in ("OR", "AND"):
+        raise ValueError("operator must be OR or AND")
+    terms = query_terms(text)
+    return f" {operator} ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+def rrf(
+    rankings: Sequence[Iterable[Hashable]],
+    *,
+    k: int = 60,
+    weights: Sequence[float] | None = None,
+) -> list[tuple[Hashable, float, list[int | None]]]:
+    """Reciprocal rank fusion: ``score(d) = sum_i w_i / (k + rank_i(d))``, ranks from 1.
+
+    Returns ``(item, score, [rank in each list or None])`` best first; ties
+    keep the order in which items were first seen (earlier lists first).
+    """
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError("one weight per ranking")
+    scores: dict[Hashable, float] = {}
+    ranks: dict[Hashable, list[int | None]] = {}
+    for i, ranking in enumerate(rankings):
+        for rank, item in enumerate(ranking, start=1):
+            if item not in scores:
+                scores[item] = 0.0
+                ranks[item] = [None] * len(rankings)
+            if ranks[item][i] is not None:  # duplicate in one list: keep the best rank
+                continue
+            ranks[item][i] = rank
+            scores[item] += weights[i] / (k + rank)
+    order = sorted(scores, key=lambda item: -scores[item])  # sorted() is stable
+    return [(item, scores[item], ranks[item]) for item in order]

@@ -1,0 +1,548 @@
+"""Building and refreshing a database's sidecar index.
+
+``refresh_index`` reads the configured tables through a read-only connection,
+builds each row's text (columns or template), splits long texts into chunks,
+hashes every chunk and embeds only the chunks that are new or changed, in
+batches of the model's ``batch_size``. Entries of rows that are gone are
+deleted. Writes go to the sidecar in transactions; the source database is
+never written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+from urllib.parse import quote
+
+import numpy as np
+
+from datasette_llm_core.errors import ConfigError
+from datasette_llm_core.sql import quote_identifier
+
+from .quant import quantize
+from .ragconfig import SECTION, RagConfig, TableConfig, parse_rag_config
+from .sidecar import (
+    bump_generation,
+    check_model,
+    init_meta,
+    open_sidecar,
+    read_meta,
+    sidecar_path,
+)
+from .textbuild import build_text, chunk_text, text_hash
+
+EmbedFn = Callable[..., Awaitable[np.ndarray]]
+ProgressFn = Callable[[int, int], Any]
+
+#: Entries written per sidecar transaction.
+WRITE_BATCH = 5000
+
+
+@dataclass
+class IndexStats:
+    """What a refresh did, counted in entries (a row is one entry per chunk)."""
+
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    seconds: float = 0.0
+    embedded: int = 0  #: texts sent to the embedding model
+    rows: int = 0  #: source rows read
+    sidecar: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """How far a sidecar is from its source (``--verify``), counted in entries."""
+
+    stale: int = 0  #: indexed, but the row's text changed since
+    missing: int = 0  #: in the source, not in the index
+    orphaned: int = 0  #: in the index, row (or table config) gone, or vector missing
+    model_ok: bool = True  #: built with the configured embedding model
+    indexed_model: str | None = None
+    configured_model: str | None = None
+    entries: int = 0
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.model_ok and not (self.stale or self.missing or self.orphaned)
+
+
+@dataclass
+class TablePlan:
+    """A table as it will be read: which columns, which primary key."""
+
+    name: str
+    config: TableConfig
+    pk_columns: list[str]  # empty: rowid table
+    text_columns: list[str]
+    title_column: str | None
+
+
+# ---------------------------------------------------------------- source access
+
+
+def open_source(path: str, *, immutable: bool = False) -> sqlite3.Connection:
+    """Open a database read-only (``mode=ro``; ``immutable=1`` for -i databases)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"Database file {path} does not exist.")
+    flag = "immutable=1" if immutable else "mode=ro"
+    conn = sqlite3.connect(
+        f"file:{quote(os.path.abspath(path))}?{flag}", uri=True, check_same_thread=False
+    )
+    try:
+        conn.execute("select count(*) from sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        if not immutable:  # e.g. WAL database in a read-only folder
+            return open_source(path, immutable=True)
+        raise ConfigError(f"Cannot read database {path}: {e}") from None
+    return conn
+
+
+def plan_table(
+    conn: sqlite3.Connection, db_name: str, table: str, config: TableConfig
+) -> TablePlan:
+    """Check that a configured table and its columns exist; ``ConfigError`` if not."""
+    where = f"{SECTION}: databases: {db_name}: tables: {table}"
+    kinds = dict(
+        conn.execute("select name, type from sqlite_master where type in ('table', 'view')")
+    )
+    if table not in kinds:
+        available = ", ".join(
+            sorted(n for n in kinds if not n.startswith("sqlite_")) or ["none"]
+        )
+        raise ConfigError(
+            f"Table {table!r} configured under {where} does not exist in database "
+            f"{db_name!r}. Available tables: {available}."
+        )
+    if kinds[table] == "view":
+        raise ConfigError(
+            f"{table!r} in database {db_name!r} is a view; only tables can be indexed "
+            f"(rows need a stable primary key). Fix {where}."
+        )
+    info = conn.execute(f"pragma table_info({quote_identifier(table)})").fetchall()
+    all_columns = [r[1] for r in info]
+    types = {r[1]: (r[2] or "").upper() for r in info}
+    pk_columns = [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
+    wanted = config.text_columns()
+    if wanted is None:  # every text column
+        wanted = [
+            c
+            for c in all_columns
+            if c not in pk_columns
+            and (types[c] == "" or any(t in types[c] for t in ("TEXT", "CHAR", "CLOB")))
+        ]
+        if not wanted:
+            raise ConfigError(
+                f"Table {table!r} in database {db_name!r} has no text columns: "
+                f"set columns: or template: under {where}. Columns: {', '.join(all_columns)}."
+            )
+    check = list(wanted) + ([config.title_column] if config.title_column else [])
+    unknown = [c for c in check if c not in all_columns]
+    if unknown:
+        raise ConfigError(
+            f"Column {unknown[0]!r} configured under {where} does not exist in table "
+            f"{table!r} of database {db_name!r}. Available columns: {', '.join(all_columns)}."
+        )
+    return TablePlan(table, config, pk_columns, list(wanted), config.title_column)
+
+
+def _iter_source_rows(conn: sqlite3.Connection, plan: TablePlan) -> Iterable[tuple[str, str, str | None]]:
+    """``(pk_json, text, title)`` for every row of a planned table."""
+    key_cols = plan.pk_columns or ["rowid"]
+    key_sql = (
+        ", ".join(quote_identifier(c) for c in plan.pk_columns) if plan.pk_columns else "rowid"
+    )
+    value_cols = list(plan.text_columns)
+    title_at = None
+    if plan.title_column:
+        if plan.title_column not in value_cols:
+            value_cols.append(plan.title_column)
+        title_at = value_cols.index(plan.title_column)
+    sql = "select {}, {} from {}".format(
+        key_sql, ", ".join(quote_identifier(c) for c in value_cols), quote_identifier(plan.name)
+    )
+    nkey = len(key_cols)
+    dumps = json.dumps
+    cursor = conn.execute(sql)
+    while True:
+        rows = cursor.fetchmany(2000)
+        if not rows:
+            break
+        for row in rows:
+            values = row[nkey:]
+            text = build_text(plan.config, value_cols, values)
+            title = values[title_at] if title_at is not None else None
+            yield dumps(list(row[:nkey])), text, (None if title is None else str(title))
+
+
+# ---------------------------------------------------------------- planning
+
+
+@dataclass
+class _Work:
+    new: list[tuple[str, str, int, str, str, str | None]] = field(default_factory=list)
+    # (tbl, pk, chunk, text, hash, title) -> to embed and insert
+    changed: list[tuple[int, str, str, str | None]] = field(default_factory=list)
+    # (entry id, text, hash, title) -> to embed and update
+    retitle: list[tuple[str | None, int]] = field(default_factory=list)  # (title, id)
+    gone: list[int] = field(default_factory=list)  # entry ids to delete
+    unchanged: int = 0
+    rows: int = 0
+
+
+def _plan_work(
+    source: sqlite3.Connection,
+    side: sqlite3.Connection,
+    plans: list[TablePlan],
+    all_tables: bool,
+    configured: set[str],
+) -> _Work:
+    work = _Work()
+    for plan in plans:
+        existing: dict[tuple[str, int], tuple[int, str, str | None]] = {
+            (pk, chunk): (id_, h, title)
+            for id_, pk, chunk, h, title in side.execute(
+                "select id, pk, chunk, hash, title from entries where tbl = ?", (plan.name,)
+            )
+        }
+        chunk_chars = plan.config.chunk_chars
+        for pk, text, title in _iter_source_rows(source, plan):
+            work.rows += 1
+            if not text:
+                continue
+            pieces = chunk_text(text, chunk_chars) if chunk_chars else [text]
+            for number, piece in enumerate(pieces):
+                h = text_hash(piece)
+                old = existing.pop((pk, number), None)
+                if old is None:
+                    work.new.append((plan.name, pk, number, piece, h, title))
+                elif old[1] != h:
+                    work.changed.append((old[0], piece, h, title))
+                else:
+                    work.unchanged += 1
+                    if old[2] != title:
+                        work.retitle.append((title, old[0]))
+        work.gone.extend(v[0] for v in existing.values())
+    if all_tables:
+        # Tables no longer configured lose their entries on a full refresh.
+        for (id_,) in side.execute(
+            "select id from entries where tbl not in ({})".format(",".join("?" * len(configured))),
+            sorted(configured),
+        ) if configured else side.execute("select id from entries"):
+            work.gone.append(id_)
+    return work
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _write_batch(
+    side: sqlite3.Connection,
+    next_id: int,
+    items: Sequence[tuple[str, tuple]],
+    vectors: np.ndarray,
+) -> int:
+    """Insert new and update changed entries with their vectors in one transaction.
+
+    ``items`` are ``("new", (tbl, pk, chunk, text, hash, title))`` or
+    ``("changed", (id, text, hash, title))``, aligned with ``vectors``.
+    """
+    q8, scale = quantize(vectors)
+    inserts, vec_rows, updates = [], [], []
+    for j, (kind, item) in enumerate(items):
+        if kind == "new":
+            entry_id = next_id
+            next_id += 1
+            inserts.append((entry_id, *item))
+        else:
+            entry_id, text, h, title = item
+            updates.append((text, h, title, entry_id))
+        vec_rows.append((entry_id, q8[j].tobytes(), float(scale[j])))
+    side.execute("begin immediate")
+    try:
+        if inserts:
+            side.executemany(
+                "insert into entries (id, tbl, pk, chunk, text, hash, title) "
+                "values (?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
+        if updates:
+            side.executemany(
+                "update entries set text = ?, hash = ?, title = ? where id = ?", updates
+            )
+        side.executemany(
+            "insert or replace into vectors (entry_id, q8, scale) values (?, ?, ?)", vec_rows
+        )
+        bump_generation(side)
+        side.execute("commit")
+    except BaseException:
+        side.execute("rollback")
+        raise
+    return next_id
+
+
+def _delete_and_retitle(side: sqlite3.Connection, gone: list[int], retitle: list[tuple]) -> None:
+    if not gone and not retitle:
+        return
+    side.execute("begin immediate")
+    try:
+        for start in range(0, len(gone), 500):
+            part = gone[start : start + 500]
+            marks = ",".join("?" * len(part))
+            side.execute(f"delete from vectors where entry_id in ({marks})", part)
+            side.execute(f"delete from entries where id in ({marks})", part)
+        if retitle:
+            side.executemany("update entries set title = ? where id = ?", retitle)
+        bump_generation(side)
+        side.execute("commit")
+    except BaseException:
+        side.execute("rollback")
+        raise
+
+
+def _clear(side: sqlite3.Connection) -> None:
+    side.execute("begin immediate")
+    try:
+        side.execute("delete from vectors")
+        side.execute("delete from entries")
+        side.execute("insert into entries_fts(entries_fts) values ('delete-all')")
+        side.execute("delete from meta where key in ('embedding_model', 'dimensions')")
+        bump_generation(side)
+        side.execute("commit")
+    except BaseException:
+        side.execute("rollback")
+        raise
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _resolve_embed(embedder: Any, embed: EmbedFn | None) -> EmbedFn:
+    if embed is not None:
+        return embed
+    if embedder is None:
+        raise ConfigError("No embedding model: configure one or pass embed=")
+    return embedder.embed
+
+
+async def _call_embed(embed: EmbedFn, texts: list[str]) -> np.ndarray:
+    result = embed(texts, kind="document")
+    if inspect.isawaitable(result):
+        result = await result
+    vectors = np.asarray(result, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+        raise ConfigError(
+            f"The embedding model returned shape {vectors.shape} for {len(texts)} texts."
+        )
+    return vectors
+
+
+def _selected_tables(config: RagConfig, db_name: str, tables: Sequence[str] | None) -> list[str]:
+    db_conf = config.database(db_name)
+    if not db_conf.tables:
+        raise ConfigError(
+            f"No tables configured for database {db_name!r}: add them under "
+            f"{SECTION}: databases: {db_name}: tables:"
+        )
+    if tables is None:
+        return list(db_conf.tables)
+    unknown = [t for t in tables if t not in db_conf.tables]
+    if unknown:
+        raise ConfigError(
+            f"Table {unknown[0]!r} is not configured for database {db_name!r} "
+            f"(configured: {', '.join(db_conf.tables)})."
+        )
+    return list(tables)
+
+
+def _open_source_arg(source: str | sqlite3.Connection, immutable: bool) -> tuple[sqlite3.Connection, bool]:
+    if isinstance(source, sqlite3.Connection):
+        return source, False
+    return open_source(os.fspath(source), immutable=immutable), True
+
+
+def _model_id(embedder: Any, model_id: str | None) -> str:
+    mid = model_id or getattr(embedder, "model_id", None)
+    if not mid:
+        raise ConfigError("The embedding model has no model_id; pass model_id=")
+    return mid
+
+
+async def refresh_index(
+    source: str | sqlite3.Connection,
+    db_name: str,
+    rag_config: RagConfig | dict | None,
+    embedder: Any,
+    *,
+    embed: EmbedFn | None = None,
+    model_id: str | None = None,
+    sidecar: str | None = None,
+    tables: Sequence[str] | None = None,
+    progress: ProgressFn | None = None,
+    rebuild: bool = False,
+    immutable: bool = False,
+    batch_size: int | None = None,
+) -> IndexStats:
+    """Bring the sidecar of ``db_name`` up to date with its source database.
+
+    ``source`` is the database path (opened read-only) or an open connection
+    (only read). ``embedder`` is the ``EmbeddingModel`` (its ``model_id``,
+    ``dimensions`` and ``batch_size`` are used); ``embed(texts, kind=)`` may be
+    given to route calls elsewhere, e.g. ``functools.partial(gw.embed,
+    purpose="embed", actor=actor)`` so every call is logged. Only new or
+    changed chunks are embedded. ``progress(done, total)`` is called after each
+    embedded batch (total = texts to embed). ``rebuild`` starts from empty,
+    which is also how to switch embedding models.
+    """
+    started = time.perf_counter()
+    config = parse_rag_config(rag_config)
+    selected = _selected_tables(config, db_name, tables)
+    mid = _model_id(embedder, model_id)
+    embed_fn = _resolve_embed(embedder, embed)
+    size = int(batch_size or getattr(embedder, "batch_size", 0) or 64)
+    dims = int(getattr(embedder, "dimensions", 0) or 0)
+
+    src, owned = _open_source_arg(source, immutable)
+    src_path = source if isinstance(source, str) else None
+    path = sidecar or sidecar_path(src_path, db_name, config)
+    # A caller's own connection may be bound to its thread; ours are not.
+    run = asyncio.to_thread if owned else _run_inline
+    side = None
+    try:
+        plans = await run(
+            lambda: [plan_table(src, db_name, t, config.databases[db_name].tables[t]) for t in selected]
+        )
+        side = await asyncio.to_thread(open_sidecar, path, create=True)
+        if rebuild:
+            await asyncio.to_thread(_clear, side)
+        else:
+            check_model(side, path, mid, dims or None)
+        work = await run(
+            _plan_work,
+            src,
+            side,
+            plans,
+            tables is None,
+            set(config.databases[db_name].tables),
+        )
+        stats = IndexStats(
+            added=len(work.new),
+            updated=len(work.changed),
+            deleted=len(work.gone),
+            unchanged=work.unchanged,
+            rows=work.rows,
+            sidecar=path,
+        )
+        todo: list[tuple[str, Any]] = [("new", e) for e in work.new] + [
+            ("changed", c) for c in work.changed
+        ]
+        total = len(todo)
+        if progress:
+            progress(0, total)
+        meta_written = "embedding_model" in read_meta(side)
+        next_id = (side.execute("select coalesce(max(id), 0) from entries").fetchone()[0]) + 1
+        done = 0
+        pending_items: list[tuple[str, tuple]] = []
+        pending_vecs: list[np.ndarray] = []
+        for start in range(0, total, size):
+            batch = todo[start : start + size]
+            texts = [item[3] if kind == "new" else item[1] for kind, item in batch]
+            vectors = await _call_embed(embed_fn, texts)
+            if not meta_written:
+                await asyncio.to_thread(_init_meta, side, mid, vectors.shape[1])
+                meta_written = True
+            elif dims and vectors.shape[1] != dims:
+                raise ConfigError(
+                    f"Embedding model {mid!r} returned {vectors.shape[1]} dimensions, "
+                    f"expected {dims}."
+                )
+            pending_items.extend(batch)
+            pending_vecs.append(vectors)
+            done += len(batch)
+            if len(pending_items) >= WRITE_BATCH or done == total:
+                next_id = await asyncio.to_thread(
+                    _write_batch, side, next_id, pending_items, np.concatenate(pending_vecs)
+                )
+                pending_items, pending_vecs = [], []
+            if progress:
+                progress(done, total)
+        if not meta_written and dims:
+            await asyncio.to_thread(_init_meta, side, mid, dims)
+        await asyncio.to_thread(_delete_and_retitle, side, work.gone, work.retitle)
+        stats.embedded = total
+        stats.seconds = time.perf_counter() - started
+        return stats
+    finally:
+        if side is not None:
+            side.close()
+        if owned:
+            src.close()
+
+
+def _init_meta(side: sqlite3.Connection, model_id: str, dims: int) -> None:
+    side.execute("begin immediate")
+    try:
+        init_meta(side, model_id, dims)
+        side.execute("commit")
+    except BaseException:
+        side.execute("rollback")
+        raise
+
+
+async def _run_inline(fn, *args):
+    return fn(*args)
+
+
+async def verify(
+    source: str | sqlite3.Connection,
+    db_name: str,
+    rag_config: RagConfig | dict | None,
+    embedder: Any = None,
+    *,
+    model_id: str | None = None,
+    sidecar: str | None = None,
+    immutable: bool = False,
+) -> VerifyReport:
+    """Compare the sidecar with its source without changing either."""
+    config = parse_rag_config(rag_config)
+    selected = _selected_tables(config, db_name, None)
+    src, owned = _open_source_arg(source, immutable)
+    src_path = source if isinstance(source, str) else None
+    path = sidecar or sidecar_path(src_path, db_name, config)
+    side = open_sidecar(path)
+    try:
+        plans = [plan_table(src, db_name, t, config.databases[db_name].tables[t]) for t in selected]
+        work = _plan_work(src, side, plans, True, set(config.databases[db_name].tables))
+        meta = read_meta(side)
+        configured = model_id or getattr(embedder, "model_id", None) or config.model_for(db_name)
+        no_vector = side.execute(
+            "select count(*) from entries where id not in (select entry_id from vectors)"
+        ).fetchone()[0]
+        report = VerifyReport(
+            stale=len(work.changed),
+            missing=len(work.new),
+            orphaned=len(work.gone) + no_vector,
+            indexed_model=meta.get("embedding_model"),
+            configured_model=configured,
+            entries=side.execute("select count(*) from entries").fetchone()[0],
+        )
+        report.model_ok = configured is None or meta.get("embedding_model") in (None, configured)
+        if not report.model_ok:
+            report.details.append(
+                f"index built with {meta.get('embedding_model')!r}, configured {configured!r}"
+            )
+        return report
+    finally:
+        side.close()
+        if owned:
+            src.close()

@@ -1,0 +1,267 @@
+"""The sidecar: a separate SQLite file holding a database's search index.
+
+The source database is never written: rows are read through a read-only
+connection and everything the index needs lives here, so immutable (``-i``)
+databases can be indexed too. By default the sidecar sits beside its
+database as ``<name>.llm-rag.db``.
+
+Schema (created by the migrations below, tracked with ``PRAGMA user_version``):
+
+- ``meta``: key/value facts about the index: embedding model id, dimensions,
+  quantisation, creation time, a generation counter bumped on every write.
+- ``entries``: one row per indexed chunk of a source row.
+- ``vectors``: the chunk's embedding, int8 scalar-quantised with one scale per
+  vector (``v ~= q8 * scale``): a quarter of float32's size, and enough to
+  rescore candidates to better than 0.98 recall against exact float32 search.
+- ``entries_fts``: an FTS5 index over the same title and text.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Callable
+
+from datasette_llm_core.errors import ConfigError
+
+from .ragconfig import SECTION, RagConfig, parse_rag_config
+
+SIDECAR_SUFFIX = ".llm-rag.db"
+QUANTISATION = "int8-per-vector-scale"
+REBUILD_HINT = "re-index with `datasette llm-rag index DB --rebuild`"
+
+
+class SidecarError(ConfigError):
+    """The sidecar index cannot be used as it is (corrupt, unreadable, wrong model)."""
+
+
+class ModelMismatchError(SidecarError):
+    """The sidecar was built with another embedding model than the one configured."""
+
+
+class IndexMissingError(SidecarError):
+    """There is no sidecar index for this database yet."""
+
+
+def sidecar_path(db_path: str | None, db_name: str, rag_config: RagConfig | dict | None) -> str:
+    """Where the sidecar index of database ``db_name`` lives.
+
+    Order: the database's own ``sidecar`` setting, then ``sidecar_dir`` +
+    ``<db_name>.llm-rag.db``, then beside the database file. In-memory
+    databases have no file to sit beside, so they need one of the first two.
+    """
+    config = parse_rag_config(rag_config)
+    db_conf = config.databases.get(db_name)
+    if db_conf is not None and db_conf.sidecar:
+        path = os.path.expanduser(db_conf.sidecar)
+        if not os.path.isabs(path) and config.sidecar_dir:
+            path = os.path.join(os.path.expanduser(config.sidecar_dir), path)
+        return os.path.abspath(path)
+    if config.sidecar_dir:
+        return os.path.abspath(
+            os.path.join(os.path.expanduser(config.sidecar_dir), db_name + SIDECAR_SUFFIX)
+        )
+    if not db_path or db_path == ":memory:" or db_path.startswith("file::memory:"):
+        raise ConfigError(
+            f"Database {db_name!r} is in memory, so its search index cannot sit beside it: "
+            f"set {SECTION}: sidecar_dir: (a folder) or "
+            f"databases: {db_name}: sidecar: (a file path)."
+        )
+    return os.path.join(os.path.dirname(os.path.abspath(db_path)), db_name + SIDECAR_SUFFIX)
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def _m0001_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """create table meta (
+  key text primary key, -- fact name: embedding_model, dimensions, quantisation, created, generation
+  value text -- its value, as text
+)"""
+    )
+    conn.execute(
+        """create table entries (
+  id integer primary key, -- entry id; also the FTS rowid and the vectors key
+  tbl text not null, -- source table name
+  pk text not null, -- JSON list of the source row's primary key values ([rowid] for rowid tables)
+  chunk integer not null default 0, -- chunk number within the row's text, 0 first
+  text text not null, -- the text that was embedded and full-text indexed
+  hash text not null, -- blake2b hash of text: unchanged rows are not embedded again
+  title text, -- display title from the table's title_column
+  unique (tbl, pk, chunk)
+)"""
+    )
+    conn.execute(
+        """create table vectors (
+  entry_id integer primary key references entries(id) on delete cascade, -- entries.id
+  q8 blob not null, -- int8 codes, one byte per dimension: round(v / scale)
+  scale real not null -- per-vector scale so that v ~= q8 * scale (float32 v is L2-normalised)
+)"""
+    )
+    conn.execute(
+        "create virtual table entries_fts using fts5("
+        "title, text, content='entries', content_rowid='id', "
+        "tokenize='porter unicode61 remove_diacritics 2')"
+    )
+    # External-content FTS kept in step with entries by triggers.
+    conn.execute(
+        """create trigger entries_ai after insert on entries begin
+  insert into entries_fts(rowid, title, text) values (new.id, new.title, new.text);
+end"""
+    )
+    conn.execute(
+        """create trigger entries_ad after delete on entries begin
+  insert into entries_fts(entries_fts, rowid, title, text)
+    values ('delete', old.id, old.title, old.text);
+end"""
+    )
+    conn.execute(
+        """create trigger entries_au after update of title, text on entries begin
+  insert into entries_fts(entries_fts, rowid, title, text)
+    values ('delete', old.id, old.title, old.text);
+  insert into entries_fts(rowid, title, text) values (new.id, new.title, new.text);
+end"""
+    )
+
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
+    ("0001_initial", _m0001_initial),
+]
+
+
+def _apply_migrations(conn: sqlite3.Connection) -> None:
+    version = conn.execute("pragma user_version").fetchone()[0]
+    for number, (_name, fn) in enumerate(MIGRATIONS, start=1):
+        if number <= version:
+            continue
+        conn.execute("begin immediate")
+        try:
+            # Re-check inside the write lock: another process may have migrated.
+            if conn.execute("pragma user_version").fetchone()[0] >= number:
+                conn.execute("rollback")
+                continue
+            fn(conn)
+            conn.execute(f"pragma user_version = {int(number)}")
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+
+
+# ---------------------------------------------------------------- opening
+
+
+def _corrupt(path: str, detail: str) -> SidecarError:
+    return SidecarError(
+        f"The search index {path} is damaged or not a search index ({detail}): "
+        f"delete it and {REBUILD_HINT}."
+    )
+
+
+def open_sidecar(path: str, *, create: bool = False, readonly: bool = False) -> sqlite3.Connection:
+    """Open (and migrate) a sidecar; clear ``SidecarError`` if it is unusable.
+
+    ``create=False`` raises ``IndexMissingError`` when the file does not exist.
+    """
+    if not os.path.exists(path):
+        if not create:
+            raise IndexMissingError(
+                f"There is no search index at {path} yet: build it with "
+                "`datasette llm-rag index DB_PATH`."
+            )
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"Cannot create the folder for the search index {path}: {e.strerror}. "
+                f"Set {SECTION}: sidecar_dir: to a writable folder."
+            ) from None
+    try:
+        if readonly:
+            from urllib.parse import quote
+
+            conn = sqlite3.connect(
+                f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, check_same_thread=False
+            )
+        else:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("pragma journal_mode=wal")
+            conn.execute("pragma synchronous=normal")
+            conn.execute("pragma foreign_keys=on")
+        conn.execute("pragma busy_timeout=5000")
+        if not readonly:
+            _apply_migrations(conn)
+        _check_schema(conn, path)
+    except SidecarError:
+        raise
+    except sqlite3.DatabaseError as e:
+        if "readonly" in str(e).lower() or "unable to open" in str(e).lower():
+            raise ConfigError(
+                f"Cannot write the search index {path} ({e}). "
+                f"Set {SECTION}: sidecar_dir: to a writable folder."
+            ) from None
+        raise _corrupt(path, str(e)) from None
+    return conn
+
+
+def _check_schema(conn: sqlite3.Connection, path: str) -> None:
+    names = {
+        row[0]
+        for row in conn.execute("select name from sqlite_master where type in ('table', 'view')")
+    }
+    missing = {"meta", "entries", "vectors", "entries_fts"} - names
+    if missing:
+        raise _corrupt(path, "missing tables: " + ", ".join(sorted(missing)))
+
+
+def read_meta(conn: sqlite3.Connection) -> dict[str, str]:
+    return {k: v for k, v in conn.execute("select key, value from meta")}
+
+
+def check_model(conn: sqlite3.Connection, path: str, model_id: str, dimensions: int | None) -> None:
+    """Raise ``ModelMismatchError`` if the sidecar holds another model's vectors."""
+    meta = read_meta(conn)
+    built = meta.get("embedding_model")
+    if built is None:
+        return
+    if built != model_id or (
+        dimensions and meta.get("dimensions") and int(meta["dimensions"]) != int(dimensions)
+    ):
+        raise ModelMismatchError(
+            f"The search index {path} was built with embedding model {built!r} "
+            f"({meta.get('dimensions')} dimensions) but {model_id!r} is configured: "
+            f"vectors from different models cannot be compared, so {REBUILD_HINT}."
+        )
+
+
+def init_meta(conn: sqlite3.Connection, model_id: str, dimensions: int) -> None:
+    """Record the model of a new (or rebuilt) index; call inside a transaction."""
+    now = str(time.time())
+    for key, value in (
+        ("embedding_model", model_id),
+        ("dimensions", str(int(dimensions))),
+        ("quantisation", QUANTISATION),
+        ("created", now),
+    ):
+        conn.execute(
+            "insert into meta (key, value) values (?, ?) "
+            "on conflict(key) do update set value = excluded.value",
+            (key, value),
+        )
+    conn.execute("insert or ignore into meta (key, value) values ('generation', '0')")
+
+
+def bump_generation(conn: sqlite3.Connection) -> None:
+    """Mark a change so loaded indexes reload; call inside the write transaction."""
+    conn.execute(
+        "insert into meta (key, value) values ('generation', '1') "
+        "on conflict(key) do update set value = cast(value as integer) + 1"
+    )
+    conn.execute(
+        "insert into meta (key, value) values ('updated', ?) "
+        "on conflict(key) do update set value = excluded.value",
+        (str(time.time()),),
+    )

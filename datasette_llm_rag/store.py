@@ -1,0 +1,619 @@
+"""Searching a sidecar index: vector, full-text, hybrid and similar-row search.
+
+A ``RagIndex`` loads the sidecar's vectors into memory on first use and is
+shared by every request (``get_index`` keeps one per sidecar path). Before
+each search it checks the sidecar file's size and modification time, and
+reloads when an indexer has committed a new generation.
+
+Vectors stay int8-quantised in memory (one byte per dimension plus one scale
+per vector: 384 MB for a million MiniLM vectors instead of 1.5 GB). Small
+indexes are searched exactly. Larger ones are searched in two steps: a
+Hamming-distance scan over one-bit codes of the mean-centred vectors (48
+bytes per vector) picks a few thousand candidates, which are then rescored
+with their int8 vectors. The ``tables`` argument of every search restricts it
+to those tables *inside* the search, so rows of other tables can never come
+back, whatever the fusion does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .fusion import fts_query, rrf
+from .quant import dequantize
+from .sidecar import REBUILD_HINT, ModelMismatchError, SidecarError, open_sidecar, read_meta
+
+#: Below this many vectors search is exact over dequantised float32.
+EXACT_LIMIT = 20_000
+#: Rows per block when scanning codes (fits in L2 cache with the temporaries).
+BLOCK = 1 << 16
+#: BM25 column weights for (title, text).
+FTS_WEIGHTS = (2.0, 1.0)
+
+
+@dataclass
+class Hit:
+    """One search result: a chunk of a row of a table."""
+
+    table: str
+    pk: list
+    chunk: int
+    text: str
+    title: str | None
+    score: float  #: the ranking score of the search that returned it (RRF for hybrid)
+    vector_rank: int | None = None  #: 1-based rank in the vector results, if there
+    fts_rank: int | None = None  #: 1-based rank in the full-text results, if there
+    vector_score: float | None = None  #: cosine similarity with the query vector
+    fts_score: float | None = None  #: BM25 score (higher is better)
+    entry_id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Loaded:
+    """An immutable snapshot of the sidecar's vectors."""
+
+    def __init__(self) -> None:
+        self.ids = np.zeros(0, np.int64)
+        self.tcode = np.zeros(0, np.int16)
+        self.tables: list[str] = []
+        self.q8 = np.zeros((0, 0), np.int8)
+        self.scale = np.zeros(0, np.float32)
+        self.f32: np.ndarray | None = None  # exact path
+        self.words: list[np.ndarray] = []  # binary codes, one uint64 array per 64 dims
+        self.mu: np.ndarray | None = None
+        self.generation = ""
+        self.meta: dict[str, str] = {}
+        self.masks: dict[frozenset, np.ndarray] = {}
+
+    @property
+    def count(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def dims(self) -> int:
+        return int(self.q8.shape[1]) if self.q8.ndim == 2 else 0
+
+
+def _binary_words(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Sign bits of ``x - mu`` packed into uint64 words: shape (n, ceil(d/64))."""
+    bits = np.packbits(x > mu, axis=1, bitorder="little")
+    pad = (-bits.shape[1]) % 8
+    if pad:
+        bits = np.pad(bits, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(bits).view(np.uint64)
+
+
+class RagIndex:
+    """The loaded search index of one sidecar file. Thread-safe."""
+
+    def __init__(self, path: str, *, exact_limit: int = EXACT_LIMIT, threads: int = 2) -> None:
+        self.path = os.path.abspath(path)
+        self.exact_limit = exact_limit
+        self._state: _Loaded | None = None
+        self._signature: tuple | None = None
+        self._load_lock = threading.Lock()
+        self._db_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._threads = max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
+        #: how many times the vectors were (re)loaded; tests and the index page read it
+        self.loads = 0
+
+    # ------------------------------------------------------------ loading
+
+    def _file_signature(self) -> tuple:
+        sig = []
+        for suffix in ("", "-wal"):
+            try:
+                st = os.stat(self.path + suffix)
+                sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except FileNotFoundError:
+                sig.append(None)
+        return tuple(sig)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_sidecar(self.path, readonly=True)
+        return self._conn
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._db_lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as e:
+                self._drop_connection()
+                raise SidecarError(
+                    f"Cannot read the search index {self.path} ({e}): {REBUILD_HINT}."
+                ) from None
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _current(self) -> _Loaded:
+        """The loaded snapshot, reloading if the sidecar changed on disk."""
+        signature = self._file_signature()
+        state = self._state
+        if state is not None and signature == self._signature:
+            return state
+        with self._load_lock:
+            if self._state is not None and self._signature == signature:
+                return self._state
+            if self._state is not None:
+                with self._db_lock:
+                    self._drop_connection()  # a replaced file needs a new handle
+                generation = self._query("select value from meta where key = 'generation'")
+                if generation and generation[0][0] == self._state.generation:
+                    self._signature = signature
+                    return self._state
+            self._state = self._load()
+            self._signature = signature
+            self.loads += 1
+            return self._state
+
+    def _load(self) -> _Loaded:
+        state = _Loaded()
+        with self._db_lock:
+            try:
+                conn = self._connection()
+                state.meta = read_meta(conn)
+                state.generation = state.meta.get("generation", "")
+                dims = int(state.meta.get("dimensions") or 0)
+                n = conn.execute("select count(*) from vectors").fetchone()[0]
+                state.ids = np.empty(n, np.int64)
+                state.tcode = np.empty(n, np.int16)
+                state.q8 = np.empty((n, dims), np.int8)
+                state.scale = np.empty(n, np.float32)
+                codes: dict[str, int] = {}
+                cursor = conn.execute(
+                    "select v.entry_id, e.tbl, v.q8, v.scale from vectors v "
+                    "join entries e on e.id = v.entry_id order by v.entry_id"
+                )
+                at = 0
+                while True:
+                    rows = cursor.fetchmany(8192)
+                    if not rows:
+                        break
+                    m = len(rows)
+                    if at + m > n:  # written meanwhile: keep what was counted
+                        rows = rows[: n - at]
+                        m = len(rows)
+                    ids, tbls, blobs, scales = zip(*rows)
+                    state.ids[at : at + m] = ids
+                    state.tcode[at : at + m] = [codes.setdefault(t, len(codes)) for t in tbls]
+                    buf = b"".join(blobs)
+                    if len(buf) != m * dims:
+                        raise SidecarError(
+                            f"The search index {self.path} has vectors of the wrong size "
+                            f"(expected {dims} dimensions): {REBUILD_HINT}."
+                        )
+                    state.q8[at : at + m] = np.frombuffer(buf, np.int8).reshape(m, dims)
+                    state.scale[at : at + m] = scales
+                    at += m
+                    if at >= n:
+                        break
+                if at < n:  # rows deleted meanwhile (or vectors without entries)
+                    state.ids, state.tcode = state.ids[:at], state.tcode[:at]
+                    state.q8, state.scale = state.q8[:at], state.scale[:at]
+                state.tables = [t for t, _ in sorted(codes.items(), key=lambda kv: kv[1])]
+            except SidecarError:
+                self._drop_connection()
+                raise
+            except sqlite3.DatabaseError as e:
+                self._drop_connection()
+                raise SidecarError(
+                    f"The search index {self.path} is damaged ({e}): delete it and {REBUILD_HINT}."
+                ) from None
+        self._prepare(state)
+        return state
+
+    def _prepare(self, state: _Loaded) -> None:
+        n = state.count
+        if n <= self.exact_limit:
+            state.f32 = dequantize(state.q8, state.scale) if n else np.zeros((0, state.dims), np.float32)
+            return
+        # Mean of the vectors, then one-bit codes of the centred vectors, blockwise.
+        total = np.zeros(state.dims, np.float64)
+        for start in range(0, n, BLOCK):
+            total += dequantize(state.q8[start : start + BLOCK], state.scale[start : start + BLOCK]).sum(0)
+        state.mu = (total / n).astype(np.float32)
+        nwords = (state.dims + 63) // 64
+        words = np.empty((nwords, n), np.uint64)
+        for start in range(0, n, BLOCK):
+            block = dequantize(state.q8[start : start + BLOCK], state.scale[start : start + BLOCK])
+            words[:, start : start + len(block)] = _binary_words(block, state.mu).T
+        state.words = [words[w] for w in range(nwords)]
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def count(self) -> int:
+        return self._current().count
+
+    @property
+    def dimensions(self) -> int:
+        return self._current().dims
+
+    @property
+    def model_id(self) -> str | None:
+        return self._current().meta.get("embedding_model")
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return dict(self._current().meta)
+
+    def table_counts(self) -> dict[str, int]:
+        """Entries per table, for the index page."""
+        return {t: n for t, n in self._query("select tbl, count(*) from entries group by tbl")}
+
+    def check_model(self, model_id: str) -> None:
+        """Raise ``ModelMismatchError`` unless the index was built with ``model_id``."""
+        built = self.model_id
+        if built is not None and built != model_id:
+            raise ModelMismatchError(
+                f"The search index {self.path} was built with embedding model {built!r} "
+                f"but {model_id!r} is configured: {REBUILD_HINT}."
+            )
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._drop_connection()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    # ------------------------------------------------------------ vector search
+
+    def _mask(self, state: _Loaded, tables: Iterable[str] | None) -> np.ndarray | None:
+        """Boolean mask of allowed rows, or None for all tables."""
+        if tables is None:
+            return None
+        wanted = frozenset(tables)
+        key = frozenset(i for i, t in enumerate(state.tables) if t in wanted)
+        if len(key) == len(state.tables):
+            return None
+        mask = state.masks.get(key)
+        if mask is None:
+            mask = np.isin(state.tcode, np.fromiter(key, np.int16, len(key)))
+            if len(state.masks) > 32:
+                state.masks.clear()
+            state.masks[key] = mask
+        return mask
+
+    def _query_vector(self, state: _Loaded, query_vec: Any) -> np.ndarray:
+        q = np.asarray(query_vec, dtype=np.float32).reshape(-1)
+        if state.dims and q.shape[0] != state.dims:
+            raise ModelMismatchError(
+                f"The query vector has {q.shape[0]} dimensions but the search index "
+                f"{self.path} holds {state.dims}-dimensional vectors "
+                f"(model {state.meta.get('embedding_model')!r}): {REBUILD_HINT}."
+            )
+        return q
+
+    def _hamming(self, state: _Loaded, q: np.ndarray) -> np.ndarray:
+        qwords = _binary_words(q[None, :], state.mu)[0]
+        n = state.count
+        dist = np.empty(n, np.uint16)
+
+        def scan(lo: int, hi: int) -> None:
+            tmp = np.empty(min(BLOCK, hi - lo), np.uint64)
+            cnt = np.empty(min(BLOCK, hi - lo), np.uint8)
+            for start in range(lo, hi, BLOCK):
+                end = min(start + BLOCK, hi)
+                m = end - start
+                out = dist[start:end]
+                out[:] = 0
+                for w, qw in zip(state.words, qwords):
+                    np.bitwise_xor(w[start:end], qw, out=tmp[:m])
+                    np.bitwise_count(tmp[:m], out=cnt[:m])
+                    np.add(out, cnt[:m], out=out)
+
+        if self._threads > 1 and n >= 4 * BLOCK:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="llm-rag")
+            step = -(-n // self._threads)
+            step = -(-step // BLOCK) * BLOCK
+            futures = [self._pool.submit(scan, lo, min(lo + step, n)) for lo in range(0, n, step)]
+            for f in futures:
+                f.result()
+        else:
+            scan(0, n)
+        return dist
+
+    def _vector_top(
+        self,
+        state: _Loaded,
+        q: np.ndarray,
+        k: int,
+        tables: Iterable[str] | None,
+        candidates: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row positions and cosine scores of the best ``k`` vectors, best first."""
+        n = state.count
+        if n == 0 or k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        mask = self._mask(state, tables)
+        if state.f32 is not None:
+            scores = state.f32 @ q
+            if mask is not None:
+                scores = np.where(mask, scores, -np.inf)
+            pos = _top(scores, k)
+        else:
+            dist = self._hamming(state, q)
+            if mask is not None:
+                dist[~mask] = np.iinfo(np.uint16).max
+            want = candidates or default_candidates(n, k)
+            hist = np.bincount(dist, minlength=1)
+            cutoff = int(np.searchsorted(np.cumsum(hist), min(want, n)))
+            pos = np.flatnonzero(dist <= cutoff)
+            if len(pos) > 2 * want:  # many ties at the cutoff: keep the closest
+                pos = pos[np.argpartition(dist[pos], want)[:want]]
+            if mask is not None:
+                pos = pos[mask[pos]]
+            scores = (state.q8[pos].astype(np.float32) @ q) * state.scale[pos]
+            order = _top(scores, k)
+            pos = pos[order]
+        scores = scores[order] if state.f32 is None else scores[pos]
+        keep = np.isfinite(scores)
+        return pos[keep], scores[keep]
+
+    def search_vector(
+        self, query_vec: Any, k: int = 10, tables: Iterable[str] | None = None
+    ) -> list[Hit]:
+        """The ``k`` chunks closest to ``query_vec`` (cosine), only from ``tables`` if given."""
+        state = self._current()
+        q = self._query_vector(state, query_vec)
+        pos, scores = self._vector_top(state, q, k, tables)
+        hits = self._hydrate(state.ids[pos].tolist())
+        out = []
+        for rank, (entry_id, score) in enumerate(zip(state.ids[pos].tolist(), scores.tolist()), 1):
+            hit = hits.get(entry_id)
+            if hit is None:
+                continue
+            hit.score = hit.vector_score = float(score)
+            hit.vector_rank = rank
+            out.append(hit)
+        return out
+
+    # ------------------------------------------------------------ full-text search
+
+    def _fts_ids(self, query_text: str, k: int, tables: Iterable[str] | None) -> list[tuple[int, float]]:
+        match = fts_query(query_text)
+        if not match or k <= 0:
+            return []
+        params: list[Any] = [match]
+        table_sql = ""
+        if tables is not None:
+            allowed = sorted(set(tables))
+            if not allowed:
+                return []
+            table_sql = " and e.tbl in ({})".format(",".join("?" * len(allowed)))
+            params.extend(allowed)
+        params.append(int(k))
+        sql = (
+            "select e.id, bm25(entries_fts, {:f}, {:f}) as r from entries_fts "
+            "join entries e on e.id = entries_fts.rowid "
+            "where entries_fts match ?{} order by r limit ?"
+        ).format(*FTS_WEIGHTS, table_sql)
+        self._current()  # keep the reload check in step with vector search
+        try:
+            rows = self._query(sql, params)
+        except SidecarError as e:
+            if "fts5" in str(e).lower() or "syntax" in str(e).lower():
+                return []  # never let a query problem reach the user
+            raise
+        return [(int(i), -float(r)) for i, r in rows]
+
+    def search_fts(self, query_text: str, k: int = 10, tables: Iterable[str] | None = None) -> list[Hit]:
+        """The ``k`` best BM25 matches for the words of ``query_text`` (any text is safe)."""
+        ranked = self._fts_ids(query_text, k, tables)
+        hits = self._hydrate([i for i, _ in ranked])
+        out = []
+        for rank, (entry_id, score) in enumerate(ranked, 1):
+            hit = hits.get(entry_id)
+            if hit is None:
+                continue
+            hit.score = hit.fts_score = score
+            hit.fts_rank = rank
+            out.append(hit)
+        return out
+
+    # ------------------------------------------------------------ hybrid
+
+    def search_hybrid(
+        self,
+        query_text: str,
+        query_vec: Any,
+        k: int = 10,
+        tables: Iterable[str] | None = None,
+        rrf_k: int = 60,
+        *,
+        depth: int | None = None,
+        weights: tuple[float, float] = (1.0, 1.0),
+    ) -> list[Hit]:
+        """Vector and full-text results fused with reciprocal rank fusion.
+
+        Each method contributes its top ``depth`` (default ``max(50, 2k)``)
+        results, both already restricted to ``tables``.
+        """
+        state = self._current()
+        q = self._query_vector(state, query_vec)
+        depth = depth or max(50, 2 * k)
+        tables = None if tables is None else list(tables)
+        pos, vscores = self._vector_top(state, q, depth, tables)
+        vec_ids = state.ids[pos].tolist()
+        fts = self._fts_ids(query_text, depth, tables)
+        fused = rrf([vec_ids, [i for i, _ in fts]], k=rrf_k, weights=weights)[:k]
+        ids = [int(i) for i, _, _ in fused]
+        hits = self._hydrate(ids)
+        vmap = dict(zip(vec_ids, vscores.tolist()))
+        fmap = dict(fts)
+        missing = [i for i in ids if i not in vmap]
+        if missing:  # cosine for the full-text-only hits, from their int8 vectors
+            where = np.searchsorted(state.ids, missing)
+            where = np.clip(where, 0, max(state.count - 1, 0))
+            ok = state.ids[where] == np.asarray(missing)
+            sc = (state.q8[where].astype(np.float32) @ q) * state.scale[where]
+            for i, good, s in zip(missing, ok.tolist(), sc.tolist()):
+                if good:
+                    vmap[i] = s
+        out = []
+        for entry_id, score, (vrank, frank) in fused:
+            hit = hits.get(int(entry_id))
+            if hit is None:
+                continue
+            hit.score = float(score)
+            hit.vector_rank, hit.fts_rank = vrank, frank
+            hit.vector_score = vmap.get(int(entry_id))
+            hit.fts_score = fmap.get(int(entry_id))
+            out.append(hit)
+        return out
+
+    # ------------------------------------------------------------ similar rows
+
+    def similar(
+        self, table: str, pk: Sequence[Any], k: int = 10, tables: Iterable[str] | None = None
+    ) -> list[Hit]:
+        """Rows most similar to row ``pk`` of ``table`` (its chunks averaged), one hit per
+        row, the row itself excluded. ``tables`` restricts the results as in search."""
+        state = self._current()
+        own = self._entry_ids_for(table, pk)
+        if not own:
+            return []
+        where = np.searchsorted(state.ids, own)
+        where = where[(where < state.count)]
+        where = where[state.ids[where] == np.asarray(own)[: len(where)]] if len(where) else where
+        if not len(where):
+            return []
+        vecs = dequantize(state.q8[where], state.scale[where])
+        q = vecs.mean(0)
+        norm = float(np.linalg.norm(q))
+        if norm:
+            q /= norm
+        pos, scores = self._vector_top(state, q, 4 * k + len(own), tables)
+        own_set = set(own)
+        order_ids = [i for i in state.ids[pos].tolist()]
+        hits = self._hydrate([i for i in order_ids if i not in own_set])
+        seen: set[tuple[str, str]] = set()
+        out: list[Hit] = []
+        for entry_id, score in zip(order_ids, scores.tolist()):
+            hit = hits.get(entry_id)
+            if hit is None:
+                continue
+            key = (hit.table, json.dumps(hit.pk))
+            if key in seen or (hit.table == table and key[1] == json.dumps(list(pk))):
+                continue
+            seen.add(key)
+            hit.score = hit.vector_score = float(score)
+            hit.vector_rank = len(out) + 1
+            out.append(hit)
+            if len(out) >= k:
+                break
+        return out
+
+    def _entry_ids_for(self, table: str, pk: Sequence[Any]) -> list[int]:
+        for variant in _pk_variants(pk):
+            rows = self._query(
+                "select id from entries where tbl = ? and pk = ? order by chunk",
+                (table, json.dumps(variant)),
+            )
+            if rows:
+                return [r[0] for r in rows]
+        return []
+
+    # ------------------------------------------------------------ rows
+
+    def _hydrate(self, ids: list[int]) -> dict[int, Hit]:
+        if not ids:
+            return {}
+        out: dict[int, Hit] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            rows = self._query(
+                "select id, tbl, pk, chunk, text, title from entries where id in ({})".format(
+                    ",".join("?" * len(part))
+                ),
+                part,
+            )
+            for id_, tbl, pk, chunk, text, title in rows:
+                out[id_] = Hit(
+                    table=tbl, pk=json.loads(pk), chunk=chunk, text=text, title=title,
+                    score=0.0, entry_id=id_,
+                )
+        return out
+
+
+def default_candidates(n: int, k: int) -> int:
+    """How many binary-code candidates to rescore with int8 vectors."""
+    return int(min(n, max(20 * k, 1000, n // 250)))
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, scores.shape[0])
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if k < scores.shape[0]:
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(scores.shape[0])
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def _pk_variants(pk: Sequence[Any]) -> list[list]:
+    """The pk as given, then with numeric strings as numbers (URLs carry strings)."""
+    pk = list(pk)
+    variants = [pk]
+    converted = []
+    for value in pk:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+        converted.append(value)
+    if converted != pk:
+        variants.append(converted)
+    as_text = [str(v) if not isinstance(v, str) else v for v in pk]
+    if as_text not in variants:
+        variants.append(as_text)
+    return variants
+
+
+# ---------------------------------------------------------------- shared cache
+
+_INDEXES: dict[str, RagIndex] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def get_index(sidecar_path: str) -> RagIndex:
+    """The shared ``RagIndex`` of a sidecar (created on first use, loaded lazily)."""
+    key = os.path.abspath(sidecar_path)
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(key)
+        if index is None:
+            index = _INDEXES[key] = RagIndex(key)
+        return index
+
+
+def forget_index(sidecar_path: str) -> None:
+    """Drop a cached index (after deleting or replacing its file)."""
+    with _INDEXES_LOCK:
+        index = _INDEXES.pop(os.path.abspath(sidecar_path), None)
+    if index is not None:
+        index.close()
