@@ -156,3 +156,118 @@ def test_bad_permissions_config_is_refused_with_advice(raw, phrases):
         parse_grants(raw)
     for phrase in phrases:
         assert phrase in str(info.value), (phrase, str(info.value))
+
+
+# --- search index (sidecar) ---------------------------------------------------
+
+import hashlib  # noqa: E402
+import sqlite3  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from datasette_llm_rag.indexer import refresh_index, verify  # noqa: E402
+from datasette_llm_rag.sidecar import SidecarError  # noqa: E402
+
+from .fakes import HashEmbeddingModel  # noqa: E402
+
+RAG = {"databases": {"news": {"tables": {"articles": {"columns": ["body"], "title_column": "title"}}}}}
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "absent"
+
+
+def hashes(*paths: Path) -> dict:
+    return {p.name: file_hash(p) for p in paths}
+
+
+def make_source(tmp_path: Path) -> Path:
+    db = tmp_path / "news.db"
+    conn = sqlite3.connect(db)
+    conn.execute("create table articles (id integer primary key, title text, body text)")
+    conn.executemany("insert into articles values (?, ?, ?)", [(i, f"t{i}", f"budget story {i}") for i in range(1, 30)])
+    conn.commit()
+    conn.close()
+    return db
+
+
+def _garbage(side: Path) -> None:
+    side.write_bytes(b"this is not an index" * 100)
+
+
+def _truncated(side: Path) -> None:
+    data = side.read_bytes()
+    side.write_bytes(data[: len(data) // 3])
+
+
+def _tables_dropped(side: Path) -> None:
+    conn = sqlite3.connect(side)
+    conn.execute("drop table vectors")
+    conn.commit()
+    conn.close()
+
+
+# (id, how to damage the sidecar, [phrases])
+SIDECAR_CASES = [
+    ("garbage-bytes", _garbage, ["rebuild"]),
+    ("truncated-file", _truncated, ["rebuild"]),
+    ("table-dropped", _tables_dropped, ["missing tables", "rebuild"]),
+]
+
+
+@pytest.mark.parametrize("damage,phrases", [c[1:] for c in SIDECAR_CASES], ids=[c[0] for c in SIDECAR_CASES])
+async def test_corrupt_sidecar_gives_rebuild_advice_and_leaves_files_alone(tmp_path, damage, phrases):
+    db = make_source(tmp_path)
+    side = tmp_path / "news.llm-rag.db"
+    await refresh_index(str(db), "news", RAG, HashEmbeddingModel(), sidecar=str(side))
+    for suffix in ("-wal", "-shm"):
+        Path(str(side) + suffix).unlink(missing_ok=True)
+    damage(side)
+    before = hashes(db, side)
+    with pytest.raises(SidecarError) as info:
+        await verify(str(db), "news", RAG, HashEmbeddingModel(), sidecar=str(side))
+    message = str(info.value)
+    assert str(side) in message
+    for phrase in phrases:
+        assert phrase.lower() in message.lower(), (phrase, message)
+    assert hashes(db, side) == before
+
+
+async def test_index_built_with_another_model_is_refused_not_mixed(tmp_path):
+    db = make_source(tmp_path)
+    side = tmp_path / "news.llm-rag.db"
+    await refresh_index(str(db), "news", RAG, HashEmbeddingModel(), sidecar=str(side))
+    conn = sqlite3.connect(side)
+    entries_before = conn.execute("select count(*) from entries").fetchone()[0]
+    conn.close()
+    other = HashEmbeddingModel(model_id="other-embed", dimensions=32)
+    from datasette_llm_rag.sidecar import ModelMismatchError
+
+    with pytest.raises(ModelMismatchError) as info:
+        await refresh_index(str(db), "news", RAG, other, sidecar=str(side))
+    assert "--rebuild" in str(info.value)
+    conn = sqlite3.connect(side)
+    assert conn.execute("select count(*) from entries").fetchone()[0] == entries_before
+    assert dict(conn.execute("select key, value from meta"))["embedding_model"] == "hash-embed"
+    conn.close()
+
+
+async def test_unknown_table_in_rag_config_is_a_clear_error(tmp_path):
+    db = make_source(tmp_path)
+    side = tmp_path / "news.llm-rag.db"
+    before = hashes(db)
+    bad = {"databases": {"news": {"tables": {"artciles": {"columns": ["body"]}}}}}
+    with pytest.raises(ConfigError) as info:
+        await refresh_index(str(db), "news", bad, HashEmbeddingModel(), sidecar=str(side))
+    assert "artciles" in str(info.value) and "Available tables: articles" in str(info.value)
+    assert hashes(db) == before
+
+
+async def test_unknown_column_in_rag_config_is_a_clear_error(tmp_path):
+    db = make_source(tmp_path)
+    side = tmp_path / "news.llm-rag.db"
+    before = hashes(db)
+    bad = {"databases": {"news": {"tables": {"articles": {"columns": ["bdy"]}}}}}
+    with pytest.raises(ConfigError) as info:
+        await refresh_index(str(db), "news", bad, HashEmbeddingModel(), sidecar=str(side))
+    assert "bdy" in str(info.value) and "Available columns" in str(info.value)
+    assert hashes(db) == before
