@@ -1,0 +1,254 @@
+"""End-to-end fixtures: a fake OpenAI server in this process, Datasette as a real
+server process on a free port, and headless Chromium driven by Playwright.
+
+Every test here is marked ``browser`` and skips with a reason when Playwright or
+Chromium is missing (``make test`` installs both). Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..fake_openai_server import FakeOpenAIServer
+
+ROOT = Path(__file__).parent.parent.parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+SECRET = "browser-suite-secret-not-for-production"
+FAKE_KEY = "sk-fake-browser-suite-key"
+README_SHOTS = ROOT / "docs" / "screenshots"
+EXPECT_TIMEOUT = 15_000  # ms, for anything that waits on the server or a stream
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.browser)
+
+
+def _skip_reason() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed: pip install -e '.[test]'"
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        return f"Chromium not found at {CHROMIUM}: run .ci/browser-deps.sh (make test does)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("demo_build", ROOT / "demo_data" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def fake_llm():
+    """The scripted OpenAI-compatible server every model of the suite's server points at."""
+    with FakeOpenAIServer(api_key=FAKE_KEY, models=["fake-model"]) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _reset_fake(request):
+    if "fake_llm" in request.fixturenames:
+        fake = request.getfixturevalue("fake_llm")
+        fake.reset()
+        fake.handler = None
+        fake.token_delay = fake.ttft = 0.0
+    yield
+
+
+class DatasetteServer:
+    def __init__(self, base_url: str, root_login_url: str, workdir: Path, proc):
+        self.base_url = base_url
+        self.root_login_url = root_login_url
+        self.workdir = workdir
+        self.proc = proc
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def actor_cookie(self, actor: dict) -> dict:
+        """A signed ds_actor cookie for ``actor`` (the server shares our secret)."""
+        from datasette.app import Datasette
+
+        value = Datasette(memory=True, secret=SECRET).sign({"a": actor}, "actor")
+        return {"name": "ds_actor", "value": value, "url": self.base_url}
+
+
+def _wait_until_up(proc, url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"datasette exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"datasette did not answer {url} within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def datasette_server(tmp_path_factory, fake_llm):
+    """Datasette serving a fresh copy of the demo databases, models -> the fake server."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("browser-server")
+    paths = _load_build().build(workdir)
+    metadata = yaml.safe_load((ROOT / "metadata.yml").read_text(encoding="utf-8"))
+    settings = metadata["plugins"]["datasette-llm-newsroom"]
+    settings["state_database"] = str(workdir / "llm_newsroom.db")
+    settings["rag"]["sidecar_dir"] = str(workdir)
+    settings["models"] = [{
+        "id": "fake", "label": "Fake model (test server)", "provider": "openai-compatible",
+        "model": "fake-model", "base_url": fake_llm.base_url, "api_key_env": "FAKE_LLM_KEY",
+    }]
+    settings["defaults"] = {"extract": "fake", "answer": "fake"}
+    settings["retries"] = {"max_attempts": 1}
+    meta_path = workdir / "metadata.yml"
+    meta_path.write_text(yaml.safe_dump(metadata, sort_keys=False), encoding="utf-8")
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("datasette")
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "datasette"]),
+           "serve", *[str(paths[n]) for n in ("congress", "documents", "newsroom")],
+           "-m", str(meta_path), "--template-dir", str(ROOT / "templates"),
+           "--host", "127.0.0.1", "--port", str(port), "--root"]
+    env = {**os.environ, "DATASETTE_SECRET": SECRET, "FAKE_LLM_KEY": FAKE_KEY,
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    log = (workdir / "datasette.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=log,
+                            text=True)
+    try:
+        login = proc.stdout.readline().strip()
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_until_up(proc, base_url + "/-/versions.json")
+    except Exception:
+        proc.kill()
+        log.close()
+        raise RuntimeError("Datasette failed to start:\n" + (workdir / "datasette.log").read_text())
+    assert "/-/auth-token?token=" in login, login
+    server = DatasetteServer(base_url, login, workdir, proc)
+    yield server
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+class PageProblems:
+    """Console errors and uncaught page errors seen while a test ran."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+
+    def watch(self, page) -> None:
+        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}")
+                if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        page.on("response", lambda r: self.errors.append(f"HTTP {r.status}: {r.url}")
+                if r.status >= 400 else None)
+
+
+def _new_page(browser, problems: PageProblems, cookies: list[dict] | None = None):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(EXPECT_TIMEOUT)
+    if cookies:
+        context.add_cookies(cookies)
+    page = context.new_page()
+    problems.watch(page)
+    return context, page
+
+
+@pytest.fixture
+def problems():
+    found = PageProblems()
+    yield found
+    assert not found.errors, "errors in the browser console:\n" + "\n".join(found.errors)
+
+
+@pytest.fixture
+def anon_page(browser, datasette_server, problems):
+    context, page = _new_page(browser, problems)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def root_page(browser, datasette_server, problems):
+    """A page signed in as root through the login link Datasette printed."""
+    context, page = _new_page(browser, problems)
+    page.goto(datasette_server.root_login_url)
+    page.wait_for_load_state()
+    cookies = {c["name"] for c in context.cookies()}
+    assert "ds_actor" in cookies, "the --root login link did not sign us in"
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def page_as(browser, datasette_server, problems):
+    """Factory: a page signed in as any actor, e.g. page_as({"id": "intern"})."""
+    contexts = []
+
+    def make(actor: dict):
+        context, page = _new_page(browser, problems, [datasette_server.actor_cookie(actor)])
+        contexts.append(context)
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    """Save screenshots into the test's tmp dir, and README ones into docs/screenshots."""
+
+    def shoot(page, name: str, readme: bool = False, **kwargs):
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path), **kwargs)
+        if readme:
+            README_SHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, README_SHOTS / f"{name}.png")
+        return path
+
+    return shoot
