@@ -1,0 +1,92 @@
+"""Bodies of the extraction plugin's Datasette hooks (``__init__`` only forwards)."""
+
+from __future__ import annotations
+
+import re
+
+from markupsafe import Markup, escape
+
+from datasette_llm_core import permissions
+from datasette_llm_core.state import STATE_DB_NAME
+
+from . import runs, tasks  # noqa: F401  (runs registers the state-table migrations)
+from .views import PREFIX
+from .writer import RUN_COLUMN
+
+RUN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def startup(datasette):
+    async def inner():
+        await tasks.recover_interrupted(datasette)
+
+    return inner
+
+
+def _encode(name: str) -> str:
+    from datasette.utils import tilde_encode
+
+    return tilde_encode(name)
+
+
+def database_actions(datasette, actor, database):
+    async def inner():
+        db = datasette.databases.get(database)
+        if database == STATE_DB_NAME or db is None or not db.is_mutable:
+            return []
+        if not await permissions.allowed(datasette, actor, "llm-extract", database):
+            return []
+        return [{
+            "href": datasette.urls.path(f"{PREFIX}/new/{_encode(database)}"),
+            "label": "Extract data into a new table",
+            "description": "Define columns, paste text or add files, and review what an LLM extracts.",
+        }]
+
+    return inner
+
+
+def table_actions(datasette, actor, database, table):
+    async def inner():
+        db = datasette.databases.get(database)
+        if database == STATE_DB_NAME or db is None or not db.is_mutable:
+            return []
+        if not await db.table_exists(table):  # views cannot take rows
+            return []
+        if not await permissions.allowed(datasette, actor, "llm-extract", database, table):
+            return []
+        return [{
+            "href": datasette.urls.path(f"{PREFIX}/into/{_encode(database)}/{_encode(table)}"),
+            "label": "Extract data into this table",
+            "description": "Fill this table's columns from text, images or PDFs, with review.",
+        }]
+
+    return inner
+
+
+def render_cell(value, column, datasette):
+    if column != RUN_COLUMN or not isinstance(value, str) or not RUN_ID_RE.match(value):
+        return None
+    href = datasette.urls.path(f"{PREFIX}/runs/{value}")
+    return Markup('<a href="{}" title="Extraction run that produced this row">run {}</a>').format(
+        escape(href), escape(value[:8])
+    )
+
+
+def skip_csrf(scope):
+    """JSON API calls skip the form-token check on 0.65: browsers cannot send
+    ``application/json`` cross-site without a CORS preflight, which Datasette refuses."""
+    if scope.get("type") != "http" or not scope.get("path", "").startswith(f"{PREFIX}/api/"):
+        return None
+    headers = dict(scope.get("headers") or [])
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    return True if content_type == b"application/json" else None
+
+
+def register_commands(cli):
+    try:
+        from . import cli as extract_cli
+    except ImportError:  # the CLI module is optional
+        return
+    register = getattr(extract_cli, "register", None)
+    if register is not None:
+        register(cli)

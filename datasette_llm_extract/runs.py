@@ -1,0 +1,525 @@
+"""Extraction runs in the state database: runs, documents, events, rows,
+provenance, feedback examples, saved templates and stored table specs.
+
+Tables are created by migrations registered at import time. Every function
+here takes the state ``Database`` and does one read or one write transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import time
+from typing import Any, Iterable
+
+from datasette_llm_core.state import register_migrations
+
+RUNNING = "running"
+#: Statuses in which the model is still working.
+ACTIVE = {"pending", RUNNING}
+#: Statuses in which extracted rows can be reviewed and inserted.
+REVIEWABLE = {"done", "failed", "cancelled", "interrupted"}
+#: Statuses after the review was submitted.
+FINISHED = {"inserted", "reviewed", "undone", "discarded"}
+
+
+def _m0001_runs(conn: sqlite3.Connection) -> None:
+    conn.executescript(
+        """
+create table if not exists llm_extract_runs (
+  id text primary key, -- random run id
+  actor_id text, -- id of the actor who started the run
+  created_at real not null, -- unix time the run was created
+  updated_at real not null, -- unix time of the last change
+  finished_at real, -- unix time the model work ended
+  database_name text not null, -- target database
+  table_name text not null, -- target table
+  new_table integer not null default 0, -- 1 when the run creates the table
+  model_id text, -- chat model used
+  prompt_version text, -- prompt template version id
+  instructions text, -- the journalist's instructions
+  schema_json text not null, -- table spec as JSON
+  options_json text not null default '{}', -- chunking, examples, caps
+  status text not null, -- pending, running, done, failed, cancelled, interrupted, inserted, reviewed, undone, discarded
+  error text, -- message shown when the run failed
+  chunks_total integer not null default 0, -- chunks planned
+  chunks_done integer not null default 0, -- chunks finished
+  chunks_failed integer not null default 0, -- chunks that failed
+  done_chunks_json text not null default '[]', -- [document, chunk] pairs finished (for resume)
+  input_tokens integer not null default 0, -- tokens sent
+  output_tokens integer not null default 0, -- tokens received
+  cost real, -- USD, null when the model has no price
+  inserted_count integer not null default 0, -- rows inserted into the table
+  inserted_at real, -- unix time of the insert
+  inserted_by text, -- actor id who inserted
+  undone_at real, -- unix time the insert was undone
+  undone_by text -- actor id who undid it
+);
+create index if not exists llm_extract_runs_actor on llm_extract_runs (actor_id, created_at);
+create index if not exists llm_extract_runs_target on llm_extract_runs (database_name, table_name);
+
+create table if not exists llm_extract_documents (
+  run_id text not null, -- llm_extract_runs.id
+  idx integer not null, -- order of the document in the run
+  name text not null, -- file name or "pasted text"
+  kind text not null, -- text, image or pdf
+  media_type text, -- MIME type
+  size integer not null, -- bytes
+  sha256 text not null, -- hash of the bytes
+  text text, -- full text for text documents; null for binary ones (hashed only)
+  primary key (run_id, idx)
+);
+
+create table if not exists llm_extract_events (
+  run_id text not null, -- llm_extract_runs.id
+  seq integer not null, -- 1, 2, 3... per run
+  type text not null, -- engine event class, e.g. RowExtracted
+  data_json text not null, -- the event as JSON
+  created_at real not null, -- unix time recorded
+  primary key (run_id, seq)
+);
+
+create table if not exists llm_extract_rows (
+  run_id text not null, -- llm_extract_runs.id
+  idx integer not null, -- row number within the run
+  values_json text not null, -- values as extracted
+  edited_json text, -- values after the reviewer's edits, if any
+  source_quote text, -- supporting quote the model gave
+  quote_found integer, -- 1 if the quote is in the source text
+  quote_start integer, -- character offset of the quote in its document
+  quote_end integer, -- end offset of the quote
+  document integer, -- document index
+  chunk integer, -- chunk index
+  valid integer not null, -- 1 if the values passed validation
+  errors_json text not null default '[]', -- validation messages
+  duplicate text, -- "run" or "table" when the key was seen before
+  decision text not null default 'pending', -- pending, accepted, rejected
+  inserted_pk text, -- JSON primary key of the inserted row
+  primary key (run_id, idx)
+);
+
+create table if not exists llm_extract_provenance (
+  database_name text not null, -- database of the inserted row
+  table_name text not null, -- table of the inserted row
+  row_pk text not null, -- JSON list: primary key values (or [rowid])
+  run_id text not null, -- run that produced the row
+  row_idx integer not null, -- row number within the run
+  quote text, -- supporting quote
+  created_at real not null, -- unix time inserted
+  primary key (database_name, table_name, row_pk)
+);
+create index if not exists llm_extract_provenance_run on llm_extract_provenance (run_id);
+
+create table if not exists llm_extract_examples (
+  id integer primary key, -- example id
+  database_name text not null, -- target database
+  table_name text not null, -- target table
+  run_id text not null, -- run the row came from
+  row_idx integer not null, -- row number within the run
+  label text not null, -- accepted, edited or rejected
+  source_quote text, -- quote the row was extracted from
+  before_json text not null, -- values the model extracted
+  after_json text, -- values after review (null when rejected)
+  actor_id text, -- reviewer
+  created_at real not null -- unix time labelled
+);
+create index if not exists llm_extract_examples_target on llm_extract_examples (database_name, table_name, label);
+
+create table if not exists llm_extract_templates (
+  id integer primary key, -- template id
+  name text not null, -- name shown in the picker
+  owner_id text, -- actor id of the owner
+  shared integer not null default 0, -- 1 if every extractor may use it
+  schema_json text not null, -- table spec as JSON
+  instructions text not null default '', -- instructions
+  created_at real not null -- unix time saved
+);
+
+create table if not exists llm_extract_table_specs (
+  database_name text not null, -- database
+  table_name text not null, -- table created or filled by the suite
+  schema_json text not null, -- column types, descriptions and choices
+  updated_at real not null, -- unix time stored
+  primary key (database_name, table_name)
+);
+"""
+    )
+
+
+register_migrations("extract", [("0001_runs", _m0001_runs)])
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(8)
+
+
+async def _write(db, fn):
+    # An in-memory state database is shared-cache: a concurrent reader can hold
+    # a table lock for a moment, which SQLite reports instead of waiting.
+    for attempt in range(8):
+        try:
+            return await db.execute_write_fn(fn, block=True)
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == 7:
+                raise
+            await asyncio.sleep(0.02 * (attempt + 1))
+
+
+# --- runs -------------------------------------------------------------------
+
+async def create_run(db, run: dict, documents: list[dict]) -> None:
+    now = time.time()
+    run = {**run, "created_at": now, "updated_at": now}
+
+    def fn(conn):
+        with conn:
+            cols = list(run)
+            conn.execute(
+                f"insert into llm_extract_runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                [run[c] for c in cols],
+            )
+            for i, d in enumerate(documents):
+                conn.execute(
+                    "insert into llm_extract_documents (run_id, idx, name, kind, media_type, size, sha256, text)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run["id"], i, d["name"], d["kind"], d.get("media_type"), d["size"], d["sha256"], d.get("text")),
+                )
+
+    await _write(db, fn)
+
+
+_RUN_FIELDS = {
+    "status", "error", "finished_at", "model_id", "prompt_version", "chunks_total", "chunks_done",
+    "chunks_failed", "done_chunks_json", "input_tokens", "output_tokens", "cost", "inserted_count",
+    "inserted_at", "inserted_by", "undone_at", "undone_by", "options_json",
+}
+
+
+async def update_run(db, run_id: str, **fields: Any) -> None:
+    unknown = set(fields) - _RUN_FIELDS
+    if unknown:
+        raise ValueError(f"unknown run fields {unknown}")
+    fields["updated_at"] = time.time()
+    sets = ", ".join(f"{k} = ?" for k in fields)
+
+    def fn(conn):
+        with conn:
+            conn.execute(f"update llm_extract_runs set {sets} where id = ?", [*fields.values(), run_id])
+
+    await _write(db, fn)
+
+
+async def get_run(db, run_id: str) -> dict | None:
+    rows = await db.execute("select * from llm_extract_runs where id = ?", [run_id])
+    row = rows.first()
+    if row is None:
+        return None
+    run = dict(row)
+    run["schema"] = json.loads(run["schema_json"])
+    run["options"] = json.loads(run["options_json"] or "{}")
+    run["done_chunks"] = [tuple(x) for x in json.loads(run["done_chunks_json"] or "[]")]
+    return run
+
+
+async def list_runs(db, actor_id: str | None, *, all_actors: bool = False, limit: int = 50) -> list[dict]:
+    if all_actors:
+        rows = await db.execute(
+            "select * from llm_extract_runs order by created_at desc limit ?", [limit]
+        )
+    else:
+        rows = await db.execute(
+            "select * from llm_extract_runs where actor_id = ? order by created_at desc limit ?",
+            [actor_id, limit],
+        )
+    return [dict(r) for r in rows.rows]
+
+
+async def get_documents(db, run_id: str) -> list[dict]:
+    rows = await db.execute(
+        "select * from llm_extract_documents where run_id = ? order by idx", [run_id]
+    )
+    return [dict(r) for r in rows.rows]
+
+
+async def mark_interrupted(db, exclude: set[str] = frozenset()) -> int:
+    """Runs left running by a server that died: mark them interrupted."""
+    now = time.time()
+
+    def fn(conn):
+        with conn:
+            ids = [
+                r[0] for r in conn.execute(
+                    "select id from llm_extract_runs where status in ('pending', 'running')"
+                ).fetchall()
+                if r[0] not in exclude
+            ]
+            for run_id in ids:
+                conn.execute(
+                    "update llm_extract_runs set status = 'interrupted', updated_at = ?,"
+                    " error = 'The server stopped while this run was in progress.' where id = ?",
+                    (now, run_id),
+                )
+                seq = conn.execute(
+                    "select coalesce(max(seq), 0) + 1 from llm_extract_events where run_id = ?", [run_id]
+                ).fetchone()[0]
+                conn.execute(
+                    "insert into llm_extract_events (run_id, seq, type, data_json, created_at) values (?, ?, ?, ?, ?)",
+                    (run_id, seq, "RunStatus", json.dumps({"type": "RunStatus", "status": "interrupted",
+                     "error": "The server stopped while this run was in progress."}), now),
+                )
+            return len(ids)
+
+    return await _write(db, fn)
+
+
+# --- events and rows ----------------------------------------------------------
+
+async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None = None,
+                       run_fields: dict | None = None) -> int:
+    """Append an event (and its row, and run progress) in one transaction; return its seq."""
+    now = time.time()
+    payload = json.dumps(data, default=str)
+
+    def fn(conn):
+        with conn:
+            seq = conn.execute(
+                "select coalesce(max(seq), 0) + 1 from llm_extract_events where run_id = ?", [run_id]
+            ).fetchone()[0]
+            conn.execute(
+                "insert into llm_extract_events (run_id, seq, type, data_json, created_at) values (?, ?, ?, ?, ?)",
+                (run_id, seq, etype, payload, now),
+            )
+            if row is not None:
+                idx = conn.execute(
+                    "select coalesce(max(idx), -1) + 1 from llm_extract_rows where run_id = ?", [run_id]
+                ).fetchone()[0]
+                conn.execute(
+                    "insert into llm_extract_rows (run_id, idx, values_json, source_quote, quote_found,"
+                    " quote_start, quote_end, document, chunk, valid, errors_json, duplicate)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id, idx, json.dumps(row["values"], default=str), row.get("source_quote"),
+                        row.get("quote_found"), row.get("quote_start"), row.get("quote_end"),
+                        row.get("document"), row.get("chunk"), 1 if row.get("valid") else 0,
+                        json.dumps(row.get("errors") or []), row.get("duplicate") or None,
+                    ),
+                )
+                # the stored event carries the row number used by review forms
+                data_with_idx = {**data, "row": idx}
+                conn.execute(
+                    "update llm_extract_events set data_json = ? where run_id = ? and seq = ?",
+                    (json.dumps(data_with_idx, default=str), run_id, seq),
+                )
+            if run_fields:
+                sets = ", ".join(f"{k} = ?" for k in run_fields)
+                conn.execute(
+                    f"update llm_extract_runs set {sets}, updated_at = ? where id = ?",
+                    [*run_fields.values(), now, run_id],
+                )
+            return seq
+
+    return await _write(db, fn)
+
+
+async def delete_rows_of_documents(db, run_id: str, documents: list[int]) -> None:
+    """Before a resume re-runs these documents: drop their earlier rows."""
+
+    def fn(conn):
+        with conn:
+            conn.execute(
+                f"delete from llm_extract_rows where run_id = ? and document in ({', '.join('?' for _ in documents)})",
+                [run_id, *documents],
+            )
+
+    await _write(db, fn)
+
+
+async def events_after(db, run_id: str, after: int, limit: int = 500) -> list[dict]:
+    rows = await db.execute(
+        "select seq, type, data_json from llm_extract_events where run_id = ? and seq > ?"
+        " order by seq limit ?",
+        [run_id, after, limit],
+    )
+    return [{"seq": r["seq"], "type": r["type"], "data": json.loads(r["data_json"])} for r in rows.rows]
+
+
+def _row_out(r) -> dict:
+    d = dict(r)
+    d["values"] = json.loads(d.pop("values_json"))
+    edited = d.pop("edited_json")
+    d["edited"] = json.loads(edited) if edited else None
+    d["errors"] = json.loads(d.pop("errors_json") or "[]")
+    d["inserted_pk"] = json.loads(d["inserted_pk"]) if d["inserted_pk"] else None
+    d["valid"] = bool(d["valid"])
+    d["duplicate"] = d["duplicate"] or None
+    d["quote_found"] = None if d["quote_found"] is None else bool(d["quote_found"])
+    return d
+
+
+async def get_rows(db, run_id: str) -> list[dict]:
+    rows = await db.execute("select * from llm_extract_rows where run_id = ? order by idx", [run_id])
+    return [_row_out(r) for r in rows.rows]
+
+
+async def last_seq(db, run_id: str) -> int:
+    rows = await db.execute(
+        "select coalesce(max(seq), 0) from llm_extract_events where run_id = ?", [run_id]
+    )
+    return rows.first()[0]
+
+
+# --- review outcome -------------------------------------------------------------
+
+async def record_review(db, run: dict, decisions: list[dict], provenance: list[dict],
+                        actor_id: str | None, status: str = "inserted") -> None:
+    """After a successful insert: decisions, provenance, examples, run status."""
+    now = time.time()
+
+    def fn(conn):
+        with conn:
+            for d in decisions:
+                conn.execute(
+                    "update llm_extract_rows set decision = ?, edited_json = ?, inserted_pk = ?"
+                    " where run_id = ? and idx = ?",
+                    (
+                        d["decision"],
+                        json.dumps(d["after"], default=str) if d.get("edited") else None,
+                        json.dumps(d["pk"]) if d.get("pk") is not None else None,
+                        run["id"], d["idx"],
+                    ),
+                )
+                label = "rejected" if d["decision"] == "rejected" else ("edited" if d.get("edited") else "accepted")
+                conn.execute(
+                    "insert into llm_extract_examples (database_name, table_name, run_id, row_idx, label,"
+                    " source_quote, before_json, after_json, actor_id, created_at)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run["database_name"], run["table_name"], run["id"], d["idx"], label,
+                        d.get("quote"), json.dumps(d["before"], default=str),
+                        None if d["decision"] == "rejected" else json.dumps(d["after"], default=str),
+                        actor_id, now,
+                    ),
+                )
+            for p in provenance:
+                conn.execute(
+                    "insert or replace into llm_extract_provenance (database_name, table_name, row_pk,"
+                    " run_id, row_idx, quote, created_at) values (?, ?, ?, ?, ?, ?, ?)",
+                    (run["database_name"], run["table_name"], json.dumps(p["pk"]), run["id"],
+                     p["idx"], p.get("quote"), now),
+                )
+            conn.execute(
+                "update llm_extract_runs set status = ?, inserted_count = ?, inserted_at = ?,"
+                " inserted_by = ?, updated_at = ? where id = ?",
+                (status, len(provenance), now, actor_id, now, run["id"]),
+            )
+
+    await _write(db, fn)
+
+
+async def provenance_for_run(db, run_id: str) -> list[dict]:
+    rows = await db.execute(
+        "select * from llm_extract_provenance where run_id = ? order by row_idx", [run_id]
+    )
+    out = []
+    for r in rows.rows:
+        d = dict(r)
+        d["pk"] = json.loads(d["row_pk"])
+        out.append(d)
+    return out
+
+
+async def record_undo(db, run_id: str, actor_id: str | None) -> None:
+    now = time.time()
+
+    def fn(conn):
+        with conn:
+            conn.execute("delete from llm_extract_provenance where run_id = ?", [run_id])
+            conn.execute("update llm_extract_rows set inserted_pk = null where run_id = ?", [run_id])
+            conn.execute(
+                "update llm_extract_runs set status = 'undone', undone_at = ?, undone_by = ?,"
+                " updated_at = ? where id = ?",
+                (now, actor_id, now, run_id),
+            )
+
+    await _write(db, fn)
+
+
+# --- examples -------------------------------------------------------------------
+
+async def examples_for_table(db, database: str, table: str, *, labels: Iterable[str] = ("accepted", "edited"),
+                             limit: int = 1000) -> list[dict]:
+    labels = list(labels)
+    rows = await db.execute(
+        "select * from llm_extract_examples where database_name = ? and table_name = ?"
+        f" and label in ({', '.join('?' for _ in labels)}) order by id desc limit ?",
+        [database, table, *labels, limit],
+    )
+    out = []
+    for r in rows.rows:
+        d = dict(r)
+        d["before"] = json.loads(d.pop("before_json"))
+        after = d.pop("after_json")
+        d["after"] = json.loads(after) if after else None
+        out.append(d)
+    return out
+
+
+async def count_examples(db, database: str, table: str) -> int:
+    rows = await db.execute(
+        "select count(*) from llm_extract_examples where database_name = ? and table_name = ?"
+        " and label in ('accepted', 'edited')",
+        [database, table],
+    )
+    return rows.first()[0]
+
+
+# --- templates and stored specs ---------------------------------------------------
+
+async def save_template(db, name: str, owner_id: str | None, shared: bool, schema: dict,
+                        instructions: str) -> int:
+    def fn(conn):
+        with conn:
+            cur = conn.execute(
+                "insert into llm_extract_templates (name, owner_id, shared, schema_json, instructions, created_at)"
+                " values (?, ?, ?, ?, ?, ?)",
+                (name, owner_id, 1 if shared else 0, json.dumps(schema), instructions, time.time()),
+            )
+            return cur.lastrowid
+
+    return await _write(db, fn)
+
+
+async def templates_for(db, actor_id: str | None) -> list[dict]:
+    rows = await db.execute(
+        "select * from llm_extract_templates where shared = 1 or owner_id = ? order by name",
+        [actor_id],
+    )
+    out = []
+    for r in rows.rows:
+        d = dict(r)
+        d["schema"] = json.loads(d.pop("schema_json"))
+        out.append(d)
+    return out
+
+
+async def store_table_spec(db, database: str, table: str, schema: dict) -> None:
+    def fn(conn):
+        with conn:
+            conn.execute(
+                "insert or replace into llm_extract_table_specs (database_name, table_name, schema_json, updated_at)"
+                " values (?, ?, ?, ?)",
+                (database, table, json.dumps(schema), time.time()),
+            )
+
+    await _write(db, fn)
+
+
+async def stored_table_spec(db, database: str, table: str) -> dict | None:
+    rows = await db.execute(
+        "select schema_json from llm_extract_table_specs where database_name = ? and table_name = ?",
+        [database, table],
+    )
+    row = rows.first()
+    return json.loads(row[0]) if row else None

@@ -1,0 +1,577 @@
+"""What the pages and the JSON API do, in one place: start a run, estimate
+it, check access to a run, insert reviewed rows, undo, resume, discard.
+
+Views parse requests and turn ``UserError`` into messages; everything here
+validates completely before writing anything, so bad input writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasette_llm_core import permissions
+from datasette_llm_core.errors import BudgetError, CapabilityError, ConfigError, LLMSuiteError
+from datasette_llm_core.gateway import llm_gateway, no_model_message
+from datasette_llm_core.sql import quote_identifier, quote_identifiers
+from datasette_llm_core.state import state_db
+
+from . import runs, tasks
+from .documents import Document, InputError, load_upload
+from .engine import ExtractionJob, check_budget, estimate, plan_units
+from .prompts import PROMPT_VERSION
+from .schema import QUOTE_FIELD, SchemaError, TableSpec, row_model, spec_from_table, validate_row, validate_table_spec
+from .settings import ExtractSettings, extract_settings
+from .writer import RUN_COLUMN, WriteError, delete_rows_fn, insert_rows_fn
+
+MAX_EXISTING_KEYS = 200_000
+
+
+class UserError(Exception):
+    """Bad input or a state that forbids the action; nothing was written."""
+
+    def __init__(self, message: str, status: int = 400, row_errors: dict | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.row_errors = row_errors or {}
+
+
+class NotFoundError(UserError):
+    def __init__(self, message: str = "No such extraction run.") -> None:
+        super().__init__(message, status=404)
+
+
+class ForbiddenError(UserError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=403)
+
+
+# --- permissions ------------------------------------------------------------------
+
+async def can_write(datasette, actor, action: str, database: str, table: str | None = None) -> bool:
+    """Datasette's own create-table / insert-row check on either line.
+
+    Datasette 1.0 has these actions natively. 0.65 has no write API and so no
+    such permissions: a plugin may still answer them through
+    ``permission_allowed``; when none does, the llm-extract grant (checked
+    separately) is what decides.
+    """
+    if permissions.IS_V1:
+        from datasette.resources import DatabaseResource, TableResource
+
+        resource = TableResource(database, table) if table else DatabaseResource(database)
+        return bool(await datasette.allowed(action=action, resource=resource, actor=actor))
+    resource = (database, table) if table else database
+    return bool(await datasette.permission_allowed(actor, action, resource=resource, default=True))
+
+
+async def check_extract(datasette, actor, database: str, table: str | None, new_table: bool) -> None:
+    """llm-extract plus create-table (new table) or insert-row (existing table)."""
+    if not await permissions.allowed(datasette, actor, "llm-extract", database, None if new_table else table):
+        raise ForbiddenError(
+            "You do not have permission to run LLM extraction here. Ask an administrator "
+            "to grant you llm-extract."
+        )
+    if new_table:
+        if not await can_write(datasette, actor, "create-table", database):
+            raise ForbiddenError("You do not have permission to create tables in this database.")
+    elif not await can_write(datasette, actor, "insert-row", database, table):
+        raise ForbiddenError("You do not have permission to insert rows into this table.")
+
+
+def is_owner_or_root(actor, run: dict) -> bool:
+    if permissions.is_root(actor):
+        return True
+    return bool(actor) and actor.get("id") is not None and str(actor.get("id")) == run["actor_id"]
+
+
+async def run_for(datasette, actor, run_id: str, *, write: bool = False) -> dict:
+    """The run, if ``actor`` may see it (404 for other users' runs, unless root)."""
+    db = await state_db(datasette)
+    run = await runs.get_run(db, run_id)
+    if run is None or not is_owner_or_root(actor, run):
+        raise NotFoundError()
+    database, table = run["database_name"], run["table_name"]
+    if database not in datasette.databases:
+        raise UserError(f"The database {database!r} of this run is no longer attached.", status=404)
+    if write:
+        await check_extract(datasette, actor, database, table, bool(run["new_table"]) and run["status"] != "inserted")
+    elif not await permissions.allowed(
+        datasette, actor, "llm-extract", database, None if run["new_table"] else table
+    ):
+        raise ForbiddenError("You no longer have permission to run LLM extraction on this table.")
+    return run
+
+
+# --- targets and specs ----------------------------------------------------------------
+
+def _check_database(datasette, database: str):
+    if database not in datasette.databases or database == runs_db_name():
+        raise UserError(f"There is no database called {database!r}.", status=404)
+    db = datasette.databases[database]
+    if not db.is_mutable:
+        raise UserError(
+            f"The database {database!r} is read-only (immutable), so rows cannot be inserted into it. "
+            "Open it without -i/--immutable, or extract into another database."
+        )
+    return db
+
+
+def runs_db_name() -> str:
+    from datasette_llm_core.state import STATE_DB_NAME
+
+    return STATE_DB_NAME
+
+
+def check_new_table_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise UserError("Give the new table a name.")
+    if len(name) > 64:
+        raise UserError("The table name is longer than 64 characters: shorten it.")
+    if any(ord(ch) < 32 for ch in name):
+        raise UserError("The table name contains control characters: use letters, digits, spaces or _.")
+    lowered = name.lower()
+    if lowered.startswith("sqlite_") or lowered.startswith("_llm"):
+        raise UserError(f"Table names starting with {name[:7]!r} are reserved: pick another name.")
+    return name
+
+
+async def table_columns(db, table: str) -> list[dict]:
+    result = await db.execute(f"pragma table_info({quote_identifier(table)})")
+    return [dict(zip(["cid", "name", "type", "notnull", "dflt_value", "pk"], tuple(r))) for r in result.rows]
+
+
+def _metadata_descriptions(datasette, database: str, table: str) -> dict:
+    try:
+        meta = datasette.table_metadata(database, table) or {}
+        return dict(meta.get("columns") or {})
+    except Exception:
+        return {}
+
+
+async def spec_for_table(datasette, database: str, table: str) -> TableSpec:
+    """Prefill for "extract into this table": columns, types, stored descriptions."""
+    db = datasette.databases[database]
+    if not await db.table_exists(table):
+        raise UserError(f"There is no table called {table!r} in {database!r}.", status=404)
+    columns = await table_columns(db, table)
+    descriptions: dict[str, Any] = _metadata_descriptions(datasette, database, table)
+    if permissions.IS_V1:
+        for c in columns:
+            try:
+                meta = await datasette.get_column_metadata(database, table, c["name"])
+            except Exception:
+                meta = None
+            if meta and meta.get("description"):
+                descriptions[c["name"]] = meta["description"]
+    stored = await runs.stored_table_spec(await state_db(datasette), database, table)
+    for col in (stored or {}).get("columns", []):
+        descriptions[col["name"]] = col
+    try:
+        return spec_from_table(columns, descriptions)
+    except SchemaError as e:
+        raise UserError(f"This table's columns cannot be used for extraction: {e}") from None
+
+
+def spec_to_dict(spec: TableSpec) -> dict:
+    return spec.model_dump()
+
+
+# --- starting a run ---------------------------------------------------------------
+
+@dataclass
+class StartRequest:
+    database: str
+    table: str
+    new_table: bool
+    spec: Any  # dict or TableSpec before validation
+    text: str = ""
+    uploads: list[tuple[str, str, bytes]] = field(default_factory=list)
+    instructions: str = ""
+    model_id: str | None = None
+    use_examples: bool = False
+    direct_insert: bool = False
+
+
+@dataclass
+class Prepared:
+    request: StartRequest
+    spec: TableSpec
+    job: ExtractionJob
+    model: Any
+    estimate: dict
+    settings: ExtractSettings
+    documents: list[Document]
+
+
+def _documents(req: StartRequest, settings: ExtractSettings) -> list[Document]:
+    docs: list[Document] = []
+    text = req.text or ""
+    if len(text) > settings.max_text_chars:
+        raise UserError(
+            f"The pasted text is {len(text):,} characters; the limit is {settings.max_text_chars:,}. "
+            "Split it into several runs."
+        )
+    if text.strip():
+        docs.append(Document.from_text(text))
+    uploads = [u for u in req.uploads if u[0] or u[2]]
+    if len(uploads) + len(docs) > settings.max_documents:
+        raise UserError(f"At most {settings.max_documents} documents per run: remove some files.")
+    for filename, content_type, data in uploads:
+        try:
+            docs.append(load_upload(filename, content_type, data, max_bytes=settings.max_upload_bytes))
+        except InputError as e:
+            raise UserError(str(e)) from None
+    if not docs:
+        raise UserError("Nothing to extract from: paste some text or add a file.")
+    return docs
+
+
+async def _existing_keys(datasette, database: str, table: str, spec: TableSpec) -> list:
+    names = spec.key_columns or spec.column_names()
+    db = datasette.databases[database]
+    result = await db.execute(
+        f"select {quote_identifiers(names)} from {quote_identifier(table)} limit {MAX_EXISTING_KEYS}",
+        custom_time_limit=5000,
+    )
+    return [tuple(r) for r in result.rows]
+
+
+async def _examples(datasette, database: str, table: str, spec: TableSpec, limit: int) -> list[dict]:
+    if limit <= 0:
+        return []
+    db = await state_db(datasette)
+    found = await runs.examples_for_table(db, database, table, limit=limit)
+    names = spec.column_names()
+    out = []
+    for ex in found:
+        after = ex["after"] or {}
+        row = {n: after.get(n) for n in names}
+        row[QUOTE_FIELD] = ex.get("source_quote") or ""
+        out.append({"text": ex.get("source_quote") or "", "rows": [row]})
+    return out
+
+
+async def prepare(datasette, actor, req: StartRequest) -> Prepared:
+    """Validate everything about a run without writing anything."""
+    settings = extract_settings(datasette)
+    db = _check_database(datasette, req.database)
+    if req.new_table:
+        req.table = check_new_table_name(req.table)
+    await check_extract(datasette, actor, req.database, req.table, req.new_table)
+    exists = await db.table_exists(req.table)
+    if req.new_table and exists:
+        raise UserError(
+            f"A table called {req.table!r} already exists in {req.database!r}: pick another name, "
+            "or use \"Extract data into this table\" from that table's menu."
+        )
+    if not req.new_table and not exists:
+        raise UserError(f"There is no table called {req.table!r} in {req.database!r}.", status=404)
+    try:
+        spec = validate_table_spec(req.spec)
+    except SchemaError as e:
+        raise UserError(str(e)) from None
+    if not req.new_table:
+        present = {c["name"] for c in await table_columns(db, req.table)}
+        missing = [c for c in spec.column_names() if c not in present]
+        if missing:
+            raise UserError(
+                f"The table {req.table!r} has no column(s) {', '.join(map(repr, missing))}: "
+                "extract only into columns the table has."
+            )
+    if req.direct_insert and not settings.direct_insert:
+        raise UserError(
+            "Inserting without review is switched off on this instance "
+            "(extract: direct_insert: true enables it for trusted pipelines)."
+        )
+    documents = _documents(req, settings)
+    try:
+        gateway = await llm_gateway(datasette)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    if not gateway.chat_models():
+        raise UserError(no_model_message("extract"))
+    try:
+        model = gateway.get_chat_model(req.model_id) if req.model_id else gateway.default_chat_model("extract")
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    existing = [] if req.new_table else await _existing_keys(datasette, req.database, req.table, spec)
+    examples = (
+        await _examples(datasette, req.database, req.table, spec, settings.max_examples)
+        if req.use_examples else []
+    )
+    job = ExtractionJob(
+        spec=spec, instructions=req.instructions or "", documents=documents, model_id=model.model_id,
+        examples=examples, concurrency=settings.concurrency, chunk_chars=settings.chunk_chars,
+        overlap=settings.overlap, existing_keys=existing, max_cost=settings.max_cost_per_run,
+        max_tokens=settings.max_tokens_per_run,
+    )
+    try:
+        est = estimate(job, model)
+        check_budget(job, est)
+    except (CapabilityError, BudgetError, ValueError) as e:
+        raise UserError(str(e)) from None
+    return Prepared(req, spec, job, model, est, settings, documents)
+
+
+def _document_record(doc: Document) -> dict:
+    size = len(doc.data) if doc.data else len(doc.text.encode("utf-8"))
+    return {
+        "name": doc.name, "kind": doc.kind, "media_type": doc.media_type, "size": size,
+        "sha256": doc.sha256,
+        # text documents are kept whole; binary ones only hashed (PDFs keep their text layer
+        # so quotes can be highlighted)
+        "text": doc.text if doc.kind in ("text", "pdf") else None,
+    }
+
+
+async def start_run(datasette, actor, req: StartRequest) -> str:
+    prepared = await prepare(datasette, actor, req)
+    db = await state_db(datasette)
+    run_id = runs.new_run_id()
+    options = {
+        "use_examples": req.use_examples, "examples": len(prepared.job.examples),
+        "direct_insert": req.direct_insert, "estimate": prepared.estimate,
+        "chunk_chars": prepared.job.chunk_chars, "overlap": prepared.job.overlap,
+        "max_cost": prepared.job.max_cost, "max_tokens": prepared.job.max_tokens,
+    }
+    await runs.create_run(
+        db,
+        {
+            "id": run_id, "actor_id": str(actor["id"]) if actor and actor.get("id") is not None else None,
+            "database_name": req.database, "table_name": req.table, "new_table": 1 if req.new_table else 0,
+            "model_id": prepared.model.model_id, "prompt_version": PROMPT_VERSION,
+            "instructions": req.instructions or "", "schema_json": json.dumps(spec_to_dict(prepared.spec)),
+            "options_json": json.dumps(options), "status": "pending",
+            "chunks_total": prepared.estimate.get("chunks", 0),
+        },
+        [_document_record(d) for d in prepared.documents],
+    )
+    after = None
+    if req.direct_insert:
+        async def after():
+            await insert_all_valid(datasette, actor, run_id)
+    tasks.start(datasette, run_id, prepared.job, actor, timeout=prepared.settings.run_timeout, after=after)
+    return run_id
+
+
+async def estimate_for(datasette, actor, req: StartRequest) -> dict:
+    prepared = await prepare(datasette, actor, req)
+    settings = prepared.settings
+    return {
+        **prepared.estimate,
+        "documents": [d.summary() for d in prepared.documents],
+        "max_cost_per_run": settings.max_cost_per_run,
+        "max_tokens_per_run": settings.max_tokens_per_run,
+        "examples": len(prepared.job.examples),
+    }
+
+
+# --- review and insert -----------------------------------------------------------------
+
+def _clean_form_values(spec: TableSpec, values: dict) -> dict:
+    out = {}
+    for name in spec.column_names():
+        value = values.get(name)
+        if isinstance(value, str) and not value.strip():
+            value = None
+        out[name] = value
+    return out
+
+
+def _same(a: dict, b: dict, names: list[str]) -> bool:
+    return all(a.get(n) == b.get(n) for n in names)
+
+
+async def insert_reviewed(datasette, actor, run: dict, decisions: dict[int, dict]) -> dict:
+    """Insert accepted rows in one transaction; record provenance and feedback.
+
+    ``decisions`` maps row index to ``{"decision": "accept"|"reject"|"pending",
+    "values": {...edited values...} | None}``. Raises ``UserError`` with
+    ``row_errors`` when any accepted row fails validation: nothing is written.
+    """
+    if run["status"] in runs.ACTIVE:
+        raise UserError("The run is still extracting: wait for it to finish (or cancel it) before inserting.", 409)
+    if run["status"] in runs.FINISHED:
+        raise UserError(f"This run was already {run['status']}: nothing more can be inserted from it.", 409)
+    state = await state_db(datasette)
+    db = _check_database(datasette, run["database_name"])
+    spec = validate_table_spec(run["schema"])
+    model = row_model(spec)
+    names = spec.column_names()
+    stored = {r["idx"]: r for r in await runs.get_rows(state, run["id"])}
+    unknown = [i for i in decisions if i not in stored]
+    if unknown:
+        raise UserError(f"Unknown row number(s): {', '.join(str(i + 1) for i in unknown)}.")
+    row_errors: dict[int, list[str]] = {}
+    accepted: list[tuple[int, dict]] = []
+    records: list[dict] = []
+    for idx, decision in sorted(decisions.items()):
+        choice = decision.get("decision")
+        if choice not in ("accept", "reject", "pending"):
+            raise UserError(f"Row {idx + 1}: decision must be accept, reject or pending.")
+        if choice == "pending":
+            continue
+        row = stored[idx]
+        before = {n: row["values"].get(n) for n in names}
+        if choice == "reject":
+            records.append({"idx": idx, "decision": "rejected", "before": before, "after": None,
+                            "quote": row["source_quote"], "edited": False})
+            continue
+        submitted = decision.get("values")
+        after_raw = _clean_form_values(spec, {**before, **submitted}) if submitted is not None else before
+        cleaned, errors = validate_row(model, after_raw)
+        if errors:
+            row_errors[idx] = errors
+            continue
+        edited = not _same(cleaned, before, names)
+        accepted.append((idx, cleaned))
+        records.append({"idx": idx, "decision": "accepted", "before": before, "after": cleaned,
+                        "quote": row["source_quote"], "edited": edited})
+    if row_errors:
+        raise UserError(
+            f"{len(row_errors)} accepted row(s) have invalid values: fix them or reject them. Nothing was inserted.",
+            row_errors=row_errors,
+        )
+    if not records:
+        raise UserError("Accept or reject at least one row first.")
+    settings = extract_settings(datasette)
+    result = {"inserted": [], "pk_columns": []}
+    if accepted:
+        try:
+            result = await db.execute_write_fn(
+                insert_rows_fn(run["table_name"], spec, bool(run["new_table"]), accepted, run["id"],
+                               settings.add_run_column),
+                block=True,
+            )
+        except WriteError as e:
+            errors = {e.row: [str(e)]} if e.row is not None else {}
+            raise UserError(str(e), status=409, row_errors=errors) from None
+    pks = dict(result["inserted"])
+    for r in records:
+        r["pk"] = pks.get(r["idx"])
+    provenance = [
+        {"idx": r["idx"], "pk": r["pk"], "quote": r["quote"]} for r in records if r["pk"] is not None
+    ]
+    await runs.record_review(state, run, records, provenance, _actor_id(actor),
+                             status="inserted" if accepted else "reviewed")
+    if accepted:
+        await runs.store_table_spec(state, run["database_name"], run["table_name"], spec_to_dict(spec))
+        await _save_pk_columns(state, run, result["pk_columns"])
+    return {"inserted": len(accepted), "rejected": sum(1 for r in records if r["decision"] == "rejected"),
+            "pk_columns": result["pk_columns"], "pks": [pks[i] for i, _ in accepted]}
+
+
+async def _save_pk_columns(state, run: dict, pk_columns: list[str]) -> None:
+    options = {**run["options"], "pk_columns": pk_columns}
+    await runs.update_run(state, run["id"], options_json=json.dumps(options))
+
+
+def _actor_id(actor) -> str | None:
+    return str(actor["id"]) if actor and actor.get("id") is not None else None
+
+
+async def insert_all_valid(datasette, actor, run_id: str) -> dict:
+    """Direct insert (trusted pipelines): accept every valid, non-duplicate row."""
+    state = await state_db(datasette)
+    run = await runs.get_run(state, run_id)
+    rows = await runs.get_rows(state, run_id)
+    decisions = {
+        r["idx"]: {"decision": "accept" if r["valid"] and not r["duplicate"] else "reject", "values": None}
+        for r in rows
+    }
+    if not decisions:
+        return {"inserted": 0}
+    return await insert_reviewed(datasette, actor, run, decisions)
+
+
+async def undo(datasette, actor, run: dict) -> int:
+    """Delete the rows this run inserted, in one transaction."""
+    if run["status"] != "inserted":
+        raise UserError("Only a run whose rows were inserted can be undone.", 409)
+    state = await state_db(datasette)
+    db = _check_database(datasette, run["database_name"])
+    provenance = await runs.provenance_for_run(state, run["id"])
+    pk_columns = run["options"].get("pk_columns") or ["rowid"]
+    try:
+        deleted = await db.execute_write_fn(
+            delete_rows_fn(run["table_name"], pk_columns, [p["pk"] for p in provenance]), block=True
+        )
+    except WriteError as e:
+        raise UserError(str(e), status=409) from None
+    await runs.record_undo(state, run["id"], _actor_id(actor))
+    return deleted
+
+
+async def discard(datasette, actor, run: dict) -> None:
+    if run["status"] not in runs.REVIEWABLE:
+        raise UserError(f"A {run['status']} run cannot be discarded.", 409)
+    state = await state_db(datasette)
+    await runs.update_run(state, run["id"], status="discarded")
+    await runs.record_event(state, run["id"], "RunStatus", {"type": "RunStatus", "status": "discarded", "error": None})
+
+
+async def cancel(datasette, actor, run: dict) -> bool:
+    if run["status"] not in runs.ACTIVE:
+        raise UserError("The run is not running.", 409)
+    if tasks.cancel(run["id"]):
+        return True
+    # Not running in this process (e.g. another worker died): mark it.
+    state = await state_db(datasette)
+    await tasks.finish(state, run["id"], "cancelled", "The run was cancelled.")
+    return True
+
+
+async def resume(datasette, actor, run: dict) -> None:
+    """Re-run the documents whose chunks did not all finish (interrupted or failed runs)."""
+    if run["status"] not in ("interrupted", "failed", "cancelled"):
+        raise UserError("Only an interrupted, failed or cancelled run can be resumed.", 409)
+    settings = extract_settings(datasette)
+    state = await state_db(datasette)
+    stored_docs = await runs.get_documents(state, run["id"])
+    spec = validate_table_spec(run["schema"])
+    documents = [Document.from_text(d["text"] or "", name=d["name"]) if d["text"] is not None else None
+                 for d in stored_docs]
+    gateway = await llm_gateway(datasette)
+    try:
+        model = gateway.get_chat_model(run["model_id"])
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    done = {(d[0], d[1]) for d in run["done_chunks"]}
+    todo: list[int] = []
+    for i, doc in enumerate(documents):
+        if doc is None:
+            if not any(d[0] == i for d in run["done_chunks"]):
+                raise UserError(
+                    f"{stored_docs[i]['name']} was not finished and only its hash was kept: "
+                    "start a new run with that file."
+                )
+            continue
+        job = ExtractionJob(spec=spec, documents=[doc], chunk_chars=run["options"].get("chunk_chars"),
+                            overlap=run["options"].get("overlap", 300))
+        try:
+            units = plan_units(job, model)
+        except (LLMSuiteError, ValueError) as e:
+            raise UserError(str(e)) from None
+        if any((i, u.chunk.start if u.chunk else None) not in done for u in units):
+            todo.append(i)
+    if not todo:
+        raise UserError("Every part of this run finished already: review its rows instead.", 409)
+    existing = [] if run["new_table"] else await _existing_keys(
+        datasette, run["database_name"], run["table_name"], spec)
+    job = ExtractionJob(
+        spec=spec, instructions=run["instructions"] or "", documents=[documents[i] for i in todo],
+        model_id=model.model_id, concurrency=settings.concurrency,
+        chunk_chars=run["options"].get("chunk_chars"), overlap=run["options"].get("overlap", 300),
+        existing_keys=existing, max_cost=settings.max_cost_per_run, max_tokens=settings.max_tokens_per_run,
+    )
+    await runs.delete_rows_of_documents(state, run["id"], todo)
+    progress = tasks._Progress(
+        chunks_done=sum(1 for d in run["done_chunks"] if d[0] not in todo),
+        done_chunks=[list(d) for d in run["done_chunks"] if d[0] not in todo],
+    )
+    await runs.update_run(state, run["id"], status="pending", error=None, chunks_failed=0,
+                          chunks_done=progress.chunks_done, done_chunks_json=json.dumps(progress.done_chunks))
+    tasks.start(datasette, run["id"], job, actor, timeout=settings.run_timeout, doc_map=todo, progress=progress)

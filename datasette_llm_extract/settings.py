@@ -1,0 +1,77 @@
+"""The ``extract:`` section of the plugin configuration, validated.
+
+All keys are optional::
+
+    plugins:
+      datasette-llm-newsroom:
+        extract:
+          direct_insert: false        # allow "insert without review" (trusted pipelines)
+          add_run_column: true        # add an _llm_run column to existing tables on insert
+          max_upload_bytes: 20000000  # per file
+          max_documents: 20
+          max_text_chars: 2000000     # pasted text
+          concurrency: 2              # chunks sent to the model at once
+          chunk_chars: 12000
+          overlap: 400
+          max_cost_per_run: 1.0       # USD; falls back to budgets.max_cost_per_run
+          max_tokens_per_run: 500000  # falls back to budgets.max_tokens_per_run
+          run_timeout: 1800           # seconds before a run is stopped
+          max_examples: 5             # accepted examples offered to later runs
+          templates: [{name, instructions, columns, key_columns}]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datasette_llm_core.config import PLUGIN_NAME, plugin_settings
+from datasette_llm_core.errors import ConfigError
+
+
+class TemplateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    instructions: str = ""
+    columns: list[Any]
+    key_columns: list[str] = []
+    description: str = ""
+
+
+class ExtractSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    direct_insert: bool = False
+    add_run_column: bool = True
+    max_upload_bytes: int = Field(20_000_000, gt=0)
+    max_documents: int = Field(20, gt=0)
+    max_text_chars: int = Field(2_000_000, gt=0)
+    concurrency: int = Field(2, ge=1, le=16)
+    chunk_chars: int = Field(12_000, ge=500)
+    overlap: int = Field(400, ge=0)
+    max_cost_per_run: float | None = None
+    max_tokens_per_run: int | None = None
+    run_timeout: float = Field(1800.0, gt=0)
+    max_examples: int = Field(5, ge=0, le=50)
+    templates: list[TemplateConfig] = []
+
+
+def extract_settings(datasette) -> ExtractSettings:
+    """Parsed ``extract`` settings, budgets filled in from ``budgets``."""
+    settings = plugin_settings(datasette)
+    try:
+        parsed = ExtractSettings.model_validate(settings.extract or {})
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(
+            f"Invalid configuration under plugins: {PLUGIN_NAME}: extract: {problems}."
+        ) from None
+    if parsed.max_cost_per_run is None:
+        parsed.max_cost_per_run = settings.budgets.max_cost_per_run
+    if parsed.max_tokens_per_run is None:
+        parsed.max_tokens_per_run = settings.budgets.max_tokens_per_run
+    return parsed

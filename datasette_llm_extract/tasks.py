@@ -1,0 +1,186 @@
+"""Background extraction runs.
+
+Each run is an asyncio task kept in a module-level registry (a strong
+reference, so it cannot be garbage-collected mid-run) with a timeout. Every
+engine event is written to the state database as it arrives, so a page reload
+replays what is stored and then follows live events; a run left "running" by
+a server that stopped is marked "interrupted" at startup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+
+from datasette_llm_core.errors import LLMSuiteError
+from datasette_llm_core.gateway import llm_gateway
+from datasette_llm_core.state import state_db
+
+from . import runs
+from .documents import InputError
+from .engine import ExtractionJob, run_extraction
+
+log = logging.getLogger(__name__)
+
+#: run id -> handle of a run executing in this process (strong references).
+REGISTRY: dict[str, "RunHandle"] = {}
+
+
+@dataclass
+class RunHandle:
+    run_id: str
+    task: asyncio.Task | None = None
+    cancel_requested: bool = False
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        """Wake everyone waiting for news of this run."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
+def handle_for(run_id: str) -> RunHandle | None:
+    return REGISTRY.get(run_id)
+
+
+@dataclass
+class _Progress:
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    done_chunks: list = field(default_factory=list)
+
+
+def _row_from_event(data: dict, doc_map: list[int] | None) -> dict:
+    span = data.get("quote_span") or [None, None]
+    document = data.get("document")
+    if doc_map is not None and document is not None and document < len(doc_map):
+        document = doc_map[document]
+    duplicate = data.get("duplicate_reason") or ("run" if data.get("duplicate") else None)
+    return {
+        "values": data.get("values") or {},
+        "source_quote": data.get("source_quote"),
+        "quote_found": None if not data.get("quote_checked", True) else bool(data.get("quote_found")),
+        "quote_start": span[0],
+        "quote_end": span[1],
+        "document": document,
+        "chunk": data.get("chunk"),
+        "valid": data.get("valid"),
+        "errors": data.get("errors") or [],
+        "duplicate": duplicate,
+    }
+
+
+async def _record(db, run_id: str, event, progress: _Progress, doc_map: list[int] | None) -> None:
+    data = event.to_dict()
+    etype = data.get("type") or type(event).__name__
+    row = None
+    fields: dict = {}
+    if etype == "RunStarted":
+        fields = {"model_id": data.get("model_id"), "prompt_version": data.get("prompt_version")}
+        fields["chunks_total"] = progress.chunks_done + (data.get("chunks_total") or 0)
+    elif etype == "RowExtracted":
+        row = _row_from_event(data, doc_map)
+        data["document"] = row["document"]
+    elif etype in ("ChunkStarted", "ChunkDone", "ChunkFailed"):
+        chunk = dict(data.get("chunk") or {})
+        if doc_map is not None and chunk.get("document") is not None:
+            chunk["document"] = doc_map[chunk["document"]]
+            data["chunk"] = chunk
+        if etype == "ChunkDone":
+            progress.chunks_done += 1
+            progress.done_chunks.append([chunk.get("document"), chunk.get("start"), chunk.get("index")])
+            fields = {"chunks_done": progress.chunks_done,
+                      "done_chunks_json": json.dumps(progress.done_chunks)}
+        elif etype == "ChunkFailed":
+            progress.chunks_failed += 1
+            fields = {"chunks_failed": progress.chunks_failed}
+    elif etype == "RunFinished":
+        usage = data.get("usage") or {}
+        fields = {"input_tokens": usage.get("input_tokens", 0),
+                  "output_tokens": usage.get("output_tokens", 0), "cost": data.get("cost")}
+    await runs.record_event(db, run_id, etype, data, row=row, run_fields=fields or None)
+
+
+async def finish(db, run_id: str, status: str, error: str | None = None) -> None:
+    """Set the final status and append a RunStatus event (SSE clients stop on it)."""
+    import time
+
+    await runs.update_run(db, run_id, status=status, error=error, finished_at=time.time())
+    await runs.record_event(db, run_id, "RunStatus", {"type": "RunStatus", "status": status, "error": error})
+
+
+async def _execute(datasette, run_id: str, job: ExtractionJob, actor: dict | None,
+                   handle: RunHandle, timeout: float, doc_map: list[int] | None,
+                   progress: _Progress, after) -> None:
+    db = await state_db(datasette)
+    status, error = "done", None
+    try:
+        await runs.update_run(db, run_id, status=runs.RUNNING)
+        handle.notify()
+        gateway = await llm_gateway(datasette)
+        async with asyncio.timeout(timeout):
+            async for event in run_extraction(gateway, job, actor=actor, ref=run_id):
+                await _record(db, run_id, event, progress, doc_map)
+                handle.notify()
+    except asyncio.CancelledError:
+        status, error = "cancelled", "The run was cancelled; the rows extracted so far are kept for review."
+    except TimeoutError:
+        status, error = "failed", (
+            f"The run took longer than {timeout:.0f} seconds and was stopped; "
+            "the rows extracted so far are kept for review."
+        )
+    except (LLMSuiteError, InputError, ValueError) as e:
+        status, error = "failed", str(e)
+    except Exception as e:  # a bug: keep the server alive, tell the user
+        log.exception("extraction run %s crashed", run_id)
+        status, error = "failed", f"The run stopped because of an internal error ({type(e).__name__})."
+    try:
+        if status == "done" and progress.chunks_failed and not progress.chunks_done:
+            status, error = "failed", "Every part of the document failed; see the messages below."
+        await finish(db, run_id, status, error)
+        if status == "done" and after is not None:
+            await after()
+    except Exception:  # pragma: no cover - state db trouble
+        log.exception("could not record the end of run %s", run_id)
+    finally:
+        REGISTRY.pop(run_id, None)
+        handle.notify()
+
+
+def start(datasette, run_id: str, job: ExtractionJob, actor: dict | None, *, timeout: float,
+          doc_map: list[int] | None = None, progress: _Progress | None = None, after=None) -> RunHandle:
+    """Start the run as a background task and register it.
+
+    ``doc_map`` maps the job's document positions to the run's (for resumes),
+    ``after`` is an async callable run when the run ends "done".
+    """
+    handle = RunHandle(run_id)
+    REGISTRY[run_id] = handle
+    handle.task = asyncio.get_running_loop().create_task(
+        _execute(datasette, run_id, job, actor, handle, timeout, doc_map, progress or _Progress(), after),
+        name=f"llm-extract-{run_id}",
+    )
+    return handle
+
+
+def cancel(run_id: str) -> bool:
+    handle = REGISTRY.get(run_id)
+    if handle is None or handle.task is None or handle.task.done():
+        return False
+    handle.cancel_requested = True
+    handle.task.cancel()
+    return True
+
+
+async def recover_interrupted(datasette) -> int:
+    """Startup: runs left running by a dead server become "interrupted"."""
+    db = await state_db(datasette)
+    return await runs.mark_interrupted(db, exclude=set(REGISTRY))

@@ -1,0 +1,747 @@
+"""Pages, server-sent events and the JSON API of the extraction plugin.
+
+Views parse the request, check permissions (every route: pages, SSE, API)
+and call ``service``; ``UserError`` becomes a message on the page or a JSON
+error, and nothing is written when a request is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+from datasette import Forbidden, NotFound, Response
+from datasette.utils import tilde_decode, tilde_encode
+
+from datasette_llm_core import permissions
+from datasette_llm_core.errors import ConfigError
+from datasette_llm_core.gateway import llm_gateway, no_model_message
+from datasette_llm_core.state import STATE_DB_NAME, state_db
+
+from . import runs, service, tasks
+from .forms import BadForm, BodyTooLarge, parse_form, read_body
+from .prompts import PROMPT_VERSION
+from .schema import COLUMN_TYPES, QUOTE_FIELD
+from .service import StartRequest, UserError
+from .settings import extract_settings
+
+PREFIX = "/-/llm-extract"
+RUN_ID = r"(?P<run_id>[0-9a-f]{16})"
+SEGMENT = r"[^/]+"
+SSE_KEEPALIVE = 15.0
+TYPE_LABELS = {
+    "text": "Text", "integer": "Whole number", "number": "Number", "date": "Date",
+    "boolean": "Yes / no", "choice": "One of a list",
+}
+
+
+def routes():
+    return [
+        (rf"^{PREFIX}/?$", index),
+        (rf"^{PREFIX}/new/(?P<database>{SEGMENT})$", start_new_table),
+        (rf"^{PREFIX}/into/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})$", start_existing_table),
+        (rf"^{PREFIX}/estimate$", estimate_view),
+        (rf"^{PREFIX}/runs/{RUN_ID}$", run_page_view),
+        (rf"^{PREFIX}/runs/{RUN_ID}/events$", run_events),
+        (rf"^{PREFIX}/runs/{RUN_ID}/(?P<action>insert|cancel|undo|resume|discard)$", run_action),
+        (rf"^{PREFIX}/api/runs$", api_start),
+        (rf"^{PREFIX}/api/runs/{RUN_ID}$", api_run),
+        (rf"^{PREFIX}/api/runs/{RUN_ID}/(?P<action>insert|cancel|undo|resume|discard)$", api_run_action),
+        (rf"^{PREFIX}/examples/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})\.jsonl$", examples_export),
+        (rf"^{PREFIX}/templates$", save_template),
+    ]
+
+
+# --- helpers -------------------------------------------------------------------------
+
+def run_url(datasette, run_id: str, suffix: str = "") -> str:
+    return datasette.urls.path(f"{PREFIX}/runs/{run_id}{suffix}")
+
+
+def _json_error(message: str, status: int, **extra) -> Response:
+    return Response.json({"ok": False, "error": message, **extra}, status=status)
+
+
+def _raise_for(e: UserError):
+    if e.status == 404:
+        raise NotFound(str(e))
+    if e.status == 403:
+        raise Forbidden(str(e))
+
+
+def _form_limit(datasette) -> int:
+    settings = extract_settings(datasette)
+    return settings.max_upload_bytes * settings.max_documents + settings.max_text_chars * 4 + 1_000_000
+
+
+async def _read_form(datasette, request, receive):
+    try:
+        body = await read_body(receive, _form_limit(datasette))
+        return parse_form(request.headers.get("content-type", ""), body)
+    except (BodyTooLarge, BadForm) as e:
+        raise UserError(str(e), status=413 if isinstance(e, BodyTooLarge) else 400) from None
+
+
+async def _read_json(request, receive, limit: int) -> dict:
+    try:
+        body = await read_body(receive, limit)
+        data = json.loads(body or b"{}")
+    except BodyTooLarge as e:
+        raise UserError(str(e), status=413) from None
+    except (ValueError, BadForm):
+        raise UserError("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise UserError("The request body must be a JSON object.")
+    return data
+
+
+def _csrf(request) -> str:
+    token = request.scope.get("csrftoken")
+    return token() if callable(token) else ""
+
+
+async def _chat_models(datasette):
+    """(models usable for extraction, message when none is configured)."""
+    try:
+        gateway = await llm_gateway(datasette)
+    except ConfigError as e:
+        return [], None, str(e)
+    models = gateway.chat_models()
+    if not models:
+        return [], None, no_model_message("extract")
+    default = gateway.default_chat_model("extract")
+    return models, default.model_id if default else None, None
+
+
+def _model_options(models) -> list[dict]:
+    return [
+        {
+            "id": m.model_id, "label": m.label or m.model_id,
+            "images": bool(m.supports_images), "pdfs": bool(m.supports_pdfs),
+            "priced": m.input_cost_per_mtok is not None,
+        }
+        for m in models
+    ]
+
+
+def _columns_from_form(form) -> list[dict]:
+    """Builder rows ``col-<i>-<field>`` -> column dicts (rows without a name are skipped)."""
+    indexes = sorted({int(m.group(1)) for k in form.fields for m in [re.match(r"^col-(\d+)-name$", k)] if m})
+    columns = []
+    for i in indexes:
+        name = form.get(f"col-{i}-name").strip()
+        if not name:
+            continue
+        if f"col-{i}-include-present" in form.fields and form.get(f"col-{i}-include") != "on":
+            continue
+        columns.append({
+            "name": name,
+            "type": form.get(f"col-{i}-type", "text") or "text",
+            "nullable": form.get(f"col-{i}-required") != "on",
+            "description": form.get(f"col-{i}-description"),
+            "choices": [c.strip() for c in form.get(f"col-{i}-choices").split(",") if c.strip()],
+            "key": form.get(f"col-{i}-key") == "on",
+        })
+    return columns
+
+
+def _spec_from_columns(columns: list[dict]) -> dict:
+    return {
+        "columns": [{k: v for k, v in c.items() if k not in ("key", "include")} for c in columns],
+        "key_columns": [c["name"] for c in columns if c.get("key")],
+    }
+
+
+def _columns_for_form(spec: dict, key_columns: list[str] | None = None, include_all=True) -> list[dict]:
+    keys = set(key_columns if key_columns is not None else spec.get("key_columns", []))
+    out = []
+    for c in spec.get("columns", []):
+        out.append({
+            "name": c.get("name", ""), "type": c.get("type", "text"),
+            "required": not c.get("nullable", True), "description": c.get("description", ""),
+            "choices": ", ".join(c.get("choices") or []), "key": c.get("name") in keys,
+            "include": c.get("include", include_all),
+        })
+    return out
+
+
+# --- index -----------------------------------------------------------------------------
+
+async def index(datasette, request):
+    actor = request.actor
+    if not actor:
+        raise Forbidden("Sign in to see your extraction runs.")
+    state = await state_db(datasette)
+    everyone = permissions.is_root(actor)
+    my_runs = await runs.list_runs(state, str(actor.get("id")), all_actors=everyone)
+    visible = []
+    for run in my_runs:
+        if run["database_name"] in datasette.databases and await permissions.allowed(
+            datasette, actor, "llm-extract", run["database_name"], None if run["new_table"] else run["table_name"]
+        ):
+            visible.append(run)
+    targets = []
+    for name, db in datasette.databases.items():
+        if name == STATE_DB_NAME or not db.is_mutable:
+            continue
+        if await permissions.allowed(datasette, actor, "llm-extract", name):
+            targets.append(name)
+    if not visible and not targets:
+        raise Forbidden("You do not have permission to run LLM extraction.")
+    return Response.html(await datasette.render_template(
+        "llm_extract_index.html",
+        {"runs": visible, "targets": targets, "run_url": lambda r: run_url(datasette, r),
+         "new_url": lambda db: datasette.urls.path(f"{PREFIX}/new/{tilde_encode(db)}"),
+         "fmt_time": _fmt_time},
+        request=request,
+    ))
+
+
+def _fmt_time(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts)) if ts else ""
+
+
+# --- start pages -------------------------------------------------------------------------
+
+async def start_new_table(datasette, request, receive):
+    database = tilde_decode(request.url_vars["database"])
+    return await _start_page(datasette, request, receive, database, None)
+
+
+async def start_existing_table(datasette, request, receive):
+    database = tilde_decode(request.url_vars["database"])
+    table = tilde_decode(request.url_vars["table"])
+    return await _start_page(datasette, request, receive, database, table)
+
+
+async def _templates_for(datasette, actor) -> list[dict]:
+    settings = extract_settings(datasette)
+    out = [
+        {"id": f"config-{i}", "name": t.name, "instructions": t.instructions,
+         "schema": {"columns": t.columns, "key_columns": t.key_columns}, "shared": True, "source": "config"}
+        for i, t in enumerate(settings.templates)
+    ]
+    state = await state_db(datasette)
+    for t in await runs.templates_for(state, str(actor.get("id")) if actor else None):
+        out.append({"id": str(t["id"]), "name": t["name"], "instructions": t["instructions"],
+                    "schema": t["schema"], "shared": bool(t["shared"]), "source": "saved"})
+    return out
+
+
+async def _start_page(datasette, request, receive, database: str, table: str | None):
+    actor = request.actor
+    new_table = table is None
+    try:
+        service._check_database(datasette, database)
+        if not new_table and not await datasette.databases[database].table_exists(table):
+            raise UserError(f"There is no table called {table!r} in {database!r}.", status=404)
+        await service.check_extract(datasette, actor, database, table, new_table)
+    except UserError as e:
+        _raise_for(e)
+        return Response.html(await datasette.render_template(
+            "llm_extract_message.html", {"title": "Cannot extract here", "message": str(e)}, request=request
+        ), status=e.status)
+    settings = extract_settings(datasette)
+    templates = await _templates_for(datasette, actor)
+    state = await state_db(datasette)
+    values = {"table": "", "instructions": "", "text": "", "model": "", "use_examples": False}
+    columns: list[dict]
+    if new_table:
+        columns = []
+    else:
+        spec = await service.spec_for_table(datasette, database, table)
+        columns = _columns_for_form(service.spec_to_dict(spec))
+    chosen = request.args.get("template")
+    if chosen:
+        for t in templates:
+            if t["id"] == chosen:
+                values["instructions"] = t["instructions"]
+                if new_table:
+                    columns = _columns_for_form(t["schema"])
+                else:
+                    wanted = {c.get("name"): c for c in t["schema"].get("columns", [])}
+                    for c in columns:
+                        c["include"] = c["name"] in wanted
+                        if c["name"] in wanted and wanted[c["name"]].get("description"):
+                            c["description"] = wanted[c["name"]]["description"]
+    error = None
+    row_errors = None
+    if request.method == "POST":
+        try:
+            form = await _read_form(datasette, request, receive)
+            columns = _columns_from_form(form)
+            values.update(
+                table=form.get("table") if new_table else table,
+                instructions=form.get("instructions"), text=form.get("text"), model=form.get("model"),
+                use_examples=form.get("use_examples") == "on",
+            )
+            uploads = [(u.filename, u.content_type, u.data) for u in form.files.get("files", [])]
+            req = StartRequest(
+                database=database, table=values["table"], new_table=new_table,
+                spec=_spec_from_columns(columns), text=values["text"], uploads=uploads,
+                instructions=values["instructions"], model_id=values["model"] or None,
+                use_examples=values["use_examples"], direct_insert=form.get("direct_insert") == "on",
+            )
+            if form.get("save_template") == "on" and form.get("template_name").strip():
+                from .schema import validate_table_spec, SchemaError
+
+                try:
+                    spec_obj = validate_table_spec(req.spec)
+                except SchemaError as e:
+                    raise UserError(str(e)) from None
+                await runs.save_template(state, form.get("template_name").strip()[:100],
+                                         str(actor.get("id")) if actor else None,
+                                         form.get("template_shared") == "on", spec_obj.model_dump(),
+                                         req.instructions)
+            run_id = await service.start_run(datasette, actor, req)
+            return Response.redirect(run_url(datasette, run_id))
+        except UserError as e:
+            _raise_for(e)
+            error = str(e)
+            row_errors = e.row_errors
+        columns = _columns_for_form(_spec_from_columns(columns), include_all=True) if columns else columns
+    models, default_model, model_message = await _chat_models(datasette)
+    if not columns or (new_table and len(columns) < 3):
+        columns = columns + [
+            {"name": "", "type": "text", "required": False, "description": "", "choices": "", "key": False,
+             "include": True}
+            for _ in range(3 - len(columns) if new_table else 0)
+        ]
+    examples_available = 0 if new_table else await runs.count_examples(state, database, table)
+    context = {
+        "database": database, "table": table, "new_table": new_table, "columns": columns,
+        "column_types": [(t, TYPE_LABELS[t]) for t in COLUMN_TYPES], "values": values,
+        "models": _model_options(models), "default_model": values["model"] or default_model,
+        "model_message": model_message, "error": error, "templates": templates,
+        "settings": settings, "examples_available": examples_available,
+        "max_examples": settings.max_examples, "csrf": _csrf(request),
+        "estimate_url": datasette.urls.path(f"{PREFIX}/estimate"),
+        "database_url": datasette.urls.database(database),
+        "table_url": datasette.urls.table(database, table) if table else None,
+        "accept": "text/*,.txt,.md,.csv,.json,.html,image/jpeg,image/png,image/webp,image/gif,application/pdf,.pdf",
+        "row_errors": row_errors,
+    }
+    return Response.html(
+        await datasette.render_template("llm_extract_start.html", context, request=request),
+        status=400 if error else 200,
+    )
+
+
+async def estimate_view(datasette, request, receive):
+    """POST the start form (multipart or JSON): tokens and cost of the run, nothing written."""
+    if request.method != "POST":
+        return _json_error("POST the run's form or JSON here.", 405)
+    actor = request.actor
+    try:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            data = await _read_json(request, receive, _form_limit(datasette))
+            req = await _start_request_from_json(datasette, data)
+        else:
+            form = await _read_form(datasette, request, receive)
+            database = form.get("database")
+            table = form.get("table")
+            new_table = form.get("new_table") == "1"
+            req = StartRequest(
+                database=database, table=table, new_table=new_table,
+                spec=_spec_from_columns(_columns_from_form(form)), text=form.get("text"),
+                uploads=[(u.filename, u.content_type, u.data) for u in form.files.get("files", [])],
+                instructions=form.get("instructions"), model_id=form.get("model") or None,
+                use_examples=form.get("use_examples") == "on",
+            )
+        return Response.json({"ok": True, **await service.estimate_for(datasette, actor, req)})
+    except UserError as e:
+        return _json_error(str(e), e.status)
+
+
+# --- run page and live events -----------------------------------------------------------
+
+async def _run_or_raise(datasette, request, run_id: str, write: bool = False) -> dict:
+    try:
+        return await service.run_for(datasette, request.actor, run_id, write=write)
+    except UserError as e:
+        _raise_for(e)
+        raise
+
+
+def _row_view(row: dict, names: list[str]) -> dict:
+    values = row["edited"] or row["values"]
+    default = "pending"
+    if row["decision"] == "accepted":
+        default = "accept"
+    elif row["decision"] == "rejected":
+        default = "reject"
+    elif row["valid"] and not row["duplicate"]:
+        default = "accept"
+    return {**row, "shown": {n: values.get(n) for n in names}, "default_decision": default}
+
+
+def _display(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+async def run_page(datasette, request):
+    run = await _run_or_raise(datasette, request, request.url_vars["run_id"])
+    state = await state_db(datasette)
+    rows = await runs.get_rows(state, run["id"])
+    names = [c["name"] for c in run["schema"]["columns"]]
+    documents = await runs.get_documents(state, run["id"])
+    settings = extract_settings(datasette)
+    provenance = await runs.provenance_for_run(state, run["id"]) if run["status"] == "inserted" else []
+    for p in provenance:
+        p["href"] = datasette.urls.row(
+            run["database_name"], run["table_name"], ",".join(tilde_encode(str(v)) for v in p["pk"]))
+    can_undo = run["status"] == "inserted" and service.is_owner_or_root(request.actor, run)
+    context = {
+        "run": run, "rows": [_row_view(r, names) for r in rows], "columns": run["schema"]["columns"],
+        "names": names, "documents": documents, "csrf": _csrf(request),
+        "last_seq": await runs.last_seq(state, run["id"]), "active": run["status"] in runs.ACTIVE,
+        "reviewable": run["status"] in runs.REVIEWABLE, "display": _display,
+        "run_url": run_url(datasette, run["id"]), "events_url": run_url(datasette, run["id"], "/events"),
+        "action_url": lambda a: run_url(datasette, run["id"], f"/{a}"),
+        "database_url": datasette.urls.database(run["database_name"]),
+        "table_url": datasette.urls.table(run["database_name"], run["table_name"]),
+        "provenance": provenance, "can_undo": can_undo, "fmt_time": _fmt_time,
+        "message": request.args.get("message"), "error": None, "row_errors": {},
+        "examples_url": datasette.urls.path(
+            f"{PREFIX}/examples/{tilde_encode(run['database_name'])}/{tilde_encode(run['table_name'])}.jsonl"),
+        "index_url": datasette.urls.path(PREFIX), "direct_insert_allowed": settings.direct_insert,
+        "prompt_version": run["prompt_version"] or PROMPT_VERSION, "quote_field": QUOTE_FIELD,
+    }
+    return context
+
+
+async def _render_run(datasette, request, context, status=200):
+    return Response.html(
+        await datasette.render_template("llm_extract_run.html", context, request=request), status=status
+    )
+
+
+async def run_page_view(datasette, request):
+    return await _render_run(datasette, request, await run_page(datasette, request))
+
+
+async def run_events(datasette, request, send, receive):
+    """Server-sent events: every stored event after ``after`` (or Last-Event-ID), then live ones."""
+    run = await _run_or_raise(datasette, request, request.url_vars["run_id"])
+    run_id = run["id"]
+    try:
+        after = int(request.headers.get("last-event-id") or request.args.get("after") or 0)
+    except ValueError:
+        after = 0
+    state = await state_db(datasette)
+    disconnected = asyncio.Event()
+
+    async def watch():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected.set()
+                return
+
+    watcher = asyncio.create_task(watch())
+    await send({
+        "type": "http.response.start", "status": 200,
+        "headers": [
+            [b"content-type", b"text/event-stream; charset=utf-8"],
+            [b"cache-control", b"no-cache"],
+            [b"x-accel-buffering", b"no"],
+        ],
+    })
+    deadline = time.monotonic() + extract_settings(datasette).run_timeout + 120
+    try:
+        await send({"type": "http.response.body", "body": b"retry: 2000\n\n", "more_body": True})
+        finished = False
+        while not finished and not disconnected.is_set() and time.monotonic() < deadline:
+            handle = tasks.handle_for(run_id)
+            events = await runs.events_after(state, run_id, after)
+            for event in events:
+                after = event["seq"]
+                payload = json.dumps(event["data"], default=str)
+                body = f"id: {event['seq']}\nevent: {event['type']}\ndata: {payload}\n\n".encode("utf-8")
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                if event["type"] == "RunStatus" and event["data"].get("status") not in runs.ACTIVE:
+                    finished = True
+            if finished or events:
+                continue
+            current = await runs.get_run(state, run_id)
+            if handle is None and current["status"] not in runs.ACTIVE:
+                # nothing more will come: everything stored has been sent
+                if not await runs.events_after(state, run_id, after):
+                    finished = True
+                continue
+            if handle is None:  # stuck "running" without a task here: poll slowly
+                await asyncio.sleep(1.0)
+            else:
+                await handle.wait(SSE_KEEPALIVE)
+            if not await runs.events_after(state, run_id, after, limit=1):
+                await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        watcher.cancel()
+
+
+# --- actions -----------------------------------------------------------------------------
+
+def _decisions_from_form(form, names: list[str]) -> dict[int, dict]:
+    decisions: dict[int, dict] = {}
+    for key in form.fields:
+        m = re.match(r"^row-(\d+)-decision$", key)
+        if not m:
+            continue
+        idx = int(m.group(1))
+        values = {}
+        for n, name in enumerate(names):
+            field_name = f"row-{idx}-col-{n}"
+            if field_name in form.fields:
+                values[name] = form.get(field_name)
+        decisions[idx] = {"decision": form.get(key), "values": values or None}
+    return decisions
+
+
+async def _do_action(datasette, request, run: dict, action: str, decisions=None) -> dict:
+    actor = request.actor
+    if action == "insert":
+        return await service.insert_reviewed(datasette, actor, run, decisions or {})
+    if action == "cancel":
+        await service.cancel(datasette, actor, run)
+        return {"cancelled": True}
+    if action == "undo":
+        if not service.is_owner_or_root(actor, run):
+            raise UserError("Only the person who ran this extraction (or root) can undo it.", 403)
+        return {"deleted": await service.undo(datasette, actor, run)}
+    if action == "resume":
+        await service.resume(datasette, actor, run)
+        return {"resumed": True}
+    if action == "discard":
+        await service.discard(datasette, actor, run)
+        return {"discarded": True}
+    raise UserError("Unknown action.", 404)
+
+
+_DONE_MESSAGES = {
+    "insert": "Inserted {inserted} row(s).", "cancel": "Cancelling the run.",
+    "undo": "Undone: {deleted} row(s) deleted.", "resume": "Resuming the run.", "discard": "Run discarded.",
+}
+
+
+async def run_action(datasette, request, receive):
+    if request.method != "POST":
+        return Response.redirect(run_url(datasette, request.url_vars["run_id"]))
+    action = request.url_vars["action"]
+    write = action in ("insert", "resume", "undo")
+    run = await _run_or_raise(datasette, request, request.url_vars["run_id"], write=write)
+    form = None
+    try:
+        form = await _read_form(datasette, request, receive)
+        names = [c["name"] for c in run["schema"]["columns"]]
+        decisions = _decisions_from_form(form, names) if action == "insert" else None
+        result = await _do_action(datasette, request, run, action, decisions)
+    except UserError as e:
+        _raise_for(e)
+        context = await run_page(datasette, request)
+        context["error"] = str(e)
+        context["row_errors"] = {int(k): v for k, v in (e.row_errors or {}).items()}
+        if form is not None and action == "insert":
+            _apply_submitted(context, form)
+        return await _render_run(datasette, request, context, status=e.status)
+    message = _DONE_MESSAGES[action].format(**result) if action in _DONE_MESSAGES else ""
+    from urllib.parse import quote
+
+    return Response.redirect(run_url(datasette, run["id"]) + "?message=" + quote(message))
+
+
+def _apply_submitted(context: dict, form) -> None:
+    """Keep the reviewer's edits and decisions when the page is shown again with errors."""
+    for row in context["rows"]:
+        idx = row["idx"]
+        decision = form.get(f"row-{idx}-decision")
+        if decision:
+            row["default_decision"] = decision
+        for n, name in enumerate(context["names"]):
+            key = f"row-{idx}-col-{n}"
+            if key in form.fields:
+                row["shown"][name] = form.get(key)
+
+
+# --- JSON API ------------------------------------------------------------------------------
+
+async def _start_request_from_json(datasette, data: dict) -> StartRequest:
+    database = data.get("database")
+    table = data.get("table")
+    if not isinstance(database, str) or not isinstance(table, str):
+        raise UserError('Give "database" and "table" as strings.')
+    new_table = bool(data.get("create"))
+    spec = data.get("schema")
+    if spec is None and not new_table:
+        if database not in datasette.databases:
+            raise UserError(f"There is no database called {database!r}.", 404)
+        spec = service.spec_to_dict(await service.spec_for_table(datasette, database, table))
+        columns = data.get("columns")
+        if isinstance(columns, list):
+            spec["columns"] = [c for c in spec["columns"] if c["name"] in columns]
+            spec["key_columns"] = [k for k in spec["key_columns"] if k in columns]
+    if spec is None:
+        raise UserError('A new table needs a "schema": {"columns": [{"name": ..., "type": ...}]}.')
+    text = data.get("text") or ""
+    if not isinstance(text, str):
+        raise UserError('"text" must be a string.')
+    return StartRequest(
+        database=database, table=table, new_table=new_table, spec=spec, text=text,
+        instructions=str(data.get("instructions") or ""), model_id=data.get("model") or None,
+        use_examples=bool(data.get("use_examples")), direct_insert=bool(data.get("direct_insert")),
+    )
+
+
+def _run_json(datasette, run: dict, rows: list[dict] | None = None) -> dict:
+    keep = ("id", "actor_id", "created_at", "finished_at", "database_name", "table_name", "new_table",
+            "model_id", "prompt_version", "instructions", "status", "error", "chunks_total", "chunks_done",
+            "chunks_failed", "input_tokens", "output_tokens", "cost", "inserted_count", "inserted_at",
+            "undone_at")
+    out = {k: run.get(k) for k in keep}
+    out["new_table"] = bool(out["new_table"])
+    out["schema"] = run["schema"]
+    out["urls"] = {"page": run_url(datasette, run["id"]), "events": run_url(datasette, run["id"], "/events"),
+                   "api": datasette.urls.path(f"{PREFIX}/api/runs/{run['id']}")}
+    if rows is not None:
+        out["rows"] = [
+            {"idx": r["idx"], "values": r["values"], "edited": r["edited"], "source_quote": r["source_quote"],
+             "quote_found": r["quote_found"], "valid": r["valid"], "errors": r["errors"],
+             "duplicate": r["duplicate"], "decision": r["decision"], "inserted_pk": r["inserted_pk"],
+             "document": r["document"]}
+            for r in rows
+        ]
+    return out
+
+
+async def api_start(datasette, request, receive):
+    if request.method != "POST":
+        return _json_error("POST a JSON object to start a run.", 405)
+    try:
+        data = await _read_json(request, receive, _form_limit(datasette))
+        req = await _start_request_from_json(datasette, data)
+        run_id = await service.start_run(datasette, request.actor, req)
+    except UserError as e:
+        return _json_error(str(e), e.status)
+    state = await state_db(datasette)
+    return Response.json({"ok": True, **_run_json(datasette, await runs.get_run(state, run_id))}, status=201)
+
+
+async def api_run(datasette, request):
+    try:
+        run = await service.run_for(datasette, request.actor, request.url_vars["run_id"])
+    except UserError as e:
+        return _json_error(str(e), e.status)
+    state = await state_db(datasette)
+    return Response.json({"ok": True, **_run_json(datasette, run, await runs.get_rows(state, run["id"]))})
+
+
+def _decisions_from_json(data: dict, rows: list[dict]) -> dict[int, dict]:
+    if data.get("accept") == "all_valid":
+        return {r["idx"]: {"decision": "accept" if r["valid"] and not r["duplicate"] else "reject",
+                           "values": None} for r in rows}
+    given = data.get("rows")
+    if not isinstance(given, dict):
+        raise UserError('Give "rows": {"<row idx>": {"decision": "accept"|"reject", "values": {...}}} '
+                        'or "accept": "all_valid".')
+    decisions = {}
+    for key, value in given.items():
+        try:
+            idx = int(key)
+        except ValueError:
+            raise UserError(f"Row key {key!r} is not a row number.") from None
+        if isinstance(value, str):
+            value = {"decision": value}
+        if not isinstance(value, dict):
+            raise UserError(f"Row {key}: give an object with a decision.")
+        values = value.get("values")
+        if values is not None and not isinstance(values, dict):
+            raise UserError(f"Row {key}: values must be an object.")
+        decisions[idx] = {"decision": value.get("decision"), "values": values}
+    return decisions
+
+
+async def api_run_action(datasette, request, receive):
+    if request.method != "POST":
+        return _json_error("POST to perform this action.", 405)
+    action = request.url_vars["action"]
+    try:
+        run = await service.run_for(datasette, request.actor, request.url_vars["run_id"],
+                                    write=action in ("insert", "resume", "undo"))
+        data = await _read_json(request, receive, _form_limit(datasette))
+        decisions = None
+        if action == "insert":
+            state = await state_db(datasette)
+            decisions = _decisions_from_json(data, await runs.get_rows(state, run["id"]))
+        result = await _do_action(datasette, request, run, action, decisions)
+    except UserError as e:
+        return _json_error(str(e), e.status, row_errors={str(k): v for k, v in (e.row_errors or {}).items()})
+    except (Forbidden, NotFound) as e:
+        return _json_error(str(e), 403 if isinstance(e, Forbidden) else 404)
+    return Response.json({"ok": True, **result})
+
+
+# --- examples export and templates ------------------------------------------------------------
+
+async def examples_export(datasette, request):
+    """Labelled rows as JSONL in the evaluate command's gold format."""
+    database = tilde_decode(request.url_vars["database"])
+    table = tilde_decode(request.url_vars["table"])
+    if database not in datasette.databases:
+        raise NotFound("No such database.")
+    if not await permissions.allowed(datasette, request.actor, "llm-extract", database, table):
+        raise Forbidden("You do not have permission to run LLM extraction on this table.")
+    state = await state_db(datasette)
+    examples = await runs.examples_for_table(state, database, table, labels=("accepted", "edited", "rejected"),
+                                             limit=100_000)
+    by_run: dict[tuple[str, int], dict] = {}
+    lines = []
+    for ex in reversed(examples):
+        record = {
+            "id": f"{ex['run_id']}-{ex['row_idx']}", "text": ex.get("source_quote") or "",
+            "gold": ex["after"] if ex["label"] != "rejected" else None,
+            "label": ex["label"], "extracted": ex["before"], "run_id": ex["run_id"],
+        }
+        by_run[(ex["run_id"], ex["row_idx"])] = record
+        lines.append(json.dumps(record, ensure_ascii=False, default=str))
+    body = "\n".join(lines) + ("\n" if lines else "")
+    filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{database}-{table}-examples.jsonl")
+    return Response(body, content_type="application/x-ndjson; charset=utf-8",
+                    headers={"content-disposition": f'attachment; filename="{filename}"'})
+
+
+async def save_template(datasette, request, receive):
+    if request.method != "POST":
+        return _json_error("POST a template.", 405)
+    actor = request.actor
+    try:
+        if not actor:
+            raise UserError("Sign in to save templates.", 403)
+        allowed_somewhere = False
+        for name, db in datasette.databases.items():
+            if name != STATE_DB_NAME and await permissions.allowed(datasette, actor, "llm-extract", name):
+                allowed_somewhere = True
+                break
+        if not allowed_somewhere:
+            raise UserError("You do not have permission to run LLM extraction.", 403)
+        data = await _read_json(request, receive, 1_000_000)
+        from .schema import SchemaError, validate_table_spec
+
+        name = str(data.get("name") or "").strip()
+        if not name:
+            raise UserError("Give the template a name.")
+        try:
+            spec = validate_table_spec(data.get("schema"))
+        except SchemaError as e:
+            raise UserError(str(e)) from None
+        state = await state_db(datasette)
+        template_id = await runs.save_template(state, name[:100], str(actor.get("id")), bool(data.get("shared")),
+                                               spec.model_dump(), str(data.get("instructions") or ""))
+    except UserError as e:
+        return _json_error(str(e), e.status)
+    return Response.json({"ok": True, "id": template_id}, status=201)

@@ -1,0 +1,147 @@
+"""Writing reviewed rows into the target table, and undoing a run's insert.
+
+Each write to the target database is one transaction inside
+``execute_write_fn``: the table is created (for a new-table run) with the
+column types of the spec, every accepted row is inserted with its run id in
+``_llm_run``, and any failure rolls back everything. Provenance and feedback
+go to the state database only after the target transaction committed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from datasette_llm_core.sql import quote_identifier, quote_identifiers
+
+from .schema import TableSpec, sqlite_columns
+
+RUN_COLUMN = "_llm_run"
+
+
+class WriteError(Exception):
+    """Nothing was written; the message says why (``row`` is the failing row index)."""
+
+    def __init__(self, message: str, row: int | None = None) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+def table_exists(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute(
+        "select 1 from sqlite_master where type in ('table', 'view') and name = ?", [table]
+    ).fetchone() is not None
+
+
+def table_columns(conn: sqlite3.Connection, table: str) -> list[dict]:
+    return [
+        {"cid": r[0], "name": r[1], "type": r[2], "notnull": r[3], "dflt_value": r[4], "pk": r[5]}
+        for r in conn.execute(f"pragma table_xinfo({quote_identifier(table)})").fetchall()
+        if len(r) < 7 or r[6] == 0  # skip hidden/generated columns
+    ]
+
+
+def create_table_sql(table: str, spec: TableSpec) -> str:
+    defs = []
+    for name, sqltype in sqlite_columns(spec).items():
+        column = spec.column(name)
+        defs.append(
+            f"{quote_identifier(name)} {sqltype}" + ("" if column.nullable else " NOT NULL")
+        )
+    defs.append(f"{quote_identifier(RUN_COLUMN)} TEXT")
+    if spec.primary_key and spec.key_columns:
+        defs.append(f"PRIMARY KEY ({quote_identifiers(spec.key_columns)})")
+    return f"CREATE TABLE {quote_identifier(table)} (\n  " + ",\n  ".join(defs) + "\n)"
+
+
+def _sql_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return 1 if value else 0
+    return value
+
+
+def insert_rows_fn(table: str, spec: TableSpec, new_table: bool, rows: list[tuple[int, dict]],
+                   run_id: str, add_run_column: bool):
+    """A function for ``execute_write_fn``: returns [(row index, pk list)] or raises WriteError."""
+
+    def fn(conn: sqlite3.Connection):
+        if not conn.in_transaction:  # Datasette 1.0 has begun one already
+            conn.execute("begin immediate")
+        try:
+            result = _insert(conn, table, spec, new_table, rows, run_id, add_run_column)
+            conn.execute("commit")
+            return result
+        except BaseException:
+            conn.execute("rollback")
+            raise
+
+    return fn
+
+
+def _insert(conn, table, spec, new_table, rows, run_id, add_run_column):
+    exists = table_exists(conn, table)
+    if new_table:
+        if exists:
+            raise WriteError(
+                f"A table named {table!r} was created since this run started. "
+                "Start a new run that extracts into the existing table instead."
+            )
+        conn.execute(create_table_sql(table, spec))
+    elif not exists:
+        raise WriteError(f"The table {table!r} no longer exists in this database.")
+    columns = table_columns(conn, table)
+    names = {c["name"] for c in columns}
+    missing = [c for c in spec.column_names() if c not in names]
+    if missing:
+        raise WriteError(
+            f"The table {table!r} has no column(s) {', '.join(map(repr, missing))} any more: "
+            "start a new run with the current columns."
+        )
+    with_run = RUN_COLUMN in names
+    if not with_run and add_run_column:
+        conn.execute(f"alter table {quote_identifier(table)} add column {quote_identifier(RUN_COLUMN)} text")
+        with_run = True
+    pk_columns = [c["name"] for c in sorted((c for c in columns if c["pk"]), key=lambda c: c["pk"])]
+    insert_columns = spec.column_names() + ([RUN_COLUMN] if with_run else [])
+    sql = (
+        f"insert into {quote_identifier(table)} ({quote_identifiers(insert_columns)}) "
+        f"values ({', '.join('?' for _ in insert_columns)})"
+    )
+    out = []
+    for position, (idx, values) in enumerate(rows, 1):
+        params = [_sql_value(values.get(c)) for c in spec.column_names()]
+        if with_run:
+            params.append(run_id)
+        try:
+            cursor = conn.execute(sql, params)
+        except sqlite3.Error as e:
+            raise WriteError(f"Row {idx + 1} could not be inserted: {e}. Nothing was inserted.", row=idx) from None
+        if pk_columns and not (len(pk_columns) == 1 and values.get(pk_columns[0]) is None):
+            pk = [_sql_value(values.get(c)) for c in pk_columns]
+        else:
+            pk = [cursor.lastrowid]
+        out.append((idx, pk))
+    return {"inserted": out, "pk_columns": pk_columns or ["rowid"], "run_column": with_run}
+
+
+def delete_rows_fn(table: str, pk_columns: list[str], pks: list[list]):
+    """A function for ``execute_write_fn`` deleting rows by primary key in one transaction."""
+
+    def fn(conn: sqlite3.Connection):
+        if not table_exists(conn, table):
+            raise WriteError(f"The table {table!r} no longer exists.")
+        where = " and ".join(f"{quote_identifier(c)} = ?" for c in pk_columns)
+        sql = f"delete from {quote_identifier(table)} where {where}"
+        deleted = 0
+        with conn:
+            for pk in pks:
+                deleted += conn.execute(sql, pk).rowcount
+        return deleted
+
+    return fn
+
+
+def pk_columns_of(conn: sqlite3.Connection, table: str) -> list[str]:
+    columns = table_columns(conn, table)
+    pks = [c["name"] for c in sorted((c for c in columns if c["pk"]), key=lambda c: c["pk"])]
+    return pks or ["rowid"]
