@@ -57,3 +57,28 @@ def llm_menu_links(datasette, actor, request):
 @hookimpl(specname="startup")
 def llm_check_permission_config(datasette):
     _permissions.grants_for(datasette)  # raises ConfigError on a bad permissions: block
+
+
+# --- models built from configuration (logic in providers/builtin.py) -------
+@hookimpl(specname="register_llm_models")
+def llm_config_chat_models(datasette):
+    from .config import plugin_settings
+    from .providers.builtin import chat_models_for
+
+    return chat_models_for(datasette, plugin_settings(datasette))
+
+
+@hookimpl(specname="register_embedding_models")
+def llm_config_embedding_models(datasette):
+    from .config import plugin_settings
+    from .providers.builtin import embedding_models_for
+
+    return embedding_models_for(datasette, plugin_settings(datasette))
+
+
+# --- built-in local embedder (logic in embeddings/local_minilm.py) ---------
+@hookimpl(specname="register_embedding_models")
+def llm_local_embedding_models(datasette):
+    from .embeddings import local_embedding_models
+
+    return local_embedding_models()

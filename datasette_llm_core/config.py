@@ -37,6 +37,10 @@ class ModelConfig(BaseModel):
     context_tokens: int | None = None
     timeout: float | None = None
     dimensions: int | None = None  # embedding models only
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = Field(
+        None, description="OpenAI-format models: which parameter carries max_tokens"
+    )
+    batch_size: int | None = Field(None, ge=1, le=2048, description="Embedding models: texts per call")
 
 
 class RetryConfig(BaseModel):
@@ -65,6 +69,11 @@ class Settings(BaseModel):
     retries: RetryConfig = RetryConfig()
     timeout: float = Field(60.0, gt=0)
     budgets: BudgetConfig = BudgetConfig()
+    auto_models: bool = Field(
+        True,
+        description="With no models configured, register defaults for OPENAI_API_KEY, "
+        "ANTHROPIC_API_KEY and DATASETTE_LLM_BASE_URL when they are set",
+    )
     permissions: dict[str, Any] = {}
     extract: dict[str, Any] = {}
     rag: dict[str, Any] = {}

@@ -1,0 +1,242 @@
+"""Anthropic Messages format.
+
+Structured output uses one forced tool whose ``input_schema`` is the wanted
+JSON schema. The tool is only an output shape: nothing is ever executed and
+the model is given no other tool. Its ``input_json_delta`` pieces are
+streamed as ``TextDelta`` so incremental JSON parsing downstream works the
+same as with OpenAI. Images go as base64 image blocks, PDFs as base64
+document blocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any, AsyncIterator
+
+from ..errors import CapabilityError, OutputError
+from ..models import ChatModel
+from ..types import ChatRequest, ChatResponse, ImagePart, PdfPart, StreamEnd, StreamEvent, TextDelta, Usage
+from .base import Provider
+
+_NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
+
+FINISH = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "tool_use": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "refusal",
+    "pause_turn": "stop",
+}
+
+
+class AnthropicProvider(Provider):
+    name = "anthropic"
+    default_key_env = "ANTHROPIC_API_KEY"
+
+    def build_client(self, api_key: str | None):
+        import anthropic
+
+        kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
+        if self.base_url:
+            kwargs["base_url"] = self.base_url
+        if self.timeout:
+            kwargs["timeout"] = self.timeout
+        if self.http_client is not None:
+            kwargs["http_client"] = self.http_client
+        return anthropic.AsyncAnthropic(**kwargs)
+
+
+def tool_name(name: str) -> str:
+    cleaned = _NAME_OK.sub("_", name or "output")[:64]
+    return cleaned or "output"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def to_anthropic_messages(request: ChatRequest) -> list[dict]:
+    messages: list[dict] = []
+    for message in request.messages:
+        blocks: list[dict] = []
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                blocks.append(
+                    {
+                        "type": "image",
+                        "source": {"type": "base64", "media_type": part.media_type, "data": _b64(part.data)},
+                    }
+                )
+            elif isinstance(part, PdfPart):
+                blocks.append(
+                    {
+                        "type": "document",
+                        "source": {"type": "base64", "media_type": "application/pdf", "data": _b64(part.data)},
+                        "title": part.filename,
+                    }
+                )
+            elif part.text:
+                blocks.append({"type": "text", "text": part.text})
+        if messages and messages[-1]["role"] == message.role:
+            messages[-1]["content"].extend(blocks)  # the API wants alternating roles
+        else:
+            messages.append({"role": message.role, "content": blocks})
+    return messages
+
+
+class AnthropicChatModel(ChatModel):
+    supports_streaming = True
+    supports_schema = True
+    supports_images = True
+    supports_pdfs = True
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        connection: AnthropicProvider,
+        model_name: str | None = None,
+        label: str | None = None,
+        supports: set[str] | frozenset[str] | None = None,
+        input_cost_per_mtok: float | None = None,
+        output_cost_per_mtok: float | None = None,
+        context_tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.connection = connection
+        self.provider = connection.name
+        self.model_name = model_name or model_id
+        self.label = label or self.model_name
+        if supports is not None:
+            self.supports_streaming = "streaming" in supports
+            self.supports_schema = "schema" in supports
+            self.supports_images = "images" in supports
+            self.supports_pdfs = "pdfs" in supports
+        self.input_cost_per_mtok = input_cost_per_mtok
+        self.output_cost_per_mtok = output_cost_per_mtok
+        if context_tokens:
+            self.context_tokens = context_tokens
+        self.timeout = timeout
+
+    def ensure_ready(self) -> None:
+        self.connection.client(self.model_id)
+
+    def check(self, request: ChatRequest) -> None:
+        super().check(request)
+        schema = request.json_schema
+        if schema is not None and schema.get("type", "object") != "object":
+            raise CapabilityError(
+                f"Model {self.model_id!r} returns structured output as a JSON object: wrap the "
+                "schema in an object with one property."
+            )
+
+    def params(self, request: ChatRequest) -> dict:
+        params: dict[str, Any] = {
+            "model": self.model_name,
+            "max_tokens": request.max_tokens,
+            "messages": to_anthropic_messages(request),
+        }
+        if request.system:
+            params["system"] = request.system
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.json_schema is not None:
+            name = tool_name(request.schema_name)
+            params["tools"] = [
+                {
+                    "name": name,
+                    "description": "Record the answer. Its input is the whole output, in this shape.",
+                    "input_schema": request.json_schema,
+                }
+            ]
+            params["tool_choice"] = {"type": "tool", "name": name}
+        return params
+
+    async def stream(
+        self, request: ChatRequest, *, timeout: float | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        import anthropic
+
+        client = self.connection.client(self.model_id)
+        structured = request.json_schema is not None
+        input_tokens = output_tokens = 0
+        stop_reason = None
+        in_tool = False
+        try:
+            stream = await client.messages.create(
+                **self.params(request), stream=True, timeout=timeout or self.timeout
+            )
+            try:
+                async for event in stream:
+                    kind = event.type
+                    if kind == "message_start":
+                        usage = event.message.usage
+                        input_tokens = (
+                            (usage.input_tokens or 0)
+                            + (getattr(usage, "cache_creation_input_tokens", None) or 0)
+                            + (getattr(usage, "cache_read_input_tokens", None) or 0)
+                        )
+                        output_tokens = usage.output_tokens or 0
+                    elif kind == "content_block_start":
+                        in_tool = event.content_block.type == "tool_use"
+                    elif kind == "content_block_delta":
+                        delta = event.delta
+                        if delta.type == "text_delta" and not structured and delta.text:
+                            yield TextDelta(delta.text)
+                        elif delta.type == "input_json_delta" and structured and in_tool:
+                            if delta.partial_json:
+                                yield TextDelta(delta.partial_json)
+                    elif kind == "content_block_stop":
+                        in_tool = False
+                    elif kind == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        if event.usage is not None and event.usage.output_tokens is not None:
+                            output_tokens = event.usage.output_tokens
+            finally:
+                await stream.close()
+        except anthropic.APIError as e:
+            raise self.connection.model_error(e, self.model_id) from e
+        yield StreamEnd(
+            usage=Usage(input_tokens, output_tokens),
+            finish_reason=FINISH.get(stop_reason, stop_reason),
+        )
+
+    async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResponse:
+        import anthropic
+
+        client = self.connection.client(self.model_id)
+        try:
+            message = await client.messages.create(
+                **self.params(request), timeout=timeout or self.timeout
+            )
+        except anthropic.APIError as e:
+            raise self.connection.model_error(e, self.model_id) from e
+        if request.json_schema is not None:
+            tool_inputs = [b.input for b in message.content if b.type == "tool_use"]
+            if not tool_inputs:
+                raise OutputError(
+                    f"{self.model_id} answered without the structured output that was asked for",
+                    retryable=True,
+                    error_class="no_structured_output",
+                    model_id=self.model_id,
+                )
+            text = json.dumps(tool_inputs[0], ensure_ascii=False)
+        else:
+            text = "".join(b.text for b in message.content if b.type == "text")
+        usage = message.usage
+        input_tokens = (
+            (usage.input_tokens or 0)
+            + (getattr(usage, "cache_creation_input_tokens", None) or 0)
+            + (getattr(usage, "cache_read_input_tokens", None) or 0)
+        )
+        return ChatResponse(
+            text=text,
+            usage=Usage(input_tokens, usage.output_tokens or 0),
+            model_id=self.model_id,
+            finish_reason=FINISH.get(message.stop_reason, message.stop_reason),
+        )
