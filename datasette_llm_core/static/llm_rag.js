@@ -1,0 +1,207 @@
+/* Ask page of datasette-llm-rag: streams a cited answer into the page.
+ * Model text is only ever put into the page with textContent; citation
+ * links are built from numbers the server validated, pointing at row URLs
+ * the server sent (site-relative paths only). */
+(function () {
+  "use strict";
+  var form = document.getElementById("llm-rag-form");
+  if (!form) return;
+  var config = JSON.parse(form.getAttribute("data-config") || "{}");
+  var section = document.getElementById("llm-rag-answer");
+  var textBox = section.querySelector(".llm-rag-answer-text");
+  var statusBox = section.querySelector(".llm-rag-status");
+  var metaBox = section.querySelector(".llm-rag-meta");
+  var citedList = section.querySelector(".llm-rag-cited");
+  var feedback = section.querySelector(".llm-rag-feedback");
+  var results = document.getElementById("llm-rag-results");
+  var answerId = null;
+  var rowsByN = {};
+
+  function el(tag, text, cls) {
+    var node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+  function localHref(href) {
+    return typeof href === "string" && href.charAt(0) === "/" && href.charAt(1) !== "/" && href.indexOf("\\") === -1;
+  }
+  function rowLink(row) {
+    var label = row.table + ": " + (row.title || row.pk);
+    if (!localHref(row.url)) return el("span", label);
+    var a = el("a", label);
+    a.href = row.url;
+    return a;
+  }
+  function showRows(rows, heading) {
+    results.textContent = "";
+    results.appendChild(el("h2", heading));
+    if (!rows.length) {
+      results.appendChild(el("p", "No rows matched."));
+      return;
+    }
+    var ol = el("ol");
+    rows.forEach(function (row) {
+      var li = el("li", null, row.relevant === false ? "llm-rag-weak" : "");
+      li.appendChild(el("span", "[" + row.n + "] ", "llm-rag-num"));
+      li.appendChild(rowLink(row));
+      var score = "score " + Number(row.score).toFixed(3);
+      if (row.vector_score !== null && row.vector_score !== undefined) score += ", similarity " + Number(row.vector_score).toFixed(2);
+      if (row.relevant === false) score += " (weak match)";
+      li.appendChild(el("span", " " + score, "llm-rag-score"));
+      li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
+      ol.appendChild(li);
+    });
+    results.appendChild(ol);
+  }
+  function renderBlocks(blocks) {
+    textBox.textContent = "";
+    var list = null;
+    blocks.forEach(function (block) {
+      var node;
+      if (block.type === "li") {
+        if (!list) { list = el("ul"); textBox.appendChild(list); }
+        node = el("li");
+        list.appendChild(node);
+      } else {
+        list = null;
+        node = el("p");
+        textBox.appendChild(node);
+      }
+      block.runs.forEach(function (run) {
+        if (run.type === "cite") {
+          var row = rowsByN[run.n];
+          var label = "[" + Number(run.n) + "]";
+          if (row && localHref(row.url)) {
+            var a = el("a", label, "llm-rag-cite");
+            a.href = row.url;
+            a.title = row.table + ": " + (row.title || row.pk);
+            node.appendChild(a);
+          } else {
+            node.appendChild(el("span", label, "llm-rag-cite"));
+          }
+        } else if (run.type === "strong") {
+          node.appendChild(el("strong", run.text));
+        } else {
+          node.appendChild(document.createTextNode(run.text));
+        }
+      });
+    });
+  }
+  function showCited(rows) {
+    citedList.textContent = "";
+    rows.forEach(function (row) {
+      var li = el("li");
+      li.value = row.n;
+      li.appendChild(rowLink(row));
+      li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
+      citedList.appendChild(li);
+    });
+  }
+  function handle(eventName, data) {
+    if (eventName === "sources") {
+      rowsByN = {};
+      data.rows.forEach(function (row) { rowsByN[row.n] = row; });
+      showRows(data.rows, data.mode === "answer" ? "Rows given to the model" : "Matching rows");
+      if (data.mode === "answer") statusBox.textContent = "Writing the answer…";
+    } else if (eventName === "delta") {
+      textBox.appendChild(document.createTextNode(data.text));
+    } else if (eventName === "done") {
+      answerId = data.answer_id;
+      renderBlocks(data.blocks);
+      showCited(data.cited_rows);
+      statusBox.textContent = data.dropped && data.dropped.length ?
+        "Removed citations that did not match a retrieved row: " + data.dropped.join(", ") : "";
+      metaBox.textContent = "Model " + data.model + ", prompt " + data.prompt_version + ". Check every cited row before using this answer.";
+      feedback.hidden = false;
+    } else if (eventName === "notice") {
+      statusBox.textContent = data.message;
+    } else if (eventName === "error") {
+      section.classList.add("llm-rag-failed");
+      statusBox.textContent = "Failed: " + data.message;
+      if (data.partial) {
+        textBox.textContent = data.partial;
+        textBox.appendChild(el("p", "(answer incomplete: the model failed part way)", "llm-rag-incomplete"));
+      }
+    }
+  }
+  function parseEvents(buffer, onEvent) {
+    var parts = buffer.split("\n\n");
+    var rest = parts.pop();
+    parts.forEach(function (chunk) {
+      var name = "message", data = "";
+      chunk.split("\n").forEach(function (line) {
+        if (line.indexOf("event: ") === 0) name = line.slice(7);
+        else if (line.indexOf("data: ") === 0) data += line.slice(6);
+      });
+      if (data) onEvent(name, JSON.parse(data));
+    });
+    return rest;
+  }
+  function selectedTables() {
+    return Array.prototype.map.call(form.querySelectorAll("input[name=table]:checked"), function (i) { return i.value; });
+  }
+  function headers() {
+    var h = {"content-type": "application/json", "accept": "text/event-stream"};
+    if (config.csrftoken) h["x-csrftoken"] = config.csrftoken;
+    return h;
+  }
+  async function ask(question) {
+    section.hidden = false;
+    section.classList.remove("llm-rag-failed");
+    textBox.textContent = "";
+    citedList.textContent = "";
+    metaBox.textContent = "";
+    feedback.hidden = true;
+    statusBox.textContent = "Searching…";
+    try {
+      var response = await fetch(config.ask, {
+        method: "POST", credentials: "same-origin", headers: headers(),
+        body: JSON.stringify({q: question, tables: selectedTables(), stream: true})
+      });
+      if (!response.ok || !response.body) {
+        var problem = {};
+        try { problem = await response.json(); } catch (e) { /* not JSON */ }
+        handle("error", {message: problem.error || ("HTTP " + response.status)});
+        return;
+      }
+      var reader = response.body.getReader();
+      var decoder = new TextDecoder();
+      var buffer = "";
+      for (;;) {
+        var step = await reader.read();
+        if (step.done) break;
+        buffer = parseEvents(buffer + decoder.decode(step.value, {stream: true}), handle);
+      }
+      parseEvents(buffer + "\n\n", handle);
+    } catch (err) {
+      handle("error", {message: "connection lost (" + err.message + ")"});
+    }
+  }
+  form.addEventListener("submit", function (ev) {
+    if (!config.answers) return; /* search only: the server renders results */
+    ev.preventDefault();
+    var q = form.querySelector("textarea[name=q]").value.trim();
+    if (!q) return;
+    ask(q);
+  });
+  feedback.addEventListener("click", async function (ev) {
+    var button = ev.target.closest("button[data-rating]");
+    if (!button || !answerId) return;
+    var note = feedback.querySelector(".llm-rag-feedback-status");
+    var h = {"content-type": "application/json"};
+    if (config.csrftoken) h["x-csrftoken"] = config.csrftoken;
+    var response = await fetch(config.feedback, {
+      method: "POST", credentials: "same-origin", headers: h,
+      body: JSON.stringify({answer_id: answerId, rating: button.getAttribute("data-rating"),
+        comment: document.getElementById("llm-rag-comment").value})
+    });
+    note.textContent = response.ok ? "Thank you: feedback saved." : "Feedback could not be saved.";
+  });
+  /* Arriving from a question box on another page of this site: answer at once. */
+  var params = new URLSearchParams(window.location.search);
+  var fromHere = document.referrer && document.referrer.indexOf(window.location.origin + "/") === 0;
+  if (config.answers && params.get("ask") === "1" && params.get("q") && fromHere) {
+    ask(params.get("q"));
+  }
+})();

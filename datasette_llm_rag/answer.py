@@ -1,0 +1,248 @@
+"""Ask: retrieve rows the actor may see, then stream a cited answer (or search only).
+
+``ask_events`` yields plain dicts (one per server-sent event) so the same
+code serves the streamed endpoint, the JSON endpoint and tests:
+
+- ``sources``: the rows retrieved, numbered; ``mode`` is ``answer`` or ``search``
+- ``delta``: a piece of answer text, forged citations already removed
+- ``done``: the validated answer, its safe block structure and cited rows
+- ``notice``: no model configured / nothing relevant (the model was not called)
+- ``error``: retrieval or provider failure; ``partial`` holds text so far
+
+Each model answer is recorded in ``rag_answers`` in the state database
+(question, model, prompt version, cited rows) and is the ``ref`` that the
+call log and feedback point at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import sqlite3
+import time
+import uuid
+from typing import AsyncIterator
+
+from datasette_llm_core.errors import LLMSuiteError
+from datasette_llm_core.gateway import llm_gateway
+from datasette_llm_core.state import register_migrations, state_db
+from datasette_llm_core.types import StreamEnd, TextDelta
+
+from .citations import CitationStreamFilter, answer_structure, render_html, validate_citations
+from .prompts import PROMPT_VERSION, Source, build_answer_request
+from .retrieval import DEFAULT_K, RetrievalError, RowHit, rag_settings, retrieve
+
+NO_MODEL_NOTE = (
+    "No chat model is configured, so this shows the matching rows only. To get "
+    "written answers with citations, set OPENAI_API_KEY or ANTHROPIC_API_KEY before "
+    "starting Datasette, or add a model under plugins: datasette-llm-newsroom: models "
+    "(any OpenAI-compatible server works, e.g. a local Ollama with provider: "
+    "openai-compatible and base_url: http://127.0.0.1:11434/v1)."
+)
+NOTHING_RELEVANT = (
+    "None of the indexed rows you can see is relevant enough to answer this question, "
+    "so no answer was generated. Try other words, or check that the table you expect "
+    "is indexed."
+)
+
+
+def _migration_answers(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        create table if not exists rag_answers (
+          id text primary key, -- answer id; the call log's ref for the model call
+          database_name text not null, -- database the question was asked about
+          actor_id text, -- who asked
+          question text not null, -- the question as asked
+          model_id text, -- chat model that answered
+          prompt_version text, -- prompt template version (e.g. answer-v1)
+          status text not null, -- streaming, ok, failed
+          answer text, -- validated answer text (forged citations removed)
+          sources text, -- JSON list of rows given to the model: n, table, pk, url
+          cited text, -- JSON list of cited source numbers
+          dropped text, -- JSON list of citation numbers removed as forged
+          error text, -- error message when status is failed
+          created_at real not null, -- unix time the question was asked
+          finished_at real -- unix time the answer ended
+        )
+        """
+    )
+
+
+register_migrations("rag", [("0002_rag_answers", _migration_answers)])
+
+
+def new_answer_id() -> str:
+    return "rag-" + uuid.uuid4().hex
+
+
+def _source_json(hit: RowHit) -> dict:
+    return {"n": hit.n, "table": hit.table, "pk": hit.pk, "url": hit.url, "title": hit.title}
+
+
+async def _record_start(datasette, answer_id, database, actor, question, model_id, hits) -> None:
+    db = await state_db(datasette)
+    await db.execute_write(
+        "insert into rag_answers (id, database_name, actor_id, question, model_id, "
+        "prompt_version, status, sources, created_at) values (?, ?, ?, ?, ?, ?, 'streaming', ?, ?)",
+        [
+            answer_id, database, (actor or {}).get("id"), question, model_id,
+            PROMPT_VERSION, json.dumps([_source_json(h) for h in hits]), time.time(),
+        ],
+        block=True,
+    )
+
+
+async def _record_end(datasette, answer_id, status, answer, cited, dropped, error=None) -> None:
+    db = await state_db(datasette)
+    await db.execute_write(
+        "update rag_answers set status = ?, answer = ?, cited = ?, dropped = ?, error = ?, "
+        "finished_at = ? where id = ?",
+        [status, answer, json.dumps(cited), json.dumps(dropped), error, time.time(), answer_id],
+        block=True,
+    )
+
+
+async def get_answer(datasette, answer_id: str) -> dict | None:
+    db = await state_db(datasette)
+    row = (await db.execute("select * from rag_answers where id = ?", [answer_id])).first()
+    return dict(row) if row else None
+
+
+def _stream_kwargs(gw, answer_id: str) -> dict:
+    """``ref=`` for gateways that accept it (ties the call-log row to the answer)."""
+    try:
+        params = inspect.signature(gw.stream).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"ref": answer_id} if "ref" in params else {}
+
+
+def renumber(hits: list[RowHit]) -> list[RowHit]:
+    return [dataclasses.replace(h, n=i) for i, h in enumerate(hits, start=1)]
+
+
+async def ask_events(
+    datasette,
+    actor,
+    database: str,
+    question: str,
+    *,
+    tables: list[str] | None = None,
+    k: int = DEFAULT_K,
+    want_answer: bool = True,
+) -> AsyncIterator[dict]:
+    """Events for one question (see the module docstring)."""
+    config = rag_settings(datasette)
+    try:
+        retrieval = await retrieve(
+            datasette, actor, database, question, tables=tables, k=k, config=config
+        )
+    except RetrievalError as e:
+        yield {"event": "error", "kind": e.kind, "message": str(e), "status": e.status}
+        return
+    except LLMSuiteError as e:  # embedding provider down, bad config
+        yield {"event": "error", "kind": "retrieval_failed", "message": str(e), "status": 502}
+        return
+
+    gw = await llm_gateway(datasette)
+    model = gw.default_chat_model("answer") if want_answer else None
+    mode = "answer" if model is not None else "search"
+    hits = retrieval.hits if mode == "search" else renumber(retrieval.relevant)
+    yield {
+        "event": "sources",
+        "mode": mode,
+        "question": retrieval.question,
+        "database": database,
+        "tables": retrieval.tables,
+        "rows": [h.as_json() for h in hits],
+    }
+    if model is None:
+        if want_answer:
+            yield {"event": "notice", "kind": "no_model", "message": NO_MODEL_NOTE}
+        return
+    if not hits:
+        yield {"event": "notice", "kind": "nothing_relevant", "message": NOTHING_RELEVANT}
+        return
+
+    answer_id = new_answer_id()
+    await _record_start(datasette, answer_id, database, actor, retrieval.question, model.model_id, hits)
+    allowed = {h.n for h in hits}
+    sources = [Source(h.n, h.table, h.pk, h.title, h.text) for h in hits]
+    request = build_answer_request(retrieval.question, sources)
+    stream_filter = CitationStreamFilter(allowed)
+    pieces: list[str] = []
+    finish_reason = None
+    try:
+        async for event in gw.stream(
+            request,
+            purpose="answer",
+            prompt_version=PROMPT_VERSION,
+            actor=actor,
+            model_id=model.model_id,
+            **_stream_kwargs(gw, answer_id),
+        ):
+            if isinstance(event, TextDelta):
+                pieces.append(event.text)
+                safe = stream_filter.feed(event.text)
+                if safe:
+                    yield {"event": "delta", "text": safe}
+            elif isinstance(event, StreamEnd):
+                finish_reason = event.finish_reason
+    except (LLMSuiteError, TimeoutError) as e:
+        partial = validate_citations("".join(pieces), allowed)
+        await _record_end(
+            datasette, answer_id, "failed", partial.text, partial.cited, partial.dropped, str(e)
+        )
+        yield {
+            "event": "error",
+            "kind": "model_failed",
+            "message": f"The model stopped before finishing the answer: {e}",
+            "partial": partial.text,
+            "answer_id": answer_id,
+            "status": 502,
+        }
+        return
+    tail = stream_filter.flush()
+    if tail:
+        yield {"event": "delta", "text": tail}
+    check = validate_citations("".join(pieces), allowed)
+    blocks = answer_structure(check.text, allowed)
+    by_n = {h.n: h for h in hits}
+    await _record_end(datasette, answer_id, "ok", check.text, check.cited, check.dropped)
+    yield {
+        "event": "done",
+        "answer_id": answer_id,
+        "answer": check.text,
+        "blocks": blocks,
+        "html": str(render_html(blocks, lambda n: by_n[n].url if n in by_n else None)),
+        "cited": check.cited,
+        "dropped": check.dropped,
+        "cited_rows": [by_n[n].as_json() for n in check.cited],
+        "model": model.model_id,
+        "prompt_version": PROMPT_VERSION,
+        "finish_reason": finish_reason,
+    }
+
+
+async def ask_json(datasette, actor, database, question, **kwargs) -> tuple[dict, int]:
+    """The whole ask as one JSON document (non-streamed API) and its HTTP status."""
+    out: dict = {"ok": True, "database": database, "mode": None, "rows": [], "answer": None}
+    status = 200
+    async for event in ask_events(datasette, actor, database, question, **kwargs):
+        kind = event["event"]
+        if kind == "sources":
+            out.update(mode=event["mode"], rows=event["rows"], tables=event["tables"],
+                       question=event["question"])
+        elif kind == "notice":
+            out["notice"] = {"kind": event["kind"], "message": event["message"]}
+        elif kind == "done":
+            out.update({k: v for k, v in event.items() if k != "event"})
+        elif kind == "error":
+            out.update(ok=False, error=event["message"], error_kind=event["kind"])
+            if "partial" in event:
+                out["partial"] = event["partial"]
+                out["answer_id"] = event.get("answer_id")
+            status = event.get("status", 500)
+    return out, status

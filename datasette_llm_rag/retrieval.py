@@ -1,0 +1,335 @@
+"""Permission-filtered retrieval: which tables an actor may search, and the hits.
+
+Every search starts from the configured tables of a database, keeps the ones
+that exist and that the actor may view (Datasette's own view permissions, on
+both lines), and passes exactly that list into the index search, so a row of
+another table can never come back. Hits are checked against the list again
+before they leave this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from datasette.utils import tilde_decode, tilde_encode
+
+from datasette_llm_core import permissions
+from datasette_llm_core.errors import ConfigError, LLMSuiteError
+from datasette_llm_core.gateway import llm_gateway
+
+from .ragconfig import RagConfig, rag_config_for
+
+#: Longest question accepted, in characters.
+DEFAULT_MAX_QUESTION_CHARS = 2000
+#: Hits returned by default, and the most a client may ask for.
+DEFAULT_K = 8
+MAX_K = 50
+#: Cosine similarity a hit needs to count as relevant (see ``is_relevant``).
+DEFAULT_MIN_SCORE = 0.3
+
+
+class RetrievalError(LLMSuiteError):
+    """Search cannot run; ``kind`` says why and the message what to do."""
+
+    def __init__(self, message: str, kind: str, status: int = 400):
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+@dataclass
+class RowHit:
+    """One retrieved row, numbered for citation, with a link to its row page."""
+
+    n: int
+    database: str
+    table: str
+    pk: str
+    pk_values: list
+    title: str | None
+    text: str
+    url: str
+    score: float
+    vector_score: float | None
+    vector_rank: int | None
+    fts_rank: int | None
+    chunk: int = 0
+    relevant: bool = True
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Retrieval:
+    database: str
+    question: str
+    tables: list[str]
+    hits: list[RowHit] = field(default_factory=list)
+
+    @property
+    def relevant(self) -> list[RowHit]:
+        return [h for h in self.hits if h.relevant]
+
+
+# ------------------------------------------------------------------ settings
+def rag_settings(datasette) -> RagConfig:
+    return rag_config_for(datasette)
+
+
+def extra_setting(config: RagConfig, name: str, default: Any) -> Any:
+    """A web-side setting from the top level of the ``rag`` section."""
+    value = (config.model_extra or {}).get(name)
+    return default if value is None else value
+
+
+def max_question_chars(config: RagConfig) -> int:
+    return int(extra_setting(config, "max_question_chars", DEFAULT_MAX_QUESTION_CHARS))
+
+
+def min_score(config: RagConfig) -> float:
+    return float(extra_setting(config, "min_score", DEFAULT_MIN_SCORE))
+
+
+def clean_question(question: str | None, config: RagConfig) -> str:
+    """The stripped question, or ``RetrievalError`` if empty or too long."""
+    question = (question or "").strip()
+    if not question:
+        raise RetrievalError("Type a question or search words first.", "empty_question")
+    limit = max_question_chars(config)
+    if len(question) > limit:
+        raise RetrievalError(
+            f"That question is {len(question):,} characters long; the limit is "
+            f"{limit:,}. Shorten it (the limit is rag: max_question_chars).",
+            "question_too_long",
+        )
+    return question
+
+
+def configured_databases(datasette, config: RagConfig | None = None) -> list[str]:
+    """Databases with a ``rag`` config that are attached to this instance."""
+    config = config or rag_settings(datasette)
+    return [name for name in config.databases if name in datasette.databases]
+
+
+# ------------------------------------------------------------------ tables
+async def existing_tables(datasette, database: str, config: RagConfig) -> list[str]:
+    """Configured tables that exist in the database, in config order."""
+    if database not in datasette.databases:
+        raise RetrievalError(f"Database {database!r} not found.", "not_found", 404)
+    try:
+        db_config = config.database(database)
+    except ConfigError as e:
+        raise RetrievalError(str(e), "not_configured", 404) from None
+    present = set(await datasette.databases[database].table_names())
+    return [t for t in db_config.tables if t in present]
+
+
+async def searchable_tables(
+    datasette, actor, database: str, config: RagConfig, requested: list[str] | None = None
+) -> list[str]:
+    """Configured, existing tables of ``database`` that ``actor`` may view.
+
+    ``requested`` narrows the list (a table filter from the user); names not
+    in the allowed list are silently ignored, so the filter can never widen.
+    """
+    tables = await existing_tables(datasette, database, config)
+    tables = await permissions.viewable_tables(datasette, actor, database, tables)
+    if requested:
+        wanted = set(requested)
+        tables = [t for t in tables if t in wanted]
+    return tables
+
+
+# ------------------------------------------------------------------ index
+def sidecar_for(datasette, database: str, config: RagConfig) -> str:
+    from .indexer import sidecar_path
+
+    db = datasette.databases[database]
+    return sidecar_path(db.path, database, config)
+
+
+def index_hint(database: str) -> str:
+    return (
+        f"Build it with `datasette llm-rag index <path-to-{database}.db>` or, with the "
+        f"llm-index permission, from the page /-/llm-rag/index/{database}."
+    )
+
+
+def open_index(datasette, database: str, config: RagConfig):
+    """The shared index of ``database``'s sidecar, or ``RetrievalError`` if there is none."""
+    from . import store
+
+    try:
+        path = sidecar_for(datasette, database, config)
+    except ConfigError as e:
+        raise RetrievalError(str(e), "not_configured", 500) from None
+    if not os.path.exists(path):
+        raise RetrievalError(
+            f"There is no search index for {database!r} yet. {index_hint(database)}",
+            "no_index",
+            409,
+        )
+    return store.get_index(path)
+
+
+def index_errors(database: str, fn, *args, **kwargs):
+    """Run an index operation, turning sidecar problems into messages that say what to do."""
+    from .sidecar import IndexMissingError, ModelMismatchError, SidecarError
+
+    try:
+        return fn(*args, **kwargs)
+    except ModelMismatchError as e:
+        raise RetrievalError(
+            f"{e} From the web: the Rebuild option on /-/llm-rag/index/{database}.",
+            "model_mismatch",
+            409,
+        ) from None
+    except IndexMissingError:
+        raise RetrievalError(
+            f"There is no search index for {database!r} yet. {index_hint(database)}",
+            "no_index",
+            409,
+        ) from None
+    except (SidecarError, sqlite3.DatabaseError) as e:
+        raise RetrievalError(
+            f"The search index for {database!r} cannot be read: {e} {index_hint(database)}",
+            "corrupt_index",
+            500,
+        ) from None
+
+
+async def embed_query(datasette, actor, text: str, model_id: str):
+    gw = await llm_gateway(datasette)
+    vectors = await gw.embed([text], kind="query", purpose="embed", actor=actor, model_id=model_id)
+    return vectors[0]
+
+
+async def embedding_model_id(datasette, database: str, config: RagConfig) -> str:
+    """The configured embedding model's id (the gateway's default when not set)."""
+    gw = await llm_gateway(datasette)
+    return gw.get_embedding_model(config.model_for(database)).model_id
+
+
+# ------------------------------------------------------------------ rows
+def pk_values(pk: Any) -> list:
+    """A hit's primary key as a list of values (the index stores it as JSON)."""
+    if isinstance(pk, (list, tuple)):
+        return list(pk)
+    if isinstance(pk, str):
+        try:
+            value = json.loads(pk)
+        except ValueError:
+            return [pk]
+        return list(value) if isinstance(value, list) else [value]
+    return [pk]
+
+
+def pk_path(values: list) -> str:
+    """The tilde-encoded row path Datasette uses in row URLs (``a,b``)."""
+    return ",".join(tilde_encode(str(v)) for v in values)
+
+
+def pk_from_path(path: str) -> list[str]:
+    return [tilde_decode(part) for part in path.split(",")]
+
+
+def pk_label(values: list) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def is_relevant(hit, threshold: float) -> bool:
+    """Relevant when the vector similarity clears ``threshold``, or the row also
+    matched the full-text search and clears half of it."""
+    score = hit.vector_score
+    if score is None:
+        return hit.fts_rank is not None and threshold <= 0
+    if score >= threshold:
+        return True
+    return hit.fts_rank is not None and score >= threshold / 2
+
+
+def _to_row_hits(datasette, database, hits, allowed: set[str], threshold: float) -> list[RowHit]:
+    out: list[RowHit] = []
+    seen: set[tuple[str, str]] = set()
+    for hit in hits:
+        if hit.table not in allowed:  # never trust the filter alone
+            continue
+        key = (hit.table, json.dumps(pk_values(hit.pk), default=str))
+        if key in seen:  # several chunks of one row: keep the best
+            continue
+        seen.add(key)
+        values = pk_values(hit.pk)
+        out.append(
+            RowHit(
+                n=len(out) + 1,
+                database=database,
+                table=hit.table,
+                pk=pk_label(values),
+                pk_values=values,
+                title=hit.title,
+                text=hit.text,
+                url=datasette.urls.row(database, hit.table, pk_path(values)),
+                score=float(hit.score),
+                vector_score=None if hit.vector_score is None else float(hit.vector_score),
+                vector_rank=hit.vector_rank,
+                fts_rank=hit.fts_rank,
+                chunk=getattr(hit, "chunk", 0) or 0,
+                relevant=is_relevant(hit, threshold),
+            )
+        )
+    return out
+
+
+async def retrieve(
+    datasette,
+    actor,
+    database: str,
+    question: str,
+    *,
+    tables: list[str] | None = None,
+    k: int = DEFAULT_K,
+    config: RagConfig | None = None,
+) -> Retrieval:
+    """Hybrid search over the tables ``actor`` may view (optionally narrowed)."""
+    config = config or rag_settings(datasette)
+    question = clean_question(question, config)
+    k = max(1, min(int(k), MAX_K))
+    allowed = await searchable_tables(datasette, actor, database, config, tables)
+    result = Retrieval(database=database, question=question, tables=allowed)
+    if not allowed:
+        return result
+    index = open_index(datasette, database, config)
+    model_id = await embedding_model_id(datasette, database, config)
+    index_errors(database, index.check_model, model_id)
+    qvec = await embed_query(datasette, actor, question, model_id)
+    hits = index_errors(
+        database, index.search_hybrid, question, qvec, k * 2, tables=allowed, rrf_k=config.rrf_k
+    )
+    result.hits = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))[:k]
+    return result
+
+
+async def similar_rows(
+    datasette, actor, database: str, table: str, pk: list, *, k: int = DEFAULT_K,
+    config: RagConfig | None = None,
+) -> tuple[list[RowHit], list[str]]:
+    """Rows close to one row, from tables ``actor`` may view (the row's table included)."""
+    config = config or rag_settings(datasette)
+    allowed = await searchable_tables(datasette, actor, database, config)
+    if table not in allowed:
+        raise RetrievalError(
+            f"Table {table!r} is not searchable here (not configured for the index, "
+            "or you may not view it).",
+            "not_found",
+            404,
+        )
+    index = open_index(datasette, database, config)
+    index_errors(database, index.check_model, await embedding_model_id(datasette, database, config))
+    hits = index_errors(database, index.similar, table, pk, k, tables=allowed)
+    rows = _to_row_hits(datasette, database, hits, set(allowed), threshold=0.0)[:k]
+    return rows, allowed

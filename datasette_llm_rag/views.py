@@ -1,0 +1,654 @@
+"""Request handling for question answering, semantic search, similar rows and indexing.
+
+Every route checks the suite's permissions before doing anything:
+``llm-search`` to search or see similar rows, ``llm-ask`` for model answers
+(they cost money), ``llm-index`` to see or start index jobs. Rows only ever
+come from tables the actor may view (see ``retrieval``).
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlencode
+
+from datasette.utils import tilde_decode
+from datasette.utils.asgi import AsgiStream, Response
+
+from datasette_llm_core import permissions
+from datasette_llm_core.config import PLUGIN_NAME
+from datasette_llm_core.errors import ConfigError, LLMSuiteError
+from datasette_llm_core.gateway import llm_gateway
+
+from . import jobs
+from .answer import NO_MODEL_NOTE, ask_events, ask_json, get_answer
+from .retrieval import (
+    DEFAULT_K,
+    MAX_K,
+    RetrievalError,
+    configured_databases,
+    existing_tables,
+    max_question_chars,
+    pk_from_path,
+    rag_settings,
+    retrieve,
+    searchable_tables,
+    sidecar_for,
+    similar_rows,
+)
+
+ASK_PREFIX = "/-/llm-ask"
+RAG_PREFIX = "/-/llm-rag"
+
+
+# ------------------------------------------------------------------ helpers
+def static_url(datasette, name: str) -> str:
+    return datasette.urls.static_plugins(PLUGIN_NAME, name)
+
+
+def ask_url(datasette, database: str | None = None, **params) -> str:
+    from datasette.utils import tilde_encode
+
+    path = datasette.urls.path(ASK_PREFIX + (f"/{tilde_encode(database)}" if database else ""))
+    params = {k: v for k, v in params.items() if v}
+    return path + ("?" + urlencode(params, doseq=True) if params else "")
+
+
+def rag_url(datasette, *parts: str) -> str:
+    from datasette.utils import tilde_encode
+
+    return datasette.urls.path(RAG_PREFIX + "".join("/" + tilde_encode(p) for p in parts))
+
+
+def similar_url(datasette, database: str, table: str, pk_path: str) -> str:
+    return rag_url(datasette, "similar", database, table) + "/" + pk_path
+
+
+def json_error(message: str, status: int, kind: str = "error", **extra) -> Response:
+    return Response.json({"ok": False, "error": message, "error_kind": kind, **extra}, status=status)
+
+
+def _db_name(request) -> str:
+    return tilde_decode(request.url_vars["database"])
+
+
+def _csrftoken(request) -> str:
+    token = request.scope.get("csrftoken")
+    return token() if callable(token) else ""
+
+
+async def _can(datasette, actor, action, database=None) -> bool:
+    try:
+        return await permissions.allowed(datasette, actor, action, database)
+    except ConfigError:
+        return False
+
+
+async def _check(datasette, request, action, database, *, as_json: bool):
+    """``None`` when allowed, else the response to send (403 JSON or Forbidden)."""
+    if database is not None and database not in datasette.databases:
+        if as_json:
+            return json_error(f"Database {database!r} not found.", 404, "not_found")
+        from datasette import NotFound
+
+        raise NotFound(f"Database {database!r} not found")
+    if await _can(datasette, request.actor, action, database):
+        return None
+    message = f"You do not have permission to {permissions.ACTIONS[action].lower()}" + (
+        f" in {database!r}." if database else "."
+    )
+    if as_json:
+        return json_error(message, 403, "forbidden")
+    from datasette import Forbidden
+
+    raise Forbidden(message)
+
+
+async def _read_body(request) -> dict:
+    """JSON body, or a urlencoded form (repeated keys become lists)."""
+    body = await request.post_body()
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip()
+    if ctype == "application/json":
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise RetrievalError("The request body is not valid JSON.", "bad_request") from None
+        if not isinstance(data, dict):
+            raise RetrievalError("The JSON body must be an object.", "bad_request")
+        return data
+    form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    data = {k: (v if len(v) > 1 or k in ("table", "tables") else v[0]) for k, v in form.items()}
+    return data
+
+
+def _tables_param(value) -> list[str] | None:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        return [t for t in value.split(",") if t] or None
+    return [str(t) for t in value if t] or None
+
+
+def _k_param(value) -> int:
+    try:
+        return max(1, min(int(value), MAX_K))
+    except (TypeError, ValueError):
+        return DEFAULT_K
+
+
+def _truthy(value) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on") if value is not None else False
+
+
+async def _model_state(datasette, actor, database) -> dict:
+    """What the ask box can offer this actor: answers, or search only (and why)."""
+    can_ask = await _can(datasette, actor, "llm-ask", database)
+    model = None
+    try:
+        gw = await llm_gateway(datasette)
+        model = gw.default_chat_model("answer")
+    except ConfigError:
+        model = None
+    return {
+        "can_ask": can_ask,
+        "model_id": model.model_id if model else None,
+        "answers": bool(can_ask and model),
+        "note": None if model else NO_MODEL_NOTE,
+    }
+
+
+async def _searchable_databases(datasette, actor) -> list[str]:
+    try:
+        names = configured_databases(datasette)
+    except ConfigError:
+        return []
+    return [n for n in names if await _can(datasette, actor, "llm-search", n)]
+
+
+# ------------------------------------------------------------------ ask page
+async def ask_page(datasette, request):
+    """``/-/llm-ask`` and ``/-/llm-ask/<database>``: the question box (and search results)."""
+    actor = request.actor
+    database = _db_name(request) if "database" in request.url_vars else None
+    try:
+        config = rag_settings(datasette)
+    except ConfigError as e:
+        return await _render_error(datasette, request, str(e), 500)
+    databases = await _searchable_databases(datasette, actor)
+    if database is None:
+        if len(databases) == 1 and not request.args.get("q"):
+            database = databases[0]
+        elif request.args.get("database") in databases:
+            database = request.args["database"]
+    if database is not None:
+        await _check(datasette, request, "llm-search", database, as_json=False)
+    question = (request.args.get("q") or "").strip()
+    requested = request.args.getlist("table") or None
+    context = {
+        "databases": databases,
+        "database": database,
+        "question": question,
+        "selected_tables": requested or [],
+        "tables": [],
+        "retrieval": None,
+        "error": None,
+        "max_chars": max_question_chars(config),
+        "csrftoken_value": _csrftoken(request),
+    }
+    if database is not None:
+        try:
+            context["tables"] = await searchable_tables(datasette, actor, database, config)
+        except RetrievalError as e:
+            context["error"] = str(e)
+        context.update(await _model_state(datasette, actor, database))
+        context.update(
+            urls_ask=rag_url(datasette, database, "ask.json"),
+            urls_search=rag_url(datasette, database, "search.json"),
+            urls_feedback=rag_url(datasette, "feedback.json"),
+            urls_index=rag_url(datasette, "index", database),
+        )
+        context["can_index"] = await _can(datasette, actor, "llm-index", database)
+        if question and context["error"] is None:
+            try:
+                context["retrieval"] = await retrieve(
+                    datasette, actor, database, question, tables=requested, config=config
+                )
+            except RetrievalError as e:
+                context["error"] = str(e)
+            except LLMSuiteError as e:
+                context["error"] = f"Search failed: {e}"
+    status = 200
+    return Response.html(
+        await datasette.render_template("llm_rag_ask.html", context, request=request), status=status
+    )
+
+
+async def _render_error(datasette, request, message: str, status: int) -> Response:
+    return Response.html(
+        await datasette.render_template(
+            "llm_rag_ask.html",
+            {"databases": [], "database": None, "error": message, "question": "",
+             "tables": [], "selected_tables": [], "retrieval": None, "max_chars": 0},
+            request=request,
+        ),
+        status=status,
+    )
+
+
+# ------------------------------------------------------------------ JSON APIs
+async def search_json(datasette, request):
+    """``GET /-/llm-rag/<db>/search.json?q=...&table=...&k=...``"""
+    database = _db_name(request)
+    denied = await _check(datasette, request, "llm-search", database, as_json=True)
+    if denied:
+        return denied
+    try:
+        retrieval = await retrieve(
+            datasette,
+            request.actor,
+            database,
+            request.args.get("q", ""),
+            tables=request.args.getlist("table") or None,
+            k=_k_param(request.args.get("k")),
+        )
+    except RetrievalError as e:
+        return json_error(str(e), e.status, e.kind)
+    except LLMSuiteError as e:
+        return json_error(str(e), 502, "retrieval_failed")
+    return Response.json(
+        {
+            "ok": True,
+            "database": database,
+            "question": retrieval.question,
+            "tables": retrieval.tables,
+            "rows": [h.as_json() for h in retrieval.hits],
+        }
+    )
+
+
+def _sse(event: dict) -> str:
+    return f"event: {event['event']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+
+async def ask_api(datasette, request):
+    """``POST /-/llm-rag/<db>/ask.json``: body ``{q, tables?, k?, stream?}``.
+
+    ``stream`` (or ``Accept: text/event-stream``) returns server-sent events
+    (``sources``, ``delta``..., then ``done``, ``notice`` or ``error``);
+    otherwise one JSON document. Without ``llm-ask`` (or without a chat
+    model) the answer is semantic search only.
+    """
+    database = _db_name(request)
+    if request.method != "POST":
+        return json_error("Use POST with a JSON body {\"q\": \"...\"}.", 405, "method")
+    denied = await _check(datasette, request, "llm-search", database, as_json=True)
+    if denied:
+        return denied
+    try:
+        body = await _read_body(request)
+    except RetrievalError as e:
+        return json_error(str(e), 400, e.kind)
+    question = body.get("q") or body.get("question") or ""
+    if not isinstance(question, str):
+        return json_error("q must be a string.", 400, "bad_request")
+    want_answer = await _can(datasette, request.actor, "llm-ask", database)
+    kwargs = dict(
+        tables=_tables_param(body.get("tables", body.get("table"))),
+        k=_k_param(body.get("k")),
+        want_answer=want_answer,
+    )
+    stream = _truthy(body.get("stream")) or "text/event-stream" in (
+        request.headers.get("accept") or ""
+    )
+    if not stream:
+        out, status = await ask_json(datasette, request.actor, database, question, **kwargs)
+        if not want_answer:
+            out["notice"] = {"kind": "no_permission",
+                             "message": "You may search but not ask for model answers "
+                                        "(the llm-ask permission)."}
+        return Response.json(out, status=status)
+
+    actor = request.actor
+
+    async def stream_fn(writer):
+        try:
+            if not want_answer:
+                await writer.write(_sse({"event": "notice", "kind": "no_permission",
+                                         "message": "You may search but not ask for model "
+                                                    "answers (the llm-ask permission)."}))
+            async for event in ask_events(datasette, actor, database, question, **kwargs):
+                await writer.write(_sse(event))
+        except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
+            await writer.write(_sse({"event": "error", "kind": "server_error",
+                                     "message": f"The answer failed: {type(e).__name__}"}))
+
+    return AsgiStream(
+        stream_fn,
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        content_type="text/event-stream; charset=utf-8",
+    )
+
+
+async def feedback_api(datasette, request):
+    """``POST /-/llm-rag/feedback.json``: ``{answer_id, rating: "up"|"down"|1|-1, comment?}``."""
+    if request.method != "POST":
+        return json_error("Use POST.", 405, "method")
+    try:
+        body = await _read_body(request)
+    except RetrievalError as e:
+        return json_error(str(e), 400, e.kind)
+    answer_id = str(body.get("answer_id") or "")
+    rating = {"up": 1, "down": -1, "1": 1, "-1": -1, 1: 1, -1: -1}.get(body.get("rating"))
+    if rating is None:
+        return json_error('rating must be "up" or "down".', 400, "bad_request")
+    answer = await get_answer(datasette, answer_id) if answer_id else None
+    if answer is None:
+        return json_error("Unknown answer_id.", 404, "not_found")
+    database = answer["database_name"]
+    denied = await _check(datasette, request, "llm-search", database, as_json=True)
+    if denied:
+        return denied
+    if answer["actor_id"] != (request.actor or {}).get("id") and not await _can(
+        datasette, request.actor, "llm-ask", database
+    ):
+        return json_error("You can only rate answers you asked for.", 403, "forbidden")
+    comment = body.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        return json_error("comment must be a string.", 400, "bad_request")
+    from datasette_llm_core.calllog import record_feedback
+
+    feedback_id = await record_feedback(
+        datasette, actor=request.actor, rating=rating, ref=answer_id,
+        comment=(comment or "")[:4000] or None,
+    )
+    return Response.json({"ok": True, "feedback_id": feedback_id, "answer_id": answer_id,
+                          "rating": rating})
+
+
+# ------------------------------------------------------------------ similar rows
+async def similar_view(datasette, request):
+    """``/-/llm-rag/similar/<db>/<table>/<pk path>[.json]``"""
+    database = _db_name(request)
+    as_json = request.url_vars.get("format") == "json"
+    denied = await _check(datasette, request, "llm-search", database, as_json=as_json)
+    if denied:
+        return denied
+    table = tilde_decode(request.url_vars["table"])
+    pk_path = request.url_vars["pks"]
+    pk = pk_from_path(pk_path)
+    k = _k_param(request.args.get("k"))
+    error = None
+    rows = []
+    try:
+        rows, _allowed = await similar_rows(datasette, request.actor, database, table, pk, k=k)
+    except RetrievalError as e:
+        if as_json:
+            return json_error(str(e), e.status, e.kind)
+        error = str(e)
+    if as_json:
+        return Response.json({"ok": True, "database": database, "table": table,
+                              "pk": pk, "rows": [r.as_json() for r in rows]})
+    from .retrieval import pk_label
+
+    return Response.html(
+        await datasette.render_template(
+            "llm_rag_similar.html",
+            {"database": database, "table": table, "pk": pk_label(pk), "rows": rows,
+             "error": error,
+             "row_url": datasette.urls.row(database, table, pk_path)},
+            request=request,
+        )
+    )
+
+
+# ------------------------------------------------------------------ index page
+async def _table_status(datasette, database: str, config) -> tuple[list[dict], dict]:
+    """Configured tables with source rows and index entries; and index-level facts."""
+    import os
+    import sqlite3
+
+    from .sidecar import read_meta
+
+    db = datasette.databases[database]
+    db_config = config.databases.get(database)
+    configured = list(db_config.tables) if db_config else []
+    present = set(await db.table_names())
+    indexed: dict[str, tuple[int, int]] = {}
+    info: dict = {"sidecar": None, "exists": False, "model": None, "error": None}
+    try:
+        path = sidecar_for(datasette, database, config)
+        info["sidecar"] = path
+        if os.path.exists(path):
+            info["exists"] = True
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                info["model"] = read_meta(conn).get("embedding_model")
+                for tbl, rows, entries in conn.execute(
+                    "select tbl, count(distinct pk), count(*) from entries group by tbl"
+                ):
+                    indexed[tbl] = (rows, entries)
+            finally:
+                conn.close()
+    except (ConfigError, sqlite3.DatabaseError) as e:
+        info["error"] = str(e)
+    from datasette_llm_core.sql import quote_identifier
+
+    out = []
+    for table in configured:
+        exists = table in present
+        count = None
+        if exists:
+            count = (
+                await db.execute(f"select count(*) from {quote_identifier(table)}")
+            ).single_value()
+        rows, entries = indexed.get(table, (0, 0))
+        if not exists:
+            state = "missing table"
+        elif not rows and count:
+            state = "not indexed"
+        elif count != rows:
+            state = "stale"
+        else:
+            state = "indexed"
+        out.append({"table": table, "exists": exists, "rows": count, "indexed_rows": rows,
+                    "entries": entries, "state": state})
+    return out, info
+
+
+async def _index_context(datasette, request, database: str) -> dict:
+    config = rag_settings(datasette)
+    if database not in config.databases:
+        return {"database": database, "error": (
+            f"Database {database!r} is not configured for question answering: add it under "
+            "plugins: datasette-llm-newsroom: rag: databases:"), "tables": [], "info": {},
+            "job": None}
+    tables, info = await _table_status(datasette, database, config)
+    job = await jobs.latest_job(datasette, database)
+    return {"database": database, "tables": tables, "info": info, "job": job, "error": None,
+            "configured_model": config.model_for(database)}
+
+
+async def index_list(datasette, request):
+    """``/-/llm-rag/index``: databases the actor may index."""
+    try:
+        names = configured_databases(datasette)
+    except ConfigError as e:
+        names, error = [], str(e)
+    else:
+        error = None
+    allowed = [n for n in names if await _can(datasette, request.actor, "llm-index", n)]
+    if not allowed and error is None:
+        from datasette import Forbidden
+
+        raise Forbidden("You do not have permission to build the search index.")
+    return Response.html(
+        await datasette.render_template(
+            "llm_rag_index.html",
+            {"databases": allowed, "database": None, "error": error, "tables": [],
+             "job": None, "info": {}},
+            request=request,
+        )
+    )
+
+
+async def index_page(datasette, request):
+    """``GET /-/llm-rag/index/<db>``: status; ``POST``: start a refresh."""
+    database = _db_name(request)
+    await _check(datasette, request, "llm-index", database, as_json=False)
+    if request.method == "POST":
+        body = await _read_body(request)
+        tables = _tables_param(body.get("table"))
+        try:
+            config = rag_settings(datasette)
+            known = await existing_tables(datasette, database, config)
+        except (RetrievalError, ConfigError) as e:
+            datasette.add_message(request, str(e), datasette.ERROR)
+            return Response.redirect(rag_url(datasette, "index", database))
+        if tables and any(t not in known for t in tables):
+            datasette.add_message(request, "Unknown table in the request.", datasette.ERROR)
+            return Response.redirect(rag_url(datasette, "index", database))
+        if tables is None and set(known) != set(config.databases[database].tables):
+            tables = known  # skip configured tables missing from the database
+        if not (tables or known):
+            datasette.add_message(request, "None of the configured tables exists in this "
+                                  "database.", datasette.ERROR)
+            return Response.redirect(rag_url(datasette, "index", database))
+        job = await jobs.start_job(datasette, database, request.actor, tables=tables,
+                                   rebuild=_truthy(body.get("rebuild")))
+        if (request.headers.get("accept") or "").startswith("application/json"):
+            return Response.json({"ok": True, "job": job})
+        return Response.redirect(rag_url(datasette, "index", database))
+    context = await _index_context(datasette, request, database)
+    context["status_url"] = rag_url(datasette, "index", database) + ".json"
+    context["ask_url"] = ask_url(datasette, database)
+    context["csrftoken_value"] = _csrftoken(request)
+    return Response.html(
+        await datasette.render_template("llm_rag_index.html", context, request=request)
+    )
+
+
+async def index_status_json(datasette, request):
+    """``GET /-/llm-rag/index/<db>.json``: tables, counts and the latest job."""
+    database = _db_name(request)
+    denied = await _check(datasette, request, "llm-index", database, as_json=True)
+    if denied:
+        return denied
+    context = await _index_context(datasette, request, database)
+    return Response.json({"ok": context["error"] is None, **context}, default=str)
+
+
+# ------------------------------------------------------------------ page boxes
+async def box_html(datasette, request, database: str | None = None, table: str | None = None):
+    """The small question box for the top of the home, database and table pages."""
+    actor = request.actor if request else None
+    try:
+        databases = configured_databases(datasette)
+    except ConfigError:
+        return ""
+    if database is not None:
+        if database not in databases:
+            return ""
+        if table is not None:
+            db_config = rag_settings(datasette).databases[database]
+            if table not in db_config.tables:
+                return ""
+        if not await _can(datasette, actor, "llm-search", database):
+            return ""
+        if table is not None and not await permissions.can_view(datasette, actor, database, table):
+            return ""
+        choices = [database]
+    else:
+        choices = await _searchable_databases(datasette, actor)
+        if not choices:
+            return ""
+    return await datasette.render_template(
+        "llm_rag_box.html",
+        {"choices": choices, "database": database, "table": table,
+         "action": ask_url(datasette, database) if database else ask_url(datasette)},
+        request=request,
+    )
+
+
+async def similar_link(datasette, actor, database: str, table: str, pk_path: str) -> str | None:
+    """URL of the similar-rows page for a row, if the table is indexed and searchable."""
+    try:
+        config = rag_settings(datasette)
+    except ConfigError:
+        return None
+    db_config = config.databases.get(database)
+    if db_config is None or table not in db_config.tables:
+        return None
+    if not await _can(datasette, actor, "llm-search", database):
+        return None
+    return similar_url(datasette, database, table, pk_path)
+
+
+async def box_script_url(datasette, request, database, table, view_name) -> str | None:
+    """Datasette 0.65 has no top_* hooks: a script builds the box (and the
+    similar-rows link on row pages) from parameters in its own URL."""
+    if request is None:
+        return None
+    actor = request.actor
+    params: dict = {}
+    if view_name == "index":
+        choices = await _searchable_databases(datasette, actor)
+        if choices:
+            params["ask"] = ask_url(datasette)
+            params["db"] = choices
+    elif view_name in ("database", "table") and database:
+        if await box_html(datasette, request, database, table if view_name == "table" else None):
+            params["ask"] = ask_url(datasette, database)
+            if view_name == "table":
+                params["table"] = table
+    elif view_name == "row" and database and table:
+        link = await similar_link(datasette, actor, database, table, request.url_vars.get("pks", ""))
+        if link:
+            params["similar"] = link
+    if not params:
+        return None
+    return static_url(datasette, "llm_rag_box.js") + "?" + urlencode(params, doseq=True)
+
+
+# ------------------------------------------------------------------ menus
+async def menu_links(datasette, actor) -> list[dict]:
+    links = []
+    if await _searchable_databases(datasette, actor):
+        links.append({"href": ask_url(datasette), "label": "Ask your data"})
+    try:
+        names = configured_databases(datasette)
+    except ConfigError:
+        names = []
+    for name in names:
+        if await _can(datasette, actor, "llm-index", name):
+            links.append({"href": rag_url(datasette, "index"), "label": "Search index"})
+            break
+    return links
+
+
+async def database_action_links(datasette, actor, database: str) -> list[dict]:
+    try:
+        names = configured_databases(datasette)
+    except ConfigError:
+        return []
+    if database not in names:
+        return []
+    links = []
+    if await _can(datasette, actor, "llm-search", database):
+        links.append({"href": ask_url(datasette, database), "label": "Ask a question"})
+    if await _can(datasette, actor, "llm-index", database):
+        links.append({"href": rag_url(datasette, "index", database),
+                      "label": "Search index: status and refresh"})
+    return links
+
+
+async def table_action_links(datasette, actor, database: str, table: str) -> list[dict]:
+    try:
+        config = rag_settings(datasette)
+    except ConfigError:
+        return []
+    db_config = config.databases.get(database)
+    if db_config is None or table not in db_config.tables:
+        return []
+    if not await _can(datasette, actor, "llm-search", database):
+        return []
+    return [{"href": ask_url(datasette, database, table=table),
+             "label": "Ask a question about this table"}]

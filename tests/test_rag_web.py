@@ -1,0 +1,287 @@
+"""RAG web side: index job from the page, search, similar rows, permissions, bad states.
+
+Runs on both Datasette lines with the scripted chat model and hash embedder
+registered through the suite's hooks, against a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from datasette_llm_core import permissions as P
+from datasette_llm_core.state import state_db
+
+from .conftest import wait_for
+from .fakes import FakeModelsPlugin, HashEmbeddingModel
+from .rag_web_helpers import cookies, make_datasette, post_json, rag_section
+
+
+def _rag(tmp_path, **extra):
+    return rag_section(tmp_path, embedding_model="hash-embed", **extra)
+
+
+async def build_index(ds, actor="root", **body):
+    response = await post_json(ds, "/-/llm-rag/index/news", body, actor)
+    assert response.status_code == 302, response.text
+
+    async def finished():
+        r = await ds.client.get("/-/llm-rag/index/news.json", cookies=cookies(ds, actor))
+        job = r.json()["job"]
+        return job if job and job["status"] not in ("queued", "running") else None
+
+    return await wait_for(finished)
+
+
+@pytest.fixture
+async def ds(tmp_path, fake_models):
+    ds = make_datasette(tmp_path, rag=_rag(tmp_path), state=str(tmp_path / "state.db"))
+    await ds.invoke_startup()
+    return ds
+
+
+async def test_index_job_from_page_then_search_links_rows(ds, hash_embedder):
+    missing = await ds.client.get("/-/llm-rag/news/search.json?q=bridge", cookies=cookies(ds, "root"))
+    assert missing.status_code == 409
+    assert missing.json()["error_kind"] == "no_index"
+    assert "datasette llm-rag index" in missing.json()["error"]
+
+    job = await build_index(ds)
+    assert job["status"] == "done", job
+    assert job["stats"]["added"] == 7 and job["done"] == job["total"] == 7
+    assert ("document", 7) in [(k, n) for k, n in hash_embedder.calls] or sum(
+        n for k, n in hash_embedder.calls if k == "document"
+    ) == 7
+
+    page = await ds.client.get("/-/llm-rag/index/news", cookies=cookies(ds, "root"))
+    assert page.status_code == 200
+    assert "<td>articles</td><td>4</td><td>4</td>" in page.text
+    assert "done" in page.text
+
+    r = await ds.client.get(
+        "/-/llm-rag/news/search.json?q=bridge+repairs+budget", cookies=cookies(ds, "root")
+    )
+    assert r.status_code == 200
+    rows = r.json()["rows"]
+    assert rows[0]["url"] == "/news/articles/1"
+    memo = next(row for row in rows if row["table"] == "memos")
+    assert memo["url"] == "/news/memos/m~2F1~2Ea"  # tilde-encoded text primary key
+    followed = await ds.client.get(memo["url"], cookies=cookies(ds, "root"))
+    assert followed.status_code == 200 and "Secret bridge memo" in followed.text
+    # table filter
+    r = await ds.client.get(
+        "/-/llm-rag/news/search.json?q=bridge&table=places", cookies=cookies(ds, "root")
+    )
+    assert {row["table"] for row in r.json()["rows"]} == {"places"}
+
+    # query embeddings go through the gateway and are logged as purpose embed
+    state = await state_db(ds)
+    logged = (await state.execute(
+        "select count(*) from llm_calls where kind = 'embed' and purpose = 'embed'"
+    )).single_value()
+    assert logged >= 2
+
+
+async def test_progress_is_live_and_survives_reload(tmp_path, fake_models):
+    class Slow(HashEmbeddingModel):
+        batch_size = 1
+
+        async def embed(self, texts, *, kind):
+            await asyncio.sleep(0.08)
+            return await super().embed(texts, kind=kind)
+
+    slow = Slow("slow-embed")
+    name = "slow-embed-plugin"
+    from datasette.plugins import pm
+
+    pm.register(FakeModelsPlugin(embedding=[slow]), name=name)
+    try:
+        ds = make_datasette(
+            tmp_path, rag=rag_section(tmp_path, embedding_model="slow-embed"),
+            state=str(tmp_path / "state.db"),
+        )
+        await ds.invoke_startup()
+        r = await post_json(ds, "/-/llm-rag/index/news", {}, "root")
+        assert r.status_code == 302
+
+        async def running():
+            job = (await ds.client.get("/-/llm-rag/index/news.json",
+                                       cookies=cookies(ds, "root"))).json()["job"]
+            return job if job["status"] == "running" and job.get("total") == 7 else None
+
+        job = await wait_for(running)
+        assert job["done"] < 7
+        # a fresh page load shows the job from the state database
+        page = await ds.client.get("/-/llm-rag/index/news", cookies=cookies(ds, "root"))
+        assert "running" in page.text and 'data-job="' in page.text
+        # a second start while running returns the same job
+        again = await post_json(ds, "/-/llm-rag/index/news", {}, "root",
+                                headers={"accept": "application/json"})
+        assert again.json()["job"]["id"] == job["id"]
+
+        async def done():
+            j = (await ds.client.get("/-/llm-rag/index/news.json",
+                                     cookies=cookies(ds, "root"))).json()["job"]
+            return j if j["status"] == "done" else None
+
+        final = await wait_for(done)
+        assert final["done"] == 7
+    finally:
+        pm.unregister(name=name)
+
+
+async def test_job_left_running_by_a_dead_server_is_interrupted(ds):
+    state = await state_db(ds)
+    await state.execute_write(
+        "insert into rag_jobs (database_name, status, started_at, updated_at) "
+        "values ('news', 'running', 0, 0)", block=True
+    )
+    r = await ds.client.get("/-/llm-rag/index/news.json", cookies=cookies(ds, "root"))
+    assert r.json()["job"]["status"] == "interrupted"
+
+
+async def test_viewer_of_one_table_never_sees_another(ds, scripted_model):
+    await build_index(ds)
+    alice = cookies(ds, "alice")
+    assert not await P.can_view(ds, {"id": "alice"}, "news", "memos")
+    r = await ds.client.get("/-/llm-rag/news/search.json?q=secret+bridge+memo+budget", cookies=alice)
+    assert r.status_code == 200
+    assert r.json()["rows"] and all(row["table"] != "memos" for row in r.json()["rows"])
+    assert "memos" not in r.json()["tables"]
+    # asking for the hidden table explicitly returns nothing
+    r = await ds.client.get("/-/llm-rag/news/search.json?q=secret+memo&table=memos", cookies=alice)
+    assert r.json()["rows"] == []
+    # root does get the memo: the test would notice a filter that hides everything
+    r = await ds.client.get("/-/llm-rag/news/search.json?q=secret+bridge+memo+budget",
+                            cookies=cookies(ds, "root"))
+    assert any(row["table"] == "memos" for row in r.json()["rows"])
+
+    # similar rows from a visible row: no memos (root would get one)
+    r = await ds.client.get("/-/llm-rag/similar/news/articles/1.json", cookies=alice)
+    assert r.status_code == 200 and r.json()["rows"]
+    assert all(row["table"] != "memos" for row in r.json()["rows"])
+    r = await ds.client.get("/-/llm-rag/similar/news/articles/1.json", cookies=cookies(ds, "root"))
+    assert any(row["table"] == "memos" for row in r.json()["rows"])
+    # similar rows of the hidden row itself
+    r = await ds.client.get("/-/llm-rag/similar/news/memos/m~2F1~2Ea.json", cookies=alice)
+    assert r.status_code == 404
+    assert "memo" not in str(r.json().get("rows", ""))
+
+    # ask: the prompt sent to the model carries no memo text
+    scripted_model.enqueue("The repairs were delayed [1].")
+    r = await post_json(ds, "/-/llm-rag/news/ask.json",
+                        {"q": "secret bridge memo budget repairs"}, "alice")
+    assert r.status_code == 200, r.text
+    assert all(row["table"] != "memos" for row in r.json()["rows"])
+    prompt = scripted_model.requests[-1].messages[0].parts[0].text
+    assert "Secret bridge memo" not in prompt and "cut by half" not in prompt
+    assert "Bridge repairs delayed" in prompt
+
+
+async def test_similar_rows_page_and_links(ds):
+    await build_index(ds)
+    r = await ds.client.get("/-/llm-rag/similar/news/articles/1", cookies=cookies(ds, "root"))
+    assert r.status_code == 200
+    assert 'href="/news/articles/1"' in r.text  # back to the row itself
+    assert "/news/" in r.text and "similarity" in r.text
+    # the row page links to it
+    row = await ds.client.get("/news/articles/1", cookies=cookies(ds, "root"))
+    if P.IS_V1:
+        assert "/-/llm-rag/similar/news/articles/1" in row.text
+    else:
+        assert "llm_rag_box.js?similar=%2F-%2Fllm-rag%2Fsimilar%2Fnews%2Farticles%2F1" in row.text
+
+
+async def test_question_box_on_pages(ds):
+    root = cookies(ds, "root")
+    for path, needle in (("/", None), ("/news", None), ("/news/articles", "articles")):
+        page = await ds.client.get(path, cookies=root)
+        assert page.status_code == 200
+        if P.IS_V1:
+            assert 'class="llm-rag-box"' in page.text, path
+            assert 'action="/-/llm-ask' in page.text
+            if needle:
+                assert 'name="table" value="articles"' in page.text
+        else:
+            assert "llm_rag_box.js?ask=%2F-%2Fllm-ask" in page.text, path
+    # not on a table that is not indexed-configured, nor for a hidden table
+    page = await ds.client.get("/news/memos", cookies=cookies(ds, "alice"))
+    assert "llm-rag-box" not in page.text and "llm_rag_box.js" not in page.text
+    # the box target: the ask page
+    page = await ds.client.get("/-/llm-ask/news", cookies=root)
+    assert page.status_code == 200 and 'id="llm-rag-form"' in page.text
+    assert 'for="llm-rag-q"' in page.text
+
+
+async def test_index_needs_llm_index(ds):
+    alice = cookies(ds, "alice")
+    assert (await ds.client.get("/-/llm-rag/index/news", cookies=alice)).status_code == 403
+    assert (await ds.client.get("/-/llm-rag/index/news.json", cookies=alice)).status_code == 403
+    assert (await post_json(ds, "/-/llm-rag/index/news", {}, "alice")).status_code == 403
+    assert (await ds.client.get("/-/llm-rag/index")).status_code == 403
+    state = await state_db(ds)
+    assert (await state.execute("select count(*) from rag_jobs")).single_value() == 0
+
+
+async def test_model_mismatch_and_corrupt_index(tmp_path, fake_models):
+    ds = make_datasette(tmp_path, rag=_rag(tmp_path), state=str(tmp_path / "state.db"))
+    await ds.invoke_startup()
+    await build_index(ds)
+    other = HashEmbeddingModel("other-embed", dimensions=32)
+    from datasette.plugins import pm
+
+    pm.register(FakeModelsPlugin(embedding=[other]), name="other-embed-plugin")
+    try:
+        ds2 = make_datasette(tmp_path, rag=rag_section(tmp_path, embedding_model="other-embed"),
+                             state=str(tmp_path / "state2.db"))
+        await ds2.invoke_startup()
+        r = await ds2.client.get("/-/llm-rag/news/search.json?q=bridge", cookies=cookies(ds2, "root"))
+        assert r.status_code == 409
+        assert r.json()["error_kind"] == "model_mismatch"
+        assert "hash-embed" in r.json()["error"] and "--rebuild" in r.json()["error"]
+        page = await ds2.client.get("/-/llm-ask/news?q=bridge", cookies=cookies(ds2, "root"))
+        assert "--rebuild" in page.text
+        # rebuilding from the index page fixes it
+        job = await build_index(ds2, rebuild="1")
+        assert job["status"] == "done"
+        r = await ds2.client.get("/-/llm-rag/news/search.json?q=bridge", cookies=cookies(ds2, "root"))
+        assert r.status_code == 200 and r.json()["rows"]
+    finally:
+        pm.unregister(name="other-embed-plugin")
+
+    # a damaged sidecar: clear message, the server keeps serving
+    tmp2 = tmp_path / "second"
+    tmp2.mkdir()
+    ds3 = make_datasette(tmp2, rag=_rag(tmp2), state=str(tmp2 / "state.db"))
+    await ds3.invoke_startup()
+    (tmp2 / "sidecars").mkdir()
+    (tmp2 / "sidecars" / "news.llm-rag.db").write_bytes(b"this is not a database" * 100)
+    r = await ds3.client.get("/-/llm-rag/news/search.json?q=bridge", cookies=cookies(ds3, "root"))
+    assert r.status_code == 500 and r.json()["error_kind"] == "corrupt_index"
+    assert "rebuild" in r.json()["error"].lower() or "delete" in r.json()["error"].lower()
+    assert (await ds3.client.get("/-/llm-ask/news", cookies=cookies(ds3, "root"))).status_code == 200
+
+
+async def test_unknown_table_in_config_is_skipped(tmp_path, fake_models):
+    rag = _rag(tmp_path)
+    rag["databases"]["news"]["tables"]["ghost"] = {"columns": ["body"]}
+    ds = make_datasette(tmp_path, rag=rag, state=str(tmp_path / "state.db"))
+    await ds.invoke_startup()
+    page = await ds.client.get("/-/llm-rag/index/news", cookies=cookies(ds, "root"))
+    assert "<td>ghost</td>" in page.text and "missing table" in page.text
+    job = await build_index(ds)
+    assert job["status"] == "done", job
+    r = await ds.client.get("/-/llm-rag/news/search.json?q=bridge", cookies=cookies(ds, "root"))
+    assert r.status_code == 200 and "ghost" not in r.json()["tables"]
+
+
+async def test_question_length_and_empty(ds):
+    await build_index(ds)
+    root = cookies(ds, "root")
+    r = await ds.client.get("/-/llm-rag/news/search.json?q=" + "a" * 2001, cookies=root)
+    assert r.status_code == 400 and "2,000" in r.json()["error"]
+    r = await ds.client.get("/-/llm-rag/news/search.json?q=+", cookies=root)
+    assert r.status_code == 400 and r.json()["error_kind"] == "empty_question"
+    r = await post_json(ds, "/-/llm-rag/news/ask.json", {"q": "b" * 5000}, "root")
+    assert r.status_code == 400 and r.json()["error_kind"] == "question_too_long"
