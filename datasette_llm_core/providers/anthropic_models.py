@@ -143,8 +143,8 @@ class AnthropicChatModel(ChatModel):
         }
         if request.system:
             params["system"] = request.system
-        if request.temperature is not None:
-            params["temperature"] = request.temperature
+        # No temperature: the current Messages API and SDK no longer take sampling
+        # parameters; the forced output tool keeps extraction on schema.
         if request.json_schema is not None:
             name = tool_name(request.schema_name)
             params["tools"] = [
