@@ -63,6 +63,7 @@ def _migration_answers(conn: sqlite3.Connection) -> None:
           cited text, -- JSON list of cited source numbers
           dropped text, -- JSON list of citation numbers removed as forged
           error text, -- error message when status is failed
+          call_id text, -- llm_calls.id of the successful model call
           created_at real not null, -- unix time the question was asked
           finished_at real -- unix time the answer ended
         )
@@ -94,12 +95,15 @@ async def _record_start(datasette, answer_id, database, actor, question, model_i
     )
 
 
-async def _record_end(datasette, answer_id, status, answer, cited, dropped, error=None) -> None:
+async def _record_end(
+    datasette, answer_id, status, answer, cited, dropped, error=None, call_id=None
+) -> None:
     db = await state_db(datasette)
     await db.execute_write(
         "update rag_answers set status = ?, answer = ?, cited = ?, dropped = ?, error = ?, "
-        "finished_at = ? where id = ?",
-        [status, answer, json.dumps(cited), json.dumps(dropped), error, time.time(), answer_id],
+        "call_id = ?, finished_at = ? where id = ?",
+        [status, answer, json.dumps(cited), json.dumps(dropped), error, call_id, time.time(),
+         answer_id],
         block=True,
     )
 
@@ -174,6 +178,7 @@ async def ask_events(
     stream_filter = CitationStreamFilter(allowed)
     pieces: list[str] = []
     finish_reason = None
+    call_id = None
     try:
         async for event in gw.stream(
             request,
@@ -190,6 +195,7 @@ async def ask_events(
                     yield {"event": "delta", "text": safe}
             elif isinstance(event, StreamEnd):
                 finish_reason = event.finish_reason
+                call_id = getattr(event, "call_id", None)
     except (LLMSuiteError, TimeoutError) as e:
         partial = validate_citations("".join(pieces), allowed)
         await _record_end(
@@ -210,10 +216,13 @@ async def ask_events(
     check = validate_citations("".join(pieces), allowed)
     blocks = answer_structure(check.text, allowed)
     by_n = {h.n: h for h in hits}
-    await _record_end(datasette, answer_id, "ok", check.text, check.cited, check.dropped)
+    await _record_end(
+        datasette, answer_id, "ok", check.text, check.cited, check.dropped, call_id=call_id
+    )
     yield {
         "event": "done",
         "answer_id": answer_id,
+        "call_id": call_id,
         "answer": check.text,
         "blocks": blocks,
         "html": str(render_html(blocks, lambda n: by_n[n].url if n in by_n else None)),

@@ -358,6 +358,7 @@ async def feedback_api(datasette, request):
 
     feedback_id = await record_feedback(
         datasette, actor=request.actor, rating=rating, ref=answer_id,
+        call_id=answer.get("call_id"),
         comment=(comment or "")[:4000] or None,
     )
     return Response.json({"ok": True, "feedback_id": feedback_id, "answer_id": answer_id,
