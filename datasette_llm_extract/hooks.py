@@ -73,9 +73,10 @@ def render_cell(value, column, datasette):
 
 
 def skip_csrf(scope):
-    """JSON API calls skip the form-token check on 0.65: browsers cannot send
-    ``application/json`` cross-site without a CORS preflight, which Datasette refuses."""
-    if scope.get("type") != "http" or not scope.get("path", "").startswith(f"{PREFIX}/api/"):
+    """JSON requests to the plugin's routes skip the 0.65 form-token check:
+    browsers cannot send ``application/json`` cross-site without a CORS
+    preflight, which Datasette refuses. Forms (urlencoded/multipart) are checked."""
+    if scope.get("type") != "http" or not scope.get("path", "").startswith(f"{PREFIX}/"):
         return None
     headers = dict(scope.get("headers") or [])
     content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
