@@ -205,13 +205,19 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
     return units
 
 
-def _request_for(job: ExtractionJob, unit: WorkUnit) -> ChatRequest:
+def _request_for(job: ExtractionJob, unit: WorkUnit, structured: bool = True) -> ChatRequest:
+    """The request for one unit; ``structured=False`` for models without structured output
+    (the prompt alone then asks for the JSON shape, and the parser is lenient)."""
     doc = job.documents[unit.document]
     if unit.native:
-        return build_request(job.spec, job.instructions, None, parts=doc.parts(native=True),
-                             examples=job.examples, note=unit.note, max_tokens=job.max_output_tokens)
-    return build_request(job.spec, job.instructions, unit.chunk.text, examples=job.examples,
-                         note=unit.note, max_tokens=job.max_output_tokens)
+        request = build_request(job.spec, job.instructions, None, parts=doc.parts(native=True),
+                                examples=job.examples, note=unit.note, max_tokens=job.max_output_tokens)
+    else:
+        request = build_request(job.spec, job.instructions, unit.chunk.text, examples=job.examples,
+                                note=unit.note, max_tokens=job.max_output_tokens)
+    if not structured:
+        request.json_schema = None
+    return request
 
 
 def _estimate_units(job: ExtractionJob, model: ChatModel, units: list[WorkUnit]) -> dict:
@@ -366,7 +372,8 @@ class _Run:
 
             parser = RowStreamParser()
             try:
-                finish = await self._stream(_request_for(self.job, unit), parser, on_rows)
+                finish = await self._stream(
+                    _request_for(self.job, unit, bool(self.model.supports_schema)), parser, on_rows)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # reported, never dropped
@@ -405,6 +412,8 @@ class _Run:
             invalid=invalid, parts=doc.parts(native=True) if unit.native else None,
             note=unit.note, max_tokens=self.job.max_output_tokens,
         )
+        if not self.model.supports_schema:
+            request.json_schema = None
         parser = RowStreamParser()
 
         async def ignore(rows):

@@ -27,6 +27,8 @@ ColumnType = Literal["text", "integer", "number", "date", "boolean", "choice"]
 COLUMN_TYPES: tuple[str, ...] = ("text", "integer", "number", "date", "boolean", "choice")
 MAX_NAME_LENGTH = 64
 MAX_COLUMNS = 100
+#: Longest text value accepted from the model for one cell.
+MAX_TEXT_VALUE = 20_000
 RESERVED_PREFIXES = ("_llm", "rowid")
 QUOTE_FIELD = "source_quote"
 
@@ -317,7 +319,10 @@ def _to_text(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return str(value)
-    return str(value).strip()
+    text = str(value).strip()
+    if len(text) > MAX_TEXT_VALUE:
+        raise ValueError(f"the value is {len(text):,} characters long; the limit is {MAX_TEXT_VALUE:,}")
+    return text
 
 
 def _choice_normaliser(choices: list[str]):

@@ -287,3 +287,28 @@ async def test_gateway_receives_purpose_and_prompt_version(scripted_model):
                                      actor={"id": "a"}, ref="run-1")]
     assert seen == {"purpose": "extract", "prompt_version": PROMPT_VERSION, "actor": {"id": "a"},
                     "model_id": "scripted", "ref": "run-1"}
+
+
+async def test_model_without_structured_output_gets_prompt_only_json(gateway, scripted_model):
+    scripted_model.supports_schema = False
+    scripted_model.enqueue('Sure! ```json\n{"rows": [{"name": "Ann", "age": 4, "source_quote": "Ann 4"}]}\n```')
+    events = await collect(gateway, ExtractionJob(spec=SPEC, documents=[Document.from_text("Ann 4")]))
+    assert scripted_model.requests[0].json_schema is None
+    assert "Return JSON only" in scripted_model.requests[0].system
+    rows = [e for e in events if isinstance(e, RowExtracted)]
+    assert rows[0].values == {"name": "Ann", "age": 4} and rows[0].quote_found
+
+
+async def test_native_pdf_and_examples(gateway, scripted_model):
+    from datasette_llm_core.types import PdfPart
+
+    pdf = Document(name="r.pdf", kind="pdf", text="Ann is 7", data=b"%PDF-1.4 x", media_type="application/pdf", pages=1)
+    scripted_model.enqueue(answer({"name": "Ann", "age": 7, "source_quote": "Ann is 7"}))
+    examples = [{"text": "Zed is 9", "rows": [{"name": "Zed", "age": 9, "source_quote": "Zed is 9"}]}]
+    events = await collect(gateway, ExtractionJob(spec=SPEC, documents=[pdf], examples=examples))
+    request = scripted_model.requests[0]
+    assert any(isinstance(p, PdfPart) for p in request.messages[-1].parts)
+    assert [m.role for m in request.messages] == ["user", "assistant", "user"]
+    assert json.loads(request.messages[1].parts[0].text)["rows"][0]["name"] == "Zed"
+    row = [e for e in events if isinstance(e, RowExtracted)][0]
+    assert row.quote_span == [0, 8]  # located in the PDF's text layer

@@ -108,3 +108,9 @@ def test_sqlite_columns_and_back():
     assert back.key_columns == ["receipt no"] and back.primary_key
     assert back.column("when").type == "date" and back.column("total").description == "Amount"
     assert back.column("count").type == "integer" and not back.column("receipt no").nullable
+
+
+def test_overlong_text_value_rejected():
+    model = row_model(validate_table_spec({"columns": ["a"]}))
+    _, errors = validate_row(model, {"a": "x" * 20_001})
+    assert errors and "limit is 20,000" in errors[0]
