@@ -167,12 +167,20 @@ def granted_resources(grants: Grants, actor: dict | None, action: str) -> list[t
     return [(db, table) for db, table, block in grants.blocks(action) if _matches(actor, block)]
 
 
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _table_key(name: str | None) -> str | None:
+    # SQLite table names compare with NOCASE (ASCII only), as Datasette 1.0 does.
+    return None if name is None else name.translate(_ASCII_FOLD)
+
+
 def grant_covers(pairs, database: str | None, table: str | None) -> bool:
     """Does one of the granted ``(database, table)`` pairs cover this resource?"""
     for db, tbl in pairs:
         if db is None:
             return True
-        if db == database and (tbl is None or tbl == table):
+        if db == database and (tbl is None or _table_key(tbl) == _table_key(table)):
             return True
     return False
 
@@ -305,7 +313,7 @@ async def viewable_tables(datasette, actor, database: str, tables: list[str]) ->
 
 
 # --------------------------------------------------------------------------
-# Hook bodies (the @hookimpl wrappers live in __init__.py / _hooks_v1.py)
+# Hook bodies (the @hookimpl wrappers live in __init__.py)
 
 
 def action_objects() -> list:

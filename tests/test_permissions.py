@@ -314,3 +314,30 @@ async def test_root_enabled_on_v1_sees_state_db(tmp_path):
     assert await P.allowed(ds, {"id": "root"}, "llm-view-log")
     c = cookies(ds, {"id": "root"})
     assert (await ds.client.get("/llm_newsroom.json", cookies=c)).status_code == 200
+
+
+def test_grant_covers_matches_tables_like_sqlite():
+    pairs = [("newsroom", "Filings")]
+    assert P.grant_covers(pairs, "newsroom", "filings")
+    assert not P.grant_covers(pairs, "newsroom", "filings2")
+    assert not P.grant_covers(pairs, "Newsroom", "filings")  # database names are exact
+    assert not P.grant_covers(pairs, "newsroom", None)  # a table grant is not a database grant
+    assert P.grant_covers([("newsroom", None)], "newsroom", "anything")
+    assert P.grant_covers([(None, None)], "other", None)
+
+
+def test_the_running_line_calls_our_permission_hook():
+    # Impls for hooks the other line has are kept unverified by pluggy and
+    # never called; the ones for this line must be attached to a real spec.
+    from datasette.plugins import pm
+
+    import datasette_llm_core
+
+    verified = {h.name for h in pm.get_hookcallers(datasette_llm_core) if h.spec is not None}
+    assert "menu_links" in verified
+    if V1:
+        assert {"register_actions", "permission_resources_sql"} <= verified
+        assert "permission_allowed" not in verified
+    else:
+        assert "permission_allowed" in verified
+        assert not {"register_actions", "permission_resources_sql"} & verified
