@@ -17,6 +17,9 @@ PLUGIN = "datasette-llm-newsroom"
 
 def make_news_db(path) -> str:
     conn = sqlite3.connect(path)
+    if conn.execute("select 1 from sqlite_master where name = 'donors'").fetchone():
+        conn.close()
+        return str(path)  # a "restarted" server reuses the file
     conn.executescript(
         """
         create table donors (name text, amount integer, party text);

@@ -134,14 +134,14 @@ BAD_JSON = [
 ]
 
 
-@pytest.mark.parametrize("change,status,message", BAD_JSON)
-async def test_bad_json_input_writes_nothing(ds, tmp_path, scripted_model, change, status, message):
+async def test_bad_json_input_writes_nothing(ds, tmp_path, scripted_model):
     before = db_bytes(tmp_path / "news.db")
-    payload = {"database": "news", "table": "people", "create": True, "schema": PEOPLE,
-               "text": "Ann is 31.", "model": "scripted", **change}
-    r = await ds.client.post("/-/llm-extract/api/runs", json=payload, cookies=cookies(ds, "root"))
-    assert r.status_code == status, r.text
-    assert message.lower() in r.json()["error"].lower()
+    for change, status, message in BAD_JSON:
+        payload = {"database": "news", "table": "people", "create": True, "schema": PEOPLE,
+                   "text": "Ann is 31.", "model": "scripted", **change}
+        r = await ds.client.post("/-/llm-extract/api/runs", json=payload, cookies=cookies(ds, "root"))
+        assert r.status_code == status, (change, r.text)
+        assert message.lower() in r.json()["error"].lower(), (change, r.text)
     assert db_bytes(tmp_path / "news.db") == before
     assert state_rows(tmp_path, "select count(*) from llm_extract_runs")[0][0] == 0
     assert scripted_model.requests == []
@@ -151,23 +151,27 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 HEIC = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64
 
 
-@pytest.mark.parametrize("filename,content_type,data,message", [
+BAD_UPLOADS = [
     ("notes.txt", "text/plain", PNG, "is really image/png"),
     ("photo.heic", "image/heic", HEIC, "HEIC"),
     ("big.txt", "text/plain", b"a" * 5000, "the limit is"),
     ("empty.txt", "text/plain", b"", "is empty"),
-])
-async def test_bad_uploads_write_nothing(tmp_path, fake_models, scripted_model, filename, content_type, data, message):
+]
+
+
+async def test_bad_uploads_write_nothing(tmp_path, fake_models, scripted_model):
     ds = make_ds(tmp_path, extract={"max_upload_bytes": 4000})
     await ds.invoke_startup()
     before = db_bytes(tmp_path / "news.db")
-    form = {"table": "scans", "col-0-name": "name", "col-0-type": "text", "model": "scripted"}
-    r = await post_form(ds, "/-/llm-extract/new/news", form, cookies(ds, "root"),
-                        files={"files": (filename, data, content_type)})
-    assert r.status_code == 400, r.text[-1500:]
-    assert message in r.text and "Nothing was saved" in r.text
+    for filename, content_type, data, message in BAD_UPLOADS:
+        form = {"table": "scans", "col-0-name": "name", "col-0-type": "text", "model": "scripted"}
+        r = await post_form(ds, "/-/llm-extract/new/news", form, cookies(ds, "root"),
+                            files={"files": (filename, data, content_type)})
+        assert r.status_code == 400, (filename, r.text[-1500:])
+        assert message in r.text and "Nothing was saved" in r.text, filename
     assert db_bytes(tmp_path / "news.db") == before
     assert state_rows(tmp_path, "select count(*) from llm_extract_runs")[0][0] == 0
+    assert scripted_model.requests == []
 
 
 @pytest.mark.skipif(V1, reason="1.0 checks Sec-Fetch-Site/Origin instead of form tokens")
