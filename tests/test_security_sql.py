@@ -2,8 +2,8 @@
 
 A static check over the three packages: in every f-string that is SQL (starts
 with a statement keyword, or is a ``name = ?`` fragment), each interpolated
-expression must be a ``quote_identifier``/``quote_identifiers`` call, a run of
-``?`` placeholders, a number, an upper-case module constant, or a local name
+expression must be a ``quote_identifier``/``quote_identifiers`` call, a
+literal (``?`` placeholders, keywords), a number, an upper-case module constant, or a local name
 whose every assignment in the same function is itself safe by these rules.
 The end-to-end tests with hostile names live in test_bad_inputs.py and
 test_properties.py; this one catches a new unquoted name at review time.
@@ -28,6 +28,8 @@ ALLOWED: dict[tuple[str, str], str] = {
         "keys of the run dict built by the suite itself (fixed column names of llm_extract_runs)",
     ("datasette_llm_extract/runs.py", "k"):
         "run field names checked against the fixed _RUN_FIELDS set before use",
+    ("datasette_llm_extract/cli.py", "t"):
+        "SQLite column types from schema.SQLITE_TYPES (a fixed map), not names",
 }
 
 
@@ -57,6 +59,14 @@ class Checker:
                             target = target.elts[0]
                         if called in ("range", "enumerate") and isinstance(target, ast.Name):
                             names.setdefault(target.id, []).append(ast.Constant(0))
+                    if (  # defs.append(...) adds to what ``defs`` may hold
+                        isinstance(node, ast.Call)
+                        and isinstance(node.func, ast.Attribute)
+                        and node.func.attr in ("append", "extend", "insert")
+                        and isinstance(node.func.value, ast.Name)
+                        and node.args
+                    ):
+                        names.setdefault(node.func.value.id, []).append(node.args[-1])
                     if isinstance(node, ast.Assign):
                         for target in node.targets:
                             if isinstance(target, ast.Name):
@@ -67,10 +77,10 @@ class Checker:
         return [self.assignments.get(f, {}) for f in reversed(func_stack)]
 
     def safe(self, expr: ast.AST, scopes, seen=frozenset()) -> bool:
-        if isinstance(expr, ast.Constant):
-            return isinstance(expr.value, (int, float)) or expr.value == "?" or (
-                isinstance(expr.value, str) and set(expr.value) <= set("?, ")
-            )
+        if isinstance(expr, ast.Constant):  # literals are code, not runtime names
+            return True
+        if isinstance(expr, ast.IfExp):
+            return self.safe(expr.body, scopes, seen) and self.safe(expr.orelse, scopes, seen)
         if isinstance(expr, ast.JoinedStr):
             return all(self.safe(v.value, scopes, seen) for v in expr.values if isinstance(v, ast.FormattedValue))
         if isinstance(expr, ast.BinOp):  # "?" * n, ", ".join(...) + ...
@@ -86,6 +96,8 @@ class Checker:
                     return self.safe(arg.elt, scopes, seen)
                 return self.safe(arg, scopes, seen)
             return False
+        if isinstance(expr, (ast.ListComp, ast.GeneratorExp)):
+            return self.safe(expr.elt, scopes, seen)
         if isinstance(expr, (ast.List, ast.Tuple)):
             return all(self.safe(e, scopes, seen) for e in expr.elts)
         if isinstance(expr, ast.Name):
