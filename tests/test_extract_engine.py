@@ -312,3 +312,27 @@ async def test_native_pdf_and_examples(gateway, scripted_model):
     assert json.loads(request.messages[1].parts[0].text)["rows"][0]["name"] == "Zed"
     row = [e for e in events if isinstance(e, RowExtracted)][0]
     assert row.quote_span == [0, 8]  # located in the PDF's text layer
+
+
+async def test_through_openai_compatible_http_server():
+    """The whole stack: engine -> gateway -> OpenAI SDK -> a real HTTP server on 127.0.0.1."""
+    from .fake_openai_server import FakeOpenAIServer, Reply
+
+    rows = [{"name": "Ann", "age": 40, "source_quote": "Ann, 40"}, {"name": "Bob", "age": 3, "source_quote": "Bob, 3"}]
+    with FakeOpenAIServer(handler=lambda body: Reply(content=answer(*rows))) as server:
+        ds = Datasette(memory=True, metadata={"plugins": {"datasette-llm-newsroom": {
+            "state_database": ":memory:",
+            "models": [{"id": "local", "provider": "openai-compatible", "model": "fake-model",
+                        "base_url": server.base_url, "api_key": "sk-test", "supports": ["streaming", "schema"]}],
+        }}})
+        gateway = await llm_gateway(ds)
+        events = await collect(gateway, ExtractionJob(spec=SPEC, model_id="local",
+                                                      documents=[Document.from_text("Ann, 40. Bob, 3.")]))
+        body = server.chat_requests()[0]
+    got = [e for e in events if isinstance(e, RowExtracted)]
+    assert [r.values for r in got] == [{"name": "Ann", "age": 40}, {"name": "Bob", "age": 3}]
+    assert all(r.quote_found for r in got)
+    assert body["stream"] is True and "tools" not in body
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["rows"]["items"]["required"] == [
+        "name", "age", "source_quote"]
+    assert events[-1].usage["input_tokens"] > 0
