@@ -17,6 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from .sql import quote_identifiers
 from .state import register_migrations, state_db
 
 #: Environment variables that always count as secrets when set.
@@ -162,7 +163,7 @@ class CallRecord:
 
 _COLUMNS = [f for f in CallRecord.__dataclass_fields__]
 _INSERT = "insert into llm_calls ({}) values ({})".format(
-    ", ".join(_COLUMNS), ", ".join("?" for _ in _COLUMNS)
+    quote_identifiers(_COLUMNS), ", ".join("?" for _ in _COLUMNS)
 )
 
 # Writes scheduled without waiting (cancelled streams) keep a reference here.
