@@ -43,3 +43,36 @@ def test_locate_quote_whitespace_and_case():
     assert source[start:end] == "the “judge”"
     assert locate_quote(source, "not there") is None
     assert locate_quote(source, "") is None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(derandomize=True, max_examples=100, deadline=None, database=None)
+@given(text=st.text(alphabet=st.sampled_from("ab .\n"), max_size=3000),
+       size=st.integers(min_value=50, max_value=800), overlap=st.integers(min_value=0, max_value=300))
+def test_chunks_cover_everything_in_order(text, size, overlap):
+    chunks = chunk_text(text, size, overlap)
+    assert chunks[0].start == 0 and chunks[-1].end == len(text)
+    covered = 0
+    for i, c in enumerate(chunks):
+        assert c.index == i and text[c.start:c.end] == c.text
+        assert len(c.text) <= max(size, 50)
+        assert c.start <= covered  # no gap
+        covered = max(covered, c.end)
+        if i:
+            assert c.start > chunks[i - 1].start
+    assert covered == len(text)
+
+
+@settings(derandomize=True, max_examples=100, deadline=None, database=None)
+@given(text=st.text(alphabet=st.sampled_from("ab \n\t\u00a0"), min_size=1, max_size=200), data=st.data())
+def test_quote_located_whatever_the_spacing(text, data):
+    start = data.draw(st.integers(min_value=0, max_value=len(text) - 1))
+    end = data.draw(st.integers(min_value=start + 1, max_value=len(text)))
+    quote = " ".join(text[start:end].split())  # the model collapses whitespace
+    span = locate_quote(text, quote)
+    if quote:
+        assert span is not None
+        assert " ".join(text[span[0]:span[1]].split()) == quote

@@ -59,3 +59,47 @@ def test_no_json_and_missing_rows_key():
 def test_escaped_quote_before_brace():
     text = '{"rows": [{"q": "a \\"}\\" b"}, {"q": "c"}]}'
     assert parse_rows(text).rows == [{"q": 'a "}" b'}, {"q": "c"}]
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+PROPS = settings(derandomize=True, max_examples=100, deadline=None, database=None,
+                 suppress_health_check=[HealthCheck.too_slow])
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.sampled_from('ab{}[]",:\\ \n\u00e9\u2603'), max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+_rows = st.lists(st.dictionaries(st.text(alphabet=st.sampled_from('ab{}"\\ '), max_size=6), _values, max_size=4),
+                 max_size=5)
+
+
+@PROPS
+@given(rows=_rows, cuts=st.lists(st.integers(min_value=1, max_value=400), max_size=20),
+       indent=st.sampled_from([None, 1, 2]), ascii_only=st.booleans())
+def test_any_split_gives_the_same_rows(rows, cuts, indent, ascii_only):
+    text = json.dumps({"rows": rows}, indent=indent, ensure_ascii=ascii_only)
+    parser = RowStreamParser()
+    got = []
+    position = 0
+    for cut in sorted(set(cuts)):
+        got += parser.feed(text[position:cut])
+        position = max(position, cut)
+    got += parser.feed(text[position:])
+    assert got == json.loads(text)["rows"]
+    result = parser.finish()
+    assert not result.truncated and result.errors == []
+
+
+@PROPS
+@given(rows=_rows, cut=st.integers(min_value=0, max_value=2000))
+def test_any_truncation_keeps_a_prefix_of_rows(rows, cut):
+    text = json.dumps({"rows": rows})
+    result = parse_rows(text[:cut])
+    assert result.rows == rows[: len(result.rows)]
+    if cut == 0:
+        assert "no JSON" in result.errors[0]
+    else:
+        assert result.truncated == (cut < len(text))
