@@ -7,8 +7,7 @@ other modules of the package.
 from datasette import hookimpl
 from datasette.plugins import pm
 
-from . import calllog  # noqa: F401 - registers the llm_calls/llm_feedback migrations
-from . import hookspecs
+from . import calllog, hookspecs  # noqa: F401 - calllog registers its migrations
 from .state import attach_state_database, state_db
 
 pm.add_hookspecs(hookspecs)

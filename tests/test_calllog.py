@@ -39,6 +39,14 @@ async def test_tables_and_column_comments():
         assert "--" in line, f"column {column} has no comment"
 
 
+def test_insert_statement_matches_record_fields():
+    from datasette_llm_core import calllog
+
+    listed = calllog._INSERT.split("(", 1)[1].split(")", 1)[0]
+    assert [c.strip() for c in listed.split(",")] == calllog._COLUMNS
+    assert calllog._INSERT.count("?") == len(calllog._COLUMNS)
+
+
 def test_migrations_run_twice_safely(tmp_path):
     path = tmp_path / "state.db"
     conn = sqlite3.connect(path)

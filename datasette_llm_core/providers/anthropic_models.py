@@ -17,7 +17,16 @@ from typing import Any, AsyncIterator
 
 from ..errors import CapabilityError, OutputError
 from ..models import ChatModel
-from ..types import ChatRequest, ChatResponse, ImagePart, PdfPart, StreamEnd, StreamEvent, TextDelta, Usage
+from ..types import (
+    ChatRequest,
+    ChatResponse,
+    ImagePart,
+    PdfPart,
+    StreamEnd,
+    StreamEvent,
+    TextDelta,
+    Usage,
+)
 from .base import Provider
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
