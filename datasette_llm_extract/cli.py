@@ -189,8 +189,39 @@ def _folder_files(folder: Path) -> list[Path]:
 
 # --- the run command -------------------------------------------------------------
 
+def _estimate_folder(conn, table, spec, folder: Path, chat, instructions, max_bytes) -> dict:
+    """Tokens and cost of the files still to do, without calling the model."""
+    from .engine import ExtractionJob, estimate
+
+    done = _done_files(conn, table) if conn.execute(
+        "select 1 from sqlite_master where name = ?", [FILES_TABLE]).fetchone() else set()
+    totals = {"estimate": True, "files": 0, "skipped": 0, "input_tokens": 0, "output_tokens": 0,
+              "cost": 0.0, "cost_known": True, "problems": []}
+    for path in _folder_files(folder):
+        data = path.read_bytes()
+        rel = str(path.relative_to(folder))
+        if (rel, hashlib.sha256(data).hexdigest()) in done:
+            totals["skipped"] += 1
+            continue
+        try:
+            document = load_upload(path.name, None, data, max_bytes=max_bytes)
+            est = estimate(ExtractionJob(spec=spec, instructions=instructions, documents=[document],
+                                         model_id=chat.model_id), chat)
+        except (InputError, LLMSuiteError, ValueError) as e:
+            totals["problems"].append(f"{rel}: {e}")
+            continue
+        totals["files"] += 1
+        totals["input_tokens"] += est["input_tokens"]
+        totals["output_tokens"] += est["output_tokens"]
+        if est["cost"] is None:
+            totals["cost_known"] = False
+        else:
+            totals["cost"] += est["cost"]
+    return totals
+
+
 async def _run(db_path, table, folder, schema, template, model, instructions, config, concurrency,
-               max_bytes, echo) -> dict:
+               max_bytes, echo, estimate_only: bool = False) -> dict:
     from .engine import ChunkFailed, ExtractionJob, RowExtracted, run_extraction
     from datasette_llm_core.gateway import llm_gateway
 
@@ -207,6 +238,8 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
             from datasette_llm_core.gateway import no_model_message
 
             raise click.ClickException(no_model_message("extract"))
+        if estimate_only:
+            return _estimate_folder(conn, table, spec, Path(folder), chat, instructions, max_bytes)
         _ensure_tables(conn, table, spec)
         caps: dict = {}
         try:
@@ -275,6 +308,31 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
         conn.close()
 
 
+def resolve_image(gold_path: Path, image: str) -> Path | None:
+    """Find a gold record's image: relative to the gold file, also with leading folders dropped."""
+    parts = Path(image).parts
+    for i in range(len(parts)):
+        candidate = gold_path.parent.joinpath(*parts[i:])
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _image_documents(gold_path: Path, docs: list) -> tuple[list, list]:
+    kept, sources = [], []
+    for doc in docs:
+        path = resolve_image(gold_path, doc.image) if doc.image else None
+        if path is None:
+            continue
+        try:
+            sources.append(load_upload(path.name, None, path.read_bytes()))
+        except InputError as e:
+            click.echo(f"  {doc.id}: {e}", err=True)
+            continue
+        kept.append(doc)
+    return kept, sources
+
+
 def register(cli) -> None:
     """Add the ``llm-extract`` command group to Datasette's CLI."""
 
@@ -297,8 +355,10 @@ def register(cli) -> None:
                   help="Chunks of one file sent to the model at once")
     @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True, type=int,
                   help="Largest file accepted")
+    @click.option("--estimate", "estimate_only", is_flag=True,
+                  help="Only print the estimated tokens and cost of the files still to do")
     def run_command(database, table, folder, schema, template, model, instructions, config, concurrency,
-                    max_bytes):
+                    max_bytes, estimate_only):
         """Extract every file in FOLDER into TABLE of DATABASE.
 
         Files already done (same path and content) are skipped, so the command
@@ -309,9 +369,18 @@ def register(cli) -> None:
         started = time.monotonic()
         try:
             summary = asyncio.run(_run(database, table, Path(folder), schema, template, model, instructions,
-                                       config, concurrency, max_bytes, None))
+                                       config, concurrency, max_bytes, None, estimate_only))
         except (SchemaError, LLMSuiteError) as e:
             raise click.ClickException(str(e)) from None
+        if estimate_only:
+            cost = f"${summary['cost']:.4f}" if summary["cost_known"] else "unknown (no prices for this model)"
+            click.echo(
+                f"{summary['files']} file(s) to extract ({summary['skipped']} already done): about "
+                f"{summary['input_tokens']:,} input and {summary['output_tokens']:,} output tokens, cost {cost}."
+            )
+            for problem in summary["problems"]:
+                click.echo(f"  {problem}", err=True)
+            return
         click.echo(
             f"{summary['done']} file(s) extracted, {summary['skipped']} already done, "
             f"{summary['failed']} failed, {summary['refused']} refused; {summary['rows']} rows written "
@@ -335,14 +404,21 @@ def register(cli) -> None:
     @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 32))
     @click.option("--date-order", type=click.Choice(["dmy", "mdy"]),
                   help="How to read ambiguous gold dates like 01/02/2018")
+    @click.option("--images", "use_images", is_flag=True,
+                  help="Send each document's image (its \"image\" path) instead of its text; "
+                  "documents without a readable image are left out")
     @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON")
-    def evaluate_command(gold, schema, model, instructions, config, limit, concurrency, date_order, as_json):
+    def evaluate_command(gold, schema, model, instructions, config, limit, concurrency, date_order,
+                         use_images, as_json):
         """Score extraction against GOLD.jsonl: per-field precision, recall, F1 and exact match."""
         from .evaluate import evaluate, infer_spec, load_gold
 
         docs = load_gold(gold, limit=limit)
+        sources = None
+        if use_images:
+            docs, sources = _image_documents(Path(gold), docs)
         if not docs:
-            raise click.ClickException(f"{gold} has no documents.")
+            raise click.ClickException(f"{gold} has no documents" + (" with readable images." if use_images else "."))
         try:
             if schema:
                 data = _read_structured(schema)
@@ -360,7 +436,7 @@ def register(cli) -> None:
                 with click.progressbar(length=len(docs), label="Evaluating", show_pos=True) as bar:
                     return await evaluate(gateway, spec, docs, model_id=model, instructions=instructions,
                                           concurrency=concurrency, actor={"id": "cli"},
-                                          date_order=date_order, progress=bar.update)
+                                          date_order=date_order, progress=bar.update, documents=sources)
 
             report = asyncio.run(go())
         except (SchemaError, LLMSuiteError) as e:

@@ -140,3 +140,34 @@ def test_evaluate_command(setup):
     assert report["fields"]["age"]["precision"] == 0.5 and report["fields"]["age"]["recall"] == 0.5
     result = invoke("evaluate", gold, "--schema", schema, "-c", config)
     assert re.search(r"age\s+0\.500\s+0\.500\s+0\.500", result.output)
+
+
+def test_run_estimate_calls_no_model(setup):
+    tmp_path, folder, config, schema, model = setup
+    result = invoke("run", tmp_path / "out.db", "people", folder, "--schema", schema, "-c", config, "--estimate")
+    assert result.exit_code == 0, result.output
+    assert "3 file(s) to extract" in result.output and "input" in result.output and "$" in result.output
+    assert "empty.txt" in result.output
+    assert model.requests == []
+    assert not sqlite3.connect(tmp_path / "out.db").execute(
+        "select 1 from sqlite_master where name = 'people'").fetchone()
+
+
+def test_evaluate_with_images(setup):
+    tmp_path, folder, config, schema, model = setup
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "JPEG")
+    (tmp_path / "data" / "img" / "1.jpg").write_bytes(buf.getvalue())
+    gold = tmp_path / "data" / "gold.jsonl"
+    gold.write_text(
+        json.dumps({"id": 1, "image": "data/img/1.jpg", "text": "", "gold": {"name": "Ann", "age": 40}}) + "\n"
+        + json.dumps({"id": 2, "image": "data/img/missing.jpg", "text": "", "gold": {"name": "B", "age": 1}}) + "\n")
+    model.responder = lambda request: json.dumps({"rows": [{"name": "Ann", "age": 41, "source_quote": ""}]})
+    result = invoke("evaluate", gold, "--schema", schema, "-c", config, "--images", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["documents"] == 1
+    assert report["fields"]["name"]["precision"] == 1.0 and report["fields"]["age"]["precision"] == 0.0
+    from datasette_llm_core.types import ImagePart
+    assert any(isinstance(p, ImagePart) for p in model.requests[0].messages[-1].parts)
