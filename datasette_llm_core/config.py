@@ -41,6 +41,11 @@ class ModelConfig(BaseModel):
         None, description="OpenAI-format models: which parameter carries max_tokens"
     )
     batch_size: int | None = Field(None, ge=1, le=2048, description="Embedding models: texts per call")
+    structured_output: Literal["tool", "native"] | None = Field(
+        None,
+        description="Anthropic: a forced output-only tool (default, every model) or the "
+        "native output_config json_schema format (models that support it)",
+    )
 
 
 class RetryConfig(BaseModel):

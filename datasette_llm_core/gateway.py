@@ -202,10 +202,12 @@ class Gateway:
             parts.append(f"{model_id}: {message}")
         last = failures[-1][1]
         tried = "the model" if len(failures) == 1 else f"all {len(failures)} models"
+        wait = getattr(last, "retry_after", None)
+        later = f"Try again in {wait:.0f} seconds" if wait else "Try again later"
         message = self.redact(
             f"The {purpose} call failed after trying {tried}. "
             + " | ".join(parts)
-            + " Try again later, or configure a fallback model under plugins: "
+            + f". {later}, or configure a fallback model under plugins: "
             "datasette-llm-newsroom: fallback."
         )
         status = getattr(last, "status", None)
@@ -257,7 +259,11 @@ class Gateway:
                 chars = 0
                 emitted = False
                 end: StreamEnd | None = None
-                events = model.stream(request, timeout=limit)
+                events = (
+                    model.stream(request, timeout=limit)
+                    if model.supports_streaming
+                    else _whole_as_stream(model, request, limit)
+                )
                 try:
                     try:
                         while True:
@@ -522,6 +528,14 @@ class Gateway:
                 out.append(np.asarray(vectors, dtype=np.float32))
                 break
         return np.concatenate(out, axis=0) if len(out) > 1 else out[0]
+
+
+async def _whole_as_stream(model, request: ChatRequest, timeout: float) -> AsyncIterator[StreamEvent]:
+    """A model that cannot stream, seen as a stream of one delta."""
+    response = await model.complete(request, timeout=timeout)
+    if response.text:
+        yield TextDelta(response.text)
+    yield StreamEnd(usage=response.usage, finish_reason=response.finish_reason)
 
 
 def _ensure_ready(model) -> None:

@@ -339,3 +339,14 @@ async def test_embed_batches_and_logs(two_models):
         ("embed", 2, "ok", "idx-1"),
         ("embed", 1, "ok", "idx-1"),
     ]
+
+
+async def test_model_without_streaming_is_streamed_as_one_delta(two_models):
+    primary, _ = two_models
+    primary.supports_streaming = False
+    primary.enqueue(Scripted(text="whole answer", chunks=3))
+    ds = make_ds(defaults={"answer": "primary"})
+    gw, _ = await gateway(ds)
+    events = [e async for e in gw.stream(req(), purpose="answer", prompt_version="x")]
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["whole answer"]
+    assert isinstance(events[-1], StreamEnd) and events[-1].call_id

@@ -248,3 +248,29 @@ async def test_non_object_schema_is_capability_error(servers, fake_api_keys):
     with pytest.raises(CapabilityError):
         await gw.complete(request, purpose="extract", prompt_version="v")
     assert servers["anthropic"].requests == []
+
+
+async def test_native_structured_output_option(servers, fake_api_keys):
+    pieces = ['{"rows": [', '{"name": "Ada Lovelace", "party": "D"}', "]}"]
+    servers["anthropic"].queue(Reply(sse=anthropic_sse(pieces)))
+    models = [dict(CLAUDE[0], structured_output="native")]
+    ds = ds_with(models)
+    gw, _ = await setup(ds)
+    events = [e async for e in gw.stream(extract_request(), purpose="extract", prompt_version="v")]
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert json.loads(text)["rows"][0]["name"] == "Ada Lovelace"
+    body = servers["anthropic"].requests[0].body
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+    assert "tools" not in body and "tool_choice" not in body
+
+
+async def test_long_retry_after_without_fallback_says_when(servers, fake_api_keys):
+    servers["anthropic"].queue(
+        Reply(429, json=anthropic_error("rate_limit_error", "Too many requests"), headers={"retry-after": "600"})
+    )
+    ds = ds_with(CLAUDE)
+    gw, sleep = await setup(ds)
+    with pytest.raises(ModelError) as info:
+        await gw.complete(ChatRequest([Message.user("q")]), purpose="answer", prompt_version="v")
+    assert "Try again in 600 seconds" in str(info.value)
+    assert info.value.retry_after == 600 and sleep.delays == []

@@ -4,8 +4,10 @@ Structured output uses one forced tool whose ``input_schema`` is the wanted
 JSON schema. The tool is only an output shape: nothing is ever executed and
 the model is given no other tool. Its ``input_json_delta`` pieces are
 streamed as ``TextDelta`` so incremental JSON parsing downstream works the
-same as with OpenAI. Images go as base64 image blocks, PDFs as base64
-document blocks.
+same as with OpenAI. A model configured with ``structured_output: native``
+uses the Messages API's ``output_config`` JSON-schema format instead (the
+JSON then streams as ordinary text). Images go as base64 image blocks, PDFs
+as base64 document blocks.
 """
 
 from __future__ import annotations
@@ -115,8 +117,11 @@ class AnthropicChatModel(ChatModel):
         output_cost_per_mtok: float | None = None,
         context_tokens: int | None = None,
         timeout: float | None = None,
+        structured_output: str | None = None,
     ) -> None:
         self.model_id = model_id
+        #: "tool" (forced output-only tool) or "native" (output_config json_schema).
+        self.structured_output = structured_output or "tool"
         self.connection = connection
         self.provider = connection.name
         self.model_name = model_name or model_id
@@ -154,7 +159,9 @@ class AnthropicChatModel(ChatModel):
             params["system"] = request.system
         # No temperature: the current Messages API and SDK no longer take sampling
         # parameters; the forced output tool keeps extraction on schema.
-        if request.json_schema is not None:
+        if request.json_schema is not None and self.structured_output == "native":
+            params["output_config"] = {"format": {"type": "json_schema", "schema": request.json_schema}}
+        elif request.json_schema is not None:
             name = tool_name(request.schema_name)
             params["tools"] = [
                 {
@@ -172,7 +179,8 @@ class AnthropicChatModel(ChatModel):
         import anthropic
 
         client = self.connection.client(self.model_id)
-        structured = request.json_schema is not None
+        # Native structured output arrives as ordinary text deltas.
+        structured = request.json_schema is not None and self.structured_output == "tool"
         input_tokens = output_tokens = 0
         stop_reason = None
         in_tool = False
@@ -225,7 +233,7 @@ class AnthropicChatModel(ChatModel):
             )
         except anthropic.APIError as e:
             raise self.connection.model_error(e, self.model_id) from e
-        if request.json_schema is not None:
+        if request.json_schema is not None and self.structured_output == "tool":
             tool_inputs = [b.input for b in message.content if b.type == "tool_use"]
             if not tool_inputs:
                 raise OutputError(

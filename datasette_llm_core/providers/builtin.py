@@ -133,7 +133,7 @@ def build_chat_model(config: ModelConfig, environ=None, default_timeout: float |
         timeout=config.timeout,
     )
     if config.provider == "anthropic":
-        return AnthropicChatModel(config.id, **common)
+        return AnthropicChatModel(config.id, structured_output=config.structured_output, **common)
     return OpenAIChatModel(config.id, max_tokens_param=config.max_tokens_param, **common)
 
 
