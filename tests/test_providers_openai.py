@@ -347,3 +347,13 @@ def test_strict_schema_detection():
         "additionalProperties": False,
     }
     assert not is_strict_compatible(nested)
+
+
+async def test_reasoning_models_get_no_temperature(server, fake_api_keys):
+    server.queue(Reply(json=openai_completion("ok", model="gpt-5-mini")))
+    ds = ds_with([{"id": "g5", "provider": "openai", "model": "gpt-5-mini"}])
+    gw, _ = await setup(ds)
+    await gw.complete(ChatRequest([Message.user("hi")]), purpose="answer", prompt_version="v")
+    body = server.requests[0].body
+    assert "temperature" not in body and body["max_completion_tokens"] == 4096
+    assert gw.get_chat_model("g5").input_cost_per_mtok == 0.25

@@ -31,6 +31,8 @@ from ..types import (
 from .base import Provider
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
+#: Reasoning model families that reject any temperature but the default.
+NO_TEMPERATURE = re.compile(r"^(o\d|gpt-5)")
 
 
 class OpenAIProvider(Provider):
@@ -179,7 +181,7 @@ class OpenAIChatModel(ChatModel):
             "messages": to_openai_messages(request),
             self.max_tokens_param: request.max_tokens,
         }
-        if request.temperature is not None:
+        if request.temperature is not None and not NO_TEMPERATURE.match(self.model_name):
             params["temperature"] = request.temperature
         if request.json_schema is not None:
             params["response_format"] = {
