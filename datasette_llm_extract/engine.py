@@ -35,6 +35,7 @@ from .streamparse import RowStreamParser
 PURPOSE = "extract"
 IMAGE_TOKENS = 1_500  # rough input tokens per image, for estimates
 PDF_PAGE_TOKENS = 1_800  # rough input tokens per natively read PDF page
+MAX_NATIVE_PDF_PAGES = 20  # longer PDFs with a text layer are sent as text chunks
 
 
 @dataclass
@@ -185,7 +186,9 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
             units.append(WorkUnit(len(units), d, None, native=True, note=doc.name))
             continue
         native_pdf = doc.kind == "pdf" and (
-            job.native_pdfs if job.native_pdfs is not None else bool(model.supports_pdfs)
+            job.native_pdfs if job.native_pdfs is not None
+            # long PDFs with a text layer are chunked: one request could not hold them
+            else bool(model.supports_pdfs) and (doc.pages <= MAX_NATIVE_PDF_PAGES or not doc.text.strip())
         )
         if doc.kind == "pdf" and native_pdf:
             if not model.supports_pdfs:
@@ -364,6 +367,11 @@ class _Run:
                 nonlocal emitted
                 for raw in rows:
                     values, errors = validate_row(self.row_model, raw)
+                    if not errors and all(v is None for v in values.values()):
+                        # nothing to re-ask: the model found no values at all
+                        await self.queue.put(self._make_row(unit, raw, values, ["the row has no values"], False))
+                        emitted += 1
+                        continue
                     if errors and self.job.reask:
                         invalid.append((raw, errors))
                         continue

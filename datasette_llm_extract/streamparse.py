@@ -41,6 +41,7 @@ class RowStreamParser:
         self.rows: list[dict] = []
         self.errors: list[str] = []
         self._skipped_items = 0
+        self._saw_json = False  # a JSON value without rows was seen and skipped
 
     # The row object is captured character by character between its braces.
     def feed(self, delta: str) -> list[dict]:
@@ -104,7 +105,10 @@ class RowStreamParser:
                         self.rows.append(row)
                         out.append(row)
                 if not self._stack:
-                    self._done = True
+                    if not self.rows and (self._rows_depth is None or self._skipped_items):
+                        self._restart()  # prose like "{note}" or "[1]" before the real JSON
+                    else:
+                        self._done = True
                 continue
             if not self._started:
                 continue
@@ -121,6 +125,15 @@ class RowStreamParser:
             ):
                 self._skipped_items += 1
         return out
+
+    def _restart(self) -> None:
+        self._stack = []
+        self._started = False
+        self._rows_depth = None
+        self._last_key = None
+        self._expect_value = False
+        self._skipped_items = 0
+        self._saw_json = True
 
     def _parse_row(self, text: str) -> dict | None:
         try:
@@ -142,7 +155,8 @@ class RowStreamParser:
         errors = list(self.errors)
         truncated = False
         if not self._started:
-            errors.append("the answer contained no JSON object")
+            errors.append(f"the answer had no {self.rows_key!r} list" if self._saw_json
+                          else "the answer contained no JSON object")
         elif not self._done:
             truncated = True
             errors.append(

@@ -336,3 +336,24 @@ async def test_through_openai_compatible_http_server():
     assert body["response_format"]["json_schema"]["schema"]["properties"]["rows"]["items"]["required"] == [
         "name", "age", "source_quote"]
     assert events[-1].usage["input_tokens"] > 0
+
+
+async def test_empty_rows_reported_invalid_without_reask(gateway, scripted_model):
+    spec = validate_table_spec({"columns": ["name", {"name": "age", "type": "integer"}]})
+    scripted_model.enqueue(answer({"name": None, "age": None, "source_quote": ""},
+                                  {"name": "Ann", "age": None, "source_quote": "Ann"}))
+    events = await collect(gateway, ExtractionJob(spec=spec, documents=[Document.from_text("Ann")]))
+    rows = [e for e in events if isinstance(e, RowExtracted)]
+    assert len(scripted_model.requests) == 1
+    assert rows[0].valid is False and rows[0].errors == ["the row has no values"]
+    assert rows[1].valid
+
+
+async def test_long_pdf_with_text_is_chunked_even_for_pdf_models(gateway, scripted_model):
+    text = "\n\n".join(f"Page {i} mentions Person{i} aged {i}." for i in range(30))
+    pdf = Document(name="long.pdf", kind="pdf", text=text, data=b"%PDF-1.4", media_type="application/pdf", pages=30)
+    scripted_model.responder = lambda request: answer()
+    events = await collect(gateway, ExtractionJob(spec=SPEC, documents=[pdf], chunk_chars=300, overlap=0))
+    assert events[0].chunks_total > 1
+    from datasette_llm_core.types import PdfPart
+    assert not any(isinstance(p, PdfPart) for r in scripted_model.requests for p in r.messages[-1].parts)

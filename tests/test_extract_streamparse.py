@@ -103,3 +103,10 @@ def test_any_truncation_keeps_a_prefix_of_rows(rows, cut):
         assert "no JSON" in result.errors[0]
     else:
         assert result.truncated == (cut < len(text))
+
+
+def test_prose_with_braces_before_the_json():
+    text = 'Here is {the} data [1] you asked for:\n```json\n{"rows": [{"a": 1}]}\n```'
+    result = parse_rows(text)
+    assert result.rows == [{"a": 1}] and result.errors == []
+    assert parse_rows('{"rows": []}').errors == []
