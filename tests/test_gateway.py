@@ -350,3 +350,25 @@ async def test_model_without_streaming_is_streamed_as_one_delta(two_models):
     events = [e async for e in gw.stream(req(), purpose="answer", prompt_version="x")]
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["whole answer"]
     assert isinstance(events[-1], StreamEnd) and events[-1].call_id
+
+
+async def test_readme_models_config_example(monkeypatch, fake_api_keys):
+    """The README's configuration example parses and builds the models it promises."""
+    import yaml
+
+    from .test_docs import tagged_block
+
+    config = yaml.safe_load(tagged_block("models-config"))["plugins"]["datasette-llm-newsroom"]
+    config["state_database"] = ":memory:"
+    ds = Datasette(memory=True, metadata={"plugins": {"datasette-llm-newsroom": config}})
+    gw, _ = await gateway(ds)
+    ids = {m.model_id: m for m in gw.chat_models()}
+    assert {"gpt-4.1-mini", "claude", "local"} <= set(ids)
+    assert ids["gpt-4.1-mini"].connection.api_key("gpt-4.1-mini") == fake_api_keys["OPENAI_API_KEY"]
+    assert ids["local"].supports_schema and not ids["local"].supports_images
+    assert gw.default_chat_model("answer").model_id == "claude"
+    request = ChatRequest(messages=[Message.user("x")], json_schema={"type": "object"})
+    chain = gw.fallback_models("extract", gw.default_chat_model("extract"), request)
+    assert [m.model_id for m in chain] == ["gpt-4.1-mini", "claude", "local"]
+    assert gw.new_budget().max_cost == 0.5
+    assert gw.get_embedding_model("openai-small").dimensions == 1536
