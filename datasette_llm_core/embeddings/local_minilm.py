@@ -163,11 +163,13 @@ class LocalMiniLM(EmbeddingModel):
         threads: int | None = None,
         batch_size: int = 64,
         expected_sha256: str = EXPECTED_SHA256,
+        sort_by_length: bool = True,
     ) -> None:
         self._model_path = str(model_path) if model_path is not None else None
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
         self.expected_sha256 = expected_sha256
+        self.sort_by_length = sort_by_length  # False only for benchmarks' baseline
 
     # The gateway calls this before logging a call: a missing package is an
     # operator mistake, reported with the install command.
@@ -200,7 +202,9 @@ class LocalMiniLM(EmbeddingModel):
             return np.zeros((0, DIMENSIONS), dtype=np.float32), 0
         runtime = self._runtime()
         ids = [e.ids for e in runtime.tokenizer.encode_batch(texts)]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        order = list(range(len(ids)))
+        if self.sort_by_length:
+            order.sort(key=lambda i: len(ids[i]))
         out = np.empty((len(ids), DIMENSIONS), dtype=np.float32)
         step = max(1, self.batch_size)
         for start in range(0, len(order), step):
