@@ -351,7 +351,9 @@ class Gateway:
                 if budget is not None:
                     budget.settle(reservation, usage.input_tokens + usage.output_tokens, record.cost_usd)
                 await write_call(self.datasette, record, self.secrets)
-                yield StreamEnd(usage=usage, finish_reason=end.finish_reason, call_id=record.id)
+                yield StreamEnd(
+                    usage=usage, finish_reason=end.finish_reason, call_id=record.id, model_id=model.model_id
+                )
                 return
 
     async def complete(

@@ -111,6 +111,8 @@ class StreamEnd:
     finish_reason: str | None = None  # "stop", "length", "tool_use", ...
     #: Id of the call-log row of this call (set by the gateway).
     call_id: str | None = None
+    #: Model that answered (set by the gateway; differs from the one asked after a fallback).
+    model_id: str | None = None
 
 
 StreamEvent = Union[TextDelta, StreamEnd]

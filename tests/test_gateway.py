@@ -121,6 +121,7 @@ async def test_fallback_after_retries_run_out(two_models):
         if isinstance(e, TextDelta):
             text += e.text
     assert text == "from backup"
+    assert e.model_id == "backup"  # the StreamEnd says who answered
     assert sleep.delays == [0.1]
     rows = await calls(ds)
     assert [(r["model_id"], r["outcome"]) for r in rows] == [
