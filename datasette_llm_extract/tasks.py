@@ -40,9 +40,15 @@ class RunHandle:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def wait(self, timeout: float) -> None:
+    def changed(self) -> asyncio.Event:
+        """Take this before reading the database, then ``wait(event)``: a
+        notification in between sets the taken event, so none is lost."""
+        return self._changed
+
+    @staticmethod
+    async def wait(event: asyncio.Event, timeout: float) -> None:
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
         except asyncio.TimeoutError:
             pass
 

@@ -478,6 +478,7 @@ async def run_events(datasette, request, send, receive):
         finished = False
         while not finished and not disconnected.is_set() and time.monotonic() < deadline:
             handle = tasks.handle_for(run_id)
+            changed = handle.changed() if handle is not None else None
             events = await runs.events_after(state, run_id, after)
             for event in events:
                 after = event["seq"]
@@ -497,7 +498,7 @@ async def run_events(datasette, request, send, receive):
             if handle is None:  # stuck "running" without a task here: poll slowly
                 await asyncio.sleep(1.0)
             else:
-                await handle.wait(SSE_KEEPALIVE)
+                await handle.wait(changed, SSE_KEEPALIVE)
             if not await runs.events_after(state, run_id, after, limit=1):
                 await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -86,7 +86,7 @@ def state_rows(tmp_path, sql: str, params=()) -> list:
         conn.close()
 
 
-async def wait_run(ds, run_id: str, cookie: dict, timeout: float = 10.0) -> dict:
+async def wait_run(ds, run_id: str, cookie: dict, timeout: float = 30.0) -> dict:
     async def finished():
         r = await ds.client.get(f"/-/llm-extract/api/runs/{run_id}", cookies=cookie)
         data = r.json()

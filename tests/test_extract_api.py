@@ -198,20 +198,25 @@ async def test_immutable_database_is_refused_clearly(tmp_path, fake_models):
     assert "Extract data into a new table" not in r.text
 
 
-async def test_provider_error_and_non_json_output_fail_clearly(ds, tmp_path, scripted_model):
+async def test_provider_error_and_non_json_output_fail_clearly(tmp_path, fake_models, scripted_model):
+    ds = make_ds(tmp_path, plugin={"retries": {"max_attempts": 1}})
+    await ds.invoke_startup()
+    jar = cookies(ds, "root")
     scripted_model.enqueue(ModelError("The provider is overloaded (HTTP 529): try again later.", status=529))
-    r = await start(ds, "root", scripted_model, "I'm sorry, I can't produce JSON today.")
-    # the queue order: the error answers the first request; the prose is left for the next run
-    run = await wait_run(ds, r.json()["id"], cookies(ds, "root"))
+    r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
+        "database": "news", "table": "people", "create": True, "schema": PEOPLE, "text": "Ann", "model": "scripted"})
+    run = await wait_run(ds, r.json()["id"], jar)
     assert run["status"] == "failed" and run["rows"] == []
-    page = await ds.client.get(f"/-/llm-extract/runs/{run['id']}", cookies=cookies(ds, "root"))
+    page = await ds.client.get(f"/-/llm-extract/runs/{run['id']}", cookies=jar)
     assert "Resume" in page.text and "Discard" in page.text
-    events = await ds.client.get(f"/-/llm-extract/runs/{run['id']}/events", cookies=cookies(ds, "root"))
+    events = await ds.client.get(f"/-/llm-extract/runs/{run['id']}/events", cookies=jar)
     assert "overloaded" in events.text and "ChunkFailed" in events.text
-    r = await ds.client.post("/-/llm-extract/api/runs", cookies=cookies(ds, "root"), json={
+
+    scripted_model.enqueue("I'm sorry, I can't produce JSON today.")
+    r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
         "database": "news", "table": "people2", "create": True, "schema": PEOPLE, "text": "Ann", "model": "scripted"})
-    run = await wait_run(ds, r.json()["id"], cookies(ds, "root"))
-    events = await ds.client.get(f"/-/llm-extract/runs/{run['id']}/events", cookies=cookies(ds, "root"))
+    run = await wait_run(ds, r.json()["id"], jar)
+    events = await ds.client.get(f"/-/llm-extract/runs/{run['id']}/events", cookies=jar)
     assert run["status"] == "failed" and "could not be read as rows" in events.text
     assert not sqlite3.connect(tmp_path / "news.db").execute(
         "select 1 from sqlite_master where name in ('people', 'people2')").fetchone()

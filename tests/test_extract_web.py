@@ -177,7 +177,7 @@ async def test_rows_stream_over_sse_as_they_arrive_and_replay_after_reload(ds, s
         "headers": [(b"host", b"localhost"), (b"cookie", f"ds_actor={jar['ds_actor']}".encode())],
         "client": ("127.0.0.1", 1234), "server": ("localhost", 80),
     }
-    await asyncio.wait_for(ds.app()(scope, receive, send), 10)
+    await asyncio.wait_for(ds.app()(scope, receive, send), 30)
     kinds = [k for _, k in arrivals]
     assert kinds[0] == "RunStarted" and kinds[-1] == "RunStatus"
     assert kinds.count("RowExtracted") == 3
