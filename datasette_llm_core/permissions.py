@@ -35,8 +35,9 @@ also registered natively, so ``permissions:`` blocks in datasette.yaml work
 too (and can deny, e.g. ``llm-search: false`` on a database).
 
 The state database (``llm_newsroom``) holds the call log and everyone's runs:
-viewing it, its tables and queries, and running SQL against it are denied to
-actors without ``llm-view-log``.
+viewing or downloading it, its tables and queries, and running SQL against it
+are denied to actors without ``llm-view-log``; Datasette's write actions on it
+(insert-row, execute-write-sql, ...) are denied to everyone but root.
 """
 
 from __future__ import annotations
@@ -67,7 +68,32 @@ ACTION_SCOPES = {
 DEFAULT_ALLOWED = frozenset({"llm-search"})
 
 #: Datasette actions on the state database that need ``llm-view-log``.
-STATE_DB_GUARDED = ("view-database", "view-table", "view-query", "execute-sql")
+STATE_DB_READ = (
+    "view-database",
+    "view-database-download",
+    "view-table",
+    "view-query",
+    "execute-sql",
+)
+#: Datasette 1.0 write actions, refused on the state database to all but root:
+#: the call log is an audit trail (grants like ``insert-row: true`` at instance
+#: level must not reach it).
+STATE_DB_WRITE = (
+    "execute-write-sql",
+    "create-table",
+    "create-view",
+    "store-query",
+    "insert-row",
+    "delete-row",
+    "update-row",
+    "alter-table",
+    "set-column-type",
+    "drop-table",
+    "drop-view",
+    "update-query",
+    "delete-query",
+)
+STATE_DB_GUARDED = STATE_DB_READ + STATE_DB_WRITE
 
 STATE_DB_NAME = "llm_newsroom"  # same as state.STATE_DB_NAME (no import cycle)
 
@@ -342,6 +368,8 @@ async def permission_allowed_065(datasette, actor, action, resource):
     if action in STATE_DB_GUARDED:
         database = resource[0] if isinstance(resource, (tuple, list)) else resource
         if database == STATE_DB_NAME:
+            if action in STATE_DB_WRITE:
+                return None if is_root(actor) else False
             if not await datasette.permission_allowed(actor, "llm-view-log", default=False):
                 return False
     return None
@@ -379,14 +407,21 @@ async def permission_resources_sql_v1(datasette, actor, action):
             )
         return PermissionSQL(sql="\nUNION ALL\n".join(selects), params=params)
     if action in STATE_DB_GUARDED:
-        if await datasette.allowed(action="llm-view-log", actor=actor):
+        if action in STATE_DB_WRITE:
+            if is_root(actor):
+                return None
+        elif await datasette.allowed(action="llm-view-log", actor=actor):
             return None
         return PermissionSQL(
             sql="SELECT :llmnr_state_db AS parent, NULL AS child, 0 AS allow, "
             ":llmnr_state_reason AS reason",
             params={
                 "llmnr_state_db": STATE_DB_NAME,
-                "llmnr_state_reason": "the LLM state database needs llm-view-log",
+                "llmnr_state_reason": (
+                    "the LLM state database is written by the suite only"
+                    if action in STATE_DB_WRITE
+                    else "the LLM state database needs llm-view-log"
+                ),
             },
         )
     return None

@@ -341,3 +341,43 @@ def test_the_running_line_calls_our_permission_hook():
     else:
         assert "permission_allowed" in verified
         assert not {"register_actions", "permission_resources_sql"} & verified
+
+
+
+@pytest.mark.skipif(not V1, reason="the write API is a Datasette 1.0 feature")
+async def test_instance_wide_write_grants_do_not_reach_the_state_db(tmp_path):
+    from datasette.resources import DatabaseResource, TableResource
+
+    ds = make_datasette(
+        tmp_path,
+        config_extra={"permissions": {"insert-row": True, "execute-write-sql": {"id": "editor"}}},
+    )
+    await ds.invoke_startup()
+    editor = {"id": "editor"}  # may read the log (llm-view-log), not write it
+    assert await ds.allowed(action="insert-row", resource=TableResource("newsroom", "t"), actor=None)
+    for actor in (None, editor):
+        assert not await ds.allowed(
+            action="insert-row", resource=TableResource(P.STATE_DB_NAME, "llm_calls"), actor=actor
+        )
+    assert await ds.allowed(
+        action="execute-write-sql", resource=DatabaseResource("newsroom"), actor=editor
+    )
+    assert not await ds.allowed(
+        action="execute-write-sql", resource=DatabaseResource(P.STATE_DB_NAME), actor=editor
+    )
+    assert await P.can_view(ds, editor, P.STATE_DB_NAME, "llm_calls")
+
+
+async def test_write_guard_on_065_refuses_non_root():
+    # 0.65 has no write API; plugins that add one use these names too.
+    class FakeDatasette:  # the write branch must not consult anything else
+        pass
+
+    async def check(actor, database=P.STATE_DB_NAME):
+        return await P.permission_allowed_065(
+            FakeDatasette(), actor, "insert-row", (database, "llm_calls")
+        )
+
+    assert await check({"id": "editor"}) is False
+    assert await check({"id": "root"}) is None
+    assert await check({"id": "editor"}, "newsroom") is None
