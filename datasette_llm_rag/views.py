@@ -54,9 +54,14 @@ def ask_url(datasette, database: str | None = None, **params) -> str:
 
 
 def rag_url(datasette, *parts: str) -> str:
+    """``/-/llm-rag/<parts>``: names are tilde-encoded, endpoint file names
+    (``ask.json``) are not."""
     from datasette.utils import tilde_encode
 
-    return datasette.urls.path(RAG_PREFIX + "".join("/" + tilde_encode(p) for p in parts))
+    endpoints = {"ask.json", "search.json", "feedback.json"}
+    return datasette.urls.path(
+        RAG_PREFIX + "".join("/" + (p if p in endpoints else tilde_encode(p)) for p in parts)
+    )
 
 
 def similar_url(datasette, database: str, table: str, pk_path: str) -> str:
@@ -207,6 +212,12 @@ async def ask_page(datasette, request):
             urls_index=rag_url(datasette, "index", database),
         )
         context["can_index"] = await _can(datasette, actor, "llm-index", database)
+        # Answer at once when arriving from a question box on this site (the
+        # browser says so with Sec-Fetch-Site); a link from elsewhere only searches.
+        context["autostart"] = bool(
+            context["answers"] and question and request.args.get("ask") == "1"
+            and request.headers.get("sec-fetch-site") == "same-origin"
+        )
         if question and context["error"] is None:
             try:
                 context["retrieval"] = await retrieve(

@@ -198,3 +198,29 @@ async def test_no_chat_model_is_semantic_search_with_setup_note(tmp_path):
         assert "Search</button>" in page.text
     finally:
         pm.unregister(name="embed-only-plugin")
+
+
+async def test_page_config_urls_work_and_autostart_only_from_this_site(ds, scripted_model):
+    import html as html_lib
+    import json
+
+    alice = cookies(ds, "alice")
+    page = await ds.client.get("/-/llm-ask/news?q=bridge+repairs&ask=1", cookies=alice,
+                               headers={"sec-fetch-site": "same-origin"})
+    config = json.loads(html_lib.unescape(re.search(r"data-config='([^']*)'", page.text).group(1)))
+    assert config["autostart"] is True and config["answers"] is True
+    cross = await ds.client.get("/-/llm-ask/news?q=bridge+repairs&ask=1", cookies=alice,
+                                headers={"sec-fetch-site": "cross-site"})
+    cross_config = json.loads(
+        html_lib.unescape(re.search(r"data-config='([^']*)'", cross.text).group(1))
+    )
+    assert cross_config["autostart"] is False
+    # the URLs handed to the page's script are the real endpoints
+    scripted_model.enqueue("Delayed [1].")
+    r = await post_json(ds, config["ask"], {"q": "bridge repairs delayed"}, "alice")
+    assert r.status_code == 200 and r.json()["cited"] == [1]
+    fb = await post_json(ds, config["feedback"], {"answer_id": r.json()["answer_id"], "rating": "up"},
+                         "alice")
+    assert fb.status_code == 200
+    s = await ds.client.get(config["search"] + "?q=bridge", cookies=alice)
+    assert s.status_code == 200 and s.json()["rows"]

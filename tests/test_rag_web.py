@@ -114,7 +114,7 @@ async def test_progress_is_live_and_survives_reload(tmp_path, fake_models):
         assert job["done"] < 7
         # a fresh page load shows the job from the state database
         page = await ds.client.get("/-/llm-rag/index/news", cookies=cookies(ds, "root"))
-        assert "running" in page.text and 'data-job="' in page.text
+        assert "running" in page.text and "data-job='" in page.text
         # a second start while running returns the same job
         again = await post_json(ds, "/-/llm-rag/index/news", {}, "root",
                                 headers={"accept": "application/json"})

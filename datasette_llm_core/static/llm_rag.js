@@ -198,10 +198,8 @@
     });
     note.textContent = response.ok ? "Thank you: feedback saved." : "Feedback could not be saved.";
   });
-  /* Arriving from a question box on another page of this site: answer at once. */
-  var params = new URLSearchParams(window.location.search);
-  var fromHere = document.referrer && document.referrer.indexOf(window.location.origin + "/") === 0;
-  if (config.answers && params.get("ask") === "1" && params.get("q") && fromHere) {
-    ask(params.get("q"));
-  }
+  /* Arriving from a question box on another page of this site: answer at once
+   * (the server decides, from the browser's Sec-Fetch-Site header). */
+  var initial = form.querySelector("textarea[name=q]").value.trim();
+  if (config.autostart && initial) ask(initial);
 })();
