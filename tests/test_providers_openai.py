@@ -357,3 +357,20 @@ async def test_reasoning_models_get_no_temperature(server, fake_api_keys):
     body = server.requests[0].body
     assert "temperature" not in body and body["max_completion_tokens"] == 4096
     assert gw.get_chat_model("g5").input_cost_per_mtok == 0.25
+
+
+def test_parse_retry_after_forms():
+    import datetime as dt
+    import email.utils
+
+    from datasette_llm_core.providers.base import parse_retry_after
+
+    assert parse_retry_after({"retry-after": "7"}) == 7.0
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+    seconds = parse_retry_after({"retry-after": email.utils.format_datetime(future, usegmt=True)})
+    assert 25 <= seconds <= 31
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({"retry-after": "99999"}) is None  # nonsense is ignored
+    assert parse_retry_after({}) is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models import EmbeddingModel
+from ..providers.base import timeout_kwargs
 from ..providers.openai_models import OpenAIProvider
 
 
@@ -51,7 +52,7 @@ class OpenAIEmbeddingModel(EmbeddingModel):
         if self.request_dimensions and self.dimensions:
             kwargs["dimensions"] = self.dimensions
         try:
-            response = await client.embeddings.create(**kwargs, timeout=self.timeout)
+            response = await client.embeddings.create(**kwargs, **timeout_kwargs(self.timeout))
         except openai.APIError as e:
             raise self.connection.model_error(e, self.model_id) from e
         ordered = sorted(response.data, key=lambda d: d.index)

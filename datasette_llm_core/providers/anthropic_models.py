@@ -30,6 +30,7 @@ from ..types import (
     Usage,
 )
 from .base import Provider
+from .base import timeout_kwargs as _timeout
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -186,7 +187,7 @@ class AnthropicChatModel(ChatModel):
         in_tool = False
         try:
             stream = await client.messages.create(
-                **self.params(request), stream=True, timeout=timeout or self.timeout
+                **self.params(request), stream=True, **_timeout(timeout or self.timeout)
             )
             try:
                 async for event in stream:
@@ -229,7 +230,7 @@ class AnthropicChatModel(ChatModel):
         client = self.connection.client(self.model_id)
         try:
             message = await client.messages.create(
-                **self.params(request), timeout=timeout or self.timeout
+                **self.params(request), **_timeout(timeout or self.timeout)
             )
         except anthropic.APIError as e:
             raise self.connection.model_error(e, self.model_id) from e

@@ -97,6 +97,11 @@ class Provider:
                          secrets=self.secrets(), base_url=self.base_url)
 
 
+def timeout_kwargs(timeout: float | None) -> dict:
+    """``{"timeout": t}`` for an SDK call, or nothing (an explicit None disables timeouts)."""
+    return {"timeout": timeout} if timeout else {}
+
+
 def parse_retry_after(headers) -> float | None:
     """Seconds asked for by ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
     if headers is None:

@@ -29,6 +29,7 @@ from ..types import (
     Usage,
 )
 from .base import Provider
+from .base import timeout_kwargs as _timeout
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
 #: Reasoning model families that reject any temperature but the default.
@@ -217,7 +218,7 @@ class OpenAIChatModel(ChatModel):
                 **self.params(request),
                 stream=True,
                 stream_options={"include_usage": True},
-                timeout=timeout or self.timeout,
+                **_timeout(timeout or self.timeout),
             )
             try:
                 async for chunk in stream:
@@ -248,7 +249,7 @@ class OpenAIChatModel(ChatModel):
         client = self.connection.client(self.model_id)
         try:
             response = await client.chat.completions.create(
-                **self.params(request), timeout=timeout or self.timeout
+                **self.params(request), **_timeout(timeout or self.timeout)
             )
         except openai.APIError as e:
             raise self.connection.model_error(e, self.model_id) from e
