@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "build"), help="output directory")
     args = parser.parse_args()
     paths = build(Path(args.out))
-    for name, path in paths.items():
+    for path in paths.values():
         tables = sqlite_utils.Database(path).table_names()
         visible = [t for t in tables if not t.startswith(tuple(f"{x}_fts" for x in tables))]
         print(f"{path}: {len(visible)} tables")

@@ -40,6 +40,25 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.browser)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.browser_failed = report.failed
+
+
+def _save_failure(request, page, name: str) -> None:
+    """On a failed test, keep a screenshot of the page and say where it is."""
+    if getattr(request.node, "browser_failed", False):
+        path = Path(os.environ.get("BROWSER_FAILURES", "/tmp")) / f"{request.node.name}-{name}.png"
+        try:
+            page.screenshot(path=str(path), full_page=True)
+            print(f"\nscreenshot of the failed page ({page.url}): {path}")
+        except Exception:
+            pass
+
+
 def _skip_reason() -> str | None:
     if importlib.util.find_spec("playwright") is None:
         return "playwright is not installed: pip install -e '.[test]'"
@@ -88,6 +107,9 @@ class DatasetteServer:
     def url(self, path: str) -> str:
         return self.base_url + path
 
+    def log(self) -> str:
+        return (self.workdir / "datasette.log").read_text(encoding="utf-8", errors="replace")
+
     def actor_cookie(self, actor: dict) -> dict:
         """A signed ds_actor cookie for ``actor`` (the server shares our secret)."""
         from datasette.app import Datasette
@@ -125,6 +147,7 @@ def datasette_server(tmp_path_factory, fake_llm):
     settings["models"] = [{
         "id": "fake", "label": "Fake model (test server)", "provider": "openai-compatible",
         "model": "fake-model", "base_url": fake_llm.base_url, "api_key_env": "FAKE_LLM_KEY",
+        "supports": ["streaming", "schema", "images"],
     }]
     settings["defaults"] = {"extract": "fake", "answer": "fake"}
     settings["retries"] = {"max_attempts": 1}
@@ -149,7 +172,9 @@ def datasette_server(tmp_path_factory, fake_llm):
     except Exception:
         proc.kill()
         log.close()
-        raise RuntimeError("Datasette failed to start:\n" + (workdir / "datasette.log").read_text())
+        raise RuntimeError(
+            "Datasette failed to start:\n" + (workdir / "datasette.log").read_text()
+        ) from None
     assert "/-/auth-token?token=" in login, login
     server = DatasetteServer(base_url, login, workdir, proc)
     yield server
@@ -206,21 +231,32 @@ def problems():
 
 
 @pytest.fixture
-def anon_page(browser, datasette_server, problems):
+def anon_page(request, browser, datasette_server, problems):
     context, page = _new_page(browser, problems)
     yield page
+    _save_failure(request, page, "anon")
     context.close()
 
 
-@pytest.fixture
-def root_page(browser, datasette_server, problems):
-    """A page signed in as root through the login link Datasette printed."""
-    context, page = _new_page(browser, problems)
+@pytest.fixture(scope="session")
+def root_cookies(browser, datasette_server) -> list[dict]:
+    """Sign in once through the login link Datasette printed (its token is single-use)."""
+    context = browser.new_context()
+    page = context.new_page()
     page.goto(datasette_server.root_login_url)
     page.wait_for_load_state()
-    cookies = {c["name"] for c in context.cookies()}
-    assert "ds_actor" in cookies, "the --root login link did not sign us in"
+    cookies = context.cookies()
+    context.close()
+    assert any(c["name"] == "ds_actor" for c in cookies), "the --root login link did not sign us in"
+    return cookies
+
+
+@pytest.fixture
+def root_page(request, browser, datasette_server, root_cookies, problems):
+    """A page signed in as root."""
+    context, page = _new_page(browser, problems, root_cookies)
     yield page
+    _save_failure(request, page, "root")
     context.close()
 
 
