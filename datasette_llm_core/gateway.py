@@ -136,7 +136,14 @@ class Gateway:
         for model_id in self.settings.fallback_chain(purpose):
             if model_id == primary.model_id or any(m.model_id == model_id for m in chain):
                 continue
-            model = self.get_chat_model(model_id)
+            if model_id not in self._chat:
+                known = ", ".join(sorted(self._chat))
+                raise ConfigError(
+                    f"The fallback chain for {purpose!r} names {model_id!r}, which is not a "
+                    f"registered chat model (available: {known}). Fix plugins: "
+                    "datasette-llm-newsroom: fallback, or set the API key that enables it."
+                )
+            model = self._chat[model_id]
             try:
                 model.check(request)
                 _ensure_ready(model)

@@ -373,3 +373,13 @@ async def test_readme_models_config_example(monkeypatch, fake_api_keys):
     assert [m.model_id for m in chain] == ["gpt-4.1-mini", "claude", "local"]
     assert gw.new_budget().max_cost == 0.5
     assert gw.get_embedding_model("openai-small").dimensions == 1536
+
+
+async def test_unknown_fallback_model_is_config_error(two_models):
+    primary, _ = two_models
+    ds = make_ds(defaults={"answer": "primary"}, fallback={"answer": ["claude-typo"]})
+    gw, _ = await gateway(ds)
+    with pytest.raises(ConfigError) as info:
+        await gw.complete(req(), purpose="answer", prompt_version="x")
+    assert "claude-typo" in str(info.value) and "fallback" in str(info.value)
+    assert primary.requests == []
