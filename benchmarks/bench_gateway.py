@@ -1,6 +1,6 @@
 """What the gateway costs per call: call-log write, budget, retries bookkeeping.
 
-    python benchmarks/bench_gateway.py [--calls 300] [--concurrency 16] [--model-ms 0]
+    python benchmarks/bench_gateway.py [--calls 300] [--concurrency 16] [--model-ms 0] [--wal]
 
 A scripted in-process model answers instantly (or after --model-ms), so the
 numbers are the gateway's own overhead. Baseline: the same model called
@@ -42,6 +42,16 @@ async def main(args) -> None:
             metadata={"plugins": {"datasette-llm-newsroom": {"state_database": str(Path(tmp) / "s.db")}}},
         )
         await ds.invoke_startup()
+        if args.wal:
+            def wal(conn):
+                conn.execute("pragma journal_mode=wal")
+                conn.execute("pragma synchronous=normal")
+
+            db = ds.databases["llm_newsroom"]
+            try:  # Datasette 1.0 wraps writes in a transaction unless told not to
+                await db.execute_write_fn(wal, block=True, transaction=False)
+            except TypeError:
+                await db.execute_write_fn(wal, block=True)
         gw = await llm_gateway(ds)
         request = ChatRequest(messages=[Message.user("Senator Ada Lovelace (D) " * 20)])
 
@@ -95,4 +105,6 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--model-ms", type=float, default=0.0)
+    parser.add_argument("--wal", action="store_true",
+                        help="put the state database in WAL mode with synchronous=NORMAL first")
     asyncio.run(main(parser.parse_args()))
