@@ -14,6 +14,7 @@ import sqlite3
 import time
 from typing import Any, Iterable
 
+from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import register_migrations
 
 RUNNING = "running"
@@ -177,7 +178,8 @@ async def create_run(db, run: dict, documents: list[dict]) -> None:
         with conn:
             cols = list(run)
             conn.execute(
-                f"insert into llm_extract_runs ({', '.join(cols)}) values ({', '.join('?' for _ in cols)})",
+                f"insert into llm_extract_runs ({quote_identifiers(cols)}) "  # noqa: S608 - quoted names
+                f"values ({', '.join('?' for _ in cols)})",
                 [run[c] for c in cols],
             )
             for i, d in enumerate(documents):
@@ -202,11 +204,14 @@ async def update_run(db, run_id: str, **fields: Any) -> None:
     if unknown:
         raise ValueError(f"unknown run fields {unknown}")
     fields["updated_at"] = time.time()
-    sets = ", ".join(f"{k} = ?" for k in fields)
+    sets = ", ".join(f"{quote_identifier(k)} = ?" for k in fields)
 
     def fn(conn):
         with conn:
-            conn.execute(f"update llm_extract_runs set {sets} where id = ?", [*fields.values(), run_id])
+            conn.execute(
+                f"update llm_extract_runs set {sets} where id = ?",  # noqa: S608 - quoted names
+                [*fields.values(), run_id],
+            )
 
     await _write(db, fn)
 
@@ -313,9 +318,9 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
                     (json.dumps(data_with_idx, default=str), run_id, seq),
                 )
             if run_fields:
-                sets = ", ".join(f"{k} = ?" for k in run_fields)
+                sets = ", ".join(f"{quote_identifier(k)} = ?" for k in run_fields)
                 conn.execute(
-                    f"update llm_extract_runs set {sets}, updated_at = ? where id = ?",
+                    f"update llm_extract_runs set {sets}, updated_at = ? where id = ?",  # noqa: S608
                     [*run_fields.values(), now, run_id],
                 )
             return seq
@@ -329,7 +334,8 @@ async def delete_rows_of_documents(db, run_id: str, documents: list[int]) -> Non
     def fn(conn):
         with conn:
             conn.execute(
-                f"delete from llm_extract_rows where run_id = ? and document in ({', '.join('?' for _ in documents)})",
+                "delete from llm_extract_rows where run_id = ? and document in "  # noqa: S608 - placeholders
+                f"({', '.join('?' for _ in documents)})",
                 [run_id, *documents],
             )
 
@@ -452,7 +458,7 @@ async def examples_for_table(db, database: str, table: str, *, labels: Iterable[
                              limit: int = 1000) -> list[dict]:
     labels = list(labels)
     rows = await db.execute(
-        "select * from llm_extract_examples where database_name = ? and table_name = ?"
+        "select * from llm_extract_examples where database_name = ? and table_name = ?"  # noqa: S608
         f" and label in ({', '.join('?' for _ in labels)}) order by id desc limit ?",
         [database, table, *labels, limit],
     )
@@ -464,6 +470,34 @@ async def examples_for_table(db, database: str, table: str, *, labels: Iterable[
         d["after"] = json.loads(after) if after else None
         out.append(d)
     return out
+
+
+async def gold_documents(db, database: str, table: str, limit: int = 10_000) -> list[dict]:
+    """Reviewed rows grouped by source document, in the evaluate command's gold
+    format: ``{"id", "text", "records": [...], "rejected": [...]}``. Documents
+    kept only as a hash (images) have no text to evaluate on and are left out."""
+    rows = await db.execute(
+        "select e.run_id, e.row_idx, e.label, e.before_json, e.after_json, r.document,"
+        " d.name as document_name, d.text as document_text"
+        " from llm_extract_examples e"
+        " join llm_extract_rows r on r.run_id = e.run_id and r.idx = e.row_idx"
+        " join llm_extract_documents d on d.run_id = r.run_id and d.idx = r.document"
+        " where e.database_name = ? and e.table_name = ? and d.text is not null"
+        " order by e.run_id, r.document, e.row_idx limit ?",
+        [database, table, limit],
+    )
+    docs: dict[tuple[str, int], dict] = {}
+    for r in rows.rows:
+        key = (r["run_id"], r["document"])
+        doc = docs.setdefault(key, {
+            "id": f"{r['run_id']}-{r['document']}", "text": r["document_text"], "records": [],
+            "rejected": [], "run_id": r["run_id"], "document": r["document_name"],
+        })
+        if r["label"] == "rejected":
+            doc["rejected"].append(json.loads(r["before_json"]))
+        else:
+            doc["records"].append(json.loads(r["after_json"]))
+    return list(docs.values())
 
 
 async def count_examples(db, database: str, table: str) -> int:

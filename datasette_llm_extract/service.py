@@ -21,9 +21,17 @@ from . import runs, tasks
 from .documents import Document, InputError, load_upload
 from .engine import ExtractionJob, check_budget, estimate, plan_units
 from .prompts import PROMPT_VERSION
-from .schema import QUOTE_FIELD, SchemaError, TableSpec, row_model, spec_from_table, validate_row, validate_table_spec
+from .schema import (
+    QUOTE_FIELD,
+    SchemaError,
+    TableSpec,
+    row_model,
+    spec_from_table,
+    validate_row,
+    validate_table_spec,
+)
 from .settings import ExtractSettings, extract_settings
-from .writer import RUN_COLUMN, WriteError, delete_rows_fn, insert_rows_fn
+from .writer import WriteError, delete_rows_fn, insert_rows_fn
 
 MAX_EXISTING_KEYS = 200_000
 
@@ -140,7 +148,7 @@ def check_new_table_name(name: str) -> str:
 
 async def table_columns(db, table: str) -> list[dict]:
     result = await db.execute(f"pragma table_info({quote_identifier(table)})")
-    return [dict(zip(["cid", "name", "type", "notnull", "dflt_value", "pk"], tuple(r))) for r in result.rows]
+    return [dict(zip(["cid", "name", "type", "notnull", "dflt_value", "pk"], tuple(r), strict=False)) for r in result.rows]
 
 
 def _metadata_descriptions(datasette, database: str, table: str) -> dict:
@@ -233,7 +241,7 @@ async def _existing_keys(datasette, database: str, table: str, spec: TableSpec) 
     names = spec.key_columns or spec.column_names()
     db = datasette.databases[database]
     result = await db.execute(
-        f"select {quote_identifiers(names)} from {quote_identifier(table)} limit {MAX_EXISTING_KEYS}",
+        f"select {quote_identifiers(names)} from {quote_identifier(table)} limit {MAX_EXISTING_KEYS}",  # noqa: S608
         custom_time_limit=5000,
     )
     return [tuple(r) for r in result.rows]

@@ -304,7 +304,7 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
                 use_examples=values["use_examples"], direct_insert=form.get("direct_insert") == "on",
             )
             if form.get("save_template") == "on" and form.get("template_name").strip():
-                from .schema import validate_table_spec, SchemaError
+                from .schema import SchemaError, validate_table_spec
 
                 try:
                     spec_obj = validate_table_spec(req.spec)
@@ -709,7 +709,7 @@ async def api_run_action(datasette, request, receive):
 # --- examples export and templates ------------------------------------------------------------
 
 async def examples_export(datasette, request):
-    """Labelled rows as JSONL in the evaluate command's gold format."""
+    """Reviewed rows as JSONL in the evaluate command's gold format (one line per source document)."""
     database = tilde_decode(request.url_vars["database"])
     table = tilde_decode(request.url_vars["table"])
     if database not in datasette.databases:
@@ -717,19 +717,8 @@ async def examples_export(datasette, request):
     if not await permissions.allowed(datasette, request.actor, "llm-extract", database, table):
         raise Forbidden("You do not have permission to run LLM extraction on this table.")
     state = await state_db(datasette)
-    examples = await runs.examples_for_table(state, database, table, labels=("accepted", "edited", "rejected"),
-                                             limit=100_000)
-    by_run: dict[tuple[str, int], dict] = {}
-    lines = []
-    for ex in reversed(examples):
-        record = {
-            "id": f"{ex['run_id']}-{ex['row_idx']}", "text": ex.get("source_quote") or "",
-            "gold": ex["after"] if ex["label"] != "rejected" else None,
-            "label": ex["label"], "extracted": ex["before"], "run_id": ex["run_id"],
-        }
-        by_run[(ex["run_id"], ex["row_idx"])] = record
-        lines.append(json.dumps(record, ensure_ascii=False, default=str))
-    body = "\n".join(lines) + ("\n" if lines else "")
+    documents = await runs.gold_documents(state, database, table)
+    body = "".join(json.dumps(d, ensure_ascii=False, default=str) + "\n" for d in documents)
     filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{database}-{table}-examples.jsonl")
     return Response(body, content_type="application/x-ndjson; charset=utf-8",
                     headers={"content-disposition": f'attachment; filename="{filename}"'})
@@ -743,7 +732,7 @@ async def save_template(datasette, request, receive):
         if not actor:
             raise UserError("Sign in to save templates.", 403)
         allowed_somewhere = False
-        for name, db in datasette.databases.items():
+        for name in list(datasette.databases):
             if name != STATE_DB_NAME and await permissions.allowed(datasette, actor, "llm-extract", name):
                 allowed_somewhere = True
                 break

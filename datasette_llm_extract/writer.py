@@ -104,11 +104,11 @@ def _insert(conn, table, spec, new_table, rows, run_id, add_run_column):
     pk_columns = [c["name"] for c in sorted((c for c in columns if c["pk"]), key=lambda c: c["pk"])]
     insert_columns = spec.column_names() + ([RUN_COLUMN] if with_run else [])
     sql = (
-        f"insert into {quote_identifier(table)} ({quote_identifiers(insert_columns)}) "
+        f"insert into {quote_identifier(table)} ({quote_identifiers(insert_columns)}) "  # noqa: S608
         f"values ({', '.join('?' for _ in insert_columns)})"
     )
     out = []
-    for position, (idx, values) in enumerate(rows, 1):
+    for idx, values in rows:
         params = [_sql_value(values.get(c)) for c in spec.column_names()]
         if with_run:
             params.append(run_id)
@@ -131,7 +131,7 @@ def delete_rows_fn(table: str, pk_columns: list[str], pks: list[list]):
         if not table_exists(conn, table):
             raise WriteError(f"The table {table!r} no longer exists.")
         where = " and ".join(f"{quote_identifier(c)} = ?" for c in pk_columns)
-        sql = f"delete from {quote_identifier(table)} where {where}"
+        sql = f"delete from {quote_identifier(table)} where {where}"  # noqa: S608 - quoted names
         deleted = 0
         with conn:
             for pk in pks:

@@ -11,7 +11,15 @@ from datasette.plugins import pm
 from datasette_llm_core.errors import ModelError
 from datasette_llm_core.permissions import IS_V1 as V1
 
-from .extract_web_helpers import cookies, db_bytes, make_ds, post_form, rows_json, state_rows, wait_run
+from .extract_web_helpers import (
+    cookies,
+    db_bytes,
+    make_ds,
+    post_form,
+    rows_json,
+    state_rows,
+    wait_run,
+)
 
 PEOPLE = {"columns": [{"name": "name", "nullable": False}, {"name": "age", "type": "integer"}],
           "key_columns": ["name"]}

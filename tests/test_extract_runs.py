@@ -94,8 +94,8 @@ async def test_feedback_examples_in_later_prompts_and_jsonl_export(tmp_path, fak
     ds = make_ds(tmp_path, extract={"max_examples": 2})
     await ds.invoke_startup()
     jar = cookies(ds, "root")
-    scripted_model.enqueue(rows_json({"name": "Ann", "age": 30, "source_quote": "Ann is 31"},
-                                     {"name": "Bob", "age": 40, "source_quote": "Bob is 40"}))
+    scripted_model.enqueue(rows_json({"name": "Ann", "amount": 30, "source_quote": "Ann is 31"},
+                                     {"name": "Bob", "amount": 40, "source_quote": "Bob is 40"}))
     r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
         "database": "news", "table": "donors", "schema": {"columns": [{"name": "name"}, {"name": "amount", "type": "integer"}]},
         "text": "Ann gave 31. Bob gave 40.", "model": "scripted"})
@@ -106,10 +106,17 @@ async def test_feedback_examples_in_later_prompts_and_jsonl_export(tmp_path, fak
     assert r.status_code == 200, r.text
     export = await ds.client.get("/-/llm-extract/examples/news/donors.jsonl", cookies=jar)
     assert export.status_code == 200 and "attachment" in export.headers["content-disposition"]
-    records = [json.loads(line) for line in export.text.splitlines()]
-    assert {r["label"] for r in records} == {"edited", "rejected"}
-    edited = next(r for r in records if r["label"] == "edited")
-    assert edited["gold"]["amount"] == 31 and edited["text"] == "Ann is 31"
+    lines = [json.loads(line) for line in export.text.splitlines()]
+    assert len(lines) == 1  # one source document
+    assert lines[0]["text"] == "Ann gave 31. Bob gave 40."
+    assert lines[0]["records"] == [{"name": "Ann", "amount": 31}]
+    assert lines[0]["rejected"] == [{"name": "Bob", "amount": 40}]
+    # the evaluate command reads it as gold
+    from datasette_llm_extract.evaluate import load_gold
+
+    (tmp_path / "gold.jsonl").write_text(export.text)
+    gold = load_gold(tmp_path / "gold.jsonl")
+    assert gold[0].records == [{"name": "Ann", "amount": 31}] and gold[0].text.startswith("Ann gave")
 
     page = await ds.client.get("/-/llm-extract/into/news/donors", cookies=jar)
     assert "1 available" in page.text

@@ -11,9 +11,14 @@ import pytest
 
 from tests.fakes import Scripted
 
-from .conftest import wait_for
 from .extract_web_helpers import (
-    cookies, db_bytes, make_ds, post_form, rows_json, state_rows, wait_run,
+    cookies,
+    db_bytes,
+    make_ds,
+    post_form,
+    rows_json,
+    state_rows,
+    wait_run,
 )
 
 ROOT = "root"
