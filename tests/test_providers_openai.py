@@ -374,3 +374,27 @@ def test_parse_retry_after_forms():
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({"retry-after": "99999"}) is None  # nonsense is ignored
     assert parse_retry_after({}) is None
+
+
+async def test_models_cached_per_instance_and_rebuilt_on_config_change(server, fake_api_keys):
+    ds = ds_with(OPENAI)
+    gw1, _ = await setup(ds)
+    gw2 = await llm_gateway(ds)
+    assert gw1.get_chat_model("gpt") is gw2.get_chat_model("gpt")  # one SDK client per instance
+    other = ds_with(OPENAI)
+    gw3, _ = await setup(other)
+    assert gw3.get_chat_model("gpt") is not gw1.get_chat_model("gpt")
+
+
+def test_new_event_loop_gets_new_clients(server, fake_api_keys):
+    import asyncio
+
+    ds = ds_with(OPENAI)
+
+    async def model():
+        gw = await llm_gateway(ds)
+        return gw.get_chat_model("gpt"), gw.get_chat_model("gpt") is (await llm_gateway(ds)).get_chat_model("gpt")
+
+    first, same_within_loop = asyncio.run(model())
+    second, _ = asyncio.run(model())
+    assert same_within_loop and first is not second

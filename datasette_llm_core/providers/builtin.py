@@ -19,6 +19,7 @@ the configuration or those environment variables change.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import weakref
@@ -193,16 +194,31 @@ def _fingerprint(settings: Settings, environ) -> str:
     )
 
 
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _cached(datasette, settings: Settings, kind: str, build):
+    """Models for ``datasette``, rebuilt when config, env or the event loop change.
+
+    SDK clients hold connection pools bound to the loop they were used on, so a
+    new loop (a CLI calling ``asyncio.run`` twice) gets new clients.
+    """
     environ = os.environ
     key = _fingerprint(settings, environ)
+    loop = _running_loop()
     try:
         entry = _cache.setdefault(datasette, {})
     except TypeError:  # not weak-referenceable: build every time
         return build(environ)
-    if entry.get(kind, (None,))[0] != key:
-        entry[kind] = (key, build(environ))
-    return list(entry[kind][1])
+    cached = entry.get(kind)
+    if cached is None or cached[0] != key or cached[1]() is not loop:
+        loop_ref = weakref.ref(loop) if loop is not None else (lambda: None)
+        entry[kind] = (key, loop_ref, build(environ))
+    return list(entry[kind][2])
 
 
 def chat_models_for(datasette, settings: Settings) -> list[ChatModel]:
