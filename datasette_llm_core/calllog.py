@@ -218,6 +218,22 @@ async def calls_for_ref(datasette, ref: str) -> list[dict]:
     return [dict(r) for r in result.rows]
 
 
+async def usage_for_ref(datasette, ref: str) -> dict:
+    """Totals over every attempt logged with ``ref``: calls, tokens, cost, failures."""
+    db = await state_db(datasette)
+    result = await db.execute(
+        "select count(*) as calls, coalesce(sum(input_tokens), 0) as input_tokens,"
+        " coalesce(sum(output_tokens), 0) as output_tokens, sum(cost_usd) as cost_usd,"
+        " sum(outcome != 'ok') as failed_attempts, group_concat(distinct model_id) as models"
+        " from llm_calls where ref = ?",
+        [ref],
+    )
+    row = dict(result.first())
+    row["failed_attempts"] = row["failed_attempts"] or 0
+    row["models"] = sorted((row["models"] or "").split(",")) if row["models"] else []
+    return row
+
+
 async def get_call(datasette, call_id: str) -> dict | None:
     db = await state_db(datasette)
     result = await db.execute("select * from llm_calls where id = ?", [call_id])

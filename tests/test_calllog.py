@@ -13,6 +13,7 @@ from datasette_llm_core.calllog import (
     record_feedback,
     redact,
     secret_values,
+    usage_for_ref,
     write_call,
 )
 from datasette_llm_core.config import parse_settings
@@ -69,6 +70,8 @@ async def test_write_and_read_calls_by_ref():
     assert [r["id"] for r in rows] == [first.id, second.id]
     assert rows[0]["finished_at"] is not None
     assert (await get_call(ds, second.id))["input_tokens"] == 5
+    totals = await usage_for_ref(ds, "run-9")
+    assert (totals["calls"], totals["input_tokens"], totals["failed_attempts"]) == (2, 5, 1)
     assert await get_call(ds, "nope") is None
 
 
