@@ -26,6 +26,11 @@ def table_actions(datasette, actor, database, table):
 
 
 @hookimpl
+def menu_links(datasette, actor):
+    return hooks.menu_links(datasette, actor)
+
+
+@hookimpl
 def render_cell(value, column, datasette):
     return hooks.render_cell(value, column, datasette)
 

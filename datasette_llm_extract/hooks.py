@@ -63,6 +63,20 @@ def table_actions(datasette, actor, database, table):
     return inner
 
 
+def menu_links(datasette, actor):
+    async def inner():
+        if not actor:
+            return []
+        for name, db in list(datasette.databases.items()):
+            if name != STATE_DB_NAME and db.is_mutable and await permissions.allowed(
+                datasette, actor, "llm-extract", name
+            ):
+                return [{"href": datasette.urls.path(PREFIX), "label": "LLM extraction runs"}]
+        return []
+
+    return inner
+
+
 def render_cell(value, column, datasette):
     if column != RUN_COLUMN or not isinstance(value, str) or not RUN_ID_RE.match(value):
         return None

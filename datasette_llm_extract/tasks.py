@@ -132,13 +132,16 @@ async def _execute(datasette, run_id: str, job: ExtractionJob, actor: dict | Non
         await runs.update_run(db, run_id, status=runs.RUNNING)
         handle.notify()
         gateway = await llm_gateway(datasette)
-        async with asyncio.timeout(timeout):
+
+        async def consume():
             async for event in run_extraction(gateway, job, actor=actor, ref=run_id):
                 await _record(db, run_id, event, progress, doc_map)
                 handle.notify()
+
+        await asyncio.wait_for(consume(), timeout)
     except asyncio.CancelledError:
         status, error = "cancelled", "The run was cancelled; the rows extracted so far are kept for review."
-    except TimeoutError:
+    except asyncio.TimeoutError:
         status, error = "failed", (
             f"The run took longer than {timeout:.0f} seconds and was stopped; "
             "the rows extracted so far are kept for review."

@@ -146,16 +146,17 @@ def _model_options(models) -> list[dict]:
 
 
 def _columns_from_form(form) -> list[dict]:
-    """Builder rows ``col-<i>-<field>`` -> column dicts (rows without a name are skipped)."""
+    """Builder rows ``col-<i>-<field>`` -> column dicts (rows without a name are
+    skipped; unticked columns of an existing table come back with include=False)."""
     indexes = sorted({int(m.group(1)) for k in form.fields for m in [re.match(r"^col-(\d+)-name$", k)] if m})
     columns = []
     for i in indexes:
         name = form.get(f"col-{i}-name").strip()
         if not name:
             continue
-        if f"col-{i}-include-present" in form.fields and form.get(f"col-{i}-include") != "on":
-            continue
+        include = f"col-{i}-include-present" not in form.fields or form.get(f"col-{i}-include") == "on"
         columns.append({
+            "include": include,
             "name": name,
             "type": form.get(f"col-{i}-type", "text") or "text",
             "nullable": form.get(f"col-{i}-required") != "on",
@@ -167,9 +168,10 @@ def _columns_from_form(form) -> list[dict]:
 
 
 def _spec_from_columns(columns: list[dict]) -> dict:
+    chosen = [c for c in columns if c.get("include", True)]
     return {
-        "columns": [{k: v for k, v in c.items() if k not in ("key", "include")} for c in columns],
-        "key_columns": [c["name"] for c in columns if c.get("key")],
+        "columns": [{k: v for k, v in c.items() if k not in ("key", "include")} for c in chosen],
+        "key_columns": [c["name"] for c in chosen if c.get("key")],
     }
 
 
@@ -320,7 +322,9 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
             _raise_for(e)
             error = str(e)
             row_errors = e.row_errors
-        columns = _columns_for_form(_spec_from_columns(columns), include_all=True) if columns else columns
+        columns = [
+            {**c, "required": not c["nullable"], "choices": ", ".join(c["choices"])} for c in columns
+        ]
     models, default_model, model_message = await _chat_models(datasette)
     if not columns or (new_table and len(columns) < 3):
         columns = columns + [

@@ -57,6 +57,7 @@ async def test_action_menus_offer_extraction_to_allowed_users_only(ds):
     assert "/-/llm-extract/new/news" in r.text
     r = await ds.client.get("/news/donors", cookies=cookies(ds, ROOT))
     assert "Extract data into this table" in r.text
+    assert 'href="/-/llm-extract"' in r.text  # menu link to the runs page
     for actor in (None, "someone"):
         r = await ds.client.get("/news", cookies=cookies(ds, actor))
         assert "Extract data into a new table" not in r.text
@@ -207,6 +208,10 @@ async def test_existing_table_prefill_and_leaving_columns_out(ds, tmp_path, scri
             "col-1-name": "amount", "col-1-include-present": "1", "col-1-include": "on", "col-1-type": "integer",
             "col-2-name": "party", "col-2-include-present": "1", "col-2-type": "text",
             "text": "New Donor gave $1,200.", "model": "scripted"}
+    r = await post_form(ds, "/-/llm-extract/into/news/donors", {**form, "text": " "}, jar)
+    assert r.status_code == 400 and "Nothing to extract" in r.text
+    # the unticked column is still offered (unticked) when the form comes back
+    assert 'value="party"' in r.text and 'id="col-2-include" name="col-2-include" >' in r.text
     r = await post_form(ds, "/-/llm-extract/into/news/donors", form, jar)
     assert r.status_code == 302, r.text[-2000:]
     run_id = r.headers["location"].rsplit("/", 1)[-1]
