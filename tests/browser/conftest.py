@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -186,8 +187,11 @@ def datasette_server(tmp_path_factory, fake_llm):
     log.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module. Module scope, not session: while the sync
+    Playwright API is active its event loop counts as running in this thread,
+    which would break every pytest-asyncio test collected after the browser tests."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
@@ -239,16 +243,25 @@ def anon_page(request, browser, datasette_server, problems):
 
 
 @pytest.fixture(scope="session")
-def root_cookies(browser, datasette_server) -> list[dict]:
-    """Sign in once through the login link Datasette printed (its token is single-use)."""
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(datasette_server.root_login_url)
-    page.wait_for_load_state()
-    cookies = context.cookies()
-    context.close()
-    assert any(c["name"] == "ds_actor" for c in cookies), "the --root login link did not sign us in"
-    return cookies
+def root_cookies(datasette_server) -> list[dict]:
+    """Sign in once through the login link Datasette printed (its token is single-use)
+    and keep the ds_actor cookie it sets for every root page."""
+    import http.cookies
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        response = opener.open(datasette_server.root_login_url, timeout=10)
+    except urllib.error.HTTPError as e:  # the 302 to the homepage
+        response = e
+    jar = http.cookies.SimpleCookie()
+    for header in response.headers.get_all("Set-Cookie") or []:
+        jar.load(header)
+    assert "ds_actor" in jar, "the --root login link did not sign us in"
+    return [{"name": "ds_actor", "value": jar["ds_actor"].value, "url": datasette_server.base_url}]
 
 
 @pytest.fixture
