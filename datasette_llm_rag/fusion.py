@@ -1,8 +1,7 @@
-"""Ranking helpers: safe FTS5 queries from user text, and reciprocal rank fusion."""
+"""Ranking helpers: the stopword list and reciprocal rank fusion."""
 
 from __future__ import annotations
 
-import re
 from typing import Hashable, Iterable, Sequence
 
 # Common English function words: they match almost every row and only slow
@@ -20,42 +19,6 @@ STOPWORDS = frozenset(
     why will with would you your yours yourself yourselves
     """.split()
 )
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-#: Most terms put into one FTS query (long pasted questions stay fast).
-MAX_TERMS = 32
-
-
-def query_terms(text: str, *, stopwords: frozenset[str] = STOPWORDS) -> list[str]:
-    """Lower-cased word tokens of ``text`` without stopwords or repeats, in order."""
-    seen: list[str] = []
-    for word in _WORD.findall(text or ""):
-        word = word.lower()
-        if word in stopwords or word in seen:
-            continue
-        seen.append(word)
-    if not seen:  # a question made only of stopwords: keep them rather than nothing
-        for word in _WORD.findall(text or ""):
-            word = word.lower()
-            if word not in seen:
-                seen.append(word)
-    return seen[:MAX_TERMS]
-
-
-def fts_query(text: str, *, operator: str = "OR") -> str:
-    """An FTS5 MATCH expression that can never be a syntax error.
-
-    Every term is a double-quoted string (so ``AND``, ``NEAR(``, ``*``, ``"``
-    and column filters in user text are plain words), joined with OR so BM25
-    ranks rows by how many and how rare the matching terms are. Returns "" when
-    the text has no words at all (then there is nothing to search for).
-    """
-    if operator not in ("OR", "AND"):
-        raise ValueError("operator must be OR or AND")
-    terms = query_terms(text)
-    return f" {operator} ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
 
 def rrf(
     rankings: Sequence[Iterable[Hashable]],

@@ -35,7 +35,8 @@ from .sidecar import (
     read_meta,
     sidecar_path,
 )
-from .textbuild import build_text, chunk_text, text_hash
+from .lexical import term_counts
+from .textbuild import chunk_text, make_builder, text_hash
 
 EmbedFn = Callable[..., Awaitable[np.ndarray]]
 ProgressFn = Callable[[int, int], Any]
@@ -173,16 +174,20 @@ def _iter_source_rows(conn: sqlite3.Connection, plan: TablePlan) -> Iterable[tup
     )
     nkey = len(key_cols)
     dumps = json.dumps
+    build = make_builder(plan.config, value_cols)
     cursor = conn.execute(sql)
     while True:
-        rows = cursor.fetchmany(2000)
+        rows = cursor.fetchmany(5000)
         if not rows:
             break
         for row in rows:
+            if nkey == 1 and type(row[0]) is int:
+                pk = f"[{row[0]}]"  # same text as json.dumps([n]), much faster
+            else:
+                pk = dumps(list(row[:nkey]))
             values = row[nkey:]
-            text = build_text(plan.config, value_cols, values)
             title = values[title_at] if title_at is not None else None
-            yield dumps(list(row[:nkey])), text, (None if title is None else str(title))
+            yield pk, build(values), (None if title is None else str(title))
 
 
 # ---------------------------------------------------------------- planning
@@ -246,28 +251,69 @@ def _plan_work(
 # ---------------------------------------------------------------- writing
 
 
+class _Vocabulary:
+    """The sidecar's term ids, loaded once per refresh; new terms get new ids."""
+
+    def __init__(self, side: sqlite3.Connection) -> None:
+        self.ids: dict[str, int] = dict(side.execute("select term, id from terms"))
+        self.next_id = max(self.ids.values(), default=-1) + 1
+        self.pending: list[tuple[int, str]] = []
+
+    def encode(self, text: str) -> tuple[bytes, bytes, int]:
+        counts = term_counts(text)
+        ids = self.ids
+        tids = []
+        for term in counts:
+            tid = ids.get(term)
+            if tid is None:
+                tid = ids[term] = self.next_id
+                self.next_id += 1
+                self.pending.append((tid, term))
+            tids.append(tid)
+        return (
+            np.asarray(tids, np.uint32).tobytes(),
+            np.fromiter((min(c, 65535) for c in counts.values()), np.uint16, len(counts)).tobytes()
+            if counts else b"",
+            sum(counts.values()),
+        )
+
+    def flush(self, side: sqlite3.Connection) -> None:
+        if self.pending:
+            side.executemany("insert into terms (id, term) values (?, ?)", self.pending)
+            self.pending = []
+
+    def rollback(self) -> None:
+        for tid, term in self.pending:
+            self.ids.pop(term, None)
+        self.pending = []
+
+
 def _write_batch(
     side: sqlite3.Connection,
     next_id: int,
     items: Sequence[tuple[str, tuple]],
     vectors: np.ndarray,
+    vocabulary: _Vocabulary | None = None,
 ) -> int:
     """Insert new and update changed entries with their vectors in one transaction.
 
     ``items`` are ``("new", (tbl, pk, chunk, text, hash, title))`` or
     ``("changed", (id, text, hash, title))``, aligned with ``vectors``.
     """
+    vocabulary = vocabulary or _Vocabulary(side)
     q8, scale = quantize(vectors)
-    inserts, vec_rows, updates = [], [], []
+    inserts, vec_rows, updates, post_rows = [], [], [], []
     for j, (kind, item) in enumerate(items):
         if kind == "new":
             entry_id = next_id
             next_id += 1
             inserts.append((entry_id, *item))
+            text = item[3]
         else:
             entry_id, text, h, title = item
             updates.append((text, h, title, entry_id))
         vec_rows.append((entry_id, q8[j].tobytes(), float(scale[j])))
+        post_rows.append((entry_id, *vocabulary.encode(text)))
     side.execute("begin immediate")
     try:
         if inserts:
@@ -283,10 +329,16 @@ def _write_batch(
         side.executemany(
             "insert or replace into vectors (entry_id, q8, scale) values (?, ?, ?)", vec_rows
         )
+        vocabulary.flush(side)
+        side.executemany(
+            "insert or replace into postings (entry_id, tids, tfs, length) values (?, ?, ?, ?)",
+            post_rows,
+        )
         bump_generation(side)
         side.execute("commit")
     except BaseException:
         side.execute("rollback")
+        vocabulary.rollback()
         raise
     return next_id
 
@@ -300,6 +352,7 @@ def _delete_and_retitle(side: sqlite3.Connection, gone: list[int], retitle: list
             part = gone[start : start + 500]
             marks = ",".join("?" * len(part))
             side.execute(f"delete from vectors where entry_id in ({marks})", part)
+            side.execute(f"delete from postings where entry_id in ({marks})", part)
             side.execute(f"delete from entries where id in ({marks})", part)
         if retitle:
             side.executemany("update entries set title = ? where id = ?", retitle)
@@ -315,7 +368,8 @@ def _clear(side: sqlite3.Connection) -> None:
     try:
         side.execute("delete from vectors")
         side.execute("delete from entries")
-        side.execute("insert into entries_fts(entries_fts) values ('delete-all')")
+        side.execute("delete from postings")
+        side.execute("delete from terms")
         side.execute("delete from meta where key in ('embedding_model', 'dimensions')")
         bump_generation(side)
         side.execute("commit")
@@ -451,6 +505,7 @@ async def refresh_index(
             progress(0, total)
         meta_written = "embedding_model" in read_meta(side)
         next_id = (side.execute("select coalesce(max(id), 0) from entries").fetchone()[0]) + 1
+        vocabulary = await asyncio.to_thread(_Vocabulary, side)
         done = 0
         pending_items: list[tuple[str, tuple]] = []
         pending_vecs: list[np.ndarray] = []
@@ -471,7 +526,7 @@ async def refresh_index(
             done += len(batch)
             if len(pending_items) >= WRITE_BATCH or done == total:
                 next_id = await asyncio.to_thread(
-                    _write_batch, side, next_id, pending_items, np.concatenate(pending_vecs)
+                    _write_batch, side, next_id, pending_items, np.concatenate(pending_vecs), vocabulary
                 )
                 pending_items, pending_vecs = [], []
             if progress:

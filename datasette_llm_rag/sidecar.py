@@ -13,7 +13,8 @@ Schema (created by the migrations below, tracked with ``PRAGMA user_version``):
 - ``vectors``: the chunk's embedding, int8 scalar-quantised with one scale per
   vector (``v ~= q8 * scale``): a quarter of float32's size, and enough to
   rescore candidates to better than 0.98 recall against exact float32 search.
-- ``entries_fts``: an FTS5 index over the same title and text.
+- ``terms`` and ``postings``: each entry's term counts, loaded into an
+  in-memory BM25 index (see lexical.py for why not FTS5's ``bm25()``).
 """
 
 from __future__ import annotations
@@ -101,28 +102,18 @@ def _m0001_initial(conn: sqlite3.Connection) -> None:
 )"""
     )
     conn.execute(
-        "create virtual table entries_fts using fts5("
-        "title, text, content='entries', content_rowid='id', "
-        "tokenize='porter unicode61 remove_diacritics 2')"
-    )
-    # External-content FTS kept in step with entries by triggers.
-    conn.execute(
-        """create trigger entries_ai after insert on entries begin
-  insert into entries_fts(rowid, title, text) values (new.id, new.title, new.text);
-end"""
+        """create table terms (
+  id integer primary key, -- term id used in postings.tids
+  term text not null unique -- a token as lexical.tokenize makes it (folded, stemmed)
+)"""
     )
     conn.execute(
-        """create trigger entries_ad after delete on entries begin
-  insert into entries_fts(entries_fts, rowid, title, text)
-    values ('delete', old.id, old.title, old.text);
-end"""
-    )
-    conn.execute(
-        """create trigger entries_au after update of title, text on entries begin
-  insert into entries_fts(entries_fts, rowid, title, text)
-    values ('delete', old.id, old.title, old.text);
-  insert into entries_fts(rowid, title, text) values (new.id, new.title, new.text);
-end"""
+        """create table postings (
+  entry_id integer primary key, -- entries.id
+  tids blob not null, -- uint32 term ids of the distinct tokens of the entry's text
+  tfs blob not null, -- uint16 count of each of those terms, same order
+  length integer not null -- number of tokens in the text (BM25 length normalisation)
+)"""
     )
 
 
@@ -190,7 +181,8 @@ def open_sidecar(path: str, *, create: bool = False, readonly: bool = False) -> 
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             conn.execute("pragma journal_mode=wal")
             conn.execute("pragma synchronous=normal")
-            conn.execute("pragma foreign_keys=on")
+            # Deletes remove vectors explicitly; enforcing the foreign key on
+            # every insert would only slow the write path down.
         conn.execute("pragma busy_timeout=5000")
         if not readonly:
             _apply_migrations(conn)
@@ -212,7 +204,7 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> None:
         row[0]
         for row in conn.execute("select name from sqlite_master where type in ('table', 'view')")
     }
-    missing = {"meta", "entries", "vectors", "entries_fts"} - names
+    missing = {"meta", "entries", "vectors", "terms", "postings"} - names
     if missing:
         raise _corrupt(path, "missing tables: " + ", ".join(sorted(missing)))
 

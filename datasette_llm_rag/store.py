@@ -5,6 +5,7 @@ shared by every request (``get_index`` keeps one per sidecar path). Before
 each search it checks the sidecar file's size and modification time, and
 reloads when an indexer has committed a new generation.
 
+Full-text search is BM25 over an in-memory inverted index (lexical.py).
 Vectors stay int8-quantised in memory (one byte per dimension plus one scale
 per vector: 384 MB for a million MiniLM vectors instead of 1.5 GB). Small
 indexes are searched exactly. Larger ones are searched in two steps: a
@@ -27,7 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .fusion import fts_query, rrf
+from .fusion import rrf
+from .lexical import LexicalIndex
 from .quant import dequantize
 from .sidecar import REBUILD_HINT, ModelMismatchError, SidecarError, open_sidecar, read_meta
 
@@ -35,8 +37,6 @@ from .sidecar import REBUILD_HINT, ModelMismatchError, SidecarError, open_sideca
 EXACT_LIMIT = 20_000
 #: Rows per block when scanning codes (fits in L2 cache with the temporaries).
 BLOCK = 1 << 16
-#: BM25 column weights for (title, text).
-FTS_WEIGHTS = (2.0, 1.0)
 
 
 @dataclass
@@ -74,6 +74,7 @@ class _Loaded:
         self.generation = ""
         self.meta: dict[str, str] = {}
         self.masks: dict[frozenset, np.ndarray] = {}
+        self.lexical: LexicalIndex | None = None
 
     @property
     def count(self) -> int:
@@ -209,6 +210,7 @@ class RagIndex:
                     state.ids, state.tcode = state.ids[:at], state.tcode[:at]
                     state.q8, state.scale = state.q8[:at], state.scale[:at]
                 state.tables = [t for t, _ in sorted(codes.items(), key=lambda kv: kv[1])]
+                state.lexical = self._load_lexical(conn, state)
             except SidecarError:
                 self._drop_connection()
                 raise
@@ -219,6 +221,36 @@ class RagIndex:
                 ) from None
         self._prepare(state)
         return state
+
+    def _load_lexical(self, conn: sqlite3.Connection, state: _Loaded) -> LexicalIndex:
+        vocabulary = dict(conn.execute("select term, id from terms"))
+        n = state.count
+        lengths = np.zeros(n, np.int32)
+        tid_parts, tf_parts, pos_parts = [], [], []
+        cursor = conn.execute("select entry_id, tids, tfs, length from postings order by entry_id")
+        while True:
+            rows = cursor.fetchmany(8192)
+            if not rows:
+                break
+            ids, tids, tfs, lens = zip(*rows)
+            where = np.searchsorted(state.ids, np.asarray(ids, np.int64))
+            where = np.minimum(where, max(n - 1, 0))
+            known = state.ids[where] == np.asarray(ids, np.int64) if n else np.zeros(len(ids), bool)
+            counts = np.fromiter((len(t) // 4 for t in tids), np.int64, len(tids))
+            if (counts * 2 != np.fromiter((len(f) for f in tfs), np.int64, len(tfs))).any():
+                raise SidecarError(
+                    f"The search index {self.path} has damaged term postings: {REBUILD_HINT}."
+                )
+            keep_rows = np.repeat(known, counts)
+            tid_parts.append(np.frombuffer(b"".join(tids), np.uint32)[keep_rows])
+            tf_parts.append(np.frombuffer(b"".join(tfs), np.uint16)[keep_rows])
+            pos_parts.append(np.repeat(where, counts)[keep_rows])
+            lengths[where[known]] = np.asarray(lens, np.int32)[known]
+        cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
+        return LexicalIndex(
+            n, vocabulary, cat(pos_parts, np.int64), cat(tid_parts, np.uint32).astype(np.int64),
+            cat(tf_parts, np.uint16), lengths,
+        )
 
     def _prepare(self, state: _Loaded) -> None:
         n = state.count
@@ -390,43 +422,31 @@ class RagIndex:
 
     # ------------------------------------------------------------ full-text search
 
-    def _fts_ids(self, query_text: str, k: int, tables: Iterable[str] | None) -> list[tuple[int, float]]:
-        match = fts_query(query_text)
-        if not match or k <= 0:
-            return []
-        params: list[Any] = [match]
-        table_sql = ""
-        if tables is not None:
-            allowed = sorted(set(tables))
-            if not allowed:
-                return []
-            table_sql = " and e.tbl in ({})".format(",".join("?" * len(allowed)))
-            params.extend(allowed)
-        params.append(int(k))
-        sql = (
-            "select e.id, bm25(entries_fts, {:f}, {:f}) as r from entries_fts "
-            "join entries e on e.id = entries_fts.rowid "
-            "where entries_fts match ?{} order by r limit ?"
-        ).format(*FTS_WEIGHTS, table_sql)
-        self._current()  # keep the reload check in step with vector search
-        try:
-            rows = self._query(sql, params)
-        except SidecarError as e:
-            if "fts5" in str(e).lower() or "syntax" in str(e).lower():
-                return []  # never let a query problem reach the user
-            raise
-        return [(int(i), -float(r)) for i, r in rows]
+    def _fts_top(
+        self, state: _Loaded, query_text: str, k: int, tables: Iterable[str] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Row positions and BM25 scores of the best ``k`` full-text matches."""
+        if state.lexical is None or k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        mask = self._mask(state, tables)
+        return state.lexical.search(query_text or "", k, mask)
 
     def search_fts(self, query_text: str, k: int = 10, tables: Iterable[str] | None = None) -> list[Hit]:
-        """The ``k`` best BM25 matches for the words of ``query_text`` (any text is safe)."""
-        ranked = self._fts_ids(query_text, k, tables)
-        hits = self._hydrate([i for i, _ in ranked])
+        """The ``k`` best BM25 matches for the words of ``query_text``.
+
+        Any text is safe: it is only split into words, never parsed as a
+        query language, so quotes, ``NEAR(``, ``*`` or ``AND`` are just words.
+        """
+        state = self._current()
+        pos, scores = self._fts_top(state, query_text, k, tables)
+        ids = state.ids[pos].tolist()
+        hits = self._hydrate(ids)
         out = []
-        for rank, (entry_id, score) in enumerate(ranked, 1):
+        for rank, (entry_id, score) in enumerate(zip(ids, scores.tolist()), 1):
             hit = hits.get(entry_id)
             if hit is None:
                 continue
-            hit.score = hit.fts_score = score
+            hit.score = hit.fts_score = float(score)
             hit.fts_rank = rank
             out.append(hit)
         return out
@@ -455,7 +475,8 @@ class RagIndex:
         tables = None if tables is None else list(tables)
         pos, vscores = self._vector_top(state, q, depth, tables)
         vec_ids = state.ids[pos].tolist()
-        fts = self._fts_ids(query_text, depth, tables)
+        fpos, fscores = self._fts_top(state, query_text, depth, tables)
+        fts = list(zip(state.ids[fpos].tolist(), fscores.tolist()))
         fused = rrf([vec_ids, [i for i, _ in fts]], k=rrf_k, weights=weights)[:k]
         ids = [int(i) for i, _, _ in fused]
         hits = self._hydrate(ids)

@@ -78,7 +78,7 @@ async def test_title_only_change_is_not_re_embedded(tmp_path):
     stats = await refresh_index(db, "news", cfg, model)
     assert embedded_count(model) == 0 and stats.unchanged == 22
     index = RagIndex(stats.sidecar)
-    [hit] = [h for h in index.search_fts("headline", 5)]
+    [hit] = [h for h in index.search_fts("budget item 2 about parks", 1)]
     assert hit.title == "Brand new headline" and hit.pk == [2]
 
 

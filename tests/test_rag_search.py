@@ -8,7 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from datasette_llm_rag.fusion import fts_query, query_terms, rrf
+from datasette_llm_rag.fusion import rrf
+from datasette_llm_rag.lexical import query_tokens, tokenize
 from datasette_llm_rag.indexer import refresh_index
 from datasette_llm_rag.quant import dequantize, quantize
 from datasette_llm_rag.store import RagIndex, forget_index, get_index
@@ -81,16 +82,16 @@ async def test_fts_operators_are_plain_words(built):
     hits = index.search_fts("parks AND zoning", 5)
     assert hits and all(("parks" in h.text) or ("zoning" in h.text) for h in hits)
     assert all(h.fts_rank == i for i, h in enumerate(hits, 1))
-    # a question of only stopwords still searches them, as plain words
-    assert {h.table for h in index.search_fts("AND", 5)} == {"notes"}  # notes say "and"
-    assert index.search_fts("the of", 5) == []
+    # stopwords are not indexed: a question made only of them finds nothing
+    assert index.search_fts("AND", 5) == [] and index.search_fts("the of", 5) == []
 
 
-def test_fts_query_quotes_every_term():
-    assert fts_query('NEAR(a, b) "x" title:y AND z*') == '"near" OR "b" OR "x" OR "title" OR "y" OR "z"'
-    assert fts_query("") == "" and fts_query('"*()') == ""
-    assert fts_query("the parks", operator="AND") == '"parks"'
-    assert query_terms("The THE parks of Parks") == ["parks"]
+def test_tokens_ignore_query_syntax():
+    assert query_tokens('NEAR(a, b) "x" title:y AND z*') == ["near", "b", "x", "title", "y", "z"]
+    assert query_tokens("") == [] and query_tokens('"*()') == []
+    assert query_tokens("The THE parks of Parks") == ["park"]
+    assert query_tokens("the of") == ["the", "of"]  # only stopwords: keep them
+    assert tokenize("Studies of binding cells, Café") == ["study", "bind", "cell", "cafe"]
 
 
 def test_rrf_hand_computed():

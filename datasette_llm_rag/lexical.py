@@ -1,0 +1,147 @@
+"""Full-text ranking: a BM25 inverted index held in numpy arrays.
+
+Why not SQLite FTS5's ``bm25()``? FTS5 ranks every matching row one by one;
+a question is an OR of its words, which matches most rows of a large index,
+and on 100k SciFact abstracts that measured 270-800 ms per query (see
+docs/rag-benchmarks.md), far slower than the vector search it is fused with.
+Here each entry's term counts are stored in the sidecar (``terms`` and
+``postings`` tables) and loaded into one compressed-sparse-row array per
+index: scoring a query is one ``bincount`` over the postings of its terms.
+
+Scoring is Okapi BM25 (k1=1.2, b=0.75, the usual defaults, and FTS5's) with
+the non-negative idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``. Tokens are
+lower-cased word characters, stopwords removed, with a light English
+suffix stemmer (plurals, -ing, -ed) written for this module.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+
+import numpy as np
+
+from .fusion import STOPWORDS
+
+K1 = 1.2
+B = 0.75
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STEMS: dict[str, str] = {}
+
+
+def _fold(text: str) -> str:
+    text = text.lower()
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def stem(word: str) -> str:
+    """Light suffix stripping: ``studies->study``, ``cells->cell``, ``binding->bind``."""
+    cached = _STEMS.get(word)
+    if cached is not None:
+        return cached
+    w = word
+    if len(w) > 4 and w.endswith("ies"):
+        w = w[:-3] + "y"
+    elif len(w) > 4 and w.endswith("sses"):
+        w = w[:-2]
+    elif len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    if len(w) > 5 and w.endswith("ing"):
+        w = w[:-3]
+    elif len(w) > 4 and w.endswith("ed") and not w.endswith("eed"):
+        w = w[:-2]
+    if len(_STEMS) < 500_000:
+        _STEMS[word] = w
+    return w
+
+
+def tokenize(text: str, *, stopwords: frozenset[str] = STOPWORDS) -> list[str]:
+    """Index tokens of ``text``: folded, stopwords dropped, stemmed. Never raises."""
+    if not text:
+        return []
+    return [stem(w) for w in _WORD.findall(_fold(text)) if w not in stopwords]
+
+
+def term_counts(text: str) -> Counter:
+    return Counter(tokenize(text))
+
+
+def query_tokens(text: str) -> list[str]:
+    """Distinct tokens of a question; falls back to stopwords if that is all it has."""
+    tokens = list(dict.fromkeys(tokenize(text)))
+    if not tokens:
+        tokens = list(dict.fromkeys(tokenize(text, stopwords=frozenset())))
+    return tokens[:64]
+
+
+class LexicalIndex:
+    """BM25 over row positions 0..n-1 (the positions of the vector arrays)."""
+
+    def __init__(self, n: int, vocabulary: dict[str, int], doc_pos: np.ndarray,
+                 tids: np.ndarray, tfs: np.ndarray, lengths: np.ndarray) -> None:
+        self.n = n
+        self.vocabulary = vocabulary
+        self.postings = int(len(tids))
+        lengths = lengths.astype(np.float32)
+        avg = float(lengths[lengths > 0].mean()) if (lengths > 0).any() else 1.0
+        order = np.argsort(tids, kind="stable")
+        self.docs = doc_pos[order].astype(np.int32)
+        tf = tfs[order].astype(np.float32)
+        norm = K1 * (1 - B + B * lengths[self.docs] / avg)
+        # Per-posting BM25 term weight without idf; float16 halves the memory.
+        self.weights = (tf * (K1 + 1) / (tf + norm)).astype(np.float16)
+        nterms = (int(tids.max()) + 1) if len(tids) else 1
+        counts = np.bincount(tids, minlength=nterms)
+        self.ptr = np.zeros(nterms + 1, np.int64)
+        np.cumsum(counts, out=self.ptr[1:])
+        self.df = counts
+        self.docs_with_text = int((lengths > 0).sum())
+
+    @property
+    def nbytes(self) -> int:
+        return self.docs.nbytes + self.weights.nbytes + self.ptr.nbytes + self.df.nbytes
+
+    def search(self, text: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and BM25 scores of the best ``k`` rows (only rows with a match)."""
+        if k <= 0 or self.n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        parts_docs, parts_w = [], []
+        n_docs = max(self.docs_with_text, 1)
+        for token in query_tokens(text):
+            tid = self.vocabulary.get(token)
+            if tid is None or tid >= len(self.df):
+                continue
+            df = int(self.df[tid])
+            if df == 0:
+                continue
+            idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
+            lo, hi = self.ptr[tid], self.ptr[tid + 1]
+            parts_docs.append(self.docs[lo:hi])
+            parts_w.append(self.weights[lo:hi].astype(np.float32) * np.float32(idf))
+        if not parts_docs:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        docs = np.concatenate(parts_docs)
+        weights = np.concatenate(parts_w)
+        if len(docs) * 4 < self.n:  # few postings: work on the touched rows only
+            touched, inverse = np.unique(docs, return_inverse=True)
+            scores = np.bincount(inverse, weights=weights).astype(np.float32)
+            if mask is not None:
+                keep = mask[touched]
+                touched, scores = touched[keep], scores[keep]
+        else:
+            scores = np.bincount(docs, weights=weights, minlength=self.n).astype(np.float32)
+            if mask is not None:
+                scores[~mask] = 0
+            touched = np.flatnonzero(scores > 0)
+            scores = scores[touched]
+        if not len(touched):
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        # ties broken by position (entry id order) so results are deterministic
+        top = top[np.lexsort((touched[top], -scores[top]))]
+        return touched[top].astype(np.int64), scores[top]
