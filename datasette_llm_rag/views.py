@@ -206,6 +206,7 @@ async def ask_page(datasette, request):
             context["error"] = str(e)
         context.update(await _model_state(datasette, actor, database))
         context.update(
+            ask_action=ask_url(datasette, database),
             urls_ask=rag_url(datasette, database, "ask.json"),
             urls_search=rag_url(datasette, database, "search.json"),
             urls_feedback=rag_url(datasette, "feedback.json"),

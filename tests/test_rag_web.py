@@ -285,3 +285,38 @@ async def test_question_length_and_empty(ds):
     assert r.status_code == 400 and r.json()["error_kind"] == "empty_question"
     r = await post_json(ds, "/-/llm-rag/news/ask.json", {"q": "b" * 5000}, "root")
     assert r.status_code == 400 and r.json()["error_kind"] == "question_too_long"
+
+
+async def test_every_route_refuses_an_actor_who_cannot_view_the_database(tmp_path, fake_models,
+                                                                         scripted_model):
+    from datasette.app import Datasette
+
+    from .rag_web_helpers import make_source
+
+    path = make_source(tmp_path / "news.db")
+    plugin = {"state_database": str(tmp_path / "state.db"), "rag": _rag(tmp_path),
+              "permissions": {"llm-ask": True, "llm-index": True}}
+    rules = {"databases": {"news": {"allow": {"id": "root"}}}}
+    key = "config" if P.IS_V1 else "metadata"
+    ds = Datasette([path], **{key: {**rules, "plugins": {"datasette-llm-newsroom": plugin}}})
+    await ds.invoke_startup()
+    await build_index(ds)
+    scripted_model.responder = lambda request: "Answer [1]."
+    gets = ["/-/llm-ask/news", "/-/llm-ask/news?q=bridge", "/-/llm-rag/news/search.json?q=bridge",
+            "/-/llm-rag/similar/news/articles/1", "/-/llm-rag/similar/news/articles/1.json",
+            "/-/llm-rag/index/news", "/-/llm-rag/index/news.json"]
+    for actor in (None, "alice"):
+        for url in gets:
+            r = await ds.client.get(url, cookies=cookies(ds, actor))
+            assert r.status_code == 403, (actor, url, r.status_code)
+        for url, body in (("/-/llm-rag/news/ask.json", {"q": "bridge"}),
+                          ("/-/llm-rag/news/ask.json", {"q": "bridge", "stream": True}),
+                          ("/-/llm-rag/index/news", {})):
+            r = await post_json(ds, url, body, actor)
+            assert r.status_code == 403, (actor, url, r.status_code)
+        home = await ds.client.get("/-/llm-ask", cookies=cookies(ds, actor))
+        assert "/-/llm-ask/news" not in home.text
+    assert scripted_model.requests == []
+    # root, for contrast, gets through
+    r = await post_json(ds, "/-/llm-rag/news/ask.json", {"q": "bridge repairs"}, "root")
+    assert r.status_code == 200 and r.json()["mode"] == "answer"
