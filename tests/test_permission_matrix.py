@@ -30,6 +30,7 @@ from datasette.app import Datasette
 from datasette.plugins import pm
 
 from datasette_llm_core import permissions as P
+from datasette_llm_extract.runs import ACTIVE
 from datasette_llm_rag.indexer import refresh_index
 
 from .conftest import wait_for
@@ -173,7 +174,7 @@ class World:
 
         async def finished():
             got = await self.request("extractor", "GET", f"/-/llm-extract/api/runs/{run_id}")
-            return got.json()["status"] not in ("queued", "running")
+            return got.json()["status"] not in ACTIVE
 
         await wait_for(finished, timeout=10)
         # An answer asked by ``viewer``.
