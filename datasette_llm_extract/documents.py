@@ -77,11 +77,24 @@ def sniff(data: bytes) -> str | None:
         return "image/webp"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "image/gif"
-    if b"%PDF-" in data[:1024]:
+    if data[:1024].lstrip(b"\xef\xbb\xbf\r\n\t ").startswith(b"%PDF-") or (
+        b"%PDF-" in data[:1024] and not _is_utf8(data[:4096])
+    ):  # a text that merely mentions "%PDF-" stays text
         return "application/pdf"
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif"):
         return "image/heic" if head[8:12] != b"avif" else "image/avif"
     return None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(data) - 3  # only a character cut at the end
+    return True
+
+
+_KIND_NAMES = {"image": "an image", "pdf": "a PDF", "text": "text"}
 
 
 def _kind_of(media_type: str) -> str | None:
@@ -180,7 +193,7 @@ def load_upload(
         # Not a known binary format: it must be UTF-8 text.
         if declared_kind not in (None, "text"):
             raise InputError(
-                f"{name} is labelled {declared} but its contents are not a {declared_kind}: "
+                f"{name} is labelled {declared} but its contents are not {_KIND_NAMES.get(declared_kind, declared_kind)}: "
                 "check you picked the right file, or re-save it in that format."
             )
         if b"\x00" in data[:4096]:

@@ -69,7 +69,7 @@ def test_text_upload_and_octet_stream_uses_extension():
         ("a.txt", "text/plain", b"", "empty"),
         ("a.txt", "text/plain", b"\xff\xfe bad \xc3", "not valid UTF-8"),
         ("a.jpg", "image/jpeg", make_pdf(), "is really application/pdf"),
-        ("a.pdf", "application/pdf", b"just text", "not a pdf"),
+        ("a.pdf", "application/pdf", b"just text", "not a PDF"),
         ("a.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "could not be read"),
         ("photo.heic", "image/heic", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40, "convert it to JPEG"),
         ("photo.jpg", "", b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40, "convert it to JPEG"),
@@ -108,3 +108,12 @@ def test_image_bomb_refused_without_decoding():
         load_upload("bomb.png", "image/png", png_header_only(30_000, 30_000))
     # just under the limit is fine (the header is all that is read)
     assert load_upload("ok.png", "image/png", png_header_only(6_000, 6_000)).width == 6_000
+
+
+def test_text_mentioning_pdf_header_stays_text():
+    doc = load_upload("notes.txt", "text/plain", b"Files start with %PDF-1.7 as their header.")
+    assert doc.kind == "text"
+    with pytest.raises(InputError, match="not a PDF"):
+        load_upload("fake.pdf", "application/pdf", b"Files start with %PDF-1.7 as their header.")
+    with pytest.raises(InputError, match="not an image"):
+        load_upload("fake.jpg", "image/jpeg", b"hello")
