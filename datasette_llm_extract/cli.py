@@ -155,8 +155,35 @@ def _done_files(conn: sqlite3.Connection, table: str) -> set[tuple[str, str]]:
         f"select path, sha256 from {quote_identifier(FILES_TABLE)} where table_name = ?", [table])}
 
 
+class _LimitedGateway:
+    """The gateway with at most ``limit`` model calls in flight across all files."""
+
+    def __init__(self, gateway, limit: int) -> None:
+        self._gateway = gateway
+        self._semaphore = asyncio.Semaphore(max(1, limit))
+        self._accepts = set(inspect.signature(gateway.stream).parameters)
+
+    def __getattr__(self, name):
+        return getattr(self._gateway, name)
+
+    async def stream(self, request, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k in self._accepts}
+        async with self._semaphore:
+            async for event in self._gateway.stream(request, **kwargs):
+                yield event
+
+
 def _write_file(conn, table, spec, run_id, path, sha, rows, status="done", message=None) -> int:
-    """Rows of one file plus its done mark, in one transaction."""
+    """Rows of one file plus its done mark, in one transaction.
+
+    Keys are checked again against the table here: files extracted side by
+    side may have found the same record.
+    """
+    from .merge import Deduplicator
+
+    dedup = Deduplicator(spec, _existing_keys(conn, table, spec)) if spec.key_columns and rows else None
+    if dedup is not None:
+        rows = [event for i, event in enumerate(rows) if dedup.check(event.values, i) is None]
     columns = spec.column_names() + [RUN_COLUMN]
     verb = "insert or ignore" if spec.primary_key else "insert"
     sql = (f"{verb} into {quote_identifier(table)} ({quote_identifiers(columns)}) "
@@ -222,8 +249,9 @@ def _estimate_folder(conn, table, spec, folder: Path, chat, instructions, max_by
 
 async def _run(db_path, table, folder, schema, template, model, instructions, config, concurrency,
                max_bytes, echo, estimate_only: bool = False) -> dict:
-    from .engine import ChunkFailed, ExtractionJob, RowExtracted, run_extraction
     from datasette_llm_core.gateway import llm_gateway
+
+    from .engine import ChunkFailed, ExtractionJob, RowExtracted, RunFinished, run_extraction
 
     from .prompts import PROMPT_VERSION
 
@@ -262,47 +290,66 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
         summary = {"run_id": run_id, "files": len(files), "skipped": 0, "done": 0, "failed": 0,
                    "refused": 0, "rows": 0, "invalid_rows": 0, "cost": 0.0, "problems": []}
         actor = {"id": "cli"}
-        with click.progressbar(files, label=f"Extracting into {table}", show_pos=True,
-                               item_show_func=lambda p: p.name if p else "", file=echo) as bar:
-            for path in bar:
-                rel = str(path.relative_to(folder))
-                data = path.read_bytes()
-                sha = hashlib.sha256(data).hexdigest()
-                if (rel, sha) in done:
-                    summary["skipped"] += 1
-                    continue
-                try:
-                    document = load_upload(path.name, None, data, max_bytes=max_bytes)
-                except InputError as e:
-                    _write_file(conn, table, spec, run_id, rel, sha, [], "refused", str(e))
-                    summary["refused"] += 1
-                    summary["problems"].append(f"{rel}: {e}")
-                    continue
-                job = ExtractionJob(spec=spec, instructions=instructions, documents=[document],
-                                    model_id=chat.model_id, concurrency=concurrency,
-                                    existing_keys=_existing_keys(conn, table, spec),
-                                    chunk_chars=caps.get("chunk_chars"), overlap=caps.get("overlap") or 300,
-                                    max_cost=caps.get("max_cost"), max_tokens=caps.get("max_tokens"))
-                rows, failures = [], []
-                try:
-                    async for event in run_extraction(gateway, job, actor=actor, ref=f"cli:{run_id}"):
-                        if isinstance(event, RowExtracted):
-                            if event.valid and not event.duplicate:
-                                rows.append(event)
-                            elif not event.valid:
-                                summary["invalid_rows"] += 1
-                        elif isinstance(event, ChunkFailed):
-                            failures.append(event.error)
-                        elif type(event).__name__ == "RunFinished":
-                            summary["cost"] += event.cost or 0.0
-                except (LLMSuiteError, ValueError) as e:
-                    failures.append(str(e))
-                if failures:
-                    summary["failed"] += 1
-                    summary["problems"].append(f"{rel}: {failures[0]} (will be retried on the next run)")
-                    continue
-                summary["rows"] += _write_file(conn, table, spec, run_id, rel, sha, rows)
-                summary["done"] += 1
+        limited = _LimitedGateway(gateway, concurrency)
+
+        async def one_file(path: Path) -> None:
+            rel = str(path.relative_to(folder))
+            data = path.read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            if (rel, sha) in done:
+                summary["skipped"] += 1
+                return
+            try:
+                document = load_upload(path.name, None, data, max_bytes=max_bytes)
+            except InputError as e:
+                _write_file(conn, table, spec, run_id, rel, sha, [], "refused", str(e))
+                summary["refused"] += 1
+                summary["problems"].append(f"{rel}: {e}")
+                return
+            job = ExtractionJob(spec=spec, instructions=instructions, documents=[document],
+                                model_id=chat.model_id, concurrency=concurrency,
+                                existing_keys=_existing_keys(conn, table, spec),
+                                chunk_chars=caps.get("chunk_chars"), overlap=caps.get("overlap") or 300,
+                                max_cost=caps.get("max_cost"), max_tokens=caps.get("max_tokens"))
+            rows, failures = [], []
+            try:
+                async for event in run_extraction(limited, job, actor=actor, ref=f"cli:{run_id}"):
+                    if isinstance(event, RowExtracted):
+                        if event.valid and not event.duplicate:
+                            rows.append(event)
+                        elif not event.valid:
+                            summary["invalid_rows"] += 1
+                    elif isinstance(event, ChunkFailed):
+                        failures.append(event.error)
+                    elif isinstance(event, RunFinished):
+                        summary["cost"] += event.cost or 0.0
+            except (LLMSuiteError, ValueError) as e:
+                failures.append(str(e))
+            if failures:
+                summary["failed"] += 1
+                summary["problems"].append(f"{rel}: {failures[0]} (will be retried on the next run)")
+                return
+            summary["rows"] += _write_file(conn, table, spec, run_id, rel, sha, rows)
+            summary["done"] += 1
+
+        # Files run side by side (a folder of one-page scans is many small requests); the
+        # gateway wrapper keeps the number of model calls in flight at --concurrency overall.
+        pending = list(files)
+        with click.progressbar(length=len(files), label=f"Extracting into {table}", show_pos=True,
+                               file=echo) as bar:
+            async def worker() -> None:
+                while pending:
+                    path = pending.pop(0)
+                    await one_file(path)
+                    bar.update(1)
+
+            workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(files)) or 1)]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for w in workers:
+                    w.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
         return summary
     finally:
         conn.close()

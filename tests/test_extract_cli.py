@@ -171,3 +171,30 @@ def test_evaluate_with_images(setup):
     assert report["fields"]["name"]["precision"] == 1.0 and report["fields"]["age"]["precision"] == 0.0
     from datasette_llm_core.types import ImagePart
     assert any(isinstance(p, ImagePart) for p in model.requests[0].messages[-1].parts)
+
+
+def test_files_run_side_by_side_within_the_limit(setup):
+    tmp_path, folder, config, schema, model = setup
+    for i in range(8):
+        (folder / f"p{i}.txt").write_text(f"Person{i} is {i} years old. Ann is 40 years old.")
+    state = {"active": 0, "peak": 0}
+    original = type(model).stream
+
+    async def counting(request, *, timeout=None):
+        state["active"] += 1
+        state["peak"] = max(state["peak"], state["active"])
+        try:
+            async for event in original(model, request, timeout=timeout):
+                yield event
+        finally:
+            state["active"] -= 1
+
+    model.stream = counting
+    model.responder = lambda request: Scripted(people_responder(request), chunks=4, delay=0.02)
+    db = tmp_path / "out.db"
+    result = invoke("run", db, "people", folder, "--schema", schema, "-c", config, "--concurrency", "3")
+    assert result.exit_code == 0, result.output
+    assert state["peak"] == 3
+    names = [r[0] for r in sqlite3.connect(db).execute("select name from people")]
+    assert names.count("Ann") == 1  # found in many files at once, written once
+    assert sorted(n for n in names if n.startswith("Person")) == [f"Person{i}" for i in range(8)]
