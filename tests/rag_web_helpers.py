@@ -71,8 +71,9 @@ def make_datasette(tmp_path, *, rag=None, grants=None, state=":memory:") -> Data
         if grants is not None
         else {"databases": {"news": {"llm-ask": {"id": "alice"}}}},
     }
-    # memos: only root may view it
-    rules = {"databases": {"news": {"tables": {"memos": {"allow": {"id": "root"}}}}}}
+    # memos: only root may view it; only root may run arbitrary SQL (search must not need it)
+    rules = {"databases": {"news": {"allow_sql": {"id": "root"},
+                                    "tables": {"memos": {"allow": {"id": "root"}}}}}}
     if P.IS_V1:
         return Datasette([path], config={**rules, "plugins": {"datasette-llm-newsroom": plugin}})
     return Datasette([path], metadata={**rules, "plugins": {"datasette-llm-newsroom": plugin}})

@@ -145,6 +145,9 @@ async def test_viewer_of_one_table_never_sees_another(ds, scripted_model):
     await build_index(ds)
     alice = cookies(ds, "alice")
     assert not await P.can_view(ds, {"id": "alice"}, "news", "memos")
+    sql_path = "/news/-/query.json" if P.IS_V1 else "/news.json"
+    sql = await ds.client.get(sql_path + "?sql=select+1", cookies=alice)
+    assert sql.status_code == 403  # alice cannot run SQL, yet search works for her
     r = await ds.client.get("/-/llm-rag/news/search.json?q=secret+bridge+memo+budget", cookies=alice)
     assert r.status_code == 200
     assert r.json()["rows"] and all(row["table"] != "memos" for row in r.json()["rows"])
