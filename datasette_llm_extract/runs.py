@@ -22,8 +22,8 @@ RUNNING = "running"
 ACTIVE = {"pending", RUNNING}
 #: Statuses in which extracted rows can be reviewed and inserted.
 REVIEWABLE = {"done", "failed", "cancelled", "interrupted"}
-#: Statuses after the review was submitted.
-FINISHED = {"inserted", "reviewed", "undone", "discarded"}
+#: Statuses after the review was submitted (or while it is being written).
+FINISHED = {"inserting", "inserted", "reviewed", "undoing", "undone", "discarded"}
 
 
 def _m0001_runs(conn: sqlite3.Connection) -> None:
@@ -422,6 +422,21 @@ async def record_review(db, run: dict, decisions: list[dict], provenance: list[d
             )
 
     await _write(db, fn)
+
+
+async def claim(db, run_id: str, from_status: str, to_status: str) -> bool:
+    """Move a run from ``from_status`` to ``to_status`` only if it is still there
+    (so two concurrent inserts or undos of one run cannot both proceed)."""
+
+    def fn(conn):
+        with conn:
+            cur = conn.execute(
+                "update llm_extract_runs set status = ?, updated_at = ? where id = ? and status = ?",
+                (to_status, time.time(), run_id, from_status),
+            )
+            return cur.rowcount == 1
+
+    return await _write(db, fn)
 
 
 async def provenance_for_run(db, run_id: str) -> list[dict]:

@@ -447,16 +447,22 @@ async def insert_reviewed(datasette, actor, run: dict, decisions: dict[int, dict
         raise UserError("Accept or reject at least one row first.")
     settings = extract_settings(datasette)
     result = {"inserted": [], "pk_columns": []}
-    if accepted:
-        try:
+    if not await runs.claim(state, run["id"], run["status"], "inserting"):
+        raise UserError("This run is being inserted or was changed meanwhile: reload the page.", 409)
+    try:
+        if accepted:
             result = await db.execute_write_fn(
                 insert_rows_fn(run["table_name"], spec, bool(run["new_table"]), accepted, run["id"],
                                settings.add_run_column),
                 block=True,
             )
-        except WriteError as e:
-            errors = {e.row: [str(e)]} if e.row is not None else {}
-            raise UserError(str(e), status=409, row_errors=errors) from None
+    except WriteError as e:
+        await runs.claim(state, run["id"], "inserting", run["status"])
+        errors = {e.row: [str(e)]} if e.row is not None else {}
+        raise UserError(str(e), status=409, row_errors=errors) from None
+    except BaseException:
+        await runs.claim(state, run["id"], "inserting", run["status"])
+        raise
     pks = dict(result["inserted"])
     for r in records:
         r["pk"] = pks.get(r["idx"])
@@ -503,12 +509,18 @@ async def undo(datasette, actor, run: dict) -> int:
     db = _check_database(datasette, run["database_name"])
     provenance = await runs.provenance_for_run(state, run["id"])
     pk_columns = run["options"].get("pk_columns") or ["rowid"]
+    if not await runs.claim(state, run["id"], "inserted", "undoing"):
+        raise UserError("This run is being undone already: reload the page.", 409)
     try:
         deleted = await db.execute_write_fn(
             delete_rows_fn(run["table_name"], pk_columns, [p["pk"] for p in provenance]), block=True
         )
     except WriteError as e:
+        await runs.claim(state, run["id"], "undoing", "inserted")
         raise UserError(str(e), status=409) from None
+    except BaseException:
+        await runs.claim(state, run["id"], "undoing", "inserted")
+        raise
     await runs.record_undo(state, run["id"], _actor_id(actor))
     return deleted
 

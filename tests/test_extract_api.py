@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
@@ -72,8 +73,13 @@ async def test_api_start_status_review_insert(ds, tmp_path, scripted_model):
     assert run["status"] == "done" and len(run["rows"]) == 3
     assert run["rows"][2]["duplicate"] == "run"  # same key as an earlier row
     decisions = {"rows": {"0": {"decision": "accept", "values": {"age": "32"}}, "1": "reject", "2": "reject"}}
-    r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/insert", json=decisions, cookies=cookies(ds, "alice"))
-    assert r.status_code == 200, r.text
+    # two reviewers pressing "insert" at once: one wins, the other is told, rows go in once
+    first, second = await asyncio.gather(*[
+        ds.client.post(f"/-/llm-extract/api/runs/{run_id}/insert", json=decisions, cookies=cookies(ds, "alice"))
+        for _ in range(2)
+    ])
+    assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
+    r = first if first.status_code == 200 else second
     assert r.json()["inserted"] == 1 and r.json()["rejected"] == 2
     assert sqlite3.connect(tmp_path / "news.db").execute("select name, age, _llm_run from people").fetchall() == [
         ("Ann", 32, run_id)]
