@@ -126,11 +126,14 @@ async def _read_body(request) -> dict:
 
 
 def _tables_param(value) -> list[str] | None:
+    """A table filter: a list of names or a comma-separated string."""
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, str):
         return [t for t in value.split(",") if t] or None
-    return [str(t) for t in value if t] or None
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return [t for t in value if t] or None
+    raise RetrievalError("tables must be a list of table names.", "bad_request")
 
 
 def _k_param(value) -> int:
@@ -303,11 +306,11 @@ async def ask_api(datasette, request):
     if not isinstance(question, str):
         return json_error("q must be a string.", 400, "bad_request")
     want_answer = await _can(datasette, request.actor, "llm-ask", database)
-    kwargs = dict(
-        tables=_tables_param(body.get("tables", body.get("table"))),
-        k=_k_param(body.get("k")),
-        want_answer=want_answer,
-    )
+    try:
+        tables = _tables_param(body.get("tables", body.get("table")))
+    except RetrievalError as e:
+        return json_error(str(e), 400, e.kind)
+    kwargs = dict(tables=tables, k=_k_param(body.get("k")), want_answer=want_answer)
     stream = _truthy(body.get("stream")) or "text/event-stream" in (
         request.headers.get("accept") or ""
     )
@@ -319,7 +322,13 @@ async def ask_api(datasette, request):
                                         "(the llm-ask permission)."}
         return Response.json(out, status=status)
 
-    actor = request.actor
+    events = ask_events(datasette, request.actor, database, question, **kwargs)
+    # Retrieval runs before the first event: its errors (empty question, no
+    # index, wrong model) still get a real HTTP status.
+    first = await events.__anext__()
+    if first["event"] == "error":
+        await events.aclose()
+        return json_error(first["message"], first.get("status", 500), first["kind"])
 
     async def stream_fn(writer):
         try:
@@ -327,7 +336,8 @@ async def ask_api(datasette, request):
                 await writer.write(_sse({"event": "notice", "kind": "no_permission",
                                          "message": "You may search but not ask for model "
                                                     "answers (the llm-ask permission)."}))
-            async for event in ask_events(datasette, actor, database, question, **kwargs):
+            await writer.write(_sse(first))
+            async for event in events:
                 await writer.write(_sse(event))
         except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
             await writer.write(_sse({"event": "error", "kind": "server_error",
@@ -349,7 +359,11 @@ async def feedback_api(datasette, request):
     except RetrievalError as e:
         return json_error(str(e), 400, e.kind)
     answer_id = str(body.get("answer_id") or "")
-    rating = {"up": 1, "down": -1, "1": 1, "-1": -1, 1: 1, -1: -1}.get(body.get("rating"))
+    raw_rating = body.get("rating")
+    rating = (
+        {"up": 1, "down": -1, "1": 1, "-1": -1, 1: 1, -1: -1}.get(raw_rating)
+        if isinstance(raw_rating, (str, int)) else None
+    )
     if rating is None:
         return json_error('rating must be "up" or "down".', 400, "bad_request")
     answer = await get_answer(datasette, answer_id) if answer_id else None
@@ -385,9 +399,13 @@ async def similar_view(datasette, request):
     denied = await _check(datasette, request, "llm-search", database, as_json=as_json)
     if denied:
         return denied
-    table = tilde_decode(request.url_vars["table"])
     pk_path = request.url_vars["pks"]
-    pk = pk_from_path(pk_path)
+    try:
+        table = tilde_decode(request.url_vars["table"])
+        pk = pk_from_path(pk_path)
+    except ValueError:
+        return json_error("Malformed row path.", 400, "bad_request") if as_json else \
+            Response.text("Malformed row path.", status=400)
     k = _k_param(request.args.get("k"))
     error = None
     rows = []

@@ -323,3 +323,19 @@ async def test_every_route_refuses_an_actor_who_cannot_view_the_database(tmp_pat
     # root, for contrast, gets through
     r = await post_json(ds, "/-/llm-rag/news/ask.json", {"q": "bridge repairs"}, "root")
     assert r.status_code == 200 and r.json()["mode"] == "answer"
+
+
+async def test_bad_api_input_gets_clear_errors(ds):
+    await build_index(ds)
+    r = await post_json(ds, "/-/llm-rag/news/ask.json", {"q": "", "stream": True}, "root")
+    assert r.status_code == 400 and r.json()["error_kind"] == "empty_question"
+    r = await post_json(ds, "/-/llm-rag/news/ask.json", {"q": "bridge", "tables": 5}, "root")
+    assert r.status_code == 400 and "tables" in r.json()["error"]
+    r = await post_json(ds, "/-/llm-rag/news/ask.json", {"q": ["bridge"]}, "root")
+    assert r.status_code == 400
+    r = await post_json(ds, "/-/llm-rag/feedback.json", {"answer_id": "x", "rating": ["up"]}, "root")
+    assert r.status_code == 400
+    r = await ds.client.get("/-/llm-rag/news/ask.json", cookies=cookies(ds, "root"))
+    assert r.status_code == 405
+    r = await ds.client.get("/-/llm-rag/nope/search.json?q=x", cookies=cookies(ds, "root"))
+    assert r.status_code == 404
