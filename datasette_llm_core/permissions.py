@@ -376,6 +376,7 @@ async def permission_allowed_065(datasette, actor, action, resource):
 
 
 _param_counter = 0
+SOURCE = "datasette-llm-newsroom"  # names our rules on 1.0's permission debug pages
 
 
 async def permission_resources_sql_v1(datasette, actor, action):
@@ -405,7 +406,7 @@ async def permission_resources_sql_v1(datasette, actor, action):
                 f"SELECT :llmnr_{n}_{i}_p AS parent, :llmnr_{n}_{i}_c AS child, "
                 f"1 AS allow, :llmnr_{n}_{i}_r AS reason"
             )
-        return PermissionSQL(sql="\nUNION ALL\n".join(selects), params=params)
+        return PermissionSQL(sql="\nUNION ALL\n".join(selects), params=params, source=SOURCE)
     if action in STATE_DB_GUARDED:
         if action in STATE_DB_WRITE:
             if is_root(actor):
@@ -423,6 +424,7 @@ async def permission_resources_sql_v1(datasette, actor, action):
                     else "the LLM state database needs llm-view-log"
                 ),
             },
+            source=SOURCE,
         )
     return None
 
