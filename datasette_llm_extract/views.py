@@ -8,6 +8,8 @@ error, and nothing is written when a request is refused.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import re
 import secrets
@@ -617,9 +619,28 @@ async def _start_request_from_json(datasette, data: dict) -> StartRequest:
         raise UserError('"text" must be a string.')
     return StartRequest(
         database=database, table=table, new_table=new_table, spec=spec, text=text,
+        uploads=_json_files(data.get("files")),
         instructions=str(data.get("instructions") or ""), model_id=data.get("model") or None,
         use_examples=bool(data.get("use_examples")), direct_insert=bool(data.get("direct_insert")),
     )
+
+
+def _json_files(files) -> list[tuple[str, str, bytes]]:
+    """``files: [{name, content_type?, data_base64}]`` -> uploads (checked like form uploads)."""
+    if files is None:
+        return []
+    if not isinstance(files, list):
+        raise UserError('"files" must be a list of {"name", "content_type", "data_base64"} objects.')
+    out = []
+    for i, f in enumerate(files, 1):
+        if not isinstance(f, dict) or not isinstance(f.get("data_base64"), str):
+            raise UserError(f'File {i}: give "name" and the file\'s bytes as "data_base64".')
+        try:
+            data = base64.b64decode(f["data_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(f"File {i}: data_base64 is not valid base64.") from None
+        out.append((str(f.get("name") or f"file-{i}"), str(f.get("content_type") or ""), data))
+    return out
 
 
 def _run_json(datasette, run: dict, rows: list[dict] | None = None) -> dict:

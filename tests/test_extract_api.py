@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 
 import pytest
@@ -145,6 +146,8 @@ BAD_JSON = [
     ({"table": "donors"}, 400, "already exists"),
     ({"direct_insert": True}, 400, "switched off"),
     ({"model": "no-such-model"}, 400, "Unknown chat model"),
+    ({"files": [{"name": "a.txt", "data_base64": "not base64!"}]}, 400, "not valid base64"),
+    ({"files": [{"name": "a.heic", "content_type": "image/heic", "data_base64": "AAAAGGZ0eXBoZWlj"}]}, 400, "HEIC"),
 ]
 
 
@@ -243,8 +246,10 @@ async def test_direct_insert_for_trusted_pipelines(tmp_path, fake_models, script
                                      {"name": None, "age": 3, "source_quote": "three"},
                                      {"name": None, "age": 3, "source_quote": "three"}))
     r = await ds.client.post("/-/llm-extract/api/runs", cookies=cookies(ds, "root"), json={
-        "database": "news", "table": "people", "create": True, "schema": PEOPLE, "text": "Ann is 31, three",
-        "model": "scripted", "direct_insert": True})
+        "database": "news", "table": "people", "create": True, "schema": PEOPLE, "model": "scripted",
+        "files": [{"name": "notes.txt", "content_type": "text/plain",
+                   "data_base64": base64.b64encode(b"Ann is 31, three").decode()}],
+        "direct_insert": True})
     assert r.status_code == 201, r.text
 
     async def inserted():
@@ -256,3 +261,5 @@ async def test_direct_insert_for_trusted_pipelines(tmp_path, fake_models, script
     await wait_for(inserted)
     # only the valid row went in; the invalid one (name is required) did not
     assert sqlite3.connect(tmp_path / "news.db").execute("select name, age from people").fetchall() == [("Ann", 31)]
+    assert state_rows(tmp_path, "select name, kind, text from llm_extract_documents") == [
+        ("notes.txt", "text", "Ann is 31, three")]
