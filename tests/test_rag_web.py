@@ -339,3 +339,34 @@ async def test_bad_api_input_gets_clear_errors(ds):
     assert r.status_code == 405
     r = await ds.client.get("/-/llm-rag/nope/search.json?q=x", cookies=cookies(ds, "root"))
     assert r.status_code == 404
+
+
+async def test_index_job_timeout_is_recorded(tmp_path, fake_models):
+    from datasette.plugins import pm
+
+    class Stuck(HashEmbeddingModel):
+        async def embed(self, texts, *, kind):
+            await asyncio.sleep(5)
+            return await super().embed(texts, kind=kind)
+
+    pm.register(FakeModelsPlugin(embedding=[Stuck("stuck-embed")]), name="stuck-plugin")
+    try:
+        ds = make_datasette(
+            tmp_path, rag=rag_section(tmp_path, embedding_model="stuck-embed", index_timeout=0.2),
+            state=str(tmp_path / "state.db"),
+        )
+        await ds.invoke_startup()
+        job = await build_index(ds)
+        assert job["status"] == "timeout" and "index_timeout" in job["message"]
+        # the server still answers, and a new job can start
+        again = await post_json(ds, "/-/llm-rag/index/news", {}, "root",
+                                headers={"accept": "application/json"})
+        assert again.json()["job"]["id"] == job["id"] + 1
+
+        async def second_stopped():
+            r = await ds.client.get("/-/llm-rag/index/news.json", cookies=cookies(ds, "root"))
+            return r.json()["job"]["status"] == "timeout"
+
+        await wait_for(second_stopped)
+    finally:
+        pm.unregister(name="stuck-plugin")
