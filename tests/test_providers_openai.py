@@ -398,3 +398,30 @@ def test_new_event_loop_gets_new_clients(server, fake_api_keys):
     first, same_within_loop = asyncio.run(model())
     second, _ = asyncio.run(model())
     assert same_within_loop and first is not second
+
+
+@pytest.mark.parametrize(
+    "exc, error_class",
+    [("ReadTimeout", "timeout"), ("ConnectError", "connection")],
+)
+async def test_transport_failures_map_to_retryable_errors(monkeypatch, exc, error_class):
+    import httpx2
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        raise getattr(httpx2, exc)("simulated", request=request)
+
+    monkeypatch.setattr(builtin, "make_http_client",
+                        lambda config: httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+    ds = ds_with([{"id": "local", "provider": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}],
+                 retries={"max_attempts": 2, "backoff": 0.01})
+    gw, sleep = await setup(ds)
+    with pytest.raises(ModelError) as info:
+        await gw.complete(ChatRequest([Message.user("hi")]), purpose="answer", prompt_version="v")
+    assert info.value.error_class == error_class and info.value.retryable
+    assert len(calls) == 2 and sleep.delays == [0.01]  # the SDK itself does not retry
+    if error_class == "connection":
+        assert "http://127.0.0.1:9/v1" in str(info.value) and "running" in str(info.value)
