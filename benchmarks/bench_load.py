@@ -1,0 +1,395 @@
+"""Load: a real Datasette server process under concurrent questions and extraction runs.
+
+    python benchmarks/bench_load.py [--questions 50] [--extractions 10] [--repeats 3]
+                                    [--ttft 0.3] [--token-delay 0.01] [--rows 2000] [--write-docs]
+
+Two processes on 127.0.0.1: the scripted OpenAI-compatible server
+(tests/fake_openai_server.py) adding realistic latency (time to first token
+plus a delay per streamed token) for chat and embeddings, and
+``datasette serve`` with the suite configured to use it. Each repetition
+fires ``--questions`` question requests (POST ask.json, full cited answer)
+and ``--extractions`` extraction runs (POST api/runs, then polled until the
+run finishes) all at once, and checks every response: zero errors allowed.
+
+Baselines measured in the same run, before the load:
+- the fake model answering the same number of concurrent streamed requests
+  directly (no Datasette): question latency / this = the suite's overhead;
+- Datasette serving a plain table page at the same concurrency.
+
+Printed: p50/p99 latencies and ratios, errors, and the server's resident
+memory (VmRSS) after each repetition (stable = no steady growth).
+``--write-docs`` also writes the figures into docs/reliability.md.
+Bounded: every request has a timeout and the whole run a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+IS_V1 = importlib.util.find_spec("datasette.resources") is not None
+SECRET = "bench-load-secret"
+DOC = (
+    "Invoices received this week. Acme Ltd billed 120 dollars for road repairs. "
+    "Beta LLC billed 75 dollars for cleaning. Gamma Inc billed 300 dollars for lighting."
+)
+ROWS_REPLY = json.dumps({"rows": [
+    {"name": "Acme Ltd", "amount": 120, "source_quote": "Acme Ltd billed 120 dollars"},
+    {"name": "Beta LLC", "amount": 75, "source_quote": "Beta LLC billed 75 dollars"},
+    {"name": "Gamma Inc", "amount": 300, "source_quote": "Gamma Inc billed 300 dollars"},
+]})
+ANSWER_REPLY = "The council raised the road budget by several percent [1], as other reports confirm [2]."
+TOPICS = ["road budget", "school lunches", "harbour fees", "library hours", "bridge repairs",
+          "police overtime", "park lighting", "bus routes", "water rates", "snow clearing"]
+
+
+def http_client(**kwargs):
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - the 1.0 line may only ship httpx2
+        import httpx2 as httpx
+    return httpx.AsyncClient(**kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def make_db(path: Path, rows: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("create table articles (id integer primary key, title text, body text)")
+    conn.execute("create table invoices (id integer primary key, name text, amount integer)")
+    conn.executemany(
+        "insert into articles values (?, ?, ?)",
+        (
+            (i, f"{TOPICS[i % len(TOPICS)].title()} update {i}",
+             f"Council report {i}: the {TOPICS[i % len(TOPICS)]} changed by {i % 17} percent this year.")
+            for i in range(1, rows + 1)
+        ),
+    )
+    conn.commit()
+    conn.close()
+
+
+def sign_actor(actor: dict) -> str:
+    from itsdangerous import URLSafeSerializer
+
+    return URLSafeSerializer(SECRET, "actor").dumps({"a": actor})
+
+
+def write_config(tmp: Path, base_url: str) -> Path:
+    plugin = {
+        "state_database": str(tmp / "state.db"),
+        "models": [{"id": "fake", "provider": "openai-compatible", "model": "fake-model", "base_url": base_url,
+                    "supports": ["streaming", "schema"], "timeout": 60}],
+        "embedding_models": [{"id": "fake-embed", "provider": "openai-compatible", "model": "fake-embedding",
+                              "base_url": base_url, "dimensions": 64}],
+        "defaults": {"extract": "fake", "answer": "fake", "embed": "fake-embed"},
+        "permissions": {"llm-ask": True, "llm-extract": {"id": "bench"}},
+        "rag": {"embedding_model": "fake-embed",
+                "databases": {"news": {"tables": {"articles": {"columns": ["title", "body"],
+                                                               "title_column": "title"}}}}},
+    }
+    config: dict = {"plugins": {"datasette-llm-newsroom": plugin}}
+    if IS_V1:
+        config["permissions"] = {"insert-row": {"id": "bench"}, "create-table": {"id": "bench"}}
+    path = tmp / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def start(cmd: list[str], log: Path, env=None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with http_client(timeout=2) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if (await client.get(url)).status_code < 500:
+                    return
+            except Exception:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"server not ready after {timeout}s: {log.read_text()[-2000:]}")
+
+
+async def timed(coro) -> tuple[float, object]:
+    start_t = time.perf_counter()
+    result = await coro
+    return time.perf_counter() - start_t, result
+
+
+async def baseline_model(base_url: str, n: int) -> list[float]:
+    body = {"model": "fake-model", "stream": True,
+            "messages": [{"role": "user", "content": "road budget question"}]}
+
+    async def one(client):
+        async with client.stream("POST", f"{base_url}/chat/completions", json=body) as r:
+            async for _ in r.aiter_bytes():
+                pass
+        return r.status_code
+
+    async with http_client(timeout=60) as client:
+        results = await asyncio.gather(*(timed(one(client)) for _ in range(n)))
+    assert all(code == 200 for _, code in results)
+    return [t for t, _ in results]
+
+
+async def baseline_table(server: str, n: int) -> list[float]:
+    async with http_client(timeout=60) as client:
+        results = await asyncio.gather(*(timed(client.get(f"{server}/news/articles.json?_size=10"))
+                                         for _ in range(n)))
+    assert all(r.status_code == 200 for _, r in results)
+    return [t for t, _ in results]
+
+
+async def ask(client, server: str, i: int, errors: list) -> float | None:
+    q = f"What happened to the {TOPICS[i % len(TOPICS)]}?"
+    t, r = await timed(client.post(f"{server}/-/llm-rag/news/ask.json", json={"q": q}))
+    try:
+        body = r.json()
+        ok = r.status_code == 200 and body.get("ok") and body.get("answer") and body.get("cited")
+    except ValueError:
+        ok, body = False, r.text[:200]
+    if not ok:
+        errors.append(f"ask {i}: {r.status_code} {str(body)[:200]}")
+        return None
+    return t
+
+
+async def extract(client, server: str, cookie: str, i: int, errors: list, deadline: float) -> float | None:
+    cookies = {"ds_actor": cookie}
+    start_t = time.perf_counter()
+    r = await client.post(f"{server}/-/llm-extract/api/runs", cookies=cookies,
+                          json={"database": "news", "table": "invoices", "text": f"{DOC} (batch {i})",
+                                "columns": ["name", "amount"]})
+    if r.status_code != 201:
+        errors.append(f"extract {i}: start {r.status_code} {r.text[:200]}")
+        return None
+    run_id = r.json()["id"]
+    while time.perf_counter() < deadline:
+        got = (await client.get(f"{server}/-/llm-extract/api/runs/{run_id}", cookies=cookies)).json()
+        if got["status"] not in ("pending", "running"):
+            valid = [row for row in got.get("rows", []) if row["valid"]]
+            if got["status"] != "done" or len(valid) != 3:
+                errors.append(f"extract {i}: {got['status']} {got.get('error')} valid={len(valid)}")
+                return None
+            return time.perf_counter() - start_t
+        await asyncio.sleep(0.1)
+    errors.append(f"extract {i}: not finished before the deadline")
+    return None
+
+
+async def repetition(server: str, cookie: str, questions: int, extractions: int, deadline: float):
+    errors: list[str] = []
+    limits = {"max_connections": questions + extractions + 10}
+    try:
+        import httpx
+
+        limits_obj = httpx.Limits(**limits)
+    except ImportError:  # pragma: no cover
+        import httpx2
+
+        limits_obj = httpx2.Limits(**limits)
+    async with http_client(timeout=90, limits=limits_obj) as client:
+        start_t = time.perf_counter()
+        results = await asyncio.gather(
+            *(ask(client, server, i, errors) for i in range(questions)),
+            *(extract(client, server, cookie, i, errors, deadline) for i in range(extractions)),
+        )
+        wall = time.perf_counter() - start_t
+    asks = [t for t in results[:questions] if t is not None]
+    runs = [t for t in results[questions:] if t is not None]
+    return asks, runs, errors, wall
+
+
+async def main_async(args) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    make_db(tmp / "news.db", args.rows)
+    script = {"rules": [{"match_any": "source_quote", "content": ROWS_REPLY}],
+              "default": {"content": ANSWER_REPLY}, "ttft": args.ttft, "token_delay": args.token_delay}
+    (tmp / "script.json").write_text(json.dumps(script))
+    fake_log, ds_log = tmp / "fake.log", tmp / "datasette.log"
+    # The fake server's listen backlog (http.server's default is 5) must hold the
+    # whole burst, or the kernel resets connections before the model sees them.
+    launcher = ("import sys; from http.server import ThreadingHTTPServer as S; S.request_queue_size = 512; "
+                "from tests.fake_openai_server import main; main(sys.argv[1:])")
+    fake = start([sys.executable, "-c", launcher, "--script", str(tmp / "script.json")], fake_log)
+    ds = None
+    try:
+        deadline = time.monotonic() + 30
+        base_url = None
+        while time.monotonic() < deadline and base_url is None:
+            match = re.search(r"listening on (\S+)", fake_log.read_text() if fake_log.exists() else "")
+            base_url = match.group(1) if match else None
+            await asyncio.sleep(0.1)
+        if not base_url:
+            raise SystemExit("fake server did not start")
+        config = write_config(tmp, base_url)
+        flag = ["-c", str(config)] if IS_V1 else ["-m", str(config)]
+        index_start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "datasette", "llm-rag", "index", str(tmp / "news.db"), *flag],
+                       cwd=ROOT, check=True, timeout=300, capture_output=True)
+        index_seconds = time.perf_counter() - index_start
+        port = free_port()
+        ds = start([sys.executable, "-m", "datasette", "serve", str(tmp / "news.db"), *flag,
+                    "-h", "127.0.0.1", "-p", str(port), "--secret", SECRET], ds_log)
+        server = f"http://127.0.0.1:{port}"
+        await wait_ready(f"{server}/-/versions.json", ds, ds_log)
+        cookie = sign_actor({"id": "bench"})
+
+        # Warm up (imports, model cache, index load), then baselines.
+        warm_errors: list[str] = []
+        async with http_client(timeout=60) as client:
+            await ask(client, server, 0, warm_errors)
+            await extract(client, server, cookie, 0, warm_errors, time.perf_counter() + 60)
+        if warm_errors:
+            raise SystemExit(f"warm-up failed: {warm_errors}")
+        async with http_client(timeout=60) as client:
+            alone = [await ask(client, server, i, warm_errors) for i in range(3)]
+        if warm_errors:
+            raise SystemExit(f"single question failed: {warm_errors}")
+        model_base = await baseline_model(base_url, args.questions)
+        table_base = await baseline_table(server, args.questions)
+        rss = [rss_kb(ds.pid)]
+
+        all_asks: list[float] = []
+        all_runs: list[float] = []
+        errors: list[str] = []
+        walls = []
+        for rep in range(args.repeats):
+            asks, runs, errs, wall = await repetition(
+                server, cookie, args.questions, args.extractions, time.perf_counter() + args.timeout
+            )
+            all_asks += asks
+            all_runs += runs
+            errors += errs
+            walls.append(wall)
+            rss.append(rss_kb(ds.pid))
+            print(f"  repetition {rep + 1}: {len(asks)}/{args.questions} answers, {len(runs)}/{args.extractions} "
+                  f"runs, {len(errs)} errors, {wall:.2f}s wall, server RSS {rss[-1] / 1024:.1f} MB", flush=True)
+        return {
+            "line": "1.0" if IS_V1 else "0.65",
+            "questions": args.questions, "extractions": args.extractions, "repeats": args.repeats,
+            "rows": args.rows, "ttft": args.ttft, "token_delay": args.token_delay,
+            "index_seconds": index_seconds,
+            "errors": errors,
+            "ask_p50": pct(all_asks, 50), "ask_p99": pct(all_asks, 99),
+            "run_p50": pct(all_runs, 50), "run_p99": pct(all_runs, 99),
+            "model_p50": statistics.median(model_base), "alone_p50": statistics.median(alone), "table_p50": statistics.median(table_base),
+            "table_p99": pct(table_base, 99),
+            "rss_mb": [r / 1024 for r in rss], "walls": walls,
+            "requests": len(all_asks) + len(all_runs),
+        }
+    finally:
+        if ds is not None:
+            stop(ds)
+        stop(fake)
+
+
+def report(r: dict) -> str:
+    rss = r["rss_mb"]
+    growth = (rss[-1] - rss[1]) / rss[1] * 100 if len(rss) > 2 else 0.0
+    lines = [
+        f"Datasette {r['line']}: {r['repeats']} repetitions of {r['questions']} concurrent questions + "
+        f"{r['extractions']} concurrent extraction runs ({r['rows']} indexed rows; fake model "
+        f"time-to-first-token {r['ttft']}s, {r['token_delay'] * 1000:.0f} ms/token)",
+        f"- errors: {len(r['errors'])} of {r['requests'] + len(r['errors'])} requests",
+        f"- question (full cited answer): p50 {r['ask_p50']:.2f}s, p99 {r['ask_p99']:.2f}s; "
+        f"the model alone at the same concurrency: p50 {r['model_p50']:.2f}s "
+        f"(ratio {r['ask_p50'] / r['model_p50']:.2f}x); one question alone, no load: {r['alone_p50']:.2f}s",
+        f"- extraction run (start to finished, 3 rows): p50 {r['run_p50']:.2f}s, p99 {r['run_p99']:.2f}s",
+        f"- plain table page at the same concurrency, before the load: p50 {r['table_p50'] * 1000:.0f} ms, "
+        f"p99 {r['table_p99'] * 1000:.0f} ms",
+        f"- server RSS: {' -> '.join(f'{m:.0f}' for m in rss)} MB (before load, then after each repetition; "
+        f"growth after the first repetition {growth:+.1f}%)",
+        f"- wall time per repetition: {', '.join(f'{w:.1f}s' for w in r['walls'])}; index build {r['index_seconds']:.1f}s",
+    ]
+    return "\n".join(lines)
+
+
+def write_docs(text: str, line: str) -> None:
+    path = ROOT / "docs" / "reliability.md"
+    start_marker, end_marker = f"<!-- bench_load {line} start -->", f"<!-- bench_load {line} end -->"
+    block = f"{start_marker}\n{text}\n{end_marker}"
+    content = path.read_text(encoding="utf-8") if path.exists() else "# Reliability\n"
+    if start_marker in content and end_marker in content:
+        before = content.split(start_marker)[0]
+        after = content.split(end_marker, 1)[1]
+        content = before + block + after
+    else:
+        content = content.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(content, encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--questions", type=int, default=50)
+    parser.add_argument("--extractions", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--ttft", type=float, default=0.3)
+    parser.add_argument("--token-delay", type=float, default=0.01)
+    parser.add_argument("--timeout", type=float, default=120, help="seconds allowed per repetition")
+    parser.add_argument("--write-docs", action="store_true", help="write the figures into docs/reliability.md")
+    args = parser.parse_args(argv)
+    result = asyncio.run(main_async(args))
+    text = report(result)
+    print(text)
+    for error in result["errors"][:10]:
+        print("  error:", error)
+    if args.write_docs:
+        write_docs(text, result["line"])
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
