@@ -119,6 +119,11 @@ class EvalReport:
     predicted_records: int = 0
     records_exact: int = 0
     failed_documents: list[str] = field(default_factory=list)
+    #: Valid rows whose supporting quote was / was not found in the document text.
+    quotes_found: int = 0
+    quotes_missing: int = 0
+    #: Rows the model returned that failed validation even after the re-ask.
+    invalid_rows: int = 0
 
     @property
     def record_exact_match(self) -> float:
@@ -139,6 +144,8 @@ class EvalReport:
                 "predicted_records": self.predicted_records,
                 "record_exact_match": round(self.record_exact_match, 4),
                 "failed_documents": self.failed_documents,
+                "quotes_found": self.quotes_found, "quotes_missing": self.quotes_missing,
+                "invalid_rows": self.invalid_rows,
                 "fields": {k: v.to_dict() for k, v in self.fields.items()},
                 "micro": self.micro().to_dict()}
 
@@ -155,6 +162,10 @@ class EvalReport:
         lines.append(f"documents: {self.documents}  gold records: {self.gold_records}  "
                      f"predicted: {self.predicted_records}  records exactly right: "
                      f"{self.records_exact} ({self.record_exact_match:.1%})")
+        if self.quotes_found + self.quotes_missing:
+            share = self.quotes_found / (self.quotes_found + self.quotes_missing)
+            lines.append(f"supporting quotes found in the document: {self.quotes_found} of "
+                         f"{self.quotes_found + self.quotes_missing} ({share:.1%}); invalid rows: {self.invalid_rows}")
         if self.failed_documents:
             lines.append(f"documents with failed chunks: {', '.join(self.failed_documents)}")
         return "\n".join(lines)
@@ -241,6 +252,7 @@ async def evaluate(gateway, spec: TableSpec, docs: list[GoldDocument], *, model_
 
     semaphore = asyncio.Semaphore(max(1, concurrency))
     failed: list[str] = []
+    counts = {"found": 0, "missing": 0, "invalid": 0}
 
     async def one(i: int, doc: GoldDocument) -> list[dict]:
         async with semaphore:
@@ -249,8 +261,12 @@ async def evaluate(gateway, spec: TableSpec, docs: list[GoldDocument], *, model_
                                 model_id=model_id, concurrency=1)
             rows: list[dict] = []
             async for event in run_extraction(gateway, job, actor=actor, ref=f"eval:{doc.id}"):
-                if isinstance(event, RowExtracted) and event.valid and not event.duplicate:
+                if isinstance(event, RowExtracted) and not event.valid:
+                    counts["invalid"] += 1
+                elif isinstance(event, RowExtracted) and not event.duplicate:
                     rows.append(event.values)
+                    if event.quote_checked:
+                        counts["found" if event.quote_found else "missing"] += 1
                 elif isinstance(event, ChunkFailed):
                     failed.append(doc.id)
             if progress:
@@ -260,4 +276,6 @@ async def evaluate(gateway, spec: TableSpec, docs: list[GoldDocument], *, model_
     predicted = await asyncio.gather(*(one(i, d) for i, d in enumerate(docs)))
     report = score(spec, [(d.records, p) for d, p in zip(docs, predicted)], date_order=date_order)
     report.failed_documents = sorted(set(failed))
+    report.quotes_found, report.quotes_missing = counts["found"], counts["missing"]
+    report.invalid_rows = counts["invalid"]
     return report

@@ -108,6 +108,17 @@ async def test_receipts_through_the_engine(gateway, scripted_model):
     assert worse.fields["total"].precision == 0.0 < report.fields["total"].precision
     assert worse.fields["date"].to_dict() == report.fields["date"].to_dict()
 
+    # A model that paraphrases instead of quoting: the quote check notices.
+    def paraphrase(request):
+        row = json.loads(receipt_responder(request))
+        for r in row["rows"]:
+            r["source_quote"] = "the receipt says so"
+        return json.dumps(row)
+
+    scripted_model.responder = paraphrase
+    unquoted = await evaluate(gateway, spec, docs[:5], model_id="scripted", date_order="dmy")
+    assert unquoted.quotes_found == 0 and unquoted.quotes_missing == 5
+
 
 def clemency_documents(per_doc=5, count=8):
     with open(CLEMENCY, newline="", encoding="utf-8") as f:
@@ -150,6 +161,9 @@ async def test_clemency_records_multi_row(gateway, scripted_model, tmp_path):
     assert report.to_dict()["fields"] == expected.to_dict()["fields"]
     assert report.gold_records == sum(len(d.records) for d in docs) > 20
     assert report.fields["name"].f1 > 0.9 and report.fields["life_sentence"].precision > 0.9
+    # the rule-based model quotes each record's first line verbatim
+    assert report.quotes_found == report.predicted_records and report.quotes_missing == 0
+    assert "supporting quotes found in the document" in report.format_table()
 
     def drop_one(request):  # a model that misses the last person of every document
         rows = json.loads(clemency_responder(request))["rows"]
