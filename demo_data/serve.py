@@ -1,7 +1,7 @@
 """Serve the demo newsroom: ``make demo`` runs this after ``demo_data/build.py``.
 
-1. writes demo_data/build/metadata.yml: the project's metadata.yml plus the chat
-   models your environment provides (see ``models_from_env``);
+1. reports the chat models your environment provides (the suite registers them
+   itself from OPENAI_API_KEY, ANTHROPIC_API_KEY or DATASETTE_LLM_BASE_URL);
 2. builds the question box's search index with the local embedding model
    (no key, no network) if the index command is installed;
 3. prints how to sign in and how to add a model, then runs Datasette with
@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import shutil
 import subprocess
@@ -27,62 +26,22 @@ BUILD = HERE / "build"
 DATABASES = ["congress", "documents", "newsroom"]
 PLUGIN = "datasette-llm-newsroom"
 
-OPENAI_MODEL = "gpt-4o-mini"
-ANTHROPIC_MODEL = "claude-3-5-haiku-latest"
+def model_status(env: Mapping[str, str]) -> str:
+    """One line saying which chat models the environment provides.
 
-
-def models_from_env(env: Mapping[str, str]) -> list[dict]:
-    """Model entries for the plugin config, from the environment variables that are set.
-
-    - ``OPENAI_API_KEY``: OpenAI (model from ``DATASETTE_LLM_OPENAI_MODEL``)
-    - ``ANTHROPIC_API_KEY``: Anthropic (model from ``DATASETTE_LLM_ANTHROPIC_MODEL``)
-    - ``DATASETTE_LLM_BASE_URL`` + ``DATASETTE_LLM_MODEL``: any OpenAI-compatible
-      server (Ollama, llama.cpp, vLLM); key from ``DATASETTE_LLM_API_KEY`` if it needs one.
-    Keys are referenced by variable name, never copied into the file.
+    The suite itself registers them (``auto_models``, see the README): an
+    OpenAI model for ``OPENAI_API_KEY``, an Anthropic one for
+    ``ANTHROPIC_API_KEY``, and any OpenAI-compatible server for
+    ``DATASETTE_LLM_BASE_URL`` (+ ``DATASETTE_LLM_MODEL``).
     """
-    models: list[dict] = []
-    if env.get("DATASETTE_LLM_BASE_URL") and env.get("DATASETTE_LLM_MODEL"):
-        entry = {
-            "id": "local",
-            "label": f"{env['DATASETTE_LLM_MODEL']} (local server)",
-            "provider": "openai-compatible",
-            "model": env["DATASETTE_LLM_MODEL"],
-            "base_url": env["DATASETTE_LLM_BASE_URL"],
-        }
-        if env.get("DATASETTE_LLM_API_KEY"):
-            entry["api_key_env"] = "DATASETTE_LLM_API_KEY"
-        models.append(entry)
-    if env.get("OPENAI_API_KEY"):
-        model = env.get("DATASETTE_LLM_OPENAI_MODEL") or OPENAI_MODEL
-        models.append({"id": "openai", "label": f"OpenAI {model}", "provider": "openai",
-                       "model": model, "api_key_env": "OPENAI_API_KEY"})
-    if env.get("ANTHROPIC_API_KEY"):
-        model = env.get("DATASETTE_LLM_ANTHROPIC_MODEL") or ANTHROPIC_MODEL
-        models.append({"id": "anthropic", "label": f"Anthropic {model}",
-                       "provider": "anthropic", "model": model,
-                       "api_key_env": "ANTHROPIC_API_KEY"})
-    return models
+    from datasette_llm_core.providers.builtin import default_model_configs
 
-
-def demo_metadata(base: dict, env: Mapping[str, str]) -> dict:
-    """``base`` (the parsed metadata.yml) with models, defaults and fallback from ``env``."""
-    metadata = copy.deepcopy(base)
-    settings = metadata.setdefault("plugins", {}).setdefault(PLUGIN, {})
-    models = models_from_env(env)
-    if models:
-        settings["models"] = models
-        ids = [m["id"] for m in models]
-        settings["defaults"] = {"extract": ids[0], "answer": ids[0]}
-        if len(ids) > 1:
-            settings["fallback"] = ids[1:]
-    return metadata
-
-
-def write_demo_metadata(env: Mapping[str, str]) -> Path:
-    base = yaml.safe_load((ROOT / "metadata.yml").read_text(encoding="utf-8"))
-    path = BUILD / "metadata.yml"
-    path.write_text(yaml.safe_dump(demo_metadata(base, env), sort_keys=False), encoding="utf-8")
-    return path
+    configs = default_model_configs(env)
+    if not configs:
+        return "none configured (extraction and written answers are off)."
+    return "from your environment: " + ", ".join(
+        f"{c.id} ({c.provider}{', ' + c.base_url if c.base_url else ''})" for c in configs
+    )
 
 
 def datasette_command() -> list[str]:
@@ -90,20 +49,34 @@ def datasette_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "datasette"]
 
 
+def indexed_databases(metadata: Path) -> list[str]:
+    config = yaml.safe_load(metadata.read_text(encoding="utf-8"))
+    rag = config.get("plugins", {}).get(PLUGIN, {}).get("rag", {})
+    return list(rag.get("databases", {}))
+
+
 def build_index(metadata: Path, databases: list[Path]) -> bool:
-    """Run ``datasette llm-rag index`` if it is installed; False if it is not."""
+    """Run ``datasette llm-rag index`` for each configured database (only new or
+    changed rows are embedded, so later runs take seconds)."""
     cmd = datasette_command()
     probe = subprocess.run(cmd + ["--help"], capture_output=True, text=True)
     if "llm-rag" not in probe.stdout:
-        print("! The search index command (datasette llm-rag index) is not installed yet;"
+        print("! The search index command (datasette llm-rag index) is not installed;"
               " skipping the index. The question box will say so.")
         return False
-    print("Building the search index with the local embedding model (first run: ~1 minute)...")
-    result = subprocess.run(cmd + ["llm-rag", "index", *map(str, databases), "-m", str(metadata)])
-    if result.returncode != 0:
-        print("! Building the index failed (see above); the demo starts without it.")
-        return False
-    return True
+    print("Building the search index with the local embedding model. The first run embeds"
+          " about 1,600 rows on this machine and can take a few minutes; later runs only"
+          " embed what changed.", flush=True)
+    wanted = set(indexed_databases(metadata))
+    ok = True
+    for path in databases:
+        if path.stem not in wanted:
+            continue
+        result = subprocess.run(cmd + ["llm-rag", "index", str(path), "-m", str(metadata)])
+        if result.returncode != 0:
+            print(f"! Indexing {path.name} failed (see above); the demo starts anyway.")
+            ok = False
+    return ok
 
 
 BANNER = """
@@ -136,15 +109,10 @@ def main() -> None:
     databases = [BUILD / f"{name}.db" for name in DATABASES]
     if not all(p.exists() for p in databases):
         subprocess.run([sys.executable, str(HERE / "build.py")], check=True)
-    metadata = write_demo_metadata(os.environ)
+    metadata = ROOT / "metadata.yml"
     if not args.no_index:
         build_index(metadata, databases)
-
-    models = models_from_env(os.environ)
-    status = (
-        "configured: " + ", ".join(m["label"] for m in models)
-        if models else "none configured (extraction and answers are off)."
-    )
+    status = model_status(os.environ)
     print(BANNER.format(host=args.host, port=args.port, model_status=status), flush=True)
     cmd = datasette_command() + [
         "serve", *map(str, databases), "-m", str(metadata),

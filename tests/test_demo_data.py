@@ -150,28 +150,16 @@ async def test_metadata_and_homepage_template_load(metadata, built):
     assert "CC BY 4.0" in table.text
 
 
-def test_models_from_env():
-    assert serve.models_from_env({}) == []
-    models = serve.models_from_env({
+def test_model_status_reports_what_the_environment_provides():
+    assert "none configured" in serve.model_status({})
+    status = serve.model_status({
         "OPENAI_API_KEY": "sk-secret",
         "DATASETTE_LLM_BASE_URL": "http://127.0.0.1:11434/v1",
         "DATASETTE_LLM_MODEL": "llama3.2",
     })
-    assert [m["id"] for m in models] == ["local", "openai"]
-    assert models[0]["provider"] == "openai-compatible"
-    assert models[0]["base_url"] == "http://127.0.0.1:11434/v1"
-    assert "sk-secret" not in repr(models)  # keys are referenced by name only
-    assert models[1]["api_key_env"] == "OPENAI_API_KEY"
-    # a base URL without a model name is not enough
-    assert serve.models_from_env({"DATASETTE_LLM_BASE_URL": "http://x/v1"}) == []
+    assert "openai" in status and "llama3.2" in status and "http://127.0.0.1:11434/v1" in status
+    assert "sk-secret" not in status
 
 
-def test_demo_metadata_config_is_valid(metadata):
-    from datasette_llm_core.config import parse_settings
-
-    merged = serve.demo_metadata(metadata, {"ANTHROPIC_API_KEY": "k", "OPENAI_API_KEY": "k"})
-    settings = parse_settings(merged["plugins"]["datasette-llm-newsroom"])
-    assert [m.id for m in settings.models] == ["openai", "anthropic"]
-    assert settings.defaults["answer"] == "openai"
-    assert settings.fallback_chain("answer") == ["anthropic"]
-    assert "models" not in metadata["plugins"]["datasette-llm-newsroom"]  # base untouched
+def test_serve_indexes_the_configured_databases():
+    assert serve.indexed_databases(ROOT / "metadata.yml") == ["documents", "congress"]
