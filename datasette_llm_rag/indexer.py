@@ -11,6 +11,7 @@ never written.
 from __future__ import annotations
 
 import asyncio
+from array import array
 import inspect
 import json
 import os
@@ -35,7 +36,7 @@ from .sidecar import (
     read_meta,
     sidecar_path,
 )
-from .lexical import term_counts
+from .lexical import word_counts, word_token
 from .textbuild import chunk_text, make_builder, text_hash
 
 EmbedFn = Callable[..., Awaitable[np.ndarray]]
@@ -258,24 +259,43 @@ class _Vocabulary:
         self.ids: dict[str, int] = dict(side.execute("select term, id from terms"))
         self.next_id = max(self.ids.values(), default=-1) + 1
         self.pending: list[tuple[int, str]] = []
+        self.word_ids: dict[str, int] = {}  # folded word -> term id, -1 for stopwords
+
+    def _word_id(self, word: str) -> int:
+        token = word_token(word)
+        if not token:
+            tid = -1
+        else:
+            tid = self.ids.get(token)
+            if tid is None:
+                tid = self.ids[token] = self.next_id
+                self.next_id += 1
+                self.pending.append((tid, token))
+        if len(self.word_ids) < 2_000_000:
+            self.word_ids[word] = tid
+        return tid
 
     def encode(self, text: str) -> tuple[bytes, bytes, int]:
-        counts = term_counts(text)
-        ids = self.ids
-        tids = []
-        for term in counts:
-            tid = ids.get(term)
-            if tid is None:
-                tid = ids[term] = self.next_id
-                self.next_id += 1
-                self.pending.append((tid, term))
-            tids.append(tid)
-        return (
-            np.asarray(tids, np.uint32).tobytes(),
-            np.fromiter((min(c, 65535) for c in counts.values()), np.uint16, len(counts)).tobytes()
-            if counts else b"",
-            sum(counts.values()),
-        )
+        """``(uint32 term ids, uint16 counts, token count)`` of a text."""
+        words = word_counts(text)
+        tids = list(map(self.word_ids.get, words))  # C-speed lookups; None = unseen
+        if None in tids:
+            tids = [t if t is not None else self._word_id(w) for t, w in zip(tids, words)]
+        counts = list(words.values())
+        if -1 in tids:  # drop stopwords
+            kept = [(t, c) for t, c in zip(tids, counts) if t >= 0]
+            tids = [t for t, _ in kept]
+            counts = [c for _, c in kept]
+        if len(set(tids)) != len(tids):  # two words with one stem: add their counts
+            merged: dict[int, int] = {}
+            for t, c in zip(tids, counts):
+                merged[t] = merged.get(t, 0) + c
+            tids, counts = list(merged), list(merged.values())
+        try:
+            tfs = array("H", counts)
+        except OverflowError:  # a term more than 65,535 times in one chunk
+            tfs = array("H", [min(c, 65535) for c in counts])
+        return array("I", tids).tobytes(), tfs.tobytes(), sum(counts)
 
     def flush(self, side: sqlite3.Connection) -> None:
         if self.pending:
@@ -283,9 +303,10 @@ class _Vocabulary:
             self.pending = []
 
     def rollback(self) -> None:
-        for tid, term in self.pending:
+        for _tid, term in self.pending:
             self.ids.pop(term, None)
         self.pending = []
+        self.word_ids.clear()
 
 
 def _write_batch(

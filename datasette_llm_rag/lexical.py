@@ -26,16 +26,19 @@ from .fusion import STOPWORDS
 
 K1 = 1.2
 B = 0.75
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_WORD = re.compile(r"\w+", re.UNICODE)
 _STEMS: dict[str, str] = {}
 
 
+_COMBINING = re.compile(r"[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]+")
+
+
 def _fold(text: str) -> str:
+    """Lower case without diacritics (café -> cafe); other scripts are kept."""
     text = text.lower()
     if text.isascii():
         return text
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _COMBINING.sub("", unicodedata.normalize("NFKD", text))
 
 
 def stem(word: str) -> str:
@@ -66,8 +69,24 @@ def tokenize(text: str, *, stopwords: frozenset[str] = STOPWORDS) -> list[str]:
     return [stem(w) for w in _WORD.findall(_fold(text)) if w not in stopwords]
 
 
-def term_counts(text: str) -> Counter:
-    return Counter(tokenize(text))
+def word_counts(text: str) -> Counter:
+    """Folded words of ``text`` with their counts (before stopwords and stemming)."""
+    return Counter(_WORD.findall(_fold(text))) if text else Counter()
+
+
+def word_token(word: str) -> str:
+    """The index token of one folded word: "" for a stopword, else its stem."""
+    return "" if word in STOPWORDS else stem(word)
+
+
+def term_counts(text: str) -> dict[str, int]:
+    """Token -> count for one text (what ``Counter(tokenize(text))`` gives)."""
+    out: dict[str, int] = {}
+    for word, count in word_counts(text).items():
+        token = word_token(word)
+        if token:
+            out[token] = out.get(token, 0) + count
+    return out
 
 
 def query_tokens(text: str) -> list[str]:
