@@ -26,7 +26,7 @@ from datasette_llm_core.state import STATE_DB_NAME, state_db
 from . import runs, service, tasks
 from .forms import BadForm, BodyTooLarge, parse_form, read_body
 from .prompts import PROMPT_VERSION
-from .schema import COLUMN_TYPES, QUOTE_FIELD
+from .schema import COLUMN_TYPES, QUOTE_FIELD, SchemaError, validate_table_spec
 from .service import StartRequest, UserError
 from .settings import extract_settings
 
@@ -307,18 +307,14 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
                 instructions=values["instructions"], model_id=values["model"] or None,
                 use_examples=values["use_examples"], direct_insert=form.get("direct_insert") == "on",
             )
+            run_id = await service.start_run(datasette, actor, req)
             if form.get("save_template") == "on" and form.get("template_name").strip():
-                from .schema import SchemaError, validate_table_spec
-
-                try:
-                    spec_obj = validate_table_spec(req.spec)
-                except SchemaError as e:
-                    raise UserError(str(e)) from None
+                # the spec passed validation when the run started
+                spec_obj = validate_table_spec(req.spec)
                 await runs.save_template(state, form.get("template_name").strip()[:100],
                                          str(actor.get("id")) if actor else None,
                                          form.get("template_shared") == "on", spec_obj.model_dump(),
                                          req.instructions)
-            run_id = await service.start_run(datasette, actor, req)
             return Response.redirect(run_url(datasette, run_id))
         except UserError as e:
             _raise_for(e)
@@ -764,8 +760,6 @@ async def save_template(datasette, request, receive):
         if not allowed_somewhere:
             raise UserError("You do not have permission to run LLM extraction.", 403)
         data = await _read_json(request, receive, 1_000_000)
-        from .schema import SchemaError, validate_table_spec
-
         name = str(data.get("name") or "").strip()
         if not name:
             raise UserError("Give the template a name.")

@@ -152,3 +152,15 @@ async def test_config_and_saved_templates_prefill_the_builder(tmp_path, fake_mod
     assert 'value="employee"' in page.text and "Yearly pay." in page.text
     rows = state_rows(tmp_path, "select name, owner_id, shared from llm_extract_templates")
     assert rows == [("Salaries", "root", 1)]
+    # "save as template" on the form: only when the run really starts
+    form = {"table": "filings", "col-0-name": "case_number", "col-0-type": "text", "text": " ",
+            "model": "scripted", "save_template": "on", "template_name": "Mine", "instructions": "Mine too."}
+    r = await post_form(ds, "/-/llm-extract/new/news", form, jar)
+    assert r.status_code == 400
+    assert state_rows(tmp_path, "select count(*) from llm_extract_templates")[0][0] == 1
+    scripted_model.enqueue(rows_json())
+    r = await post_form(ds, "/-/llm-extract/new/news", {**form, "text": "Case 12-345 filed 2020-01-02."}, jar)
+    assert r.status_code == 302
+    rows = state_rows(tmp_path, "select name, shared, instructions, schema_json from llm_extract_templates"
+                                " where name = 'Mine'")
+    assert rows[0][:3] == ("Mine", 0, "Mine too.") and "case_number" in rows[0][3]
