@@ -123,3 +123,24 @@ async def test_key_not_rendered_in_config_pages(fake_api_keys):
     # The secret scanner (conftest) fails the test if a key shows up in these bodies.
     for path in ("/-/metadata.json", "/-/config.json", "/-/plugins.json", "/llm_newsroom.json"):
         await ds.client.get(path, cookies={"ds_actor": ds.sign({"a": {"id": "root"}}, "actor")})
+
+
+async def test_concurrent_rows_share_commits():
+    import asyncio
+
+    ds = make_ds()
+    await ds.invoke_startup()
+    db = ds.databases["llm_newsroom"]
+    real = db.execute_write_fn
+    writes = []
+
+    async def counting(fn, *args, **kwargs):
+        writes.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    db.execute_write_fn = counting
+    records = [CallRecord(kind="chat", outcome="ok", ref="burst") for _ in range(40)]
+    ids = await asyncio.gather(*(write_call(ds, r) for r in records))
+    assert sorted(ids) == sorted(r.id for r in records)
+    assert len(await calls_for_ref(ds, "burst")) == 40
+    assert 1 <= len(writes) < 40  # grouped into fewer transactions than rows
