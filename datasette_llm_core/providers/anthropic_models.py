@@ -62,6 +62,15 @@ class AnthropicProvider(Provider):
         return anthropic.AsyncAnthropic(**kwargs)
 
 
+def _input_tokens(usage) -> int:
+    """Input tokens including prompt-cache reads and writes."""
+    return (
+        (getattr(usage, "input_tokens", None) or 0)
+        + (getattr(usage, "cache_creation_input_tokens", None) or 0)
+        + (getattr(usage, "cache_read_input_tokens", None) or 0)
+    )
+
+
 def tool_name(name: str) -> str:
     cleaned = _NAME_OK.sub("_", name or "output")[:64]
     return cleaned or "output"
@@ -194,11 +203,7 @@ class AnthropicChatModel(ChatModel):
                     kind = event.type
                     if kind == "message_start":
                         usage = event.message.usage
-                        input_tokens = (
-                            (usage.input_tokens or 0)
-                            + (getattr(usage, "cache_creation_input_tokens", None) or 0)
-                            + (getattr(usage, "cache_read_input_tokens", None) or 0)
-                        )
+                        input_tokens = _input_tokens(usage)
                         output_tokens = usage.output_tokens or 0
                     elif kind == "content_block_start":
                         in_tool = event.content_block.type == "tool_use"
@@ -215,6 +220,9 @@ class AnthropicChatModel(ChatModel):
                         stop_reason = event.delta.stop_reason or stop_reason
                         if event.usage is not None and event.usage.output_tokens is not None:
                             output_tokens = event.usage.output_tokens
+                        # Newer API versions repeat the (cumulative) input count here.
+                        if event.usage is not None and getattr(event.usage, "input_tokens", None):
+                            input_tokens = _input_tokens(event.usage)
             finally:
                 await stream.close()
         except anthropic.APIError as e:
@@ -246,15 +254,9 @@ class AnthropicChatModel(ChatModel):
             text = json.dumps(tool_inputs[0], ensure_ascii=False)
         else:
             text = "".join(b.text for b in message.content if b.type == "text")
-        usage = message.usage
-        input_tokens = (
-            (usage.input_tokens or 0)
-            + (getattr(usage, "cache_creation_input_tokens", None) or 0)
-            + (getattr(usage, "cache_read_input_tokens", None) or 0)
-        )
         return ChatResponse(
             text=text,
-            usage=Usage(input_tokens, usage.output_tokens or 0),
+            usage=Usage(_input_tokens(message.usage), message.usage.output_tokens or 0),
             model_id=self.model_id,
             finish_reason=FINISH.get(message.stop_reason, message.stop_reason),
         )
