@@ -122,12 +122,13 @@ async def start_job(
     now = time.time()
 
     def insert(conn):
-        cursor = conn.execute(
-            "insert into rag_jobs (database_name, actor_id, status, rebuild, tables, "
-            "started_at, updated_at) values (?, ?, 'queued', ?, ?, ?, ?)",
-            [database, (actor or {}).get("id"), int(rebuild),
-             json.dumps(tables) if tables else None, now, now],
-        )
+        with conn:  # Datasette 0.65 does not commit execute_write_fn for us
+            cursor = conn.execute(
+                "insert into rag_jobs (database_name, actor_id, status, rebuild, tables, "
+                "started_at, updated_at) values (?, ?, 'queued', ?, ?, ?, ?)",
+                [database, (actor or {}).get("id"), int(rebuild),
+                 json.dumps(tables) if tables else None, now, now],
+            )
         return cursor.lastrowid
 
     job_id = await db.execute_write_fn(insert, block=True)
