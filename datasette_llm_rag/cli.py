@@ -22,11 +22,15 @@ def _load_file(path: str | None) -> dict:
     if not path:
         return {}
     text = Path(path).read_text(encoding="utf-8")
-    if path.endswith((".yml", ".yaml")):
-        import yaml
+    try:
+        if path.endswith((".yml", ".yaml")):
+            import yaml
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+            return yaml.safe_load(text) or {}
+        return json.loads(text)
+    except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
+        detail = " ".join(str(e).split())
+        raise click.ClickException(f"Cannot read {path}: {detail}. Fix its syntax and try again.") from None
 
 
 def _make_datasette(db_path: str, metadata: dict, config: dict, immutable: bool):

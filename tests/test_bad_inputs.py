@@ -271,3 +271,227 @@ async def test_unknown_column_in_rag_config_is_a_clear_error(tmp_path):
         await refresh_index(str(db), "news", bad, HashEmbeddingModel(), sidecar=str(side))
     assert "bdy" in str(info.value) and "Available columns" in str(info.value)
     assert hashes(db) == before
+
+
+# --- pages and JSON APIs of a running Datasette -----------------------------------
+# Each case is one request as root (who may do everything, so only the input
+# is wrong). The source database, its search index and the state database are
+# hashed before and after: a refused request writes nothing.
+
+import json as _json  # noqa: E402
+
+from datasette_llm_core import permissions as _P  # noqa: E402
+
+WEB_RAG = {"articles": {"columns": ["title", "body"], "title_column": "title"}}
+BIG = 2_000_001
+
+
+@pytest.fixture
+async def site(tmp_path, fake_models, scripted_model):
+    news = tmp_path / "news.db"
+    conn = sqlite3.connect(news)
+    conn.execute("create table target (id integer primary key, name text, amount integer)")
+    conn.execute("create table articles (id integer primary key, title text, body text)")
+    conn.executemany("insert into articles values (?, ?, ?)", [(i, f"t{i}", f"road budget {i}") for i in range(1, 9)])
+    conn.commit()
+    conn.close()
+    side = tmp_path / "news.llm-rag.db"
+    await refresh_index(str(news), "news", {"databases": {"news": {"tables": WEB_RAG}}}, HashEmbeddingModel(),
+                        sidecar=str(side))
+    for suffix in ("-wal", "-shm"):
+        Path(str(side) + suffix).unlink(missing_ok=True)
+    scripted_model.responder = lambda request: '{"rows": []}' if request.json_schema else "Nothing [1]."
+    plugin = {
+        "state_database": str(tmp_path / "state.db"),
+        "defaults": {"extract": "scripted", "answer": "scripted", "embed": "hash-embed"},
+        "extract": {"max_text_chars": BIG - 1},
+        "rag": {"embedding_model": "hash-embed",
+                "databases": {"news": {"sidecar": str(side), "tables": WEB_RAG}}},
+    }
+    config = {"plugins": {"datasette-llm-newsroom": plugin}}
+    ds = Datasette([str(news)], config=config) if _P.IS_V1 else Datasette([str(news)], metadata=config)
+    if _P.IS_V1:
+        ds.root_enabled = True
+    await ds.invoke_startup()
+    # Settle the state database (migrations, WAL) before hashing it.
+    await ds.client.get("/-/llm-ask/news", cookies=_root(ds))
+    return ds, [news, side, tmp_path / "state.db"]
+
+
+def _root(ds):
+    return {"ds_actor": ds.sign({"a": {"id": "root"}}, "actor")}
+
+
+async def _csrf(ds, jar) -> dict:
+    page = await ds.client.get("/-/llm-extract/into/news/target", cookies=jar)
+    token = page.cookies.get("ds_csrftoken")
+    if token:
+        jar["ds_csrftoken"] = token
+        return {"x-csrftoken": token}
+    return {}
+
+
+def _db_hashes(paths) -> dict:
+    return {p.name: file_hash(p) for p in paths}
+
+
+TARGET_JSON = {"database": "news", "table": "target", "columns": ["name", "amount"], "text": "Acme paid 12."}
+NEW_TABLE = {"database": "news", "create": True, "text": "Acme paid 12.", "schema": {"columns": [{"name": "name"}]}}
+RUNS = "/-/llm-extract/api/runs"
+ASK = "/-/llm-rag/news/ask.json"
+
+# (id, method, path, json body or raw bytes, expected status, [phrases in the error])
+WEB_CASES = [
+    ("extract-unknown-database", "POST", RUNS, {**TARGET_JSON, "database": "nope"}, 404, ["no database called 'nope'"]),
+    ("extract-state-database", "POST", RUNS, {**TARGET_JSON, "database": "llm_newsroom"}, 404, ["no table"]),
+    ("extract-unknown-table", "POST", RUNS, {**TARGET_JSON, "table": "nope"}, 404, ["nope"]),
+    ("extract-unknown-model", "POST", RUNS, {**TARGET_JSON, "model": "gpt-9-ultra"}, 400, ["gpt-9-ultra", "available"]),
+    ("extract-empty-text", "POST", RUNS, {**TARGET_JSON, "text": ""}, 400, ["paste some text"]),
+    ("extract-huge-paste", "POST", RUNS, {**TARGET_JSON, "text": "x" * BIG}, 400, ["limit", "Split"]),
+    ("extract-text-not-string", "POST", RUNS, {**TARGET_JSON, "text": 12}, 400, ["must be a string"]),
+    ("extract-body-not-json", "POST", RUNS, b"{not json", 400, ["JSON"]),
+    ("extract-body-array", "POST", RUNS, b"[1, 2]", 400, ["object"]),
+    ("extract-body-bad-utf8", "POST", RUNS, b'{"database": "news", "text": "\xff\xfe"}', 400, []),
+    ("new-table-exists", "POST", RUNS, {**NEW_TABLE, "table": "target"}, 400, ["already exists", "pick another name"]),
+    ("new-table-no-name", "POST", RUNS, {**NEW_TABLE, "table": "  "}, 400, ["Give the new table a name"]),
+    ("new-table-sqlite-prefix", "POST", RUNS, {**NEW_TABLE, "table": "sqlite_master"}, 400, ["reserved"]),
+    ("new-table-llm-prefix", "POST", RUNS, {**NEW_TABLE, "table": "_llm_runs"}, 400, ["reserved"]),
+    ("new-table-control-chars", "POST", RUNS, {**NEW_TABLE, "table": "bad\nname"}, 400, ["control characters"]),
+    ("new-table-too-long", "POST", RUNS, {**NEW_TABLE, "table": "t" * 65}, 400, ["shorten it"]),
+    ("new-table-duplicate-columns", "POST", RUNS,
+     {**NEW_TABLE, "table": "fresh", "schema": {"columns": [{"name": "Name"}, {"name": "name"}]}}, 400, ["used twice"]),
+    ("new-table-hostile-column", "POST", RUNS,
+     {**NEW_TABLE, "table": "fresh", "schema": {"columns": [{"name": "a\x00b"}]}}, 400, ["control characters"]),
+    ("new-table-no-schema", "POST", RUNS, {**NEW_TABLE, "table": "fresh", "schema": None}, 400, ["schema"]),
+    ("unknown-run", "GET", f"{RUNS}/0123456789abcdef", None, 404, ["No such extraction run"]),
+    ("unknown-run-action", "POST", f"{RUNS}/0123456789abcdef/insert", {"accept": "all_valid"}, 404, []),
+    ("ask-unknown-database", "POST", "/-/llm-rag/nope/ask.json", {"q": "road"}, 404, ["not found"]),
+    ("ask-q-not-string", "POST", ASK, {"q": ["road"]}, 400, ["q must be a string"]),
+    ("ask-body-not-json", "POST", ASK, b"{nope", 400, ["not valid JSON"]),
+    ("ask-body-array", "POST", ASK, b"[]", 400, ["must be an object"]),
+    ("ask-huge-question", "POST", ASK, {"q": "road " * 5000}, 400, ["Shorten it"]),
+    ("ask-empty-question", "POST", ASK, {"q": "   "}, 400, []),
+    ("search-unknown-database", "GET", "/-/llm-rag/nope/search.json?q=road", None, 404, ["not found"]),
+    ("similar-unknown-table", "GET", "/-/llm-rag/similar/news/nope/1.json", None, 404, ["nope"]),
+    ("feedback-unknown-answer", "POST", "/-/llm-rag/feedback.json", {"answer_id": "rag-nope", "rating": "up"}, 404, ["Unknown answer_id"]),
+    ("feedback-bad-rating", "POST", "/-/llm-rag/feedback.json", {"answer_id": "x", "rating": "meh"}, 400, ["rating"]),
+    ("template-bad-schema", "POST", "/-/llm-extract/templates", {"name": "t", "schema": {"columns": []}}, 400, ["no columns"]),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,phrases", [c[1:] for c in WEB_CASES], ids=[c[0] for c in WEB_CASES])
+async def test_bad_request_is_refused_clearly_and_writes_nothing(site, method, path, body, status, phrases):
+    ds, files = site
+    jar = _root(ds)
+    headers = await _csrf(ds, jar)
+    before = _db_hashes(files)
+    kwargs = {"cookies": jar, "headers": dict(headers)}
+    if isinstance(body, bytes):
+        kwargs["content"] = body
+        kwargs["headers"]["content-type"] = "application/json"
+    elif body is not None:
+        kwargs["json"] = body
+    response = await ds.client.request(method, path, **kwargs)
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    payload = response.json()
+    assert payload.get("ok") is False
+    message = payload.get("error") or ""
+    assert message and "Traceback" not in message
+    for phrase in phrases:
+        assert phrase.lower() in message.lower(), (phrase, message)
+    assert _db_hashes(files) == before
+
+
+# (id, filename, content type, bytes, [phrases shown on the page])
+FORM_UPLOADS = [
+    ("form-zero-byte", "empty.txt", "text/plain", b"", ["empty"]),
+    ("form-mislabelled", "receipt.txt", "text/plain", png(10, 10), ["really image/png"]),
+    ("form-image-bomb", "bomb.png", "image/png", png(30000, 30000), ["megapixels"]),
+    ("form-invalid-utf8", "notes.txt", "text/plain", "déjà vu".encode("latin-1"), ["UTF-8"]),
+    ("form-heic", "IMG_1.heic", "image/heic", HEIC_BYTES, ["convert it to JPEG"]),
+]
+
+
+@pytest.mark.parametrize("filename,ctype,data,phrases", [c[1:] for c in FORM_UPLOADS], ids=[c[0] for c in FORM_UPLOADS])
+async def test_bad_upload_through_the_form_is_shown_and_writes_nothing(site, filename, ctype, data, phrases):
+    import html as html_lib
+
+    ds, files = site
+    jar = _root(ds)
+    headers = await _csrf(ds, jar)
+    fields = {"col-0-name": "name", "col-0-type": "text", "col-1-name": "amount", "col-1-type": "integer",
+              "text": "", "instructions": ""}
+    if "x-csrftoken" in headers:
+        fields["csrftoken"] = headers["x-csrftoken"]
+    before = _db_hashes(files)
+    response = await ds.client.post(
+        "/-/llm-extract/into/news/target", cookies=jar, data=fields,
+        files={"files": (filename, data, ctype)},
+    )
+    assert response.status_code == 400, (response.status_code, response.text[-500:])
+    text = html_lib.unescape(response.text)
+    for phrase in phrases:
+        assert phrase in text, phrase
+    assert _db_hashes(files) == before
+
+
+async def test_broken_rag_config_gives_a_page_with_the_fix_not_a_traceback(tmp_path, fake_models):
+    news = tmp_path / "news.db"
+    sqlite3.connect(news).close()
+    plugin = {"state_database": ":memory:", "rag": {"databases": {"news": {"tables": {"t": {"colums": ["x"]}}}}}}
+    config = {"plugins": {"datasette-llm-newsroom": plugin}}
+    ds = Datasette([str(news)], config=config) if _P.IS_V1 else Datasette([str(news)], metadata=config)
+    await ds.invoke_startup()
+    response = await ds.client.get("/-/llm-ask", cookies=_root(ds))
+    assert response.status_code == 500
+    assert "colums" in response.text and "rag" in response.text
+    assert "Traceback" not in response.text
+
+
+# --- the command line ------------------------------------------------------------
+
+def _cli(args):
+    from click.testing import CliRunner
+    from datasette.cli import cli
+
+    return CliRunner().invoke(cli, args)
+
+
+def test_cli_index_missing_database_file(tmp_path):
+    result = _cli(["llm-rag", "index", str(tmp_path / "nope.db")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_cli_index_broken_metadata_file(tmp_path):
+    db = make_source(tmp_path)
+    bad = tmp_path / "metadata.yml"
+    bad.write_text("plugins:\n  datasette-llm-newsroom: [unclosed\n")
+    before = hashes(db)
+    result = _cli(["llm-rag", "index", str(db), "-m", str(bad)])
+    assert result.exit_code == 1
+    assert "Cannot read" in result.output and "Fix its syntax" in result.output
+    assert "Traceback" not in result.output
+    assert hashes(db) == before
+    assert not (tmp_path / "news.llm-rag.db").exists()
+
+
+def test_cli_verify_corrupt_sidecar_says_rebuild(tmp_path):
+    db = make_source(tmp_path)
+    meta = tmp_path / "metadata.json"
+    meta.write_text(_json.dumps({"plugins": {"datasette-llm-newsroom": {
+        "state_database": str(tmp_path / "state.db"),
+        "rag": {"databases": {"news": {"tables": RAG["databases"]["news"]["tables"]}}}}}}))
+    side = tmp_path / "news.llm-rag.db"
+    side.write_bytes(b"garbage" * 500)
+    before = hashes(db, side)
+    flag = "-c" if _P.IS_V1 else "-m"
+    result = _cli(["llm-rag", "index", str(db), flag, str(meta), "--verify"])
+    assert result.exit_code == 1, result.output
+    assert "rebuild" in result.output and "damaged" in result.output
+    assert "Traceback" not in result.output
+    assert hashes(db, side) == before
+
+
+def test_cli_extract_run_missing_folder(tmp_path):
+    result = _cli(["llm-extract", "run", str(tmp_path / "news.db"), "target", str(tmp_path / "nope")])
+    assert result.exit_code == 2
