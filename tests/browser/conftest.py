@@ -99,17 +99,20 @@ def _reset_fake(request):
 
 
 class DatasetteServer:
-    def __init__(self, base_url: str, root_login_url: str, workdir: Path, proc):
+    def __init__(self, base_url: str, root_login_url: str, workdir: Path, proc, log_file,
+                 log_path: Path):
         self.base_url = base_url
         self.root_login_url = root_login_url
         self.workdir = workdir
         self.proc = proc
+        self.log_file = log_file
+        self.log_path = log_path
 
     def url(self, path: str) -> str:
         return self.base_url + path
 
     def log(self) -> str:
-        return (self.workdir / "datasette.log").read_text(encoding="utf-8", errors="replace")
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def actor_cookie(self, actor: dict) -> dict:
         """A signed ds_actor cookie for ``actor`` (the server shares our secret)."""
@@ -133,39 +136,52 @@ def _wait_until_up(proc, url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"datasette did not answer {url} within {timeout}s")
 
 
-@pytest.fixture(scope="session")
-def datasette_server(tmp_path_factory, fake_llm):
-    """Datasette serving a fresh copy of the demo databases, models -> the fake server."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    workdir = tmp_path_factory.mktemp("browser-server")
-    paths = _load_build().build(workdir)
+DATABASES = ("congress", "documents", "newsroom")
+#: What the browser suite indexes: one small table keeps indexing to seconds.
+RAG_TABLES = {"documents": ["trump_lawsuits"]}
+
+
+def _datasette_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("datasette")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "datasette"]
+
+
+def _server_env() -> dict:
+    return {**os.environ, "DATASETTE_SECRET": SECRET, "FAKE_LLM_KEY": FAKE_KEY,
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def write_metadata(workdir: Path, state_name: str, models: list[dict]) -> Path:
+    """metadata.yml of the demo, pointed at ``workdir`` and the given models."""
     metadata = yaml.safe_load((ROOT / "metadata.yml").read_text(encoding="utf-8"))
     settings = metadata["plugins"]["datasette-llm-newsroom"]
-    settings["state_database"] = str(workdir / "llm_newsroom.db")
-    settings["rag"]["sidecar_dir"] = str(workdir)
-    settings["models"] = [{
-        "id": "fake", "label": "Fake model (test server)", "provider": "openai-compatible",
-        "model": "fake-model", "base_url": fake_llm.base_url, "api_key_env": "FAKE_LLM_KEY",
-        "supports": ["streaming", "schema", "images"],
-    }]
-    settings["defaults"] = {"extract": "fake", "answer": "fake"}
+    settings["state_database"] = str(workdir / f"{state_name}.db")
+    rag = settings["rag"]
+    rag["sidecar_dir"] = str(workdir)
+    rag["databases"] = {
+        db: {"tables": {t: rag["databases"][db]["tables"][t] for t in tables}}
+        for db, tables in RAG_TABLES.items()
+    }
+    settings["models"] = models
+    settings["auto_models"] = False
+    if models:
+        settings["defaults"] = {"extract": models[0]["id"], "answer": models[0]["id"]}
     settings["retries"] = {"max_attempts": 1}
-    meta_path = workdir / "metadata.yml"
-    meta_path.write_text(yaml.safe_dump(metadata, sort_keys=False), encoding="utf-8")
+    path = workdir / f"{state_name}-metadata.yml"
+    path.write_text(yaml.safe_dump(metadata, sort_keys=False), encoding="utf-8")
+    return path
 
+
+def _start(workdir: Path, meta_path: Path, name: str) -> "DatasetteServer":
     port = free_port()
-    exe = Path(sys.executable).with_name("datasette")
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "datasette"]),
-           "serve", *[str(paths[n]) for n in ("congress", "documents", "newsroom")],
-           "-m", str(meta_path), "--template-dir", str(ROOT / "templates"),
-           "--host", "127.0.0.1", "--port", str(port), "--root"]
-    env = {**os.environ, "DATASETTE_SECRET": SECRET, "FAKE_LLM_KEY": FAKE_KEY,
-           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    log = (workdir / "datasette.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=log,
-                            text=True)
+    cmd = _datasette_cmd() + [
+        "serve", *[str(workdir / f"{n}.db") for n in DATABASES],
+        "-m", str(meta_path), "--template-dir", str(ROOT / "templates"),
+        "--host", "127.0.0.1", "--port", str(port), "--root"]
+    log_path = workdir / f"{name}.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=workdir, env=_server_env(), stdout=subprocess.PIPE,
+                            stderr=log, text=True)
     try:
         login = proc.stdout.readline().strip()
         base_url = f"http://127.0.0.1:{port}"
@@ -173,18 +189,56 @@ def datasette_server(tmp_path_factory, fake_llm):
     except Exception:
         proc.kill()
         log.close()
-        raise RuntimeError(
-            "Datasette failed to start:\n" + (workdir / "datasette.log").read_text()
-        ) from None
+        raise RuntimeError("Datasette failed to start:\n" + log_path.read_text()) from None
     assert "/-/auth-token?token=" in login, login
-    server = DatasetteServer(base_url, login, workdir, proc)
-    yield server
-    proc.terminate()
+    return DatasetteServer(base_url, login, workdir, proc, log, log_path)
+
+
+def _stop(server: "DatasetteServer") -> None:
+    server.proc.terminate()
     try:
-        proc.wait(timeout=10)
+        server.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        server.proc.kill()
+    server.log_file.close()
+
+
+@pytest.fixture(scope="session")
+def demo_workdir(tmp_path_factory, fake_llm) -> Path:
+    """Fresh demo databases and their search index (local MiniLM embeddings)."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("browser-server")
+    _load_build().build(workdir)
+    meta = write_metadata(workdir, "index", [])
+    for db in RAG_TABLES:
+        result = subprocess.run(
+            _datasette_cmd() + ["llm-rag", "index", str(workdir / f"{db}.db"), "-m", str(meta)],
+            cwd=workdir, env=_server_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"indexing {db} failed:\n{result.stdout}\n{result.stderr}"
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def datasette_server(demo_workdir, fake_llm):
+    """Datasette serving the demo databases, its chat model -> the fake server."""
+    model = {
+        "id": "fake", "label": "Fake model (test server)", "provider": "openai-compatible",
+        "model": "fake-model", "base_url": fake_llm.base_url, "api_key_env": "FAKE_LLM_KEY",
+        "supports": ["streaming", "schema", "images"],
+    }
+    server = _start(demo_workdir, write_metadata(demo_workdir, "llm_newsroom", [model]), "datasette")
+    yield server
+    _stop(server)
+
+
+@pytest.fixture(scope="session")
+def search_only_server(demo_workdir):
+    """The same databases and index with no chat model configured at all."""
+    server = _start(demo_workdir, write_metadata(demo_workdir, "no_models", []), "no-models")
+    yield server
+    _stop(server)
 
 
 @pytest.fixture(scope="module")
