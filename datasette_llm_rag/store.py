@@ -68,7 +68,7 @@ class _Loaded:
         self.tables: list[str] = []
         self.q8 = np.zeros((0, 0), np.int8)
         self.scale = np.zeros(0, np.float32)
-        self.f32: np.ndarray | None = None  # exact path
+        self.exact = False  # small index: score every vector
         self.words: list[np.ndarray] = []  # binary codes, one uint64 array per 64 dims
         self.mu: np.ndarray | None = None
         self.generation = ""
@@ -255,7 +255,7 @@ class RagIndex:
     def _prepare(self, state: _Loaded) -> None:
         n = state.count
         if n <= self.exact_limit:
-            state.f32 = dequantize(state.q8, state.scale) if n else np.zeros((0, state.dims), np.float32)
+            state.exact = True
             return
         # Mean of the vectors, then one-bit codes of the centred vectors, blockwise.
         total = np.zeros(state.dims, np.float64)
@@ -335,12 +335,23 @@ class RagIndex:
             )
         return q
 
-    def _hamming(self, state: _Loaded, q: np.ndarray) -> np.ndarray:
+    def _hamming(
+        self, state: _Loaded, q: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Hamming distance of every code to the query's, and their histogram.
+
+        Rows outside ``mask`` get the largest distance and are not counted.
+        The scan runs in blocks that stay in cache, split over the pool's
+        threads (numpy releases the GIL in each operation).
+        """
         qwords = _binary_words(q[None, :], state.mu)[0]
         n = state.count
+        nbits = 64 * len(qwords)
         dist = np.empty(n, np.uint16)
+        far = np.iinfo(np.uint16).max
 
-        def scan(lo: int, hi: int) -> None:
+        def scan(lo: int, hi: int) -> np.ndarray:
+            hist = np.zeros(nbits + 1, np.int64)
             tmp = np.empty(min(BLOCK, hi - lo), np.uint64)
             cnt = np.empty(min(BLOCK, hi - lo), np.uint8)
             for start in range(lo, hi, BLOCK):
@@ -352,6 +363,12 @@ class RagIndex:
                     np.bitwise_xor(w[start:end], qw, out=tmp[:m])
                     np.bitwise_count(tmp[:m], out=cnt[:m])
                     np.add(out, cnt[:m], out=out)
+                if mask is not None:
+                    out[~mask[start:end]] = far
+                    hist += np.bincount(out[out != far], minlength=nbits + 1)[: nbits + 1]
+                else:
+                    hist += np.bincount(out, minlength=nbits + 1)
+            return hist
 
         if self._threads > 1 and n >= 4 * BLOCK:
             if self._pool is None:
@@ -359,11 +376,10 @@ class RagIndex:
             step = -(-n // self._threads)
             step = -(-step // BLOCK) * BLOCK
             futures = [self._pool.submit(scan, lo, min(lo + step, n)) for lo in range(0, n, step)]
-            for f in futures:
-                f.result()
+            hist = sum(f.result() for f in futures)
         else:
-            scan(0, n)
-        return dist
+            hist = scan(0, n)
+        return dist, hist
 
     def _vector_top(
         self,
@@ -378,27 +394,26 @@ class RagIndex:
         if n == 0 or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         mask = self._mask(state, tables)
-        if state.f32 is not None:
-            scores = state.f32 @ q
+        if state.exact:
+            scores = _dot(state.q8, q) * state.scale
             if mask is not None:
                 scores = np.where(mask, scores, -np.inf)
             pos = _top(scores, k)
         else:
-            dist = self._hamming(state, q)
-            if mask is not None:
-                dist[~mask] = np.iinfo(np.uint16).max
+            dist, hist = self._hamming(state, q, mask)
             want = candidates or default_candidates(n, k)
-            hist = np.bincount(dist, minlength=1)
-            cutoff = int(np.searchsorted(np.cumsum(hist), min(want, n)))
+            allowed = int(hist.sum())
+            if allowed == 0:
+                return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            # smallest distance that keeps at least ``want`` candidates
+            cutoff = int(np.searchsorted(np.cumsum(hist), min(want, allowed)))
             pos = np.flatnonzero(dist <= cutoff)
             if len(pos) > 2 * want:  # many ties at the cutoff: keep the closest
                 pos = pos[np.argpartition(dist[pos], want)[:want]]
-            if mask is not None:
-                pos = pos[mask[pos]]
-            scores = (state.q8[pos].astype(np.float32) @ q) * state.scale[pos]
+            scores = _dot(state.q8[pos], q) * state.scale[pos]
             order = _top(scores, k)
             pos = pos[order]
-        scores = scores[order] if state.f32 is None else scores[pos]
+        scores = scores[pos] if state.exact else scores[order]
         keep = np.isfinite(scores)
         return pos[keep], scores[keep]
 
@@ -487,7 +502,7 @@ class RagIndex:
             where = np.searchsorted(state.ids, missing)
             where = np.clip(where, 0, max(state.count - 1, 0))
             ok = state.ids[where] == np.asarray(missing)
-            sc = (state.q8[where].astype(np.float32) @ q) * state.scale[where]
+            sc = _dot(state.q8[where], q) * state.scale[where]
             for i, good, s in zip(missing, ok.tolist(), sc.tolist()):
                 if good:
                     vmap[i] = s
@@ -575,6 +590,16 @@ class RagIndex:
                     score=0.0, entry_id=id_,
                 )
         return out
+
+
+def _dot(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """int8 codes times a float32 query, without BLAS.
+
+    einsum runs in the calling thread; BLAS matrix-vector products start a
+    thread pool whose spinning threads cost several times more CPU on a
+    busy two-core server than the product itself.
+    """
+    return np.einsum("ij,j->i", codes, q.astype(np.float32, copy=False), dtype=np.float32)
 
 
 def default_candidates(n: int, k: int) -> int:

@@ -224,4 +224,4 @@ async def test_binary_prefilter_recall_against_exact(tmp_path):
         got = {h.pk[0] for h in index.search_vector(q, 10)}
         recalls.append(len(truth & got) / 10)
     assert np.mean(recalls) >= 0.98
-    assert index._current().f32 is None and index._current().words  # really the binary path
+    assert not index._current().exact and index._current().words  # really the binary path
