@@ -28,7 +28,7 @@ from datasette_llm_core.types import ChatRequest, StreamEnd, TextDelta, Usage
 from .chunking import DEFAULT_CHUNK_CHARS, Chunk, chunk_chars_for_model, chunk_text, locate_quote
 from .documents import Document
 from .merge import Deduplicator
-from .prompts import PROMPT_VERSION, build_reask_request, build_request
+from .prompts import PROMPT_VERSION, build_continue_request, build_reask_request, build_request
 from .schema import QUOTE_FIELD, TableSpec, row_model, validate_row
 from .streamparse import RowStreamParser
 
@@ -57,6 +57,8 @@ class ExtractionJob:
     #: Output tokens allowed per request.
     max_output_tokens: int = 4096
     reask: bool = True
+    #: Follow-up requests when an answer is cut off by the output limit (0 disables).
+    max_continuations: int = 2
     #: None: send PDFs natively when the model reads PDFs, else their text.
     native_pdfs: bool | None = None
     #: A gateway ``Budget`` shared by every call of the run (passed when the gateway accepts it).
@@ -401,9 +403,43 @@ class _Run:
                     "The model's answer could not be read as rows: " + "; ".join(warnings)
                     + ". Try again, or pick another model.", "OutputError"))
                 return
+            continued = 0
+            seen = list(result.rows)
+            while truncated and seen and continued < self.job.max_continuations and not self._over_budget():
+                # Cut off by the output limit: ask for the records after the last one received.
+                continued += 1
+                parser = RowStreamParser()
+                try:
+                    finish = await self._stream(self._continue_request(unit, seen), parser, on_rows)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    warnings.append(f"continuing after the output limit failed: {_error_message(e)}")
+                    break
+                more = parser.finish()
+                seen += more.rows
+                truncated = more.truncated or finish == "length"
+                if not more.rows:
+                    break
+            if continued:
+                warnings.append(
+                    f"the answer reached the model's output limit; it was continued {continued} time(s)"
+                    + (" and is still incomplete: split the document into smaller parts" if truncated else "")
+                )
             if invalid:
                 emitted += await self._reask(unit, invalid)
             await self.queue.put(ChunkDone(self._unit_dict(unit), emitted, truncated, warnings))
+
+    def _continue_request(self, unit: WorkUnit, seen: list[dict]) -> ChatRequest:
+        doc = self.job.documents[unit.document]
+        request = build_continue_request(
+            self.job.spec, self.job.instructions, None if unit.native else unit.chunk.text,
+            done=seen, parts=doc.parts(native=True) if unit.native else None,
+            note=unit.note, max_tokens=self.job.max_output_tokens,
+        )
+        if not self.model.supports_schema:
+            request.json_schema = None
+        return request
 
     async def _flush_invalid(self, unit, invalid, reason: str) -> None:
         for raw, errors in invalid:

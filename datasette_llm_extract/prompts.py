@@ -138,3 +138,30 @@ def build_reask_request(
         )
     )
     return request
+
+
+def build_continue_request(
+    spec: TableSpec,
+    instructions: str | None,
+    chunk_text: str | None = None,
+    *,
+    done: Sequence[dict],
+    parts: Sequence[Part] | None = None,
+    note: str | None = None,
+    max_tokens: int = 4096,
+) -> ChatRequest:
+    """Ask for the records after those already received, when an answer was cut off.
+
+    The last two rows received are shown so the model knows where to resume;
+    rows repeated anyway are caught by de-duplication.
+    """
+    request = build_request(spec, instructions, chunk_text, parts=parts, note=note, max_tokens=max_tokens)
+    tail = "\n".join(json.dumps(row, ensure_ascii=False, default=str) for row in list(done)[-2:])
+    request.messages[-1].parts.append(
+        TextPart(
+            f"An earlier answer was cut off by the output limit after {len(done)} row(s). The last rows "
+            f"received were:\n{tail}\n\nReturn {{\"rows\": [...]}} with only the records that come after "
+            "these in the document (an empty list if there are none)."
+        )
+    )
+    return request

@@ -189,11 +189,30 @@ async def test_existing_keys_marked(gateway, scripted_model):
 async def test_truncated_answer_keeps_rows_and_says_so(gateway, scripted_model):
     full = answer({"name": "A", "age": 1, "source_quote": "A"}, {"name": "B", "age": 2, "source_quote": "B"})
     scripted_model.enqueue(Scripted(full[: full.index('{"name": "B"') + 5], finish_reason="length"))
-    events = await collect(gateway, ExtractionJob(spec=SPEC, documents=[Document.from_text("A B")]))
+    job = ExtractionJob(spec=SPEC, documents=[Document.from_text("A B")], max_continuations=0)
+    events = await collect(gateway, job)
     rows = [e for e in events if isinstance(e, RowExtracted)]
     done = [e for e in events if isinstance(e, ChunkDone)][0]
     assert [r.values["name"] for r in rows] == ["A"]
     assert done.truncated and "cut off" in done.warnings[0]
+
+
+async def test_truncated_answer_is_continued(gateway, scripted_model):
+    rows = [{"name": n, "age": i, "source_quote": n} for i, n in enumerate(["Al", "Bo", "Cy", "Di"])]
+    first = answer(*rows[:3])
+    scripted_model.enqueue(
+        Scripted(first[: first.index('{"name": "Cy"') + 8], finish_reason="length"),  # Al, Bo, then cut
+        answer(rows[1], rows[2], rows[3]),  # repeats Bo: caught as a duplicate
+    )
+    events = await collect(gateway, ExtractionJob(spec=SPEC, documents=[Document.from_text("Al Bo Cy Di")]))
+    got = [e for e in events if isinstance(e, RowExtracted)]
+    assert [r.values["name"] for r in got if not r.duplicate] == ["Al", "Bo", "Cy", "Di"]
+    assert [r.values["name"] for r in got if r.duplicate] == ["Bo"]
+    follow_up = "\n".join(p.text for p in scripted_model.requests[1].messages[-1].parts if hasattr(p, "text"))
+    assert "cut off by the output limit after 2 row(s)" in follow_up and '"Bo"' in follow_up
+    done = [e for e in events if isinstance(e, ChunkDone)][0]
+    assert not done.truncated and any("continued 1 time" in w for w in done.warnings)
+    assert len(scripted_model.requests) == 2
 
 
 async def test_unreadable_answer_is_a_failed_chunk(gateway, scripted_model):
