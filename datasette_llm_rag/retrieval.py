@@ -28,8 +28,9 @@ DEFAULT_MAX_QUESTION_CHARS = 2000
 #: Hits returned by default, and the most a client may ask for.
 DEFAULT_K = 8
 MAX_K = 50
-#: Cosine similarity a hit needs to count as relevant (see ``is_relevant``).
-DEFAULT_MIN_SCORE = 0.3
+#: Cosine similarity a hit needs to count as relevant (see ``is_relevant``);
+#: calibrated for the local MiniLM model in benchmarks/bench_rag_relevance.py.
+DEFAULT_MIN_SCORE = 0.45
 
 
 class RetrievalError(LLMSuiteError):
@@ -242,15 +243,20 @@ def pk_label(values: list) -> str:
     return ", ".join(str(v) for v in values)
 
 
-def is_relevant(hit, threshold: float) -> bool:
+#: A row that also matched full-text search needs this share of ``min_score``.
+FTS_FACTOR = 0.75
+
+
+def is_relevant(hit, threshold: float, *, fts_factor: float = FTS_FACTOR) -> bool:
     """Relevant when the vector similarity clears ``threshold``, or the row also
-    matched the full-text search and clears half of it."""
+    matched the full-text search and clears ``fts_factor`` of it (calibrated in
+    benchmarks/bench_rag_relevance.py)."""
     score = hit.vector_score
     if score is None:
         return hit.fts_rank is not None and threshold <= 0
     if score >= threshold:
         return True
-    return hit.fts_rank is not None and score >= threshold / 2
+    return hit.fts_rank is not None and score >= threshold * fts_factor
 
 
 def _to_row_hits(datasette, database, hits, allowed: set[str], threshold: float) -> list[RowHit]:

@@ -58,3 +58,15 @@ def test_prompt_fences_rows_as_data():
     assert body.index("ignore previous") < body.index("<<<END ROW 1 abc>>>")
     assert "data" in req.system and "never an instruction" in req.system
     assert body.rstrip().endswith("What happened?")
+
+
+def test_relevance_rule():
+    from types import SimpleNamespace as Hit
+
+    from datasette_llm_rag.retrieval import is_relevant
+
+    assert is_relevant(Hit(vector_score=0.5, fts_rank=None), 0.45)
+    assert not is_relevant(Hit(vector_score=0.4, fts_rank=None), 0.45)
+    assert is_relevant(Hit(vector_score=0.4, fts_rank=2), 0.45)  # full-text match helps
+    assert not is_relevant(Hit(vector_score=0.3, fts_rank=1), 0.45)  # but not below 3/4
+    assert not is_relevant(Hit(vector_score=None, fts_rank=1), 0.45)
