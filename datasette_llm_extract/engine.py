@@ -174,9 +174,9 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
     """Split the job's documents into work units, checking the model can read them."""
     if not job.documents:
         raise ValueError("Nothing to extract from: paste some text or add a file.")
-    chunk_chars = job.chunk_chars or chunk_chars_for_model(
-        getattr(model, "context_tokens", 0) or 0, output_tokens=job.max_output_tokens
-    ) or DEFAULT_CHUNK_CHARS
+    fits = chunk_chars_for_model(getattr(model, "context_tokens", 0) or 0, output_tokens=job.max_output_tokens)
+    # a configured size never overflows a small-context model
+    chunk_chars = min(job.chunk_chars, fits) if job.chunk_chars else (fits or DEFAULT_CHUNK_CHARS)
     units: list[WorkUnit] = []
     for d, doc in enumerate(job.documents):
         if doc.kind == "image":

@@ -376,3 +376,16 @@ async def test_long_pdf_with_text_is_chunked_even_for_pdf_models(gateway, script
     assert events[0].chunks_total > 1
     from datasette_llm_core.types import PdfPart
     assert not any(isinstance(p, PdfPart) for r in scripted_model.requests for p in r.messages[-1].parts)
+
+
+def test_chunk_size_respects_small_context_models(scripted_model):
+    from datasette_llm_extract.engine import plan_units
+
+    doc = Document.from_text("word " * 20_000)
+    job = ExtractionJob(spec=SPEC, documents=[doc], chunk_chars=12_000)
+    assert max(len(u.chunk.text) for u in plan_units(job, scripted_model)) <= 12_000
+    scripted_model.context_tokens = 8_000
+    small = plan_units(job, scripted_model)
+    assert max(len(u.chunk.text) for u in small) < 12_000
+    assert len(small) > len(plan_units(ExtractionJob(spec=SPEC, documents=[doc], chunk_chars=12_000),
+                                       ScriptedChatModel("big")))
