@@ -133,3 +133,192 @@ async def test_index_killed_mid_run_is_consistent_and_resumes(tmp_path):
     assert stats.unchanged == entries
     report = await verify(str(db), "news", RAG, embedder, sidecar=str(side))
     assert report.ok and report.entries == ROWS
+
+
+# --------------------------------------------------- a real server killed mid-run
+
+import json  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+
+from datasette_llm_core import permissions as P  # noqa: E402
+
+from .fake_openai_server import FakeOpenAIServer, Reply, last_user_text  # noqa: E402
+
+SECRET = "crash-test-secret"
+COMPANIES = [f"Company{i:02d}" for i in range(1, 17)]
+
+
+def document() -> str:
+    # Four chunks of ~500 characters, four payments each.
+    paragraphs = []
+    for block in range(4):
+        lines = [f"{name} paid {100 + i} dollars for works in district {block}."
+                 for i, name in enumerate(COMPANIES[block * 4:(block + 1) * 4])]
+        paragraphs.append(" ".join(lines) + " " + "Filler text about the council meeting. " * 6)
+    return "\n\n".join(paragraphs)
+
+
+def rows_for(request: dict) -> Reply:
+    text = last_user_text(request)
+    found = re.findall(r"(Company\d\d) paid (\d+) dollars", text)
+    rows = [{"name": n, "amount": int(a), "source_quote": f"{n} paid {a} dollars"} for n, a in dict(found).items()]
+    return Reply(content=json.dumps({"rows": rows}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``datasette serve`` in its own process, talked to over HTTP as root."""
+
+    def __init__(self, tmp_path, db, base_url):
+        plugin = {
+            "state_database": str(tmp_path / "state.db"),
+            "models": [{"id": "fake", "provider": "openai-compatible", "model": "fake-model", "base_url": base_url,
+                        "supports": ["streaming", "schema"], "timeout": 30}],
+            "defaults": {"extract": "fake"},
+            "extract": {"chunk_chars": 500, "concurrency": 1},
+        }
+        self.config = tmp_path / "config.json"
+        self.config.write_text(json.dumps({"plugins": {"datasette-llm-newsroom": plugin}}))
+        self.db = db
+        self.log = tmp_path / "server.log"
+        self.proc = None
+        from itsdangerous import URLSafeSerializer
+
+        self.cookie = "ds_actor=" + URLSafeSerializer(SECRET, "actor").dumps({"a": {"id": "root"}})
+
+    def start(self):
+        self.port = free_port()
+        flag = "-c" if P.IS_V1 else "-m"
+        cmd = [sys.executable, "-m", "datasette", "serve", str(self.db), flag, str(self.config),
+               "-h", "127.0.0.1", "-p", str(self.port), "--secret", SECRET]
+        if P.IS_V1:
+            cmd.append("--root")
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            try:
+                self.request("GET", "/-/versions.json")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise AssertionError("server did not start: " + self.log.read_text()[-2000:])
+
+    def request(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                     headers={"cookie": self.cookie, "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=20) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def kill(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        assert self.proc.returncode == -signal.SIGKILL
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def wait_run(self, run_id, predicate, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, run = self.request("GET", f"/-/llm-extract/api/runs/{run_id}")
+            assert status == 200, run
+            if predicate(run):
+                return run
+            time.sleep(0.1)
+        raise AssertionError(f"run {run_id} never reached the expected state: {run['status']}")
+
+
+def target_count(db) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute("select count(*) from target").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def crash_world(tmp_path):
+    db = tmp_path / "news.db"
+    conn = sqlite3.connect(db)
+    conn.execute("create table target (id integer primary key, name text, amount integer)")
+    conn.commit()
+    conn.close()
+    with FakeOpenAIServer(handler=rows_for, token_delay=0.03) as fake:
+        server = Server(tmp_path, db, fake.base_url)
+        server.start()
+        try:
+            yield server, fake, db
+        finally:
+            server.stop()
+
+
+def start_run(server) -> str:
+    status, body = server.request("POST", "/-/llm-extract/api/runs", {
+        "database": "news", "table": "target", "text": document(), "columns": ["name", "amount"]})
+    assert status == 201, body
+    return body["id"]
+
+
+def test_server_killed_during_extraction_resumes_without_duplicates(crash_world, tmp_path):
+    server, fake, db = crash_world
+    run_id = start_run(server)
+    run = server.wait_run(run_id, lambda r: r["chunks_done"] >= 1 and r["status"] == "running")
+    assert run["chunks_total"] >= 3
+    server.kill()
+    kept_before = len(run["rows"])
+
+    server.start()
+    run = server.wait_run(run_id, lambda r: r["status"] != "running", timeout=10)
+    assert run["status"] == "interrupted"
+    assert target_count(db) == 0  # nothing reached the table without review
+    assert len(run["rows"]) >= kept_before >= 1  # what was extracted before the crash is kept
+    state = sqlite3.connect(tmp_path / "state.db")
+    assert state.execute("pragma integrity_check").fetchone()[0] == "ok"
+    state.close()
+
+    fake.token_delay = 0.0
+    status, body = server.request("POST", f"/-/llm-extract/api/runs/{run_id}/resume", {})
+    assert status == 200, body
+    run = server.wait_run(run_id, lambda r: r["status"] not in ("pending", "running"))
+    assert run["status"] == "done", run
+    names = [r["values"]["name"] for r in run["rows"] if r["valid"] and not r["duplicate"]]
+    assert sorted(names) == sorted(COMPANIES)  # every company once: no chunk done twice
+    status, body = server.request("POST", f"/-/llm-extract/api/runs/{run_id}/insert", {"accept": "all_valid"})
+    assert status == 200, body
+    assert target_count(db) == len(COMPANIES)
+
+
+def test_server_killed_during_extraction_can_be_discarded(crash_world):
+    server, fake, db = crash_world
+    run_id = start_run(server)
+    server.wait_run(run_id, lambda r: r["chunks_done"] >= 1 and r["status"] == "running")
+    server.kill()
+    server.start()
+    run = server.wait_run(run_id, lambda r: r["status"] != "running", timeout=10)
+    assert run["status"] == "interrupted"
+    status, body = server.request("POST", f"/-/llm-extract/api/runs/{run_id}/discard", {})
+    assert status == 200, body
+    status, run = server.request("GET", f"/-/llm-extract/api/runs/{run_id}")
+    assert run["status"] == "discarded"
+    status, body = server.request("POST", f"/-/llm-extract/api/runs/{run_id}/insert", {"accept": "all_valid"})
+    assert status == 409
+    assert target_count(db) == 0
