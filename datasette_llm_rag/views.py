@@ -485,6 +485,29 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     return out, info
 
 
+async def _verify(datasette, database: str, config) -> dict:
+    """Compare index and source row by row (the CLI's ``--verify``), off the event loop."""
+    import asyncio
+    import dataclasses
+    import sqlite3
+
+    from .indexer import verify
+
+    db = datasette.databases[database]
+    gw = await llm_gateway(datasette)
+    model_id = gw.get_embedding_model(config.model_for(database)).model_id
+
+    def run():
+        return asyncio.run(verify(db.path, database, config, model_id=model_id,
+                                  immutable=not db.is_mutable))
+
+    try:
+        report = await asyncio.to_thread(run)
+    except (ConfigError, sqlite3.DatabaseError) as e:
+        return {"error": str(e)}
+    return {**dataclasses.asdict(report), "ok": report.ok, "error": None}
+
+
 async def _index_context(datasette, request, database: str) -> dict:
     config = rag_settings(datasette)
     if database not in config.databases:
@@ -494,8 +517,11 @@ async def _index_context(datasette, request, database: str) -> dict:
             "job": None}
     tables, info = await _table_status(datasette, database, config)
     job = await jobs.latest_job(datasette, database)
+    verified = None
+    if request.args.get("verify") and info.get("exists") and not (job and job["status"] in jobs.ACTIVE):
+        verified = await _verify(datasette, database, config)
     return {"database": database, "tables": tables, "info": info, "job": job, "error": None,
-            "configured_model": config.model_for(database)}
+            "configured_model": config.model_for(database), "verify": verified}
 
 
 async def index_list(datasette, request):

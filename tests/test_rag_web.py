@@ -370,3 +370,27 @@ async def test_index_job_timeout_is_recorded(tmp_path, fake_models):
         await wait_for(second_stopped)
     finally:
         pm.unregister(name="stuck-plugin")
+
+
+async def test_index_page_reports_changed_rows(ds, tmp_path):
+    import sqlite3
+
+    await build_index(ds)
+    root = cookies(ds, "root")
+    page = await ds.client.get("/-/llm-rag/index/news?verify=1", cookies=root)
+    assert "0 changed since indexing, 0 not indexed yet" in page.text
+    assert "up to date" in page.text
+    conn = sqlite3.connect(tmp_path / "news.db")
+    conn.execute("update articles set body = 'The bridge reopened.' where id = 1")
+    conn.execute("insert into articles values (5, 'New', 'A new article about parks.')")
+    conn.commit()
+    conn.close()
+    page = await ds.client.get("/-/llm-rag/index/news?verify=1", cookies=root)
+    assert "1 changed since indexing, 1 not indexed yet" in page.text
+    status = (await ds.client.get("/-/llm-rag/index/news.json?verify=1", cookies=root)).json()
+    assert status["verify"]["stale"] == 1 and status["verify"]["missing"] == 1
+    assert [t["state"] for t in status["tables"] if t["table"] == "articles"] == ["stale"]
+    job = await build_index(ds)
+    assert job["stats"]["updated"] == 1 and job["stats"]["added"] == 1
+    page = await ds.client.get("/-/llm-rag/index/news?verify=1", cookies=root)
+    assert "up to date" in page.text
