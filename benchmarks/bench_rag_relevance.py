@@ -74,7 +74,6 @@ def main() -> None:
           f"(embedding {time.perf_counter() - started:.1f}s, cached afterwards)")
     ids = [d["_id"] for d in corpus]
     s_on = q_on @ docs.T
-    s_off = q_off @ docs.T
     top_on = np.argsort(-s_on, axis=1)[:, : args.k]
     base_gold = np.mean([any(ids[j] in gold for j in row) for row, (_q, gold) in zip(top_on, on)])
     print(f"baseline (no cut-off): answers 100% of on- and off-topic questions; judged abstract "
