@@ -154,6 +154,7 @@
     metaBox.textContent = "";
     feedback.hidden = true;
     statusBox.textContent = "Searching…";
+    section.setAttribute("aria-busy", "true"); /* read the answer once, not every piece */
     try {
       var response = await fetch(config.ask, {
         method: "POST", credentials: "same-origin", headers: headers(),
@@ -176,6 +177,8 @@
       parseEvents(buffer + "\n\n", handle);
     } catch (err) {
       handle("error", {message: "connection lost (" + err.message + ")"});
+    } finally {
+      section.setAttribute("aria-busy", "false");
     }
   }
   form.addEventListener("submit", function (ev) {
