@@ -78,3 +78,72 @@ def test_log_records_are_collected_through_root_logger(caplog):
     logging.getLogger("datasette_llm_core.test").warning("no key here")
     assert not find_secret_hits([], [r.getMessage() for r in caplog.records], [])
     assert find_secret_hits([], [f"oops {key}"], [])
+
+
+# --- the suite's pages with real provider keys configured ---------------------------
+
+import sqlite3  # noqa: E402
+
+import pytest  # noqa: E402
+
+from datasette_llm_core import permissions as P  # noqa: E402
+
+
+@pytest.fixture
+async def keyed_ds(tmp_path, fake_api_keys):
+    news = tmp_path / "news.db"
+    conn = sqlite3.connect(news)
+    conn.execute("create table target (id integer primary key, name text)")
+    conn.commit()
+    conn.close()
+    plugin = {
+        "state_database": str(tmp_path / "state.db"),
+        "models": [
+            {"id": "gpt", "provider": "openai", "model": "gpt-4.1-mini", "api_key_env": "OPENAI_API_KEY",
+             "base_url": "http://127.0.0.1:9/v1", "timeout": 2},
+            {"id": "claude", "provider": "anthropic", "model": "claude-haiku-4-5",
+             "api_key": {"$env": "ANTHROPIC_API_KEY"}, "base_url": "http://127.0.0.1:9", "timeout": 2},
+        ],
+        "retries": {"max_attempts": 1},
+    }
+    config = {"plugins": {"datasette-llm-newsroom": plugin}}
+    ds = Datasette([str(news)], config=config) if P.IS_V1 else Datasette([str(news)], metadata=config)
+    if P.IS_V1:
+        ds.root_enabled = True
+    await ds.invoke_startup()
+    return ds
+
+
+PAGES = [
+    "/", "/news", "/news/target", "/-/versions.json", "/-/plugins.json", "/-/settings.json",
+    "/-/metadata.json", "/-/config.json", "/-/llm-extract", "/-/llm-extract/into/news/target",
+    "/-/llm-extract/new/news", "/-/llm-ask", "/-/llm-rag/index", "/llm_newsroom",
+    "/llm_newsroom/llm_calls.json",
+]
+
+
+async def test_no_page_shows_a_configured_key(keyed_ds, secret_scan):
+    cookies = {"ds_actor": keyed_ds.sign({"a": {"id": "root"}}, "actor")}
+    for path in PAGES:
+        response = await keyed_ds.client.get(path, cookies=cookies)
+        assert response.status_code < 500, (path, response.status_code)
+        assert SECRET_MARKER not in response.text, path
+    assert len(secret_scan) >= len(PAGES)
+
+
+async def test_failed_calls_to_a_dead_provider_log_no_key(keyed_ds):
+    """Both SDKs fail to connect (nothing listens on port 9): errors and log rows stay clean."""
+    from datasette_llm_core.errors import ModelError
+    from datasette_llm_core.gateway import llm_gateway
+    from datasette_llm_core.types import ChatRequest, Message
+
+    gw = await llm_gateway(keyed_ds)
+    for model_id in ("gpt", "claude"):
+        with pytest.raises(ModelError) as info:
+            await gw.complete(ChatRequest(messages=[Message.user("hi")]), purpose="answer",
+                              prompt_version="t", model_id=model_id)
+        assert SECRET_MARKER not in str(info.value)
+    rows = (await keyed_ds.databases["llm_newsroom"].execute("select * from llm_calls")).rows
+    assert len(rows) >= 2
+    for row in rows:
+        assert not any(isinstance(v, str) and SECRET_MARKER in v for v in row)
