@@ -374,8 +374,28 @@ def row_model(spec: TableSpec) -> type[BaseModel]:
     return create_model("ExtractedRow", __base__=RowBase, **fields)  # type: ignore[call-overload]
 
 
+def _loose(name: str) -> str:
+    return re.sub(r"[\s_-]+", " ", str(name)).strip().casefold()
+
+
+def _align_keys(model: type[BaseModel], values: dict) -> dict:
+    """Map keys the model spelled differently ("Total Amount" for "total_amount") to the columns."""
+    names = [f.alias for f in model.model_fields.values()]
+    missing = [n for n in names if n not in values]
+    if not missing:
+        return values
+    loose = {_loose(k): k for k in values if k not in names}
+    aligned = dict(values)
+    for name in missing:
+        key = loose.get(_loose(name))
+        if key is not None:
+            aligned[name] = values[key]
+    return aligned
+
+
 def validate_row(model: type[BaseModel], values: dict) -> tuple[dict, list[str]]:
     """Validate ``values``: (cleaned values, []) or (raw values per column, error messages)."""
+    values = _align_keys(model, values)
     try:
         return model.model_validate(values).model_dump(by_alias=True), []
     except ValidationError as e:

@@ -114,3 +114,12 @@ def test_overlong_text_value_rejected():
     model = row_model(validate_table_spec({"columns": ["a"]}))
     _, errors = validate_row(model, {"a": "x" * 20_001})
     assert errors and "limit is 20,000" in errors[0]
+
+
+def test_differently_spelled_keys_are_aligned():
+    model = row_model(validate_table_spec({"columns": ["total_amount", "Shop Name"]}))
+    values, errors = validate_row(model, {"Total Amount": "5", "shop_name": "ACME", "total_amount_x": "9"})
+    assert errors == [] and values == {"total_amount": "5", "Shop Name": "ACME"}
+    # an exact key wins over a loose one
+    values, _ = validate_row(model, {"total_amount": "1", "Total Amount": "2"})
+    assert values["total_amount"] == "1"
