@@ -79,7 +79,7 @@ def db_bytes(path) -> bytes:
 
 
 def state_rows(tmp_path, sql: str, params=()) -> list:
-    conn = sqlite3.connect(tmp_path / "state.db")
+    conn = sqlite3.connect(tmp_path / "state.db", timeout=30)  # the server may be mid-write
     try:
         return conn.execute(sql, params).fetchall()
     finally:

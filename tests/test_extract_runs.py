@@ -161,6 +161,7 @@ async def test_config_and_saved_templates_prefill_the_builder(tmp_path, fake_mod
     scripted_model.enqueue(rows_json())
     r = await post_form(ds, "/-/llm-extract/new/news", {**form, "text": "Case 12-345 filed 2020-01-02."}, jar)
     assert r.status_code == 302
+    await wait_run(ds, r.headers["location"].rsplit("/", 1)[-1], jar)
     rows = state_rows(tmp_path, "select name, shared, instructions, schema_json from llm_extract_templates"
                                 " where name = 'Mine'")
     assert rows[0][:3] == ("Mine", 0, "Mine too.") and "case_number" in rows[0][3]
