@@ -18,6 +18,13 @@ from .schema import TableSpec, sqlite_columns
 
 RUN_COLUMN = "_llm_run"
 
+try:  # Datasette may run on pysqlite3, whose errors do not subclass the stdlib's.
+    from pysqlite3 import dbapi2 as _pysqlite3
+
+    SQLITE_ERRORS: tuple = (sqlite3.Error, _pysqlite3.Error)
+except ImportError:  # pragma: no cover - depends on the platform
+    SQLITE_ERRORS = (sqlite3.Error,)
+
 
 class WriteError(Exception):
     """Nothing was written; the message says why (``row`` is the failing row index)."""
@@ -114,7 +121,7 @@ def _insert(conn, table, spec, new_table, rows, run_id, add_run_column):
             params.append(run_id)
         try:
             cursor = conn.execute(sql, params)
-        except sqlite3.Error as e:
+        except SQLITE_ERRORS as e:
             raise WriteError(f"Row {idx + 1} could not be inserted: {e}. Nothing was inserted.", row=idx) from None
         if pk_columns and not (len(pk_columns) == 1 and values.get(pk_columns[0]) is None):
             pk = [_sql_value(values.get(c)) for c in pk_columns]

@@ -322,3 +322,54 @@ def test_server_killed_during_extraction_can_be_discarded(crash_world):
     status, body = server.request("POST", f"/-/llm-extract/api/runs/{run_id}/insert", {"accept": "all_valid"})
     assert status == 409
     assert target_count(db) == 0
+
+
+# ---------------------------------------------- a review batch is all or nothing
+
+async def test_review_batch_failing_mid_insert_inserts_nothing(tmp_path, fake_models, scripted_model):
+    """Row 2 of 3 breaks a CHECK constraint only SQLite knows: the whole batch rolls back."""
+    from datasette.app import Datasette
+
+    from datasette_llm_extract.runs import ACTIVE
+
+    from .conftest import wait_for
+
+    db = tmp_path / "news.db"
+    conn = sqlite3.connect(db)
+    conn.execute("create table target (id integer primary key, name text, amount integer check (amount < 1000))")
+    conn.commit()
+    conn.close()
+    scripted_model.enqueue(json.dumps({"rows": [
+        {"name": "Acme", "amount": 10, "source_quote": "Acme 10"},
+        {"name": "Beta", "amount": 5000, "source_quote": "Beta 5000"},
+        {"name": "Gamma", "amount": 30, "source_quote": "Gamma 30"},
+    ]}))
+    config = {"plugins": {"datasette-llm-newsroom": {"state_database": str(tmp_path / "state.db"),
+                                                      "defaults": {"extract": "scripted"}}}}
+    ds = Datasette([str(db)], config=config) if P.IS_V1 else Datasette([str(db)], metadata=config)
+    if P.IS_V1:
+        ds.root_enabled = True
+    await ds.invoke_startup()
+    cookies = {"ds_actor": ds.sign({"a": {"id": "root"}}, "actor")}
+    r = await ds.client.post("/-/llm-extract/api/runs", cookies=cookies, json={
+        "database": "news", "table": "target", "text": "Acme 10. Beta 5000. Gamma 30.", "columns": ["name", "amount"]})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+
+    async def finished():
+        got = (await ds.client.get(f"/-/llm-extract/api/runs/{run_id}", cookies=cookies)).json()
+        return got if got["status"] not in ACTIVE else None
+
+    run = await wait_for(finished, timeout=10)
+    assert sum(1 for row in run["rows"] if row["valid"]) == 3
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/insert", cookies=cookies, json={"accept": "all_valid"})
+    assert r.status_code == 409, r.text
+    assert "Nothing was inserted" in r.json()["error"]
+    assert target_count(db) == 0
+    run = (await ds.client.get(f"/-/llm-extract/api/runs/{run_id}", cookies=cookies)).json()
+    assert run["status"] == "done" and not any(row["inserted_pk"] for row in run["rows"])
+    # Fix the bad row and the batch goes in whole.
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/insert", cookies=cookies, json={"rows": {
+        "0": "accept", "1": {"decision": "accept", "values": {"name": "Beta", "amount": 500}}, "2": "accept"}})
+    assert r.status_code == 200, r.text
+    assert target_count(db) == 3
