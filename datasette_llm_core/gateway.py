@@ -122,6 +122,17 @@ class Gateway:
         models = self.chat_models()
         return models[0] if models else None
 
+    def unavailable_reason(self, model) -> str | None:
+        """Why ``model`` cannot be called right now (e.g. its API key is not set), else None.
+
+        For model pickers: show the model greyed out with this text.
+        """
+        try:
+            _ensure_ready(model)
+        except ConfigError as e:
+            return str(e)
+        return None
+
     def new_budget(self) -> Budget:
         """A ``Budget`` with the configured per-run caps (``budgets:``)."""
         caps = self.settings.budgets

@@ -239,6 +239,7 @@ async def test_missing_key(servers, monkeypatch):
             pass
     assert "ANTHROPIC_API_KEY" in str(info.value)
     assert servers["anthropic"].requests == []
+    assert "ANTHROPIC_API_KEY" in gw.unavailable_reason(gw.get_chat_model("claude"))
 
 
 async def test_non_object_schema_is_capability_error(servers, fake_api_keys):

@@ -268,6 +268,7 @@ async def test_env_defaults_register_models(monkeypatch, fake_api_keys):
     gw, _ = await setup(ds)
     ids = [m.model_id for m in gw.chat_models()]
     assert ids == ["gpt-4.1-mini", "claude-haiku-4-5", "qwen2.5"]
+    assert all(gw.unavailable_reason(m) is None for m in gw.chat_models())
     local = gw.get_chat_model("qwen2.5")
     assert local.provider == "openai-compatible" and local.supports_schema and not local.supports_images
     assert [m.model_id for m in gw.embedding_models() if m.provider == "openai"] == ["text-embedding-3-small"]
