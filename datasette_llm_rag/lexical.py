@@ -41,8 +41,16 @@ def _fold(text: str) -> str:
     return _COMBINING.sub("", unicodedata.normalize("NFKD", text))
 
 
+_SUFFIXES = ("ational", "ation", "ness", "ment", "ity", "ly", "al", "ive")
+
+
 def stem(word: str) -> str:
-    """Light suffix stripping: ``studies->study``, ``cells->cell``, ``binding->bind``."""
+    """Light suffix stripping so inflections meet: ``increases``, ``increased``,
+    ``increasing`` and ``increase`` all become ``increas``; ``studies`` -> ``study``.
+
+    Far simpler than Porter's algorithm; on SciFact it recovers most of what
+    stemming adds to BM25 (see docs/rag-evaluation.md).
+    """
     cached = _STEMS.get(word)
     if cached is not None:
         return cached
@@ -57,6 +65,14 @@ def stem(word: str) -> str:
         w = w[:-3]
     elif len(w) > 4 and w.endswith("ed") and not w.endswith("eed"):
         w = w[:-2]
+    for suffix in _SUFFIXES:
+        if len(w) > len(suffix) + 3 and w.endswith(suffix):
+            w = w[: -len(suffix)]
+            break
+    if len(w) > 4 and w.endswith("e"):
+        w = w[:-1]
+    if len(w) > 4 and w[-1] == w[-2] and w[-1] not in "lsz":  # stopped -> stopp -> stop
+        w = w[:-1]
     if len(_STEMS) < 500_000:
         _STEMS[word] = w
     return w

@@ -18,6 +18,8 @@ back, whatever the fusion does.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import sqlite3
@@ -160,7 +162,9 @@ class RagIndex:
                 if generation and generation[0][0] == self._state.generation:
                     self._signature = signature
                     return self._state
+            self._state = None  # let the old snapshot go before the new one is built
             self._state = self._load()
+            _release_free_memory()
             self._signature = signature
             self.loads += 1
             return self._state
@@ -269,6 +273,14 @@ class RagIndex:
             words[:, start : start + len(block)] = _binary_words(block, state.mu).T
         state.words = [words[w] for w in range(nwords)]
 
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._load_lock:
+                if self._pool is None:
+                    # one more worker than scan threads, for the lexical half of a hybrid
+                    self._pool = ThreadPoolExecutor(self._threads + 1, thread_name_prefix="llm-rag")
+        return self._pool
+
     # ------------------------------------------------------------ properties
 
     @property
@@ -371,11 +383,9 @@ class RagIndex:
             return hist
 
         if self._threads > 1 and n >= 4 * BLOCK:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="llm-rag")
             step = -(-n // self._threads)
             step = -(-step // BLOCK) * BLOCK
-            futures = [self._pool.submit(scan, lo, min(lo + step, n)) for lo in range(0, n, step)]
+            futures = [self._executor().submit(scan, lo, min(lo + step, n)) for lo in range(0, n, step)]
             hist = sum(f.result() for f in futures)
         else:
             hist = scan(0, n)
@@ -488,9 +498,13 @@ class RagIndex:
         q = self._query_vector(state, query_vec)
         depth = depth or max(50, 2 * k)
         tables = None if tables is None else list(tables)
+        # The two searches run side by side: numpy releases the GIL in the
+        # heavy steps, so on two cores the hybrid costs little more than the
+        # slower of the two.
+        lexical = self._executor().submit(self._fts_top, state, query_text, depth, tables)
         pos, vscores = self._vector_top(state, q, depth, tables)
         vec_ids = state.ids[pos].tolist()
-        fpos, fscores = self._fts_top(state, query_text, depth, tables)
+        fpos, fscores = lexical.result()
         fts = list(zip(state.ids[fpos].tolist(), fscores.tolist()))
         fused = rrf([vec_ids, [i for i, _ in fts]], k=rrf_k, weights=weights)[:k]
         ids = [int(i) for i, _, _ in fused]
@@ -604,7 +618,16 @@ def _dot(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def default_candidates(n: int, k: int) -> int:
     """How many binary-code candidates to rescore with int8 vectors."""
-    return int(min(n, max(20 * k, 1000, n // 250)))
+    return int(min(n, max(20 * k, 2000, n // 200)))
+
+
+def _release_free_memory() -> None:
+    """Hand memory freed after a load back to the OS (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,230 @@
+"""Search speed, recall and memory of the sidecar index at 100k (and 1M) vectors.
+
+    python benchmarks/bench_search.py                 # 100k vectors, ~2 minutes
+    python benchmarks/bench_search.py --sizes 1000000 # the 1M run (~10 minutes)
+
+Vectors: real all-MiniLM-L6-v2 embeddings of the 5,183 SciFact abstracts,
+grown to N by adding to a real vector half the difference of two other real
+vectors plus small isotropic noise, renormalised (see rag_data.augment).
+Queries: real embeddings of SciFact claims. Each entry's text is the
+abstract its vector grew from (``--text title`` uses only the title, which
+keeps the 1M sidecar small).
+
+Measured in the same run: median/p95 latency of vector, filtered vector and
+hybrid search through ``RagIndex``; recall@10 against exact float32 search
+over the unquantised vectors; exact numpy search over a float32 matrix; a
+per-row Python cosine loop (timed on a sample, extrapolated); resident
+memory added by loading the index (VmRSS delta).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rag_data import RESULTS, augment, real_vectors, rss_mb  # noqa: E402
+
+from datasette_llm_rag.indexer import _write_batch  # noqa: E402
+from datasette_llm_rag.sidecar import init_meta, open_sidecar  # noqa: E402
+from datasette_llm_rag.store import RagIndex  # noqa: E402
+from datasette_llm_rag.textbuild import text_hash  # noqa: E402
+
+K = 10
+
+
+def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.ndarray, text_mode: str):
+    """Write n vectors into a fresh sidecar; return exact top-K ids per query."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    side = open_sidecar(path, create=True)
+    side.execute("begin")
+    init_meta(side, "all-MiniLM-L6-v2", base.shape[1])
+    side.execute("commit")
+    best_scores = np.full((len(queries), K), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), K), np.int64)
+    next_id = 1
+    started = time.perf_counter()
+    for block, src in augment(base, n):
+        items = []
+        for j, s in enumerate(src.tolist()):
+            row = next_id + j
+            table = "notes" if row % 10 == 0 else "docs"
+            text = texts[s].split("\n", 1)[0] if text_mode == "title" else texts[s]
+            items.append(("new", (table, f"[{row}]", 0, text, text_hash(text), None)))
+        first = next_id
+        next_id = _write_batch(side, next_id, items, block)
+        scores = queries @ block.T  # exact float32 ground truth, streamed
+        cand = np.concatenate([best_scores, scores], axis=1)
+        cand_ids = np.concatenate([best_ids, np.broadcast_to(np.arange(first, next_id), scores.shape)], axis=1)
+        top = np.argpartition(-cand, K - 1, axis=1)[:, :K]
+        best_scores = np.take_along_axis(cand, top, 1)
+        best_ids = np.take_along_axis(cand_ids, top, 1)
+        print(f"\r  wrote {next_id - 1:,}/{n:,}", end="", flush=True)
+    side.close()
+    print(f"\r  wrote {n:,} entries in {time.perf_counter() - started:.1f}s "
+          f"({os.path.getsize(path) / 1e6:,.0f} MB sidecar)")
+    return best_ids
+
+
+def timed(fn, repeats):
+    times = []
+    out = None
+    for i in range(repeats):
+        t = time.perf_counter()
+        out = fn(i)
+        times.append(time.perf_counter() - t)
+    return times, out
+
+
+def ms(times):
+    return statistics.median(times) * 1000, float(np.percentile(times, 95)) * 1000
+
+
+def python_loop_per_row(vectors: np.ndarray, q: np.ndarray) -> float:
+    """Seconds per row for a plain Python cosine loop (the naive baseline)."""
+    rows = [list(map(float, v)) for v in vectors]
+    qq = list(map(float, q))
+    t = time.perf_counter()
+    best = []
+    for i, row in enumerate(rows):
+        dot = sum(a * b for a, b in zip(row, qq))
+        na = sum(a * a for a in row) ** 0.5
+        nb = sum(b * b for b in qq) ** 0.5
+        best.append((dot / (na * nb), i))
+    best.sort(reverse=True)
+    return (time.perf_counter() - t) / len(rows)
+
+
+def run_size(n, base, qvec, texts, query_texts, args):
+    print(f"\n=== {n:,} vectors (384 dims) ===")
+    rng = np.random.default_rng(42)
+    pick = rng.choice(len(qvec), size=min(args.queries, len(qvec)), replace=False)
+    queries = qvec[pick]
+    qtexts = [query_texts[i] for i in pick]
+    path = os.path.join(RESULTS, f"bench-search-{n}.llm-rag.db")
+    truth = build(path, base, texts, n, queries, args.text)
+
+    gc.collect()
+    before = rss_mb()
+    t = time.perf_counter()
+    index = RagIndex(path)
+    assert index.count == n
+    load_s = time.perf_counter() - t
+    gc.collect()
+    index_mb = rss_mb() - before
+    print(f"  load {load_s:.1f}s, resident memory added {index_mb:.0f} MB")
+
+    index.search_vector(queries[0], K)  # warm up (thread pool, caches)
+    vec_t, _ = timed(lambda i: index.search_vector(queries[i % len(queries)], K), len(queries))
+    recalls = []
+    for i, q in enumerate(queries):
+        got = {h.pk[0] for h in index.search_vector(q, K)}
+        recalls.append(len(got & set(truth[i].tolist())) / K)
+    filt_t, _ = timed(lambda i: index.search_vector(queries[i % len(queries)], K, tables=["docs"]),
+                      len(queries))
+    hyb_t, _ = timed(lambda i: index.search_hybrid(qtexts[i % len(qtexts)], queries[i % len(queries)], K),
+                     len(queries))
+    fts_t, _ = timed(lambda i: index.search_fts(qtexts[i % len(qtexts)], K), len(queries))
+    index.close()
+    del index
+    gc.collect()
+
+    # Baselines over the same vectors.
+    full = np.empty((n, base.shape[1]), np.float32)
+    for start, (block, _src) in zip(range(0, n, 100_000), augment(base, n)):
+        full[start : start + len(block)] = block
+
+    def exact(i):
+        s = full @ queries[i % len(queries)]
+        top = np.argpartition(-s, K)[:K]
+        return top[np.argsort(-s[top])]
+
+    exact_t, _ = timed(exact, min(len(queries), 30))
+    sample = full[: min(n, args.loop_sample)]
+    per_row = python_loop_per_row(sample, queries[0])
+    del full
+    gc.collect()
+
+    v_med, v_p95 = ms(vec_t)
+    f_med, _ = ms(filt_t)
+    h_med, h_p95 = ms(hyb_t)
+    fts_med, _ = ms(fts_t)
+    e_med, _ = ms(exact_t)
+    loop_ms = per_row * n * 1000
+    result = {
+        "n": n,
+        "queries": len(queries),
+        "text": args.text,
+        "vector_median_ms": v_med,
+        "vector_p95_ms": v_p95,
+        "vector_filtered_median_ms": f_med,
+        "fts_median_ms": fts_med,
+        "hybrid_median_ms": h_med,
+        "hybrid_p95_ms": h_p95,
+        "hybrid_over_vector": h_med / v_med,
+        "recall_at_10": float(np.mean(recalls)),
+        "recall_min": float(np.min(recalls)),
+        "exact_numpy_median_ms": e_med,
+        "python_loop_ms_extrapolated": loop_ms,
+        "python_loop_sample_rows": len(sample),
+        "speedup_vs_python_loop": loop_ms / v_med,
+        "speedup_vs_exact_numpy": e_med / v_med,
+        "index_rss_mb": index_mb,
+        "float32_matrix_mb": n * base.shape[1] * 4 / 2**20,
+        "load_seconds": load_s,
+        "sidecar_mb": os.path.getsize(path) / 2**20,
+    }
+    print(f"  vector search   median {v_med:.2f} ms  p95 {v_p95:.2f} ms   recall@10 vs exact float32 "
+          f"{result['recall_at_10']:.4f} (min {result['recall_min']:.1f})")
+    print(f"  filtered (90%)  median {f_med:.2f} ms")
+    print(f"  fts only        median {fts_med:.2f} ms")
+    print(f"  hybrid          median {h_med:.2f} ms  p95 {h_p95:.2f} ms   = {h_med / v_med:.2f}x vector-only")
+    print(f"  exact numpy     median {e_med:.2f} ms   -> index is {e_med / v_med:.1f}x faster")
+    print(f"  python loop     {loop_ms:,.0f} ms extrapolated from {len(sample):,} rows "
+          f"-> index is {loop_ms / v_med:,.0f}x faster")
+    print(f"  memory          +{index_mb:.0f} MB resident (float32 matrix would be "
+          f"{result['float32_matrix_mb']:.0f} MB)")
+    if not args.keep:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000", help="comma-separated vector counts")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--text", choices=["full", "title"], default="full")
+    parser.add_argument("--loop-sample", type=int, default=5000)
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark sidecars")
+    args = parser.parse_args()
+    os.makedirs(RESULTS, exist_ok=True)
+    base, qvec, texts, desc = real_vectors()
+    from rag_data import scifact_queries
+
+    query_texts = scifact_queries() or [f"query {i}" for i in range(len(qvec))]
+    print(f"vectors: {desc}; {os.cpu_count()} cores; numpy {np.__version__}")
+    results = [run_size(int(s), base, qvec, texts, query_texts, args) for s in args.sizes.split(",")]
+    out = os.path.join(RESULTS, "bench_search.json")
+    previous = {}
+    if os.path.exists(out):
+        with open(out) as f:
+            previous = {r["n"]: r for r in json.load(f)}
+    previous.update({r["n"]: r for r in results})
+    with open(out, "w") as f:
+        json.dump(sorted(previous.values(), key=lambda r: r["n"]), f, indent=2)
+    print(f"\nresults appended to {out}")
+
+
+if __name__ == "__main__":
+    main()

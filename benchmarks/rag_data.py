@@ -1,0 +1,143 @@
+"""Data for the RAG benchmarks: real texts and real MiniLM vectors, cached.
+
+Texts come from ../shared/data (SciFact abstracts and titles, State of the
+Union paragraphs) when it is there; otherwise a deterministic word soup is
+used and the benchmark says so. Vectors are real all-MiniLM-L6-v2 embeddings
+(the shipped int8 ONNX model) of SciFact abstracts and claims, cached in
+benchmarks/results/ so that only the first run pays for embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+SCIFACT = os.path.join(SHARED, "scifact-dev")
+SOTU = os.path.join(SHARED, "sotu")
+
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def rss_mb() -> float:
+    """Current resident set size in MB (Linux /proc; falls back to peak RSS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def scifact_docs() -> list[dict] | None:
+    path = os.path.join(SCIFACT, "corpus.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def scifact_queries() -> list[str] | None:
+    path = os.path.join(SCIFACT, "queries_train.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def short_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
+    """``n`` row texts of a few hundred characters, and where they came from."""
+    docs = scifact_docs()
+    rng = random.Random(seed)
+    if docs:
+        pool = [(d.get("title") or "") + ". " + (d.get("text") or "")[:200] for d in docs]
+        source = "SciFact title + first 200 characters of the abstract"
+    else:
+        words = "council budget harbour school police water transit housing election audit".split()
+        pool = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(2000)]
+        source = "synthetic word soup (../shared not found)"
+    return [f"{pool[i % len(pool)]} (row {i})" for i in range(n)], source
+
+
+def long_texts(n: int) -> tuple[list[str], str]:
+    docs = scifact_docs()
+    if docs:
+        texts = [(d.get("title") or "") + "\n" + (d.get("text") or "") for d in docs]
+        return (texts * (n // len(texts) + 1))[:n], "SciFact title + abstract"
+    words = "council budget harbour school police water transit housing election audit".split()
+    return [" ".join(words[(i + j) % 10] for j in range(250)) for i in range(n)], "synthetic"
+
+
+def real_vectors() -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """(document vectors, query vectors, document texts, description), cached."""
+    os.makedirs(RESULTS, exist_ok=True)
+    cache = os.path.join(RESULTS, "bench-vectors.npz")
+    docs = scifact_docs()
+    queries = scifact_queries()
+    if docs is None or queries is None:
+        rng = np.random.default_rng(0)
+        centres = rng.normal(size=(200, 384))
+        d = centres[rng.integers(0, 200, 5000)] + rng.normal(size=(5000, 384))
+        q = centres[rng.integers(0, 200, 500)] + rng.normal(size=(500, 384))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        texts = [f"synthetic document {i}" for i in range(5000)]
+        return d.astype(np.float32), q.astype(np.float32), texts, "clustered Gaussian (no ../shared)"
+    texts = [(d.get("title") or "") + "\n" + (d.get("text") or "") for d in docs]
+    if os.path.exists(cache):
+        data = np.load(cache)
+        if data["docs"].shape[0] == len(texts) and data["queries"].shape[0] == len(queries):
+            return data["docs"], data["queries"], texts, _DESC
+    # Reuse the evaluation's embedding cache when it is there.
+    from datasette_llm_core.embeddings.local_minilm import LocalMiniLM
+    from datasette_llm_rag.evaluate import CachingEmbedder
+
+    embedder = CachingEmbedder(LocalMiniLM(), os.path.join(RESULTS, "scifact-minilm.npz"))
+    print(f"embedding {len(texts)} SciFact abstracts and {len(queries)} claims (cached afterwards)...",
+          flush=True)
+    dvec = embedder.embed_sync(texts, kind="document")
+    qvec = embedder.embed_sync(queries, kind="query")
+    embedder.save()
+    np.savez(cache, docs=dvec, queries=qvec)
+    return dvec, qvec, texts, _DESC
+
+
+_DESC = "real all-MiniLM-L6-v2 (int8 ONNX) embeddings of 5,183 SciFact abstracts; queries: 809 SciFact claims"
+
+
+def augment(base: np.ndarray, n: int, *, alpha: float = 0.5, sigma: float = 0.15, seed: int = 0,
+            block: int = 100_000):
+    """Yield float32 blocks of ``n`` unit vectors grown from ``base``.
+
+    Row i < len(base) is base[i] itself; each further row is a real vector
+    plus ``alpha`` times the difference of two other random real vectors (so
+    the perturbation follows the real data's covariance) plus isotropic noise
+    of norm ~``sigma``, renormalised. Also yields which base row each came from.
+    """
+    rng = np.random.default_rng(seed)
+    m, d = base.shape
+    for start in range(0, n, block):
+        size = min(block, n - start)
+        idx = np.arange(start, start + size)
+        src = np.where(idx < m, idx, rng.integers(0, m, size))
+        out = base[src].astype(np.float32).copy()
+        extra = idx >= m
+        k = int(extra.sum())
+        if k:
+            j = rng.integers(0, m, k)
+            l_ = rng.integers(0, m, k)
+            out[extra] += alpha * (base[j] - base[l_])
+            out[extra] += (sigma / np.sqrt(d)) * rng.standard_normal((k, d), dtype=np.float32)
+            out[extra] /= np.linalg.norm(out[extra], axis=1, keepdims=True)
+        yield out, src
