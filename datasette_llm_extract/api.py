@@ -1,0 +1,240 @@
+"""The JSON side of the extraction plugin: estimate, runs API, evaluation-set
+export and templates. Same permission checks as the pages (``service``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+
+from datasette import Forbidden, NotFound, Response
+from datasette.utils import tilde_decode
+
+from datasette_llm_core import permissions
+from datasette_llm_core.state import STATE_DB_NAME, state_db
+
+from . import runs, service
+from .schema import SchemaError, validate_table_spec
+from .service import StartRequest, UserError
+from .views import (
+    PREFIX,
+    _columns_from_form,
+    _do_action,
+    _form_limit,
+    _json_error,
+    _read_form,
+    _read_json,
+    _spec_from_columns,
+    run_url,
+)
+
+
+async def estimate_view(datasette, request, receive):
+    """POST the start form (multipart or JSON): tokens and cost of the run, nothing written."""
+    if request.method != "POST":
+        return _json_error("POST the run's form or JSON here.", 405)
+    actor = request.actor
+    try:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            data = await _read_json(request, receive, _form_limit(datasette))
+            req = await _start_request_from_json(datasette, data)
+        else:
+            form = await _read_form(datasette, request, receive)
+            database = form.get("database")
+            table = form.get("table")
+            new_table = form.get("new_table") == "1"
+            req = StartRequest(
+                database=database, table=table, new_table=new_table,
+                spec=_spec_from_columns(_columns_from_form(form)), text=form.get("text"),
+                uploads=[(u.filename, u.content_type, u.data) for u in form.files.get("files", [])],
+                instructions=form.get("instructions"), model_id=form.get("model") or None,
+                use_examples=form.get("use_examples") == "on",
+            )
+        return Response.json({"ok": True, **await service.estimate_for(datasette, actor, req)})
+    except UserError as e:
+        return _json_error(str(e), e.status)
+
+
+# --- JSON API ------------------------------------------------------------------------------
+
+async def _start_request_from_json(datasette, data: dict) -> StartRequest:
+    database = data.get("database")
+    table = data.get("table")
+    if not isinstance(database, str) or not isinstance(table, str):
+        raise UserError('Give "database" and "table" as strings.')
+    new_table = bool(data.get("create"))
+    spec = data.get("schema")
+    if spec is None and not new_table:
+        if database not in datasette.databases:
+            raise UserError(f"There is no database called {database!r}.", 404)
+        spec = service.spec_to_dict(await service.spec_for_table(datasette, database, table))
+        columns = data.get("columns")
+        if isinstance(columns, list):
+            spec["columns"] = [c for c in spec["columns"] if c["name"] in columns]
+            spec["key_columns"] = [k for k in spec["key_columns"] if k in columns]
+    if spec is None:
+        raise UserError('A new table needs a "schema": {"columns": [{"name": ..., "type": ...}]}.')
+    text = data.get("text") or ""
+    if not isinstance(text, str):
+        raise UserError('"text" must be a string.')
+    return StartRequest(
+        database=database, table=table, new_table=new_table, spec=spec, text=text,
+        uploads=_json_files(data.get("files")),
+        instructions=str(data.get("instructions") or ""), model_id=data.get("model") or None,
+        use_examples=bool(data.get("use_examples")), direct_insert=bool(data.get("direct_insert")),
+    )
+
+
+def _json_files(files) -> list[tuple[str, str, bytes]]:
+    """``files: [{name, content_type?, data_base64}]`` -> uploads (checked like form uploads)."""
+    if files is None:
+        return []
+    if not isinstance(files, list):
+        raise UserError('"files" must be a list of {"name", "content_type", "data_base64"} objects.')
+    out = []
+    for i, f in enumerate(files, 1):
+        if not isinstance(f, dict) or not isinstance(f.get("data_base64"), str):
+            raise UserError(f'File {i}: give "name" and the file\'s bytes as "data_base64".')
+        try:
+            data = base64.b64decode(f["data_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(f"File {i}: data_base64 is not valid base64.") from None
+        out.append((str(f.get("name") or f"file-{i}"), str(f.get("content_type") or ""), data))
+    return out
+
+
+def _run_json(datasette, run: dict, rows: list[dict] | None = None) -> dict:
+    keep = ("id", "actor_id", "created_at", "finished_at", "database_name", "table_name", "new_table",
+            "model_id", "prompt_version", "instructions", "status", "error", "chunks_total", "chunks_done",
+            "chunks_failed", "input_tokens", "output_tokens", "cost", "inserted_count", "inserted_at",
+            "undone_at")
+    out = {k: run.get(k) for k in keep}
+    out["new_table"] = bool(out["new_table"])
+    out["schema"] = run["schema"]
+    out["urls"] = {"page": run_url(datasette, run["id"]), "events": run_url(datasette, run["id"], "/events"),
+                   "api": datasette.urls.path(f"{PREFIX}/api/runs/{run['id']}")}
+    if rows is not None:
+        out["rows"] = [
+            {"idx": r["idx"], "values": r["values"], "edited": r["edited"], "source_quote": r["source_quote"],
+             "quote_found": r["quote_found"], "valid": r["valid"], "errors": r["errors"],
+             "duplicate": r["duplicate"], "decision": r["decision"], "inserted_pk": r["inserted_pk"],
+             "document": r["document"]}
+            for r in rows
+        ]
+    return out
+
+
+async def api_start(datasette, request, receive):
+    if request.method != "POST":
+        return _json_error("POST a JSON object to start a run.", 405)
+    try:
+        data = await _read_json(request, receive, _form_limit(datasette))
+        req = await _start_request_from_json(datasette, data)
+        run_id = await service.start_run(datasette, request.actor, req)
+    except UserError as e:
+        return _json_error(str(e), e.status)
+    state = await state_db(datasette)
+    return Response.json({"ok": True, **_run_json(datasette, await runs.get_run(state, run_id))}, status=201)
+
+
+async def api_run(datasette, request):
+    try:
+        run = await service.run_for(datasette, request.actor, request.url_vars["run_id"])
+    except UserError as e:
+        return _json_error(str(e), e.status)
+    state = await state_db(datasette)
+    return Response.json({"ok": True, **_run_json(datasette, run, await runs.get_rows(state, run["id"]))})
+
+
+def _decisions_from_json(data: dict, rows: list[dict]) -> dict[int, dict]:
+    if data.get("accept") == "all_valid":
+        return {r["idx"]: {"decision": "accept" if r["valid"] and not r["duplicate"] else "reject",
+                           "values": None} for r in rows}
+    given = data.get("rows")
+    if not isinstance(given, dict):
+        raise UserError('Give "rows": {"<row idx>": {"decision": "accept"|"reject", "values": {...}}} '
+                        'or "accept": "all_valid".')
+    decisions = {}
+    for key, value in given.items():
+        try:
+            idx = int(key)
+        except ValueError:
+            raise UserError(f"Row key {key!r} is not a row number.") from None
+        if isinstance(value, str):
+            value = {"decision": value}
+        if not isinstance(value, dict):
+            raise UserError(f"Row {key}: give an object with a decision.")
+        values = value.get("values")
+        if values is not None and not isinstance(values, dict):
+            raise UserError(f"Row {key}: values must be an object.")
+        decisions[idx] = {"decision": value.get("decision"), "values": values}
+    return decisions
+
+
+async def api_run_action(datasette, request, receive):
+    if request.method != "POST":
+        return _json_error("POST to perform this action.", 405)
+    action = request.url_vars["action"]
+    try:
+        run = await service.run_for(datasette, request.actor, request.url_vars["run_id"],
+                                    write=action in ("insert", "resume", "undo"))
+        data = await _read_json(request, receive, _form_limit(datasette))
+        decisions = None
+        if action == "insert":
+            state = await state_db(datasette)
+            decisions = _decisions_from_json(data, await runs.get_rows(state, run["id"]))
+        result = await _do_action(datasette, request, run, action, decisions)
+    except UserError as e:
+        return _json_error(str(e), e.status, row_errors={str(k): v for k, v in (e.row_errors or {}).items()})
+    except (Forbidden, NotFound) as e:
+        return _json_error(str(e), 403 if isinstance(e, Forbidden) else 404)
+    return Response.json({"ok": True, **result})
+
+
+# --- examples export and templates ------------------------------------------------------------
+
+async def examples_export(datasette, request):
+    """Reviewed rows as JSONL in the evaluate command's gold format (one line per source document)."""
+    database = tilde_decode(request.url_vars["database"])
+    table = tilde_decode(request.url_vars["table"])
+    if database not in datasette.databases:
+        raise NotFound("No such database.")
+    if not await permissions.allowed(datasette, request.actor, "llm-extract", database, table):
+        raise Forbidden("You do not have permission to run LLM extraction on this table.")
+    state = await state_db(datasette)
+    documents = await runs.gold_documents(state, database, table)
+    body = "".join(json.dumps(d, ensure_ascii=False, default=str) + "\n" for d in documents)
+    filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{database}-{table}-examples.jsonl")
+    return Response(body, content_type="application/x-ndjson; charset=utf-8",
+                    headers={"content-disposition": f'attachment; filename="{filename}"'})
+
+
+async def save_template(datasette, request, receive):
+    if request.method != "POST":
+        return _json_error("POST a template.", 405)
+    actor = request.actor
+    try:
+        if not actor:
+            raise UserError("Sign in to save templates.", 403)
+        allowed_somewhere = False
+        for name in list(datasette.databases):
+            if name != STATE_DB_NAME and await permissions.allowed(datasette, actor, "llm-extract", name):
+                allowed_somewhere = True
+                break
+        if not allowed_somewhere:
+            raise UserError("You do not have permission to run LLM extraction.", 403)
+        data = await _read_json(request, receive, 1_000_000)
+        name = str(data.get("name") or "").strip()
+        if not name:
+            raise UserError("Give the template a name.")
+        try:
+            spec = validate_table_spec(data.get("schema"))
+        except SchemaError as e:
+            raise UserError(str(e)) from None
+        state = await state_db(datasette)
+        template_id = await runs.save_template(state, name[:100], str(actor.get("id")), bool(data.get("shared")),
+                                               spec.model_dump(), str(data.get("instructions") or ""))
+    except UserError as e:
+        return _json_error(str(e), e.status)
+    return Response.json({"ok": True, "id": template_id}, status=201)
