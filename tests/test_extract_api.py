@@ -263,3 +263,34 @@ async def test_direct_insert_for_trusted_pipelines(tmp_path, fake_models, script
     assert sqlite3.connect(tmp_path / "news.db").execute("select name, age from people").fetchall() == [("Ann", 31)]
     assert state_rows(tmp_path, "select name, kind, text from llm_extract_documents") == [
         ("notes.txt", "text", "Ann is 31, three")]
+
+
+async def test_insert_is_all_or_nothing(ds, tmp_path, scripted_model):
+    conn = sqlite3.connect(tmp_path / "news.db")
+    conn.execute("create table codes (code text primary key, n integer)")
+    conn.execute("insert into codes values ('A', 1)")
+    conn.commit()
+    conn.close()
+    before = db_bytes(tmp_path / "news.db")
+    scripted_model.enqueue(rows_json({"code": "B", "n": 2, "source_quote": "B 2"},
+                                     {"code": "A", "n": 3, "source_quote": "A 3"}))
+    jar = cookies(ds, "root")
+    r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
+        "database": "news", "table": "codes", "text": "B 2, A 3", "model": "scripted"})
+    run = await wait_run(ds, r.json()["id"], jar)
+    assert [row["duplicate"] for row in run["rows"]] == [None, "table"]
+    # accepting the duplicate anyway hits the primary key: nothing at all is written
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run['id']}/insert", cookies=jar,
+                             json={"rows": {"0": "accept", "1": "accept"}})
+    assert r.status_code == 409 and "UNIQUE" in r.json()["error"] and "Nothing was inserted" in r.json()["error"]
+    assert r.json()["row_errors"] == {"1": [r.json()["error"]]}
+    assert db_bytes(tmp_path / "news.db") == before  # no row B, no _llm_run column
+    assert state_rows(tmp_path, "select status from llm_extract_runs")[0][0] == "done"
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run['id']}/insert", cookies=jar,
+                             json={"rows": {"0": "accept", "1": "reject"}})
+    assert r.status_code == 200 and r.json()["pks"] == [["B"]]
+    assert sqlite3.connect(tmp_path / "news.db").execute(
+        "select code, n, _llm_run from codes order by code").fetchall() == [("A", 1, None), ("B", 2, run["id"])]
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run['id']}/undo", cookies=jar, json={})
+    assert r.status_code == 200 and r.json()["deleted"] == 1
+    assert sqlite3.connect(tmp_path / "news.db").execute("select code from codes").fetchall() == [("A",)]
