@@ -81,3 +81,9 @@ def llm_local_embedding_models(datasette):
     from .embeddings import local_embedding_models
 
     return local_embedding_models()
+
+
+# Last: re-register if this package was registered while half-imported.
+from datasette_llm_core.registration import register_fully  # noqa: E402
+
+register_fully(__name__)

@@ -43,3 +43,9 @@ def skip_csrf(datasette, scope):
 @hookimpl
 def register_commands(cli):
     hooks.register_commands(cli)
+
+
+# Last: re-register if this package was registered while half-imported.
+from datasette_llm_core.registration import register_fully  # noqa: E402
+
+register_fully(__name__)

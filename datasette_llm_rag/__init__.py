@@ -104,3 +104,9 @@ def database_actions(datasette, actor, database, request):
 @hookimpl
 def table_actions(datasette, actor, database, table, request):
     return views.table_action_links(datasette, actor, database, table)
+
+
+# Last: re-register if this package was registered while half-imported.
+from datasette_llm_core.registration import register_fully  # noqa: E402
+
+register_fully(__name__)
