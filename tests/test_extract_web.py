@@ -253,10 +253,19 @@ async def test_estimate_endpoint_and_budget_cap(tmp_path, fake_models):
     body = {"database": "news", "table": "donors", "text": "Ann gave $5.", "model": "scripted"}
     r = await ds.client.post("/-/llm-extract/estimate", json=body, cookies=jar)
     assert r.status_code == 400 and "limit of 50" in r.json()["error"]
+    # the page's "Estimate cost" button posts the form itself (multipart, with its token)
+    form = {"database": "news", "new_table": "1", "table": "gifts", "col-0-name": "giver", "model": "scripted"}
+    r = await post_form(ds, "/-/llm-extract/estimate", form, jar, token_page="/-/llm-extract/new/news",
+                        files={"files": ("gifts.txt", b"Ann gave $5. " * 40, "text/plain")})
+    assert r.status_code == 400 and "limit of 50" in r.json()["error"]
     (tmp_path / "two").mkdir()
     ds2 = make_ds(tmp_path / "two")
     await ds2.invoke_startup()
     r = await ds2.client.post("/-/llm-extract/estimate", json=body, cookies=cookies(ds2, ROOT))
     data = r.json()
     assert r.status_code == 200 and data["ok"] and data["chunks"] == 1
+    r = await post_form(ds2, "/-/llm-extract/estimate", form, cookies(ds2, ROOT), token_page="/-/llm-extract/new/news",
+                        files={"files": ("gifts.txt", b"Ann gave $5. " * 40, "text/plain")})
+    assert r.status_code == 200 and r.json()["documents"][0]["name"] == "gifts.txt"
+    assert r.json()["input_tokens"] > data["input_tokens"]  # the file is longer than the pasted text
     assert data["input_tokens"] > 0 and data["cost"] is not None and data["model_id"] == "scripted"
