@@ -165,3 +165,34 @@ async def test_config_and_saved_templates_prefill_the_builder(tmp_path, fake_mod
     rows = state_rows(tmp_path, "select name, shared, instructions, schema_json from llm_extract_templates"
                                 " where name = 'Mine'")
     assert rows[0][:3] == ("Mine", 0, "Mine too.") and "case_number" in rows[0][3]
+
+
+async def test_multi_part_run_reports_progress_and_failed_parts(tmp_path, fake_models, scripted_model):
+    from datasette_llm_core.errors import ModelError
+
+    ds = make_ds(tmp_path, extract={"chunk_chars": 500, "overlap": 0},
+                 plugin={"retries": {"max_attempts": 1}})
+    await ds.invoke_startup()
+    jar = cookies(ds, "root")
+    paragraphs = [f"Person {i} is {20 + i} years old. " * 17 for i in range(3)]
+    text = "\n\n".join(p.strip() for p in paragraphs)
+
+    def responder(request):
+        body = " ".join(p.text for m in request.messages for p in m.parts if hasattr(p, "text"))
+        if "part 2 of" in body:
+            return Scripted(error=ModelError("The provider timed out.", status=504))
+        n = next(i for i in range(3) if f"Person {i} is" in body.split("Document to extract from")[-1])
+        return rows_json({"name": f"Person {n}", "age": 20 + n, "source_quote": f"Person {n} is {20 + n} years old."})
+
+    scripted_model.responder = responder
+    r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
+        "database": "news", "table": "people", "create": True, "schema": SCHEMA, "text": text, "model": "scripted"})
+    assert r.status_code == 201, r.text
+    run = await wait_run(ds, r.json()["id"], jar)
+    assert run["chunks_total"] >= 3
+    assert run["chunks_failed"] == 1 and run["chunks_done"] == run["chunks_total"] - 1
+    assert run["status"] == "done" and len(run["rows"]) == run["chunks_done"]
+    page = await ds.client.get(f"/-/llm-extract/runs/{run['id']}", cookies=jar)
+    assert f"{run['chunks_done']} of {run['chunks_total']} part(s) done, 1 failed" in page.text
+    events = await ds.client.get(f"/-/llm-extract/runs/{run['id']}/events", cookies=jar)
+    assert events.text.count("event: ChunkFailed") == 1 and "timed out" in events.text
