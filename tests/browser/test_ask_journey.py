@@ -90,3 +90,17 @@ def test_semantic_search_without_any_model(anon_page, search_only_server, fake_l
     hits.first.get_by_role("link").click()
     expect(page).to_have_url(re.compile(r"/documents/trump_lawsuits/"))
     assert fake_llm.chat_requests() == []  # no model was asked anything
+
+
+def test_question_box_on_a_table_page(anon_page, search_only_server):
+    """The box Datasette shows above an indexed table (1.0: top_table hook; 0.65: script)."""
+    page = anon_page
+    page.goto(search_only_server.url("/documents/trump_lawsuits"))
+    box = page.locator("form.llm-rag-box")
+    expect(box).to_be_visible(timeout=EXPECT_TIMEOUT)
+    assert_labelled(page, "form.llm-rag-box")
+    field = box.get_by_role("searchbox")
+    field.fill("Stephanie Clifford")
+    field.press("Enter")
+    expect(page).to_have_url(re.compile(r"/-/llm-ask/documents\?"))
+    expect(page.locator("#llm-rag-results")).to_contain_text(CASE, timeout=EXPECT_TIMEOUT)
