@@ -8,7 +8,7 @@ from datasette import hookimpl
 from datasette.plugins import pm
 
 from . import calllog, hookspecs  # noqa: F401 - calllog registers its migrations
-from .state import attach_state_database, state_db
+from .state import STATE_DB_NAME, attach_state_database, state_db, tune_connection
 
 pm.add_hookspecs(hookspecs)
 
@@ -20,6 +20,12 @@ def startup(datasette):
         await state_db(datasette)
 
     return inner
+
+
+@hookimpl
+def prepare_connection(conn, database, datasette):
+    if database == STATE_DB_NAME:
+        tune_connection(conn)
 
 
 # --- permissions (logic in permissions.py) --------------------------------

@@ -70,6 +70,23 @@ def _apply_migrations(conn: sqlite3.Connection) -> list[str]:
     return applied
 
 
+def _use_wal(path: str) -> None:
+    """WAL: readers never wait for the call-log writer, and with
+    synchronous=NORMAL (set per connection by ``tune_connection``) a log row
+    costs no fsync. The mode is stored in the file, so it is set once here,
+    outside any transaction (Datasette 1.0 wraps write functions in one)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("pragma journal_mode=wal")
+    finally:
+        conn.close()
+
+
+def tune_connection(conn: sqlite3.Connection) -> None:
+    """Per-connection settings for the state database (see _apply_migrations)."""
+    conn.execute("pragma synchronous=normal")
+
+
 def attach_state_database(datasette):
     """Add the state database to ``datasette`` if it is not there yet."""
     from datasette.database import Database
@@ -82,6 +99,7 @@ def attach_state_database(datasette):
     else:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
+        _use_wal(path)
         db = Database(datasette, path=path, is_mutable=True)
     return datasette.add_database(db, name=STATE_DB_NAME)
 
