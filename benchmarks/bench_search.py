@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -110,18 +111,27 @@ def run_size(n, base, qvec, texts, query_texts, args):
     pick = rng.choice(len(qvec), size=min(args.queries, len(qvec)), replace=False)
     queries = qvec[pick]
     qtexts = [query_texts[i] for i in pick]
-    path = os.path.join(RESULTS, f"bench-search-{n}.llm-rag.db")
-    truth = build(path, base, texts, n, queries, args.text)
+    path = os.path.join(RESULTS, f"bench-search-{n}-{args.text}.llm-rag.db")
+    truth_path = path + ".truth.npy"
+    if args.keep and os.path.exists(path) and os.path.exists(truth_path):
+        truth = np.load(truth_path)
+        print("  reusing the sidecar and ground truth kept by an earlier --keep run")
+    else:
+        truth = build(path, base, texts, n, queries, args.text)
+        np.save(truth_path, truth)
 
-    gc.collect()
-    before = rss_mb()
-    t = time.perf_counter()
+    # Memory: load the index in a fresh process, so nothing freed by the build
+    # above can be reused and hide part of the index's footprint.
+    probe = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--measure-load", path],
+        capture_output=True, text=True, check=True,
+    )
+    load = json.loads(probe.stdout.strip().splitlines()[-1])
+    index_mb, load_s = load["rss_mb"], load["seconds"]
+    print(f"  load {load_s:.1f}s, resident memory added {index_mb:.0f} MB (fresh process; "
+          f"vectors+codes {load['vector_mb']:.0f} MB, BM25 postings {load['lexical_mb']:.0f} MB)")
     index = RagIndex(path)
     assert index.count == n
-    load_s = time.perf_counter() - t
-    gc.collect()
-    index_mb = rss_mb() - before
-    print(f"  load {load_s:.1f}s, resident memory added {index_mb:.0f} MB")
 
     index.search_vector(queries[0], K)  # warm up (thread pool, caches)
     vec_t, _ = timed(lambda i: index.search_vector(queries[i % len(queries)], K), len(queries))
@@ -194,19 +204,40 @@ def run_size(n, base, qvec, texts, query_texts, args):
     print(f"  memory          +{index_mb:.0f} MB resident (float32 matrix would be "
           f"{result['float32_matrix_mb']:.0f} MB)")
     if not args.keep:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".truth.npy"):
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
     return result
 
 
+def measure_load(path: str) -> None:
+    """Child process: RSS added by loading the index at ``path`` (printed as JSON)."""
+    gc.collect()
+    before = rss_mb()
+    t = time.perf_counter()
+    index = RagIndex(path)
+    index.count
+    seconds = time.perf_counter() - t
+    gc.collect()
+    state = index._current()
+    vector_mb = (state.q8.nbytes + state.scale.nbytes + state.ids.nbytes + state.tcode.nbytes
+                 + sum(w.nbytes for w in state.words)) / 2**20
+    lexical_mb = state.lexical.nbytes / 2**20 if state.lexical else 0.0
+    print(json.dumps({"rss_mb": rss_mb() - before, "seconds": seconds,
+                      "vector_mb": vector_mb, "lexical_mb": lexical_mb}))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--measure-load":
+        measure_load(sys.argv[2])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000", help="comma-separated vector counts")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--text", choices=["full", "title"], default="full")
     parser.add_argument("--loop-sample", type=int, default=5000)
-    parser.add_argument("--keep", action="store_true", help="keep the benchmark sidecars")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the benchmark sidecar and reuse it on the next --keep run")
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
     base, qvec, texts, desc = real_vectors()

@@ -38,9 +38,9 @@ def main() -> None:
     if args.sweep:
         settings += [
             EvalSettings(rrf_k=k, depth=d, weights=w)
-            for k in (10, 30, 60, 100)
-            for d in (20, 50, 100)
-            for w in ((1.0, 1.0), (1.0, 1.5), (1.5, 1.0))
+            for k in (5, 10, 20, 30, 60)
+            for d in (50, 100)
+            for w in ((1.0, 1.0), (1.0, 1.5), (1.0, 2.0))
         ]
     started = time.perf_counter()
     results = evaluate(

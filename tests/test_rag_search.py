@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 
@@ -225,3 +226,29 @@ async def test_binary_prefilter_recall_against_exact(tmp_path):
         recalls.append(len(truth & got) / 10)
     assert np.mean(recalls) >= 0.98
     assert not index._current().exact and index._current().words  # really the binary path
+
+
+def test_bm25_scores_match_the_formula():
+    from datasette_llm_rag.lexical import LexicalIndex
+
+    # doc 0: "harbour harbour budget" (3 tokens), doc 1: "budget" (1), doc 2: "school" (1)
+    vocab = {"harbour": 0, "budget": 1, "school": 2}
+    index = LexicalIndex(
+        3, vocab, np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]),
+        np.array([2, 1, 1, 1], np.uint16), np.array([3, 1, 1]),
+    )
+    k1, b, avg = 1.2, 0.75, 5 / 3
+
+    def weight(tf, length):
+        return tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg))
+
+    def idf(df):
+        return math.log(1 + (3 - df + 0.5) / (df + 0.5))
+
+    pos, scores = index.search("harbour budget", 10)
+    assert pos.tolist() == [0, 1]
+    assert scores[0] == pytest.approx(idf(1) * weight(2, 3) + idf(2) * weight(1, 3), rel=2e-3)
+    assert scores[1] == pytest.approx(idf(2) * weight(1, 1), rel=2e-3)
+    pos, _ = index.search("harbour budget", 10, mask=np.array([False, True, True]))
+    assert pos.tolist() == [1]
+    assert index.search("nothing here", 10)[0].tolist() == []
