@@ -78,12 +78,17 @@ def db_bytes(path) -> bytes:
         return f.read()
 
 
-def state_rows(tmp_path, sql: str, params=()) -> list:
-    conn = sqlite3.connect(tmp_path / "state.db", timeout=30)  # the server may be mid-write
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+async def state_rows(ds, sql: str, params=()) -> list[tuple]:
+    """Read the state database through Datasette: a second SQLite library
+    (stdlib sqlite3 beside pysqlite3) in one process breaks file locking."""
+    from datasette_llm_core.state import state_db
+
+    db = await state_db(ds)
+    return [tuple(r) for r in (await db.execute(sql, list(params))).rows]
+
+
+async def news_rows(ds, sql: str, params=()) -> list[tuple]:
+    return [tuple(r) for r in (await ds.databases["news"].execute(sql, list(params))).rows]
 
 
 async def wait_run(ds, run_id: str, cookie: dict, timeout: float = 30.0) -> dict:

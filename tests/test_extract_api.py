@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sqlite3
 
 import pytest
 from datasette import hookimpl
@@ -17,6 +16,7 @@ from .extract_web_helpers import (
     cookies,
     db_bytes,
     make_ds,
+    news_rows,
     post_form,
     rows_json,
     state_rows,
@@ -82,8 +82,7 @@ async def test_api_start_status_review_insert(ds, tmp_path, scripted_model):
     assert sorted([first.status_code, second.status_code]) == [200, 409], (first.text, second.text)
     r = first if first.status_code == 200 else second
     assert r.json()["inserted"] == 1 and r.json()["rejected"] == 2
-    assert sqlite3.connect(tmp_path / "news.db").execute("select name, age, _llm_run from people").fetchall() == [
-        ("Ann", 32, run_id)]
+    assert await news_rows(ds, "select name, age, _llm_run from people") == [("Ann", 32, run_id)]
     # a second insert from the same run is refused
     r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/insert", json=decisions, cookies=cookies(ds, "alice"))
     assert r.status_code == 409
@@ -124,7 +123,7 @@ async def test_permission_denied_on_every_route(ds, tmp_path, scripted_model):
             else await ds.client.request(method, path, cookies=cookies(ds, "bob"))
         assert r.status_code == 404, (path, r.status_code)
     assert db_bytes(tmp_path / "news.db") == before
-    assert state_rows(tmp_path, "select count(*) from llm_extract_runs")[0][0] == 1
+    assert (await state_rows(ds, "select count(*) from llm_extract_runs"))[0][0] == 1
     # root may see any run
     r = await ds.client.get(f"/-/llm-extract/api/runs/{run_id}", cookies=cookies(ds, "root"))
     assert r.status_code == 200
@@ -160,7 +159,7 @@ async def test_bad_json_input_writes_nothing(ds, tmp_path, scripted_model):
         assert r.status_code == status, (change, r.text)
         assert message.lower() in r.json()["error"].lower(), (change, r.text)
     assert db_bytes(tmp_path / "news.db") == before
-    assert state_rows(tmp_path, "select count(*) from llm_extract_runs")[0][0] == 0
+    assert (await state_rows(ds, "select count(*) from llm_extract_runs"))[0][0] == 0
     assert scripted_model.requests == []
 
 
@@ -187,7 +186,7 @@ async def test_bad_uploads_write_nothing(tmp_path, fake_models, scripted_model):
         assert r.status_code == 400, (filename, r.text[-1500:])
         assert message in r.text and "Nothing was saved" in r.text, filename
     assert db_bytes(tmp_path / "news.db") == before
-    assert state_rows(tmp_path, "select count(*) from llm_extract_runs")[0][0] == 0
+    assert (await state_rows(ds, "select count(*) from llm_extract_runs"))[0][0] == 0
     assert scripted_model.requests == []
 
 
@@ -198,7 +197,7 @@ async def test_multipart_form_without_its_token_is_refused(ds, tmp_path):
     r = await ds.client.post("/-/llm-extract/new/news", data=form, files={"files": ("a.txt", b"Ann", "text/plain")},
                              cookies=jar)
     assert r.status_code == 403
-    assert state_rows(tmp_path, "select count(*) from llm_extract_runs")[0][0] == 0
+    assert (await state_rows(ds, "select count(*) from llm_extract_runs"))[0][0] == 0
 
 
 async def test_immutable_database_is_refused_clearly(tmp_path, fake_models):
@@ -235,8 +234,7 @@ async def test_provider_error_and_non_json_output_fail_clearly(tmp_path, fake_mo
     run = await wait_run(ds, r.json()["id"], jar)
     events = await ds.client.get(f"/-/llm-extract/runs/{run['id']}/events", cookies=jar)
     assert run["status"] == "failed" and "could not be read as rows" in events.text
-    assert not sqlite3.connect(tmp_path / "news.db").execute(
-        "select 1 from sqlite_master where name in ('people', 'people2')").fetchone()
+    assert not await news_rows(ds, "select 1 from sqlite_master where name in ('people', 'people2')")
 
 
 async def test_direct_insert_for_trusted_pipelines(tmp_path, fake_models, scripted_model):
@@ -260,17 +258,14 @@ async def test_direct_insert_for_trusted_pipelines(tmp_path, fake_models, script
 
     await wait_for(inserted)
     # only the valid row went in; the invalid one (name is required) did not
-    assert sqlite3.connect(tmp_path / "news.db").execute("select name, age from people").fetchall() == [("Ann", 31)]
-    assert state_rows(tmp_path, "select name, kind, text from llm_extract_documents") == [
+    assert await news_rows(ds, "select name, age from people") == [("Ann", 31)]
+    assert await state_rows(ds, "select name, kind, text from llm_extract_documents") == [
         ("notes.txt", "text", "Ann is 31, three")]
 
 
 async def test_insert_is_all_or_nothing(ds, tmp_path, scripted_model):
-    conn = sqlite3.connect(tmp_path / "news.db")
-    conn.execute("create table codes (code text primary key, n integer)")
-    conn.execute("insert into codes values ('A', 1)")
-    conn.commit()
-    conn.close()
+    await ds.databases["news"].execute_write_script(
+        "create table codes (code text primary key, n integer); insert into codes values ('A', 1);")
     before = db_bytes(tmp_path / "news.db")
     scripted_model.enqueue(rows_json({"code": "B", "n": 2, "source_quote": "B 2"},
                                      {"code": "A", "n": 3, "source_quote": "A 3"}))
@@ -285,12 +280,12 @@ async def test_insert_is_all_or_nothing(ds, tmp_path, scripted_model):
     assert r.status_code == 409 and "UNIQUE" in r.json()["error"] and "Nothing was inserted" in r.json()["error"]
     assert r.json()["row_errors"] == {"1": [r.json()["error"]]}
     assert db_bytes(tmp_path / "news.db") == before  # no row B, no _llm_run column
-    assert state_rows(tmp_path, "select status from llm_extract_runs")[0][0] == "done"
+    assert (await state_rows(ds, "select status from llm_extract_runs"))[0][0] == "done"
     r = await ds.client.post(f"/-/llm-extract/api/runs/{run['id']}/insert", cookies=jar,
                              json={"rows": {"0": "accept", "1": "reject"}})
     assert r.status_code == 200 and r.json()["pks"] == [["B"]]
-    assert sqlite3.connect(tmp_path / "news.db").execute(
-        "select code, n, _llm_run from codes order by code").fetchall() == [("A", 1, None), ("B", 2, run["id"])]
+    assert await news_rows(ds, "select code, n, _llm_run from codes order by code") == [
+        ("A", 1, None), ("B", 2, run["id"])]
     r = await ds.client.post(f"/-/llm-extract/api/runs/{run['id']}/undo", cookies=jar, json={})
     assert r.status_code == 200 and r.json()["deleted"] == 1
-    assert sqlite3.connect(tmp_path / "news.db").execute("select code from codes").fetchall() == [("A",)]
+    assert await news_rows(ds, "select code from codes") == [("A",)]

@@ -4,7 +4,6 @@ examples reused in prompts and exported; saved and configured templates."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 from tests.fakes import Scripted
@@ -16,31 +15,35 @@ SCHEMA = {"columns": [{"name": "name"}, {"name": "age", "type": "integer"}], "ke
 TEXT = "Ann is 31. Bob is 40."
 
 
-def write_running_run(tmp_path, run_id="0123456789abcdef", text=TEXT) -> str:
+async def write_running_run(ds, run_id="0123456789abcdef", text=TEXT) -> str:
     """What a server that died mid-run leaves behind."""
-    conn = sqlite3.connect(tmp_path / "state.db")
+    from datasette_llm_core.state import state_db
+
     now = time.time()
-    conn.execute(
-        "insert into llm_extract_runs (id, actor_id, created_at, updated_at, database_name, table_name, new_table,"
-        " model_id, prompt_version, instructions, schema_json, options_json, status, chunks_total)"
-        " values (?, 'root', ?, ?, 'news', 'people', 1, 'scripted', 'extract-v1', '', ?, ?, 'running', 1)",
-        (run_id, now, now, json.dumps(SCHEMA), json.dumps({"chunk_chars": 12000, "overlap": 400})),
-    )
-    conn.execute(
-        "insert into llm_extract_documents (run_id, idx, name, kind, media_type, size, sha256, text)"
-        " values (?, 0, 'pasted text', 'text', 'text/plain', ?, 'x', ?)",
-        (run_id, len(text), text),
-    )
-    conn.commit()
-    conn.close()
+
+    def write(conn):
+        with conn:
+            conn.execute(
+                "insert into llm_extract_runs (id, actor_id, created_at, updated_at, database_name, table_name,"
+                " new_table, model_id, prompt_version, instructions, schema_json, options_json, status, chunks_total)"
+                " values (?, 'root', ?, ?, 'news', 'people', 1, 'scripted', 'extract-v1', '', ?, ?, 'running', 1)",
+                (run_id, now, now, json.dumps(SCHEMA), json.dumps({"chunk_chars": 12000, "overlap": 400})),
+            )
+            conn.execute(
+                "insert into llm_extract_documents (run_id, idx, name, kind, media_type, size, sha256, text)"
+                " values (?, 0, 'pasted text', 'text', 'text/plain', ?, 'x', ?)",
+                (run_id, len(text), text),
+            )
+
+    await (await state_db(ds)).execute_write_fn(write, block=True)
     return run_id
 
 
 async def test_interrupted_run_is_marked_then_resumed_or_discarded(tmp_path, fake_models, scripted_model):
     ds = make_ds(tmp_path)
     await ds.invoke_startup()  # creates the state tables
-    run_id = write_running_run(tmp_path)
-    other = write_running_run(tmp_path, "fedcba9876543210")
+    run_id = await write_running_run(ds)
+    other = await write_running_run(ds, "fedcba9876543210")
     ds = make_ds(tmp_path)  # "restart" the server
     await ds.invoke_startup()
     jar = cookies(ds, "root")
@@ -61,7 +64,7 @@ async def test_interrupted_run_is_marked_then_resumed_or_discarded(tmp_path, fak
 
     r = await post_form(ds, f"/-/llm-extract/runs/{other}/discard", {}, jar, token_page=f"/-/llm-extract/runs/{other}")
     assert r.status_code == 302
-    assert state_rows(tmp_path, "select status from llm_extract_runs where id = ?", [other])[0][0] == "discarded"
+    assert (await state_rows(ds, "select status from llm_extract_runs where id = ?", [other]))[0][0] == "discarded"
     r = await ds.client.post(f"/-/llm-extract/api/runs/{other}/insert", json={"accept": "all_valid"}, cookies=jar)
     assert r.status_code == 409
 
@@ -150,19 +153,19 @@ async def test_config_and_saved_templates_prefill_the_builder(tmp_path, fake_mod
     assert r.status_code == 400
     page = await ds.client.get(f"/-/llm-extract/new/news?template={template_id}", cookies=jar)
     assert 'value="employee"' in page.text and "Yearly pay." in page.text
-    rows = state_rows(tmp_path, "select name, owner_id, shared from llm_extract_templates")
+    rows = await state_rows(ds, "select name, owner_id, shared from llm_extract_templates")
     assert rows == [("Salaries", "root", 1)]
     # "save as template" on the form: only when the run really starts
     form = {"table": "filings", "col-0-name": "case_number", "col-0-type": "text", "text": " ",
             "model": "scripted", "save_template": "on", "template_name": "Mine", "instructions": "Mine too."}
     r = await post_form(ds, "/-/llm-extract/new/news", form, jar)
     assert r.status_code == 400
-    assert state_rows(tmp_path, "select count(*) from llm_extract_templates")[0][0] == 1
+    assert (await state_rows(ds, "select count(*) from llm_extract_templates"))[0][0] == 1
     scripted_model.enqueue(rows_json())
     r = await post_form(ds, "/-/llm-extract/new/news", {**form, "text": "Case 12-345 filed 2020-01-02."}, jar)
     assert r.status_code == 302
     await wait_run(ds, r.headers["location"].rsplit("/", 1)[-1], jar)
-    rows = state_rows(tmp_path, "select name, shared, instructions, schema_json from llm_extract_templates"
+    rows = await state_rows(ds, "select name, shared, instructions, schema_json from llm_extract_templates"
                                 " where name = 'Mine'")
     assert rows[0][:3] == ("Mine", 0, "Mine too.") and "case_number" in rows[0][3]
 

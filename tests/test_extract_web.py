@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 
 import pytest
@@ -15,6 +14,7 @@ from .extract_web_helpers import (
     cookies,
     db_bytes,
     make_ds,
+    news_rows,
     post_form,
     rows_json,
     state_rows,
@@ -83,8 +83,7 @@ async def test_builder_run_review_insert_provenance_undo(ds, tmp_path, scripted_
     cy = by_name["Cy Young"]
     assert not cy["valid"] and any("age" in e for e in cy["errors"])
     # nothing written to the target yet: the table only exists after the insert
-    assert not sqlite3.connect(tmp_path / "news.db").execute(
-        "select 1 from sqlite_master where name = 'people'").fetchone()
+    assert not await news_rows(ds, "select 1 from sqlite_master where name = 'people'")
 
     page = await ds.client.get(f"/-/llm-extract/runs/{run_id}", cookies=jar)
     assert page.status_code == 200
@@ -100,24 +99,22 @@ async def test_builder_run_review_insert_provenance_undo(ds, tmp_path, scripted_
     r = await post_form(ds, f"/-/llm-extract/runs/{run_id}/insert", form, jar,
                         token_page=f"/-/llm-extract/runs/{run_id}")
     assert r.status_code == 302, r.text[-3000:]
-    conn = sqlite3.connect(tmp_path / "news.db")
-    rows = conn.execute("select rowid, name, age, party, _llm_run from people").fetchall()
+    rows = await news_rows(ds, "select rowid, name, age, party, _llm_run from people")
     assert rows == [(1, "Ann B. Lee", 31, "red", run_id)]
-    types = {r[1]: r[2] for r in conn.execute("pragma table_info(people)")}
+    types = {r[1]: r[2] for r in await news_rows(ds, "pragma table_info(people)")}
     assert types == {"name": "TEXT", "age": "INTEGER", "party": "TEXT", "_llm_run": "TEXT"}
-    conn.close()
-    prov = state_rows(tmp_path, "select database_name, table_name, row_pk, run_id, quote from llm_extract_provenance")
+    prov = await state_rows(ds, "select database_name, table_name, row_pk, run_id, quote from llm_extract_provenance")
     assert prov == [("news", "people", "[1]", run_id, "Ann Lee (31, red)")]
-    labels = dict(state_rows(tmp_path, "select label, after_json from llm_extract_examples where run_id = ?",
+    labels = dict(await state_rows(ds, "select label, after_json from llm_extract_examples where run_id = ?",
                              [run_id]))
     assert set(labels) == {"edited", "rejected"}
     assert json.loads(labels["edited"])["name"] == "Ann B. Lee" and labels["rejected"] is None
-    run_row = state_rows(tmp_path, "select status, model_id, prompt_version, instructions, schema_json,"
-                         " inserted_count, input_tokens from llm_extract_runs where id = ?", [run_id])[0]
+    run_row = (await state_rows(ds, "select status, model_id, prompt_version, instructions, schema_json,"
+                         " inserted_count, input_tokens from llm_extract_runs where id = ?", [run_id]))[0]
     assert run_row[0] == "inserted" and run_row[1] == "scripted" and run_row[2] == "extract-v1"
     assert run_row[3] == "One row per person." and json.loads(run_row[4])["key_columns"] == ["name"]
     assert run_row[5] == 1 and run_row[6] > 0
-    docs = state_rows(tmp_path, "select name, kind, text, sha256 from llm_extract_documents where run_id = ?", [run_id])
+    docs = await state_rows(ds, "select name, kind, text, sha256 from llm_extract_documents where run_id = ?", [run_id])
     assert docs[0][1] == "text" and docs[0][2] == BUILDER["text"] and len(docs[0][3]) == 64
 
     # the _llm_run cell links to the run page
@@ -127,9 +124,9 @@ async def test_builder_run_review_insert_provenance_undo(ds, tmp_path, scripted_
     # undo deletes the inserted rows in one go
     r = await post_form(ds, f"/-/llm-extract/runs/{run_id}/undo", {}, jar, token_page=f"/-/llm-extract/runs/{run_id}")
     assert r.status_code == 302
-    assert sqlite3.connect(tmp_path / "news.db").execute("select count(*) from people").fetchone()[0] == 0
-    assert state_rows(tmp_path, "select count(*) from llm_extract_provenance")[0][0] == 0
-    assert state_rows(tmp_path, "select status from llm_extract_runs where id = ?", [run_id])[0][0] == "undone"
+    assert await news_rows(ds, "select count(*) from people") == [(0,)]
+    assert (await state_rows(ds, "select count(*) from llm_extract_provenance"))[0][0] == 0
+    assert (await state_rows(ds, "select status from llm_extract_runs where id = ?", [run_id]))[0][0] == "undone"
 
 
 async def test_invalid_accepted_row_is_refused_with_its_reason_and_nothing_is_written(ds, tmp_path, scripted_model):
@@ -151,8 +148,7 @@ async def test_invalid_accepted_row_is_refused_with_its_reason_and_nothing_is_wr
                                                f"row-{idx}-col-1": "52", f"row-{idx}-col-2": "RED"},
                         jar, token_page=page)
     assert r.status_code == 302
-    assert sqlite3.connect(tmp_path / "news.db").execute(
-        "select name, age, party from people").fetchall() == [("Ann", 52, "red")]
+    assert await news_rows(ds, "select name, age, party from people") == [("Ann", 52, "red")]
 
 
 async def test_rows_stream_over_sse_as_they_arrive_and_replay_after_reload(ds, scripted_model):
@@ -220,9 +216,8 @@ async def test_existing_table_prefill_and_leaving_columns_out(ds, tmp_path, scri
     assert "party" not in json.dumps([p.text for p in scripted_model.requests[0].messages[-1].parts if hasattr(p, "text")])
     r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/insert", json={"accept": "all_valid"}, cookies=jar)
     assert r.status_code == 200, r.text
-    conn = sqlite3.connect(tmp_path / "news.db")
-    assert conn.execute("select name, amount, party, _llm_run from donors where rowid = 2").fetchone() == (
-        "New Donor", 1200, None, run_id)
+    assert await news_rows(ds, "select name, amount, party, _llm_run from donors where rowid = 2") == [
+        ("New Donor", 1200, None, run_id)]
     # descriptions stored by the suite are offered next time
     r = await ds.client.get("/-/llm-extract/into/news/donors", cookies=jar)
     assert r.status_code == 200
