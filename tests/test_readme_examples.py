@@ -135,3 +135,14 @@ def test_documented_options_exist():
         help_text = runner.invoke(cli, [group, command, "--help"]).output
         for option in re.findall(r"`(--[a-z-]+)`", description):
             assert option in help_text, f"datasette {group} {command} has no {option}"
+
+
+def test_benchmark_figures_come_from_the_docs():
+    """Each decimal figure in the README's benchmark section appears in a docs/ report
+    written from a benchmark's output, so the README cannot quote an unmeasured number."""
+    body = section("Benchmarks and evaluation")
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md"))
+    figures = set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", body))
+    assert figures, "no figures in the benchmark section"
+    missing = sorted(f for f in figures if f not in docs)
+    assert not missing, f"README figures not found in docs/*.md: {missing}"
