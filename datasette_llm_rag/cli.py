@@ -143,9 +143,11 @@ def register(cli: click.Group) -> None:
     @click.argument("qrels", type=click.Path(exists=True, dir_okay=False))
     @click.option("--limit", type=int, help="Only the first N judged queries")
     @click.option("--cache", type=click.Path(dir_okay=False), help="Embedding cache file (.npz)")
-    @click.option("--rrf-k", type=int, default=60, show_default=True)
+    @click.option("--rrf-k", type=int, default=10, show_default=True)
+    @click.option("--fts-weight", type=float, default=1.5, show_default=True,
+                  help="Weight of the full-text ranking in the fusion (vector: 1)")
     @click.option("--depth", type=int, default=100, show_default=True, help="Results per method fused")
-    def evaluate_cmd(corpus, queries, qrels, limit, cache, rrf_k, depth):
+    def evaluate_cmd(corpus, queries, qrels, limit, cache, rrf_k, fts_weight, depth):
         "Retrieval quality (nDCG@10, recall@10/100, MRR@10) on a BEIR-format data set"
         from datasette_llm_core.embeddings.local_minilm import LocalMiniLM
 
@@ -155,14 +157,14 @@ def register(cli: click.Group) -> None:
             embedder = CachingEmbedder(LocalMiniLM(), cache)
             [result] = evaluate(
                 corpus, queries, qrels, embedder, limit=limit,
-                settings_list=[EvalSettings(rrf_k=rrf_k, depth=depth)],
+                settings_list=[EvalSettings(rrf_k=rrf_k, depth=depth, weights=(1.0, fts_weight))],
             )
             embedder.save()
         except LLMSuiteError as e:
             raise click.ClickException(str(e)) from None
         click.echo(
             f"{result.documents} documents, {result.queries} queries; "
-            f"rrf_k={rrf_k} depth={depth}; indexed in {result.index_seconds:.1f}s "
+            f"rrf_k={rrf_k} fts weight={fts_weight} depth={depth}; indexed in {result.index_seconds:.1f}s "
             f"({embedder.embedded} texts embedded)"
         )
         click.echo(format_table(result))

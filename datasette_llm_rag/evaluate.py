@@ -148,9 +148,9 @@ class CachingEmbedder:
 
 @dataclass
 class EvalSettings:
-    rrf_k: int = 60
+    rrf_k: int = 10
     depth: int = 100
-    weights: tuple[float, float] = (1.0, 1.0)
+    weights: tuple[float, float] = (1.0, 1.5)
     k: int = 100
 
 

@@ -17,6 +17,7 @@ suffix stemmer (plurals, -ing, -ed) written for this module.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections import Counter
 
@@ -135,6 +136,7 @@ class LexicalIndex:
         np.cumsum(counts, out=self.ptr[1:])
         self.df = counts
         self.docs_with_text = int((lengths > 0).sum())
+        self._local = threading.local()
 
     @property
     def nbytes(self) -> int:
@@ -161,22 +163,26 @@ class LexicalIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         docs = np.concatenate(parts_docs)
         weights = np.concatenate(parts_w)
-        if len(docs) * 4 < self.n:  # few postings: work on the touched rows only
-            touched, inverse = np.unique(docs, return_inverse=True)
-            scores = np.bincount(inverse, weights=weights).astype(np.float32)
+        # Accumulate into a per-thread score buffer, read back only the rows
+        # touched, then clear them: cost follows the postings, not the index size.
+        buf = getattr(self._local, "buf", None)
+        if buf is None or len(buf) != self.n:
+            buf = self._local.buf = np.zeros(self.n, np.float32)
+        np.add.at(buf, docs, weights)
+        try:
+            scores = buf[docs]  # one entry per posting: a row may appear more than once
             if mask is not None:
-                keep = mask[touched]
-                touched, scores = touched[keep], scores[keep]
-        else:
-            scores = np.bincount(docs, weights=weights, minlength=self.n).astype(np.float32)
-            if mask is not None:
-                scores[~mask] = 0
-            touched = np.flatnonzero(scores > 0)
-            scores = scores[touched]
-        if not len(touched):
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-        # ties broken by position (entry id order) so results are deterministic
-        top = top[np.lexsort((touched[top], -scores[top]))]
-        return touched[top].astype(np.int64), scores[top]
+                scores = np.where(mask[docs], scores, 0)
+            # a row appears once per matching term: keep room for all its copies
+            want = min(len(scores), k * len(parts_docs))
+            top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
+            cand_docs, cand_scores = docs[top], scores[top]
+        finally:
+            buf[docs] = 0
+        keep = cand_scores > 0
+        cand_docs, cand_scores = cand_docs[keep], cand_scores[keep]
+        cand_docs, first = np.unique(cand_docs, return_index=True)
+        cand_scores = cand_scores[first]
+        # best first; ties broken by position (entry id order) so results are deterministic
+        order = np.lexsort((cand_docs, -cand_scores))[:k]
+        return cand_docs[order].astype(np.int64), cand_scores[order]

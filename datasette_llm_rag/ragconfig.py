@@ -92,7 +92,7 @@ class RagConfig(BaseModel):
         None, description="Embedding model id; None means the gateway's default"
     )
     sidecar_dir: str | None = Field(None, description="Folder for sidecars named <db>.llm-rag.db")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant")
+    rrf_k: int = Field(10, ge=1, description="Reciprocal rank fusion constant (tuned on SciFact)")
     databases: dict[str, DatabaseConfig] = {}
 
     @field_validator("databases", mode="before")

@@ -120,7 +120,7 @@ async def test_hybrid_fuses_both_methods(tmp_path):
     cfg = {"databases": {"news": {"tables": {"articles": {"columns": ["body"]}}}}}
     stats = await refresh_index(db, "news", cfg, TableVectors(vectors))
     index = RagIndex(stats.sidecar)
-    hits = index.search_hybrid("keyword", [1, 0, 0], 3, rrf_k=60)
+    hits = index.search_hybrid("keyword", [1, 0, 0], 3, rrf_k=60, weights=(1.0, 1.0))
     by_pk = {h.pk[0]: h for h in hits}
     assert by_pk[1].vector_rank == 1 and by_pk[1].fts_rank is None
     assert by_pk[2].fts_rank == 1 and by_pk[2].vector_rank == 3
