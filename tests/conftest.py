@@ -100,13 +100,13 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
 # configure real provider SDKs use the ``fake_api_keys`` fixture, whose keys
 # carry the recognisable marker below; never put the marker in test inputs.
 
-import logging as _logging
-import os as _os
-import weakref as _weakref
+import logging as _logging  # noqa: E402
+import os as _os  # noqa: E402
+import weakref as _weakref  # noqa: E402
 
 # Datasette may use pysqlite3 (its own SQLite library); in-memory databases are
 # shared only between connections of the same library.
-from datasette.utils.sqlite import sqlite3 as _sqlite3
+from datasette.utils.sqlite import sqlite3 as _sqlite3  # noqa: E402
 
 SECRET_MARKER = "sk-test-SECRET-"
 FAKE_API_KEYS = {

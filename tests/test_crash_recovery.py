@@ -98,7 +98,7 @@ async def test_index_killed_mid_run_is_consistent_and_resumes(tmp_path):
         [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
     )
     try:
-        line = run_until(proc, lambda l: l.split()[0].isdigit() and 5000 < int(l.split()[0]) < ROWS, 60)
+        line = run_until(proc, lambda out: out.split()[0].isdigit() and 5000 < int(out.split()[0]) < ROWS, 60)
         assert line, f"indexer never got past its first batch: {proc.stderr.read() if proc.poll() is not None else ''}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

@@ -240,7 +240,8 @@ async def test_extraction_obeying_every_injection_never_changes_schema_or_target
             "instructions": case["text"],
         })
         assert r.status_code == 201, (case["id"], r.text)
-        run = await wait_for(lambda: finished(r.json()["id"]), timeout=10)
+        new_id = r.json()["id"]
+        run = await wait_for(lambda new_id=new_id: finished(new_id), timeout=10)
         for row in run["rows"]:
             assert set(row["values"]) <= {"name", "amount"}, (case["id"], row["values"])
         page = await ds.client.get(f"/-/llm-extract/runs/{run['id']}", cookies=cookies)

@@ -20,7 +20,6 @@ call log are not reachable by another.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from dataclasses import dataclass
 
@@ -200,7 +199,7 @@ class Cell:
     def statuses(self) -> dict[str, int]:
         codes = [int(c) for c in self.expect.split()]
         assert len(codes) == len(ACTORS), self
-        return dict(zip(ACTORS, codes))
+        return dict(zip(ACTORS, codes, strict=True))
 
 
 def suite_routes(ds) -> list[str]:

@@ -95,7 +95,13 @@ def test_any_question_and_row_build_a_fenced_request(question, row):
 
 # --- table specs: any accepted name survives creating the table and inserting ---------
 
-from datasette_llm_extract.schema import COLUMN_TYPES, SchemaError, row_model, validate_row, validate_table_spec  # noqa: E402
+from datasette_llm_extract.schema import (  # noqa: E402
+    COLUMN_TYPES,
+    SchemaError,
+    row_model,
+    validate_row,
+    validate_table_spec,
+)
 from datasette_llm_extract.service import UserError, check_new_table_name  # noqa: E402
 from datasette_llm_extract.writer import insert_rows_fn, table_columns  # noqa: E402
 
