@@ -75,7 +75,11 @@ def _use_wal(path: str) -> None:
     synchronous=NORMAL (set per connection by ``tune_connection``) a log row
     costs no fsync. The mode is stored in the file, so it is set once here,
     outside any transaction (Datasette 1.0 wraps write functions in one)."""
-    conn = sqlite3.connect(path)
+    # The same SQLite library Datasette uses (pysqlite3 when installed): two
+    # copies of SQLite in one process must not hold the same file.
+    from datasette.utils.sqlite import sqlite3 as datasette_sqlite3
+
+    conn = datasette_sqlite3.connect(path)
     try:
         conn.execute("pragma journal_mode=wal")
     finally:
@@ -83,7 +87,7 @@ def _use_wal(path: str) -> None:
 
 
 def tune_connection(conn: sqlite3.Connection) -> None:
-    """Per-connection settings for the state database (see _apply_migrations)."""
+    """Per-connection settings for the state database (see _use_wal)."""
     conn.execute("pragma synchronous=normal")
 
 
@@ -124,11 +128,3 @@ async def state_db(datasette):
     # Migrations registered after the first run (late imports) still apply.
     return db
 
-
-def ensure_migrations_sync(path: str) -> None:
-    """Apply migrations to a state database file outside Datasette (CLI)."""
-    conn = sqlite3.connect(path)
-    try:
-        _apply_migrations(conn)
-    finally:
-        conn.close()
