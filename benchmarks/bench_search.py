@@ -76,14 +76,25 @@ def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.nda
     return best_ids
 
 
+CPU: dict[int, list[float]] = {}
+
+
 def timed(fn, repeats):
-    times = []
+    """Wall-clock times of ``repeats`` calls (CPU times, all threads, kept in CPU)."""
+    times, cpu = [], []
     out = None
     for i in range(repeats):
+        c = time.process_time()
         t = time.perf_counter()
         out = fn(i)
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    CPU[id(times)] = cpu
     return times, out
+
+
+def cpu_ms(times) -> float:
+    return statistics.median(CPU[id(times)]) * 1000
 
 
 def ms(times):
@@ -193,6 +204,14 @@ def run_size(n, base, qvec, texts, query_texts, args):
         "load_seconds": load_s,
         "sidecar_mb": os.path.getsize(path) / 2**20,
     }
+    result.update(
+        load_average=os.getloadavg()[0],
+        vector_cpu_median_ms=cpu_ms(vec_t), fts_cpu_median_ms=cpu_ms(fts_t),
+        hybrid_cpu_median_ms=cpu_ms(hyb_t), exact_cpu_median_ms=cpu_ms(exact_t),
+    )
+    print(f"  load average {result['load_average']:.1f} on {os.cpu_count()} cores; CPU medians (all threads): "
+          f"vector {cpu_ms(vec_t):.2f} ms, fts {cpu_ms(fts_t):.2f} ms, hybrid {cpu_ms(hyb_t):.2f} ms, "
+          f"exact numpy {cpu_ms(exact_t):.2f} ms")
     print(f"  vector search   median {v_med:.2f} ms  p95 {v_p95:.2f} ms   recall@10 vs exact float32 "
           f"{result['recall_at_10']:.4f} (min {result['recall_min']:.1f})")
     print(f"  filtered (90%)  median {f_med:.2f} ms")

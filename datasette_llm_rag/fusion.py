@@ -49,3 +49,38 @@ def rrf(
             scores[item] += weights[i] / (k + rank)
     order = sorted(scores, key=lambda item: -scores[item])  # sorted() is stable
     return [(item, scores[item], ranks[item]) for item in order]
+
+
+def rrf_arrays(
+    rankings: Sequence["np.ndarray"], *, k: int = 60, weights: Sequence[float] | None = None
+) -> tuple["np.ndarray", "np.ndarray", "np.ndarray"]:
+    """``rrf`` for integer id arrays, vectorised: ``(ids, scores, ranks)`` best first.
+
+    ``ranks[i, j]`` is the 1-based rank of ``ids[i]`` in ranking ``j``, 0 if
+    absent. Same order as ``rrf`` (ties: first seen, earlier lists first).
+    """
+    import numpy as np
+
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    arrays = [np.asarray(r, np.int64) for r in rankings]
+    if not arrays or not sum(len(a) for a in arrays):
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros((0, len(arrays)), np.int64)
+    allids = np.concatenate(arrays)
+    uniq, first, inverse = np.unique(allids, return_index=True, return_inverse=True)
+    scores = np.zeros(len(uniq))
+    ranks = np.zeros((len(uniq), len(arrays)), np.int64)
+    at = 0
+    for j, (arr, w) in enumerate(zip(arrays, weights)):
+        where = inverse[at : at + len(arr)]
+        r = np.arange(1, len(arr) + 1)
+        # duplicates inside one list keep their best (first) rank
+        fresh = ranks[where, j] == 0
+        _, keep = np.unique(where, return_index=True)
+        mask = np.zeros(len(arr), bool)
+        mask[keep] = True
+        mask &= fresh
+        ranks[where[mask], j] = r[mask]
+        scores[where[mask]] += w / (k + r[mask])
+        at += len(arr)
+    order = np.lexsort((first, -scores))
+    return uniq[order], scores[order], ranks[order]

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .fusion import rrf
+from .fusion import rrf_arrays
 from .lexical import LexicalIndex
 from .quant import dequantize
 from .sidecar import REBUILD_HINT, ModelMismatchError, SidecarError, open_sidecar, read_meta
@@ -510,8 +510,13 @@ class RagIndex:
         pos, vscores = self._vector_top(state, q, depth, tables)
         vec_ids = state.ids[pos].tolist()
         fpos, fscores = lexical.result()
-        fts = list(zip(state.ids[fpos].tolist(), fscores.tolist()))
-        fused = rrf([vec_ids, [i for i, _ in fts]], k=rrf_k, weights=weights)[:k]
+        fts_ids = state.ids[fpos]
+        fts = list(zip(fts_ids.tolist(), fscores.tolist()))
+        f_ids, f_scores, f_ranks = rrf_arrays([state.ids[pos], fts_ids], k=rrf_k, weights=weights)
+        fused = [
+            (i, s, [r[0] or None, r[1] or None])
+            for i, s, r in zip(f_ids[:k].tolist(), f_scores[:k].tolist(), f_ranks[:k].tolist())
+        ]
         ids = [int(i) for i, _, _ in fused]
         hits = self._hydrate(ids)
         vmap = dict(zip(vec_ids, vscores.tolist()))

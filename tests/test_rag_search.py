@@ -252,3 +252,18 @@ def test_bm25_scores_match_the_formula():
     pos, _ = index.search("harbour budget", 10, mask=np.array([False, True, True]))
     assert pos.tolist() == [1]
     assert index.search("nothing here", 10)[0].tolist() == []
+
+
+def test_vectorised_rrf_matches_reference():
+    from datasette_llm_rag.fusion import rrf_arrays
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        a = rng.choice(40, size=rng.integers(0, 25), replace=False)
+        b = rng.choice(40, size=rng.integers(0, 25), replace=True)  # duplicates allowed
+        for k, w in ((60, (1.0, 1.0)), (5, (1.0, 1.5))):
+            ref = rrf([a.tolist(), b.tolist()], k=k, weights=w)
+            ids, scores, ranks = rrf_arrays([a, b], k=k, weights=w)
+            assert ids.tolist() == [i for i, _s, _r in ref]
+            assert np.allclose(scores, [s for _i, s, _r in ref])
+            assert [[x or None for x in r] for r in ranks.tolist()] == [r for _i, _s, r in ref]
