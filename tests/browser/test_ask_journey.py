@@ -48,8 +48,10 @@ def test_ask_streams_a_cited_answer_and_citation_opens_the_row(
     assert_labelled(page, "#llm-rag-form")
     page.locator("#llm-rag-q").fill(QUESTION)
     ask = page.get_by_role("button", name="Ask")
-    ask.focus()
-    page.keyboard.press("Enter")  # keyboard: submit the question without a mouse
+    page.locator("#llm-rag-q").focus()
+    page.keyboard.press("Tab")  # keyboard only: Tab from the question reaches the button
+    expect(ask).to_be_focused()
+    page.keyboard.press("Enter")
 
     answer = page.locator("#llm-rag-answer .llm-rag-answer-text")
     status = page.locator("#llm-rag-answer .llm-rag-status")
