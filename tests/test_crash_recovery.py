@@ -373,3 +373,84 @@ async def test_review_batch_failing_mid_insert_inserts_nothing(tmp_path, fake_mo
         "0": "accept", "1": {"decision": "accept", "values": {"name": "Beta", "amount": 500}}, "2": "accept"}})
     assert r.status_code == 200, r.text
     assert target_count(db) == 3
+
+
+# ------------------------------------------ a real server killed while indexing
+
+def test_server_killed_during_index_job_is_interrupted_and_verify_is_consistent(tmp_path, monkeypatch):
+    from http.cookies import SimpleCookie
+
+    from . import fake_openai_server as fos
+
+    real_embeddings = fos._RequestHandler._embeddings
+
+    def slow_embeddings(self, body):
+        time.sleep(0.03)  # ~1,000 texts a second: the job takes several seconds
+        return real_embeddings(self, body)
+
+    monkeypatch.setattr(fos._RequestHandler, "_embeddings", slow_embeddings)
+    db = tmp_path / "news.db"
+    make_news_db(db)
+    side = tmp_path / "news.llm-rag.db"
+    with FakeOpenAIServer() as fake:
+        server = Server(tmp_path, db, fake.base_url)
+        plugin = json.loads(server.config.read_text())
+        settings = plugin["plugins"]["datasette-llm-newsroom"]
+        settings["embedding_models"] = [{"id": "fake-embed", "provider": "openai-compatible",
+                                         "model": "fake-embedding", "base_url": fake.base_url, "dimensions": 64}]
+        settings["defaults"]["embed"] = "fake-embed"
+        settings["rag"] = {"embedding_model": "fake-embed",
+                           "databases": {"news": {"sidecar": str(side), **RAG["databases"]["news"]}}}
+        server.config.write_text(json.dumps(plugin))
+        server.start()
+        try:
+            # Start the job the way the index page does (form POST with the CSRF token on 0.65).
+            page = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/llm-rag/index/news",
+                                          headers={"cookie": server.cookie})
+            with urllib.request.urlopen(page, timeout=20) as response:
+                jar = SimpleCookie(response.headers.get("set-cookie") or "")
+            token = jar["ds_csrftoken"].value if "ds_csrftoken" in jar else ""
+            cookie = server.cookie + (f"; ds_csrftoken={token}" if token else "")
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/-/llm-rag/index/news", method="POST",
+                data=f"csrftoken={token}".encode(),
+                headers={"cookie": cookie, "accept": "application/json",
+                         "content-type": "application/x-www-form-urlencoded"})
+            with urllib.request.urlopen(req, timeout=20) as response:
+                assert response.status == 200
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status, info = server.request("GET", "/-/llm-rag/index/news.json")
+                job = info.get("job") or info.get("latest_job") or {}
+                if (job.get("done") or 0) > 5500:
+                    break
+                assert job.get("status") in ("queued", "running", None), job
+                time.sleep(0.1)
+            assert (job.get("done") or 0) > 5500, job
+            assert job["status"] == "running"
+            server.kill()
+            server.start()
+            status, info = server.request("GET", "/-/llm-rag/index/news.json")
+            job = info.get("job") or info.get("latest_job") or {}
+            assert job["status"] == "interrupted", job
+        finally:
+            server.stop()
+
+        # The sidecar on disk: whole batches only, and verify says "behind", not "broken".
+        conn = sqlite3.connect(side)
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        entries = conn.execute("select count(*) from entries").fetchone()[0]
+        conn.close()
+        assert 0 < entries < ROWS
+        flag = "-c" if P.IS_V1 else "-m"
+        verify_cmd = [sys.executable, "-m", "datasette", "llm-rag", "index", str(db), flag, str(server.config),
+                      "--verify"]
+        out = subprocess.run(verify_cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"missing: {ROWS - entries}" in out.stdout and "orphaned: 0" in out.stdout and "stale: 0" in out.stdout
+        # Re-running the index (CLI) finishes the job; verify is then clean.
+        monkeypatch.setattr(fos._RequestHandler, "_embeddings", real_embeddings)
+        subprocess.run(verify_cmd[:-1], capture_output=True, text=True, timeout=300, cwd=REPO, check=True)
+        out = subprocess.run(verify_cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"entries: {ROWS}" in out.stdout
