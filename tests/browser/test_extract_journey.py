@@ -207,3 +207,21 @@ def test_without_permission_no_extract_menu_and_403(root_page, page_as, anon_pag
         assert_status(page, datasette_server.url("/-/llm-extract/new/newsroom"), 403)
         assert_status(page, datasette_server.url("/-/llm-extract/into/documents/receipts"), 403)
         assert_status(page, datasette_server.url("/-/llm-extract/"), 403)
+
+
+def test_demo_templates_fill_the_form(root_page, datasette_server):
+    """The extraction templates in metadata.yml appear in the picker and fill the column builder."""
+    page = root_page
+    page.goto(datasette_server.url("/-/llm-extract/new/newsroom"))
+    picker = page.get_by_label("Start from a template")
+    options = picker.locator("option").all_inner_texts()
+    assert any("Clemency grants" in o for o in options), options
+    assert any("Receipts" in o for o in options), options
+    picker.select_option(label=next(o for o in options if "Clemency grants" in o))
+    page.get_by_role("button", name="Use template").click()
+    expect(page.locator("#col-0-name")).to_have_value("name")
+    expect(page.locator("#col-3-name")).to_have_value("sentenced_on")
+    expect(page.locator("#col-3-type")).to_have_value("date")
+    expect(page.locator("#col-5-type")).to_have_value("boolean")
+    expect(page.locator("#llm-instructions")).to_contain_text("Each person on the page is one row")
+    assert_labelled(page, ".llm-extract")
