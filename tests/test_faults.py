@@ -72,8 +72,12 @@ async def make_ds(tmp_path, server, fake_models, fake_api_keys):
     await refresh_index(news, "news", {"databases": {"news": {"tables": RAG_TABLES}}}, HashEmbeddingModel(),
                         sidecar=str(tmp_path / "news.llm-rag.db"))
 
-    async def build(*, fallback: bool = False, max_attempts: int = 3) -> Datasette:
+    async def build(*, fallback: bool = False, max_attempts: int = 3, anthropic: bool = False) -> Datasette:
         models = [model("primary", server)]
+        if anthropic:  # reached only through the mock_transport fixture
+            models = [{"id": "primary", "provider": "anthropic", "model": "claude-haiku-4-5",
+                       "api_key_env": "ANTHROPIC_API_KEY", "base_url": "http://127.0.0.1:9",
+                       "supports": ["streaming", "schema"], "timeout": 1.5}]
         plugin = {
             "state_database": str(tmp_path / "state.db"),
             "models": models,
@@ -406,3 +410,62 @@ async def test_stream_cut_before_finish_reason_is_not_passed_off_as_complete(mak
     assert not result["ok"]
     assert_clear(result["error"])
     assert log[0]["outcome"] == "error"
+
+
+# ------------------------------------------------------ the Anthropic SDK, same faults
+
+def anthropic_reply(status: int, body: dict | bytes, headers: dict | None = None):
+    import httpx2
+
+    if isinstance(body, bytes):
+        return httpx2.Response(status, headers={"content-type": "text/event-stream", **(headers or {})}, content=body)
+    return httpx2.Response(status, headers=headers or {}, json=body)
+
+
+async def test_anthropic_429_and_529_are_retried_then_answer(make_ds, mock_transport):
+    from .vendor_payloads import anthropic_error, anthropic_sse
+
+    ds = await make_ds(anthropic=True, max_attempts=3)
+    mock_transport["responses"] = [
+        anthropic_reply(429, anthropic_error("rate_limit_error", "Too many requests"), {"retry-after": "0.2"}),
+        anthropic_reply(529, anthropic_error("overloaded_error", "Overloaded")),
+        anthropic_reply(200, anthropic_sse(["The council raised ", "the road budget [1]."])),
+    ]
+    code, body = await ask(ds)
+    assert code == 200 and body["ok"], body
+    assert "[1]" in body["answer"]
+    log = await call_log(ds)
+    assert [r["outcome"] for r in log] == ["retry", "retry", "ok"]
+    assert len(log) == len(mock_transport["requests"]) == 3
+    FAULTS_SURVIVED.append("anthropic 429 + 529")
+
+
+async def test_anthropic_error_event_mid_stream_is_reported(make_ds, mock_transport):
+    from .vendor_payloads import anthropic_error, anthropic_sse
+
+    ds = await make_ds(anthropic=True, max_attempts=2)
+    broken = anthropic_sse(["The council ", "raised ", "the road"], error=anthropic_error("overloaded_error", "Overloaded"),
+                           error_after=2)
+    mock_transport["responses"] = [anthropic_reply(200, broken)]
+    code, body = await ask(ds)
+    assert code == 502 and not body["ok"]
+    assert_clear(body["error"])
+    log = await call_log(ds)
+    assert log[-1]["outcome"] == "error"
+    assert len(log) == len(mock_transport["requests"])
+    FAULTS_SURVIVED.append("anthropic error event mid-stream")
+
+
+async def test_anthropic_401_echoing_the_key_stays_secret(make_ds, mock_transport):
+    from .vendor_payloads import anthropic_error
+
+    ds = await make_ds(anthropic=True)
+    key = FAKE_API_KEYS["ANTHROPIC_API_KEY"]
+    mock_transport["responses"] = [anthropic_reply(401, anthropic_error("authentication_error", f"invalid x-api-key {key}"))]
+    code, body = await ask(ds)
+    assert not body["ok"]
+    assert key not in json.dumps(body) and SECRET_MARKER not in json.dumps(body)
+    log = await call_log(ds)
+    assert len(log) == len(mock_transport["requests"]) == 1
+    assert log[0]["error_class"] == "auth" and key not in (log[0]["error_message"] or "")
+    FAULTS_SURVIVED.append("anthropic 401 echoing the key")
