@@ -27,6 +27,11 @@ from .fusion import STOPWORDS
 
 K1 = 1.2
 B = 0.75
+#: Postings read per query term, strongest first (see ``LexicalIndex.search``):
+#: at least this many, or a tenth of the index. On SciFact, cutting terms at a
+#: tenth of the corpus left nDCG@10 unchanged (0.6942 -> 0.6931 at 500 of
+#: 5,183); at 1-2% it fell (0.643-0.669).
+MIN_POSTINGS = 5000
 _WORD = re.compile(r"\w+", re.UNICODE)
 _STEMS: dict[str, str] = {}
 
@@ -124,12 +129,15 @@ class LexicalIndex:
         self.postings = int(len(tids))
         lengths = lengths.astype(np.float32)
         avg = float(lengths[lengths > 0].mean()) if (lengths > 0).any() else 1.0
-        order = np.argsort(tids, kind="stable")
-        self.docs = doc_pos[order].astype(np.int32)
-        tf = tfs[order].astype(np.float32)
-        norm = K1 * (1 - B + B * lengths[self.docs] / avg)
-        # Per-posting BM25 term weight without idf; float16 halves the memory.
-        self.weights = (tf * (K1 + 1) / (tf + norm)).astype(np.float16)
+        docs = doc_pos.astype(np.int32)
+        tf = tfs.astype(np.float32)
+        norm = K1 * (1 - B + B * lengths[docs] / avg)
+        weights = tf * (K1 + 1) / (tf + norm)  # BM25 term weight without idf
+        # Postings grouped by term, each term's strongest first (impact order),
+        # so a query can stop after a term's top ``max_postings``.
+        order = np.lexsort((-weights, tids))
+        self.docs = docs[order]
+        self.weights = weights[order].astype(np.float16)  # float16 halves the memory
         nterms = (int(tids.max()) + 1) if len(tids) else 1
         counts = np.bincount(tids, minlength=nterms)
         self.ptr = np.zeros(nterms + 1, np.int64)
@@ -142,8 +150,19 @@ class LexicalIndex:
     def nbytes(self) -> int:
         return self.docs.nbytes + self.weights.nbytes + self.ptr.nbytes + self.df.nbytes
 
-    def search(self, text: str, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and BM25 scores of the best ``k`` rows (only rows with a match)."""
+    def search(
+        self, text: str, k: int, mask: np.ndarray | None = None, max_postings: int | None = -1
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and BM25 scores of the best ``k`` rows (only rows with a match).
+
+        Each term contributes at most its ``max_postings`` strongest postings:
+        a very common word (low idf) then adds nothing to the rows where it
+        weighs least, which bounds the cost of a query on a large index.
+        The default (-1) is ``max(MIN_POSTINGS, n // 10)``; ``None`` scores
+        exhaustively.
+        """
+        if max_postings == -1:
+            max_postings = max(MIN_POSTINGS, self.n // 10)
         if k <= 0 or self.n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         parts_docs, parts_w = [], []
@@ -157,6 +176,8 @@ class LexicalIndex:
                 continue
             idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
             lo, hi = self.ptr[tid], self.ptr[tid + 1]
+            if max_postings is not None:
+                hi = min(hi, lo + max_postings)
             parts_docs.append(self.docs[lo:hi])
             parts_w.append(self.weights[lo:hi].astype(np.float32) * np.float32(idf))
         if not parts_docs:

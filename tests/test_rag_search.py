@@ -267,3 +267,15 @@ def test_vectorised_rrf_matches_reference():
             assert ids.tolist() == [i for i, _s, _r in ref]
             assert np.allclose(scores, [s for _i, s, _r in ref])
             assert [[x or None for x in r] for r in ranks.tolist()] == [r for _i, _s, r in ref]
+
+
+def test_bm25_reads_each_terms_strongest_postings_first():
+    from datasette_llm_rag.lexical import LexicalIndex
+
+    # "budget" in 5 docs with counts 1..5 (same length): strongest = highest count
+    index = LexicalIndex(
+        5, {"budget": 0}, np.arange(5), np.zeros(5, np.int64),
+        np.array([1, 2, 3, 4, 5], np.uint16), np.full(5, 10),
+    )
+    assert index.search("budget", 10, max_postings=None)[0].tolist() == [4, 3, 2, 1, 0]
+    assert index.search("budget", 10, max_postings=2)[0].tolist() == [4, 3]
