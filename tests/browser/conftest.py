@@ -344,12 +344,14 @@ def page_as(browser, datasette_server, problems):
 
 @pytest.fixture
 def shots(tmp_path):
-    """Save screenshots into the test's tmp dir, and README ones into docs/screenshots."""
+    """Save screenshots into the test's tmp dir; README ones also into docs/screenshots when
+    UPDATE_README_SCREENSHOTS=1 (so an ordinary test run leaves the working tree clean)."""
 
     def shoot(page, name: str, readme: bool = False, **kwargs):
         path = tmp_path / f"{name}.png"
         page.screenshot(path=str(path), **kwargs)
-        if readme:
+        assert path.stat().st_size > 10_000, f"screenshot {name} looks empty"
+        if readme and os.environ.get("UPDATE_README_SCREENSHOTS") == "1":
             README_SHOTS.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, README_SHOTS / f"{name}.png")
         return path
