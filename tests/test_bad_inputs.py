@@ -495,3 +495,42 @@ def test_cli_verify_corrupt_sidecar_says_rebuild(tmp_path):
 def test_cli_extract_run_missing_folder(tmp_path):
     result = _cli(["llm-extract", "run", str(tmp_path / "news.db"), "target", str(tmp_path / "nope")])
     assert result.exit_code == 2
+
+
+async def test_hostile_but_legal_names_round_trip_through_the_site(site, scripted_model):
+    """Names full of SQL are accepted as names: the new table gets exactly them, nothing else changes."""
+    from datasette_llm_extract.runs import ACTIVE
+
+    from .conftest import wait_for
+
+    ds, files = site
+    table = 'x"; DROP TABLE target;--'
+    columns = ['a"b', "[c]", "select", "d'); DELETE FROM articles;--", "é 名"]
+    values = {name: f"v{i}" for i, name in enumerate(columns)}
+    scripted_model.responder = lambda request: _json.dumps({"rows": [{**values, "source_quote": "Acme"}]})
+    jar = _root(ds)
+    headers = await _csrf(ds, jar)
+    r = await ds.client.post(RUNS, cookies=jar, headers=headers, json={
+        **NEW_TABLE, "table": table, "schema": {"columns": [{"name": n} for n in columns]}})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+
+    async def finished():
+        got = (await ds.client.get(f"{RUNS}/{run_id}", cookies=jar)).json()
+        return got if got["status"] not in ACTIVE else None
+
+    run = await wait_for(finished, timeout=10)
+    assert [row["values"] for row in run["rows"]] == [values]
+    r = await ds.client.post(f"{RUNS}/{run_id}/insert", cookies=jar, headers=headers, json={"accept": "all_valid"})
+    assert r.status_code == 200, r.text
+    conn = sqlite3.connect(files[0])
+    try:
+        tables = {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
+        assert {"target", "articles", table} <= tables
+        stored = [row[1] for row in conn.execute("pragma table_info(" + '"' + table.replace('"', '""') + '")')]
+        assert stored[: len(columns)] == columns
+        assert conn.execute("select count(*) from articles").fetchone()[0] == 8
+    finally:
+        conn.close()
+    page = await ds.client.get(f"/-/llm-extract/runs/{run_id}", cookies=jar)
+    assert page.status_code == 200
