@@ -14,6 +14,8 @@ import sqlite3
 import time
 from typing import Any, Iterable
 
+from datasette.utils.sqlite import sqlite3 as datasette_sqlite3
+
 from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import register_migrations
 
@@ -156,13 +158,18 @@ def new_run_id() -> str:
     return secrets.token_hex(8)
 
 
+# Datasette's connections come from pysqlite3 when it is installed, whose
+# exceptions are not the standard library's.
+_OPERATIONAL_ERRORS = tuple({sqlite3.OperationalError, datasette_sqlite3.OperationalError})
+
+
 async def _write(db, fn):
     # An in-memory state database is shared-cache: a concurrent reader can hold
     # a table lock for a moment, which SQLite reports instead of waiting.
     for attempt in range(8):
         try:
             return await db.execute_write_fn(fn, block=True)
-        except sqlite3.OperationalError as e:
+        except _OPERATIONAL_ERRORS as e:
             if "locked" not in str(e) or attempt == 7:
                 raise
             await asyncio.sleep(0.02 * (attempt + 1))

@@ -408,13 +408,14 @@ async def similar_view(datasette, request):
             Response.text("Malformed row path.", status=400)
     k = _k_param(request.args.get("k"))
     error = None
+    status = 200
     rows = []
     try:
         rows, _allowed = await similar_rows(datasette, request.actor, database, table, pk, k=k)
     except RetrievalError as e:
         if as_json:
             return json_error(str(e), e.status, e.kind)
-        error = str(e)
+        error, status = str(e), e.status
     if as_json:
         return Response.json({"ok": True, "database": database, "table": table,
                               "pk": pk, "rows": [r.as_json() for r in rows]})
@@ -427,7 +428,8 @@ async def similar_view(datasette, request):
              "error": error,
              "row_url": datasette.urls.row(database, table, pk_path)},
             request=request,
-        )
+        ),
+        status=status,
     )
 
 

@@ -258,8 +258,7 @@ MATRIX: list[Cell] = [
     Cell(r"^/-/llm-rag/similar/(?P<database>[^/]+)/(?P<table>[^/]+)/(?P<pks>[^/]+?)(?:\.(?P<format>json))?$",
          "GET", "/-/llm-rag/similar/news/secret/1.json", "403 403 404 404 200"),
     Cell(r"^/-/llm-rag/similar/(?P<database>[^/]+)/(?P<table>[^/]+)/(?P<pks>[^/]+?)(?:\.(?P<format>json))?$",
-         "GET", "/-/llm-rag/similar/news/secret/1", "403 403 404 404 200",
-         bug="HTML similar page answers 200 (with an error message, no row data) where the JSON twin answers 404"),
+         "GET", "/-/llm-rag/similar/news/secret/1", "403 403 404 404 200"),
     Cell(r"^/-/llm-rag/(?P<database>[^/]+)/search\.json$", "GET", "/-/llm-rag/news/search.json?q=budget", "403 403 200 200 200"),
     Cell(r"^/-/llm-rag/(?P<database>[^/]+)/ask\.json$", "POST", "/-/llm-rag/news/ask.json", "403 403 200 200 200", {"q": "road budget"}),
     # Datasette's own pages over the state database: call log, runs, answers, feedback.

@@ -241,6 +241,17 @@ class OpenAIChatModel(ChatModel):
             raise self.connection.model_error(e, self.model_id) from e
         if refusal and not produced:
             raise self._refused("".join(refusal))
+        if finish is None:
+            # Every OpenAI-format server ends a stream with a finish_reason; a
+            # stream without one was cut off (or was not a stream at all).
+            raise OutputError(
+                f"The answer from {self.model_id} broke off before the model finished "
+                "(the stream ended without a finish reason). Try again; if it keeps "
+                "happening, check the server at the model's base_url.",
+                retryable=True,
+                error_class="truncated_stream",
+                model_id=self.model_id,
+            )
         yield StreamEnd(usage=usage, finish_reason=finish)
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResponse:
