@@ -323,6 +323,10 @@ def _write_batch(
     """
     vocabulary = vocabulary or _Vocabulary(side)
     q8, scale = quantize(vectors)
+    dims = q8.shape[1] if q8.ndim == 2 else 0
+    codes = q8.tobytes()  # slicing one bytes object beats a numpy index per row
+    scales = scale.tolist()
+    encode = vocabulary.encode
     inserts, vec_rows, updates, post_rows = [], [], [], []
     for j, (kind, item) in enumerate(items):
         if kind == "new":
@@ -333,8 +337,8 @@ def _write_batch(
         else:
             entry_id, text, h, title = item
             updates.append((text, h, title, entry_id))
-        vec_rows.append((entry_id, q8[j].tobytes(), float(scale[j])))
-        post_rows.append((entry_id, *vocabulary.encode(text)))
+        vec_rows.append((entry_id, codes[j * dims : (j + 1) * dims], scales[j]))
+        post_rows.append((entry_id, *encode(text)))
     side.execute("begin immediate")
     try:
         if inserts:
