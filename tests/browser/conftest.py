@@ -1,7 +1,8 @@
 """End-to-end fixtures: a fake OpenAI server in this process, Datasette as a real
 server process on a free port, and headless Chromium driven by Playwright.
 
-Every test here is marked ``browser`` and skips with a reason when Playwright or
+Every test module here sets ``pytestmark = pytest.mark.browser`` (``-m "not browser"``
+leaves them out) and skips with a reason when Playwright or
 Chromium is missing (``make test`` installs both). Nothing leaves 127.0.0.1.
 """
 
@@ -32,13 +33,6 @@ SECRET = "browser-suite-secret-not-for-production"
 FAKE_KEY = "sk-fake-browser-suite-key"
 README_SHOTS = ROOT / "docs" / "screenshots"
 EXPECT_TIMEOUT = 15_000  # ms, for anything that waits on the server or a stream
-
-
-def pytest_collection_modifyitems(items):
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.browser)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import expect
+import pytest
 
 from ..fake_openai_server import Reply, last_user_text
 from .conftest import EXPECT_TIMEOUT
 from .helpers import assert_labelled
+
+pytestmark = pytest.mark.browser
+expect = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'"
+).expect
 
 QUESTION = "What did Stephanie Clifford's lawsuit against Donald Trump involve?"
 CASE = "Clifford v. Trump"

@@ -1,9 +1,14 @@
 """The demo instance as a newcomer meets it: homepage note, described tables, sign-in."""
 
-from playwright.sync_api import expect
+import pytest
 
 from .conftest import EXPECT_TIMEOUT
 from .helpers import assert_labelled
+
+pytestmark = pytest.mark.browser
+expect = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'"
+).expect
 
 
 def test_homepage_explains_the_demo(anon_page, datasette_server, shots):

@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import re
 
-from playwright.sync_api import expect
+import pytest
 
 from ..fake_openai_server import Reply, all_text
 from .conftest import EXPECT_TIMEOUT, ROOT
 from .helpers import assert_labelled, assert_status
+
+pytestmark = pytest.mark.browser
+expect = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'"
+).expect
 
 PAGE = ROOT / "demo_data" / "raw" / "clemency" / "commutations-2016-08-03-01.txt"
 RECEIPT = ROOT / "demo_data" / "raw" / "receipts" / "000.jpg"
