@@ -34,7 +34,7 @@ setup(
             "llm_rag = datasette_llm_rag",
         ]
     },
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         "datasette>=0.65.5",
         "sqlite-utils>=3.36",

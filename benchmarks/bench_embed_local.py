@@ -45,7 +45,7 @@ def words_source() -> list[str]:
 def passages(words: list[str], n: int, lengths) -> list[str]:
     rng = random.Random(1)
     out = []
-    for i in range(n):
+    for _ in range(n):
         size = lengths(rng)
         start = rng.randrange(0, max(1, len(words) - size))
         out.append(" ".join(words[start : start + size]))

@@ -38,6 +38,7 @@ sys.path.insert(0, str(HERE.parent))
 # Load Datasette's plugins before importing the suite's packages directly, so the
 # entry-point plugins register fully initialised modules.
 import datasette.app  # noqa: E402,F401
+
 from datasette_llm_extract import engine as engine_module  # noqa: E402
 from datasette_llm_extract.chunking import chunk_text  # noqa: E402
 from datasette_llm_extract.documents import Document  # noqa: E402

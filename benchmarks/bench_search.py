@@ -235,7 +235,7 @@ def measure_load(path: str) -> None:
     before = rss_mb()
     t = time.perf_counter()
     index = RagIndex(path)
-    index.count
+    _ = index.count  # force the lazy load
     seconds = time.perf_counter() - t
     gc.collect()
     state = index._current()

@@ -252,7 +252,6 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
     from datasette_llm_core.gateway import llm_gateway
 
     from .engine import ChunkFailed, ExtractionJob, RowExtracted, RunFinished, run_extraction
-
     from .prompts import PROMPT_VERSION
 
     ds = build_datasette(config)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Hashable, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Common English function words: they match almost every row and only slow
 # BM25 down without changing the ranking much. Written out here, not taken

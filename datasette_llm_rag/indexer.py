@@ -11,12 +11,12 @@ never written.
 from __future__ import annotations
 
 import asyncio
-from array import array
 import inspect
 import json
 import os
 import sqlite3
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 from urllib.parse import quote
@@ -26,6 +26,7 @@ import numpy as np
 from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.sql import quote_identifier
 
+from .lexical import word_counts, word_token
 from .quant import quantize
 from .ragconfig import SECTION, RagConfig, TableConfig, parse_rag_config
 from .sidecar import (
@@ -36,7 +37,6 @@ from .sidecar import (
     read_meta,
     sidecar_path,
 )
-from .lexical import word_counts, word_token
 from .textbuild import chunk_text, make_builder, text_hash
 
 EmbedFn = Callable[..., Awaitable[np.ndarray]]

@@ -253,7 +253,10 @@ class RagIndex:
             tf_parts.append(np.frombuffer(b"".join(tfs), np.uint16)[keep_rows])
             pos_parts.append(np.repeat(where, counts)[keep_rows])
             lengths[where[known]] = np.asarray(lens, np.int32)[known]
-        cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
+
+        def cat(parts, dt):
+            return np.concatenate(parts) if parts else np.zeros(0, dt)
+
         return LexicalIndex(
             n, vocabulary, cat(pos_parts, np.int64), cat(tid_parts, np.uint32).astype(np.int64),
             cat(tf_parts, np.uint16), lengths,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from datasette_llm_rag.fusion import rrf
-from datasette_llm_rag.lexical import query_tokens, tokenize
 from datasette_llm_rag.indexer import refresh_index
+from datasette_llm_rag.lexical import query_tokens, tokenize
 from datasette_llm_rag.quant import dequantize, quantize
 from datasette_llm_rag.store import RagIndex, forget_index, get_index
 
@@ -104,7 +104,7 @@ def test_rrf_hand_computed():
         "d": 1 / 13,
     }
     assert [item for item, _s, _r in fused] == ["a", "c", "b", "d"]
-    for item, score, ranks in fused:
+    for item, score, _ranks in fused:
         assert score == pytest.approx(expected[item])
     assert dict((i, r) for i, _s, r in fused) == {"a": [1, 2], "b": [2, None], "c": [3, 1], "d": [None, 3]}
     weighted = rrf([["a"], ["b"]], k=0, weights=[1.0, 2.0])
