@@ -111,7 +111,9 @@
     var mark = el("mark", {}, text.slice(start, end));
     pre.appendChild(mark);
     pre.appendChild(document.createTextNode(text.slice(end)));
-    if (mark.scrollIntoView) { mark.scrollIntoView({ block: "nearest" }); }
+    // Scroll the source panel only: moving the page under the pointer would
+    // make a click on the row's Accept/Reject controls land somewhere else.
+    pre.scrollTop = Math.max(0, mark.offsetTop - pre.clientHeight / 3);
   }
 
   function bindRow(row) {

@@ -62,11 +62,16 @@ def _rows_by_name(page) -> dict[str, str]:
             (tr) => [tr.querySelector("input[type=text]").value, tr.dataset.idx]))""")
 
 
-def _decide(page, idx: str, decision: str) -> None:
-    """Choose a row's decision with the keyboard (focus the radio, press Space)."""
+def _decide(page, idx: str, decision: str, with_mouse: bool = False) -> None:
+    """Choose a row's decision with the keyboard (focus the radio, press Space) or a mouse click."""
     radio = page.locator(f"#row-{idx}-{decision}")
-    radio.focus()
-    page.keyboard.press("Space")
+    if with_mouse:
+        # Focusing the row highlights its quote; that must not move the page
+        # between mouse-down and mouse-up, or the click lands elsewhere.
+        radio.click()
+    else:
+        radio.focus()
+        page.keyboard.press("Space")
     expect(radio).to_be_checked()
 
 
@@ -140,7 +145,7 @@ def test_extract_review_insert_undo(root_page, datasette_server, fake_llm, shots
     date_input.fill("2016-08-03")
     _decide(page, idx, "accept")
     third = by_name[rows[2]["name"]]
-    _decide(page, third, "reject")
+    _decide(page, third, "reject", with_mouse=True)
     page.locator("#llm-insert").click()
 
     # 4. Inserted: the rows are in the new table, each with its run link
