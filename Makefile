@@ -39,6 +39,7 @@ browser-deps:
 	@bash .ci/browser-deps.sh
 
 test: browser-deps $(STABLE)/.installed $(ALPHA)/.installed
+	$(STABLE)/bin/ruff check datasette_llm_core datasette_llm_extract datasette_llm_rag tests benchmarks demo_data
 	@echo "=== Datasette stable: $$($(STABLE)/bin/python -c 'import datasette.version as v; print(v.__version__)')"
 	$(STABLE)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	@echo "=== Datasette alpha: $$($(ALPHA)/bin/python -c 'import datasette.version as v; print(v.__version__)')"
