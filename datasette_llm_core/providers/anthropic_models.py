@@ -52,14 +52,7 @@ class AnthropicProvider(Provider):
     def build_client(self, api_key: str | None):
         import anthropic
 
-        kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
-        if self.base_url:
-            kwargs["base_url"] = self.base_url
-        if self.timeout:
-            kwargs["timeout"] = self.timeout
-        if self.http_client is not None:
-            kwargs["http_client"] = self.http_client
-        return anthropic.AsyncAnthropic(**kwargs)
+        return anthropic.AsyncAnthropic(**self.client_kwargs(api_key))
 
 
 def _input_tokens(usage) -> int:

@@ -50,6 +50,18 @@ class Provider:
         self._environ = os.environ if environ is None else environ
         self._client = None
 
+    def client_kwargs(self, api_key: str | None) -> dict[str, Any]:
+        """Arguments every vendor SDK client takes alike. ``max_retries=0``:
+        the gateway does the retrying, with backoff and fallback."""
+        kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
+        if self.base_url:
+            kwargs["base_url"] = self.base_url
+        if self.timeout:
+            kwargs["timeout"] = self.timeout
+        if self.http_client is not None:
+            kwargs["http_client"] = self.http_client
+        return kwargs
+
     # --- keys -----------------------------------------------------------
     @property
     def key_hint(self) -> str:

@@ -43,14 +43,7 @@ class OpenAIProvider(Provider):
     def build_client(self, api_key: str | None):
         import openai
 
-        kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
-        if self.base_url:
-            kwargs["base_url"] = self.base_url
-        if self.timeout:
-            kwargs["timeout"] = self.timeout
-        if self.http_client is not None:
-            kwargs["http_client"] = self.http_client
-        return openai.AsyncOpenAI(**kwargs)
+        return openai.AsyncOpenAI(**self.client_kwargs(api_key))
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
