@@ -565,12 +565,17 @@ def _ensure_ready(model) -> None:
         check()
 
 
+_PURPOSE_LABELS = {"extract": "extraction", "answer": "answering questions"}
+
+
 def no_model_message(purpose: str) -> str:
+    label = _PURPOSE_LABELS.get(purpose, repr(purpose))
     return (
-        f"No chat model is configured for {purpose!r}. Set OPENAI_API_KEY or "
-        "ANTHROPIC_API_KEY, or add a model under plugins: datasette-llm-newsroom: "
-        "models (for a local Ollama or llama.cpp server use provider: "
-        "openai-compatible with base_url: http://127.0.0.1:11434/v1)."
+        f"No chat model is configured for {label}. Restart Datasette with OPENAI_API_KEY "
+        "or ANTHROPIC_API_KEY set, or with DATASETTE_LLM_BASE_URL (and DATASETTE_LLM_MODEL) "
+        "pointing at a local OpenAI-compatible server such as Ollama or llama.cpp "
+        "(http://127.0.0.1:11434/v1); or add a model under plugins: "
+        "datasette-llm-newsroom: models."
     )
 
 

@@ -434,4 +434,6 @@ async def menu_links_body(datasette, actor) -> list[dict]:
         return []
     if not await allowed(datasette, actor, "llm-view-log"):
         return []
-    return [{"href": datasette.urls.table(STATE_DB_NAME, "llm_calls"), "label": "LLM call log"}]
+    # Newest calls first: the table's primary key is a random id.
+    href = datasette.urls.table(STATE_DB_NAME, "llm_calls") + "?_sort_desc=started_at"
+    return [{"href": href, "label": "LLM call log"}]

@@ -1,7 +1,7 @@
 """``datasette llm-extract``: batch extraction of a folder and evaluation, from the shell.
 
-    datasette llm-extract run data.db receipts ./scans --schema receipt.json --model gpt-4o-mini
-    datasette llm-extract evaluate gold.jsonl --schema receipt.json --model gpt-4o-mini
+    datasette llm-extract run data.db receipts ./scans --schema receipt.json --model gpt-4.1-mini
+    datasette llm-extract evaluate gold.jsonl --schema receipt.json --model gpt-4.1-mini
 
 Both build a Datasette instance from ``--config`` (datasette.yaml or
 metadata.yml) so model providers, defaults, fallbacks, budgets and the call

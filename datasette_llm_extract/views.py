@@ -207,7 +207,8 @@ async def index(datasette, request):
             visible.append(run)
     targets = []
     for name, db in datasette.databases.items():
-        if name == STATE_DB_NAME or not db.is_mutable:
+        # Datasette's own databases (_internal, _memory) are no place for a newsroom's rows.
+        if name == STATE_DB_NAME or name.startswith("_") or not db.is_mutable:
             continue
         if await permissions.allowed(datasette, actor, "llm-extract", name):
             targets.append(name)

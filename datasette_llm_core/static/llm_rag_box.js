@@ -18,7 +18,10 @@
   }
   function place(node) {
     var heading = document.querySelector(".content h1, section.content h1, h1");
-    if (heading && heading.parentNode) heading.parentNode.insertBefore(node, heading.nextSibling);
+    // Datasette 0.65 puts the h1 and the actions menu in a flex .page-header:
+    // the box goes below that header, not squeezed into it beside the h1.
+    var anchor = heading && heading.closest ? (heading.closest(".page-header") || heading) : heading;
+    if (anchor && anchor.parentNode) anchor.parentNode.insertBefore(node, anchor.nextSibling);
     else document.body.appendChild(node);
   }
   function build() {
