@@ -12,6 +12,7 @@ from datasette_llm_core.errors import ConfigError
 from datasette_llm_rag.indexer import refresh_index, verify
 from datasette_llm_rag.ragconfig import parse_rag_config
 from datasette_llm_rag.sidecar import (
+    MIGRATIONS,
     ModelMismatchError,
     SidecarError,
     open_sidecar,
@@ -275,7 +276,7 @@ def test_sidecar_schema_is_commented_and_migrations_are_idempotent(tmp_path):
         body = sql[table].split("(", 1)[1]
         columns = [line for line in body.splitlines() if line.strip() and not line.strip().startswith(("unique", ")"))]
         assert columns and all("--" in line for line in columns), table
-    assert conn.execute("pragma user_version").fetchone()[0] == 1
+    assert conn.execute("pragma user_version").fetchone()[0] == len(MIGRATIONS)
     conn.close()
 
 
