@@ -18,8 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
-from http.cookies import SimpleCookie
 
 import pytest
 
@@ -53,6 +51,11 @@ async def ds(tmp_path, fake_models):
     ds = make_datasette(tmp_path, rag=rag_section(tmp_path, embedding_model="hash-embed"),
                         state=str(tmp_path / "state.db"))
     await ds.invoke_startup()
+    return ds
+
+
+@pytest.fixture
+async def indexed(ds):
     await build_index(ds)
     return ds
 
@@ -123,7 +126,8 @@ async def test_stream_read_to_the_end_is_ok_once(ds, scripted_model):
 
 
 # --- the RAG answer stream ---------------------------------------------------
-async def test_closing_the_answer_events_closes_the_model_stream_at_once(ds, scripted_model):
+async def test_closing_the_answer_events_closes_the_model_stream_at_once(indexed, scripted_model):
+    ds = indexed
     scripted_model.enqueue(Scripted(text=ANSWER, chunks=40, delay=0.005))
     events = ask_events(ds, {"id": "alice"}, "news", "Why were the bridge repairs delayed?")
     kinds = []
@@ -178,7 +182,8 @@ async def ask_and_hang_up(ds, body: dict, actor_id: str) -> bytes:
     return b"".join(received)
 
 
-async def test_client_hanging_up_mid_answer_logs_cancelled(ds, scripted_model):
+async def test_client_hanging_up_mid_answer_logs_cancelled(indexed, scripted_model):
+    ds = indexed
     scripted_model.enqueue(Scripted(text=ANSWER, chunks=40, delay=0.02))
     got = await ask_and_hang_up(ds, {"q": "Why were the bridge repairs delayed?", "stream": True}, "alice")
     assert b"event: sources" in got and b"event: done" not in got
@@ -190,7 +195,8 @@ async def test_client_hanging_up_mid_answer_logs_cancelled(ds, scripted_model):
     assert row["latency_ms"] < 40 * 20
 
 
-async def test_streamed_answer_read_to_the_end_is_still_ok(ds, scripted_model):
+async def test_streamed_answer_read_to_the_end_is_still_ok(indexed, scripted_model):
+    ds = indexed
     """The watcher does not cut a reader who stays (through the usual test client)."""
     scripted_model.enqueue(Scripted(text=ANSWER, chunks=10, delay=0.005))
     jar = cookies(ds, "alice")
@@ -239,12 +245,7 @@ def test_real_server_client_hanging_up_logs_cancelled(tmp_path):
                        check=True, cwd=REPO, timeout=60, capture_output=True)
         server.start()
         try:
-            page = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/llm-ask/news",
-                                          headers={"cookie": server.cookie})
-            with urllib.request.urlopen(page, timeout=20) as response:
-                jar = SimpleCookie(response.headers.get("set-cookie") or "")
-            token = jar["ds_csrftoken"].value if "ds_csrftoken" in jar else ""
-            cookie = server.cookie + (f"; ds_csrftoken={token}" if token else "")
+            cookie, token = server.csrf("/-/llm-ask/news")
             body = json.dumps({"q": "Why were the bridge repairs delayed?", "stream": True}).encode()
             head = (f"POST {ASK} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
                     f"Content-Type: application/json\r\nCookie: {cookie}\r\n"
