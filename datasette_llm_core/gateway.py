@@ -4,7 +4,8 @@
 the ``register_llm_models`` / ``register_embedding_models`` hooks), checks
 capabilities before sending, retries with backoff (honouring the provider's
 Retry-After), falls back along the configured chain, enforces timeouts and
-budgets, and writes one call-log row per attempt (``calllog.py``).
+budgets, and writes one call-log row per attempt (``attempts.py`` plans the
+attempts of a call and logs each; ``calllog.py`` stores the rows).
 
 Plugins never call a model directly.
 
@@ -19,17 +20,17 @@ after the first delta an error ends the stream with ``ModelError``.
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import AsyncIterator, Awaitable, Callable, Literal
+from functools import partial
+from typing import AsyncIterator, Awaitable, Callable, Iterator, Literal
 
 import numpy as np
 from datasette.utils import await_me_maybe
 
-from . import calllog
-from .budget import Budget, estimate, estimate_embedding, price, text_tokens
-from .calllog import CallRecord, redact, secret_values, write_call, write_call_soon
+from .attempts import Attempt, CallPlan, describe
+from .budget import Budget, estimate, estimate_embedding, text_tokens
+from .calllog import redact, secret_values
 from .config import Settings, plugin_settings
-from .errors import BudgetError, CapabilityError, ConfigError, ModelError
+from .errors import CapabilityError, ConfigError, ModelError
 from .models import ChatModel, EmbeddingModel
 from .types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, Usage
 
@@ -49,25 +50,6 @@ async def _collect(datasette, hook_name: str) -> list:
         result = await await_me_maybe(result)
         found.extend(result or [])
     return found
-
-
-def _actor_id(actor: dict | None) -> str | None:
-    if actor and actor.get("id") is not None:
-        return str(actor["id"])
-    return None
-
-
-def _ms(start: float) -> int:
-    return int((time.monotonic() - start) * 1000)
-
-
-def _describe(error: BaseException) -> tuple[str, str]:
-    """(error_class, message) for any failure of an attempt."""
-    if isinstance(error, ModelError):
-        return error.error_class, str(error)
-    if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout", "the model did not answer in time"
-    return type(error).__name__, str(error) or type(error).__name__
 
 
 class Gateway:
@@ -183,21 +165,6 @@ class Gateway:
             return None
         return min(retries.max_backoff, retries.backoff * (2 ** (attempt - 1)))
 
-    def _start(self, model, kind, purpose, prompt_version, actor, ref, group, attempt, streamed):
-        return CallRecord(
-            kind=kind,
-            outcome="ok",
-            call_group=group,
-            ref=ref,
-            purpose=purpose,
-            provider=getattr(model, "provider", None),
-            model_id=model.model_id,
-            actor_id=_actor_id(actor),
-            prompt_version=prompt_version,
-            attempt=attempt,
-            streamed=1 if streamed else 0,
-        )
-
     def _resolve(self, purpose: str, model_id: str | None, request: ChatRequest) -> list[ChatModel]:
         model = self.get_chat_model(model_id) if model_id else self.default_chat_model(purpose)
         if model is None:
@@ -206,17 +173,10 @@ class Gateway:
         _ensure_ready(model)
         return self.fallback_models(purpose, model, request)
 
-    async def _refused(self, record: CallRecord, error: BudgetError) -> None:
-        record.outcome = "refused"
-        record.error_class = "budget"
-        record.error_message = str(error)
-        record.input_tokens = record.output_tokens = 0
-        await write_call(self.datasette, record, self.secrets)
-
     def _final_error(self, purpose: str, failures: list[tuple[str, BaseException]]) -> ModelError:
         parts = []
         for model_id, error in failures:
-            _, message = _describe(error)
+            _, message = describe(error)
             parts.append(f"{model_id}: {message}")
         last = failures[-1][1]
         tried = "the model" if len(failures) == 1 else f"all {len(failures)} models"
@@ -229,7 +189,7 @@ class Gateway:
             "datasette-llm-newsroom: fallback."
         )
         status = getattr(last, "status", None)
-        error_class = _describe(last)[0]
+        error_class = describe(last)[0]
         return ModelError(
             message,
             status=status,
@@ -240,6 +200,12 @@ class Gateway:
         )
 
     # --- calls ----------------------------------------------------------
+    def _chat_attempts(self, request: ChatRequest, purpose: str, prompt_version: str, actor, model_id,
+                       ref, budget: Budget | None, timeout: float | None, streamed: bool) -> Iterator[Attempt]:
+        chain = self._resolve(purpose, model_id, request)
+        plan = CallPlan(self, chain, "chat", purpose, prompt_version, actor, ref, budget, timeout, streamed)
+        return plan.attempts(partial(estimate, request), what=f"this {purpose} call")
+
     async def stream(
         self,
         request: ChatRequest,
@@ -252,127 +218,50 @@ class Gateway:
         budget: Budget | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """Stream ``TextDelta`` events then one ``StreamEnd`` (with ``call_id``)."""
-        chain = self._resolve(purpose, model_id, request)
-        group = calllog.new_id()
-        failures: list[tuple[str, BaseException]] = []
-        attempt_no = 0
-        for index, model in enumerate(chain):
-            has_next = index + 1 < len(chain)
-            for attempt in range(1, self.settings.retries.max_attempts + 1):
-                attempt_no += 1
-                record = self._start(model, "chat", purpose, prompt_version, actor, ref, group, attempt_no, True)
-                in_tokens, out_guess, cost_guess = estimate(request, model)
-                reservation = None
-                if budget is not None:
-                    try:
-                        reservation = budget.reserve(
-                            in_tokens + out_guess, cost_guess, what=f"this {purpose} call"
-                        )
-                    except BudgetError as e:
-                        await self._refused(record, e)
-                        raise
-                limit = self._timeout(model, timeout)
-                start = time.monotonic()
-                chars = 0
-                emitted = False
-                end: StreamEnd | None = None
+        """Stream ``TextDelta`` events then one ``StreamEnd`` (with ``call_id``).
+
+        Closing the stream early (``aclose()``) or cancelling the task reading
+        it logs the attempt as ``cancelled`` with what was streamed so far.
+        """
+        attempts = self._chat_attempts(
+            request, purpose, prompt_version, actor, model_id, ref, budget, timeout, streamed=True
+        )
+        for attempt in attempts:
+            model, limit = attempt.model, attempt.limit
+            end: StreamEnd | None = None
+            async with attempt:
                 events = (
                     model.stream(request, timeout=limit)
                     if model.supports_streaming
                     else _whole_as_stream(model, request, limit)
                 )
                 try:
-                    try:
-                        while True:
-                            try:
-                                async with asyncio.timeout(limit):
-                                    event = await events.__anext__()
-                            except StopAsyncIteration:
-                                break
-                            if isinstance(event, TextDelta):
-                                if not event.text:
-                                    continue
-                                if not emitted:
-                                    record.first_token_ms = _ms(start)
-                                emitted = True
-                                chars += len(event.text)
+                    while True:
+                        try:
+                            async with asyncio.timeout(limit):
+                                event = await events.__anext__()
+                        except StopAsyncIteration:
+                            break
+                        if isinstance(event, TextDelta):
+                            if event.text:
+                                attempt.saw_text(event.text)
                                 yield event
-                            elif isinstance(event, StreamEnd):
-                                end = event
-                    finally:
-                        await events.aclose()
-                except (GeneratorExit, asyncio.CancelledError):
-                    # The consumer went away (page closed, task cancelled).
-                    record.outcome = "cancelled"
-                    record.error_class = "cancelled"
-                    record.input_tokens = in_tokens
-                    record.output_tokens = -(-chars // 4)
-                    record.tokens_estimated = 1
-                    record.cost_usd = price(model, record.input_tokens, record.output_tokens)
-                    record.latency_ms = _ms(start)
-                    if budget is not None:
-                        budget.settle(reservation, record.input_tokens + record.output_tokens, record.cost_usd)
-                    write_call_soon(self.datasette, record, self.secrets)
-                    raise
-                except (ConfigError, CapabilityError):
-                    if budget is not None:
-                        budget.release(reservation)
-                    raise
-                except Exception as error:  # noqa: BLE001 - every failure is logged then handled
-                    if budget is not None:
-                        budget.release(reservation)
-                    error_class, message = _describe(error)
-                    record.error_class = error_class
-                    record.error_message = message
-                    record.latency_ms = _ms(start)
-                    record.input_tokens = in_tokens if emitted else 0
-                    record.output_tokens = -(-chars // 4)
-                    record.tokens_estimated = 1
-                    if emitted:
-                        record.outcome = "error"
-                        await write_call(self.datasette, record, self.secrets)
-                        raise ModelError(
-                            self.redact(
-                                f"The answer from {model.model_id} broke off after it had started "
-                                f"({message}). The partial output is incomplete: run it again."
-                            ),
-                            status=getattr(error, "status", None),
-                            retryable=True,
-                            error_class=error_class,
-                            model_id=model.model_id,
-                        ) from error
-                    delay = self._retry_delay(error, attempt)
-                    if delay is not None:
-                        record.outcome = "retry"
-                        await write_call(self.datasette, record, self.secrets)
-                        await self.sleep(delay)
-                        continue
-                    failures.append((model.model_id, error))
-                    record.outcome = "fallback" if has_next else "error"
-                    await write_call(self.datasette, record, self.secrets)
-                    if has_next:
-                        break
-                    raise self._final_error(purpose, failures) from error
-                # Success.
-                end = end or StreamEnd()
-                usage = end.usage or Usage()
-                estimated = not (usage.input_tokens or usage.output_tokens)
-                if estimated:
-                    usage = Usage(in_tokens, -(-chars // 4))
-                record.input_tokens = usage.input_tokens
-                record.output_tokens = usage.output_tokens
-                record.tokens_estimated = 1 if estimated else 0
-                record.cost_usd = price(model, usage.input_tokens, usage.output_tokens)
-                record.finish_reason = end.finish_reason
-                record.latency_ms = _ms(start)
-                if budget is not None:
-                    budget.settle(reservation, usage.input_tokens + usage.output_tokens, record.cost_usd)
-                await write_call(self.datasette, record, self.secrets)
-                yield StreamEnd(
-                    usage=usage, finish_reason=end.finish_reason, call_id=record.id, model_id=model.model_id
-                )
-                return
+                        elif isinstance(event, StreamEnd):
+                            end = event
+                finally:
+                    await events.aclose()
+            if attempt.failed:
+                continue
+            end = end or StreamEnd()
+            usage = end.usage or Usage()
+            estimated = not (usage.input_tokens or usage.output_tokens)
+            if estimated:
+                usage = attempt.streamed_usage()
+            call_id = await attempt.succeed(usage, estimated=estimated, finish_reason=end.finish_reason)
+            yield StreamEnd(
+                usage=usage, finish_reason=end.finish_reason, call_id=call_id, model_id=model.model_id
+            )
+            return
 
     async def complete(
         self,
@@ -387,80 +276,26 @@ class Gateway:
         timeout: float | None = None,
     ) -> ChatResponse:
         """One whole answer (``call_id`` set), with retries and fallback."""
-        chain = self._resolve(purpose, model_id, request)
-        group = calllog.new_id()
-        failures: list[tuple[str, BaseException]] = []
-        attempt_no = 0
-        for index, model in enumerate(chain):
-            has_next = index + 1 < len(chain)
-            for attempt in range(1, self.settings.retries.max_attempts + 1):
-                attempt_no += 1
-                record = self._start(model, "chat", purpose, prompt_version, actor, ref, group, attempt_no, False)
-                in_tokens, out_guess, cost_guess = estimate(request, model)
-                reservation = None
-                if budget is not None:
-                    try:
-                        reservation = budget.reserve(
-                            in_tokens + out_guess, cost_guess, what=f"this {purpose} call"
-                        )
-                    except BudgetError as e:
-                        await self._refused(record, e)
-                        raise
-                limit = self._timeout(model, timeout)
-                start = time.monotonic()
-                try:
-                    async with asyncio.timeout(limit):
-                        response = await model.complete(request, timeout=limit)
-                except asyncio.CancelledError:
-                    record.outcome = "cancelled"
-                    record.error_class = "cancelled"
-                    record.latency_ms = _ms(start)
-                    if budget is not None:
-                        budget.release(reservation)
-                    write_call_soon(self.datasette, record, self.secrets)
-                    raise
-                except (ConfigError, CapabilityError):
-                    if budget is not None:
-                        budget.release(reservation)
-                    raise
-                except Exception as error:  # noqa: BLE001
-                    if budget is not None:
-                        budget.release(reservation)
-                    record.error_class, record.error_message = _describe(error)
-                    record.latency_ms = _ms(start)
-                    record.input_tokens = record.output_tokens = 0
-                    delay = self._retry_delay(error, attempt)
-                    if delay is not None:
-                        record.outcome = "retry"
-                        await write_call(self.datasette, record, self.secrets)
-                        await self.sleep(delay)
-                        continue
-                    failures.append((model.model_id, error))
-                    record.outcome = "fallback" if has_next else "error"
-                    await write_call(self.datasette, record, self.secrets)
-                    if has_next:
-                        break
-                    raise self._final_error(purpose, failures) from error
-                usage = response.usage or Usage()
-                estimated = not (usage.input_tokens or usage.output_tokens)
-                if estimated:
-                    usage = Usage(in_tokens, text_tokens(response.text) if response.text else 0)
-                record.input_tokens = usage.input_tokens
-                record.output_tokens = usage.output_tokens
-                record.tokens_estimated = 1 if estimated else 0
-                record.cost_usd = price(model, usage.input_tokens, usage.output_tokens)
-                record.finish_reason = response.finish_reason
-                record.latency_ms = _ms(start)
-                if budget is not None:
-                    budget.settle(reservation, usage.input_tokens + usage.output_tokens, record.cost_usd)
-                await write_call(self.datasette, record, self.secrets)
-                return ChatResponse(
-                    text=response.text,
-                    usage=usage,
-                    model_id=model.model_id,
-                    finish_reason=response.finish_reason,
-                    call_id=record.id,
-                )
+        attempts = self._chat_attempts(
+            request, purpose, prompt_version, actor, model_id, ref, budget, timeout, streamed=False
+        )
+        for attempt in attempts:
+            async with attempt, asyncio.timeout(attempt.limit):
+                response = await attempt.model.complete(request, timeout=attempt.limit)
+            if attempt.failed:
+                continue
+            usage = response.usage or Usage()
+            estimated = not (usage.input_tokens or usage.output_tokens)
+            if estimated:
+                usage = Usage(attempt.in_tokens, text_tokens(response.text) if response.text else 0)
+            call_id = await attempt.succeed(usage, estimated=estimated, finish_reason=response.finish_reason)
+            return ChatResponse(
+                text=response.text,
+                usage=usage,
+                model_id=attempt.model.model_id,
+                finish_reason=response.finish_reason,
+                call_id=call_id,
+            )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def embed(
@@ -484,67 +319,27 @@ class Gateway:
         _ensure_ready(model)
         if not texts:
             return np.zeros((0, model.dimensions or 0), dtype=np.float32)
-        group = calllog.new_id()
+        plan = CallPlan(self, [model], "embed", purpose, None, actor, ref, budget, timeout)
         batch_size = max(1, getattr(model, "batch_size", 64) or 64)
         out: list[np.ndarray] = []
-        attempt_no = 0
         for offset in range(0, len(texts), batch_size):
             batch = texts[offset : offset + batch_size]
-            for attempt in range(1, self.settings.retries.max_attempts + 1):
-                attempt_no += 1
-                record = self._start(model, "embed", purpose, None, actor, ref, group, attempt_no, False)
-                record.items = len(batch)
-                tokens, cost_guess = estimate_embedding(batch, model)
-                reservation = None
-                if budget is not None:
-                    try:
-                        reservation = budget.reserve(tokens, cost_guess, what="this embedding batch")
-                    except BudgetError as e:
-                        await self._refused(record, e)
-                        raise
-                limit = self._timeout(model, timeout)
-                start = time.monotonic()
-                try:
-                    async with asyncio.timeout(limit):
-                        with_usage = getattr(model, "embed_with_usage", None)
-                        if with_usage is not None:
-                            vectors, used = await with_usage(batch, kind=kind)
-                        else:
-                            vectors, used = await model.embed(batch, kind=kind), None
-                except asyncio.CancelledError:
-                    record.outcome = "cancelled"
-                    record.error_class = "cancelled"
-                    record.latency_ms = _ms(start)
-                    if budget is not None:
-                        budget.release(reservation)
-                    write_call_soon(self.datasette, record, self.secrets)
-                    raise
-                except (ConfigError, CapabilityError):
-                    if budget is not None:
-                        budget.release(reservation)
-                    raise
-                except Exception as error:  # noqa: BLE001
-                    if budget is not None:
-                        budget.release(reservation)
-                    record.error_class, record.error_message = _describe(error)
-                    record.latency_ms = _ms(start)
-                    delay = self._retry_delay(error, attempt)
-                    if delay is not None:
-                        record.outcome = "retry"
-                        await write_call(self.datasette, record, self.secrets)
-                        await self.sleep(delay)
-                        continue
-                    record.outcome = "error"
-                    await write_call(self.datasette, record, self.secrets)
-                    raise self._final_error(purpose, [(model.model_id, error)]) from error
-                record.input_tokens = used if used is not None else tokens
-                record.output_tokens = 0
-                record.tokens_estimated = 0 if used is not None else 1
-                record.cost_usd = price(model, record.input_tokens, 0)
-                record.latency_ms = _ms(start)
-                if budget is not None:
-                    budget.settle(reservation, record.input_tokens, record.cost_usd)
-                await write_call(self.datasette, record, self.secrets)
+
+            def guess(model, batch=batch):
+                tokens, cost = estimate_embedding(batch, model)
+                return tokens, 0, cost
+
+            for attempt in plan.attempts(guess, what="this embedding batch", items=len(batch)):
+                async with attempt, asyncio.timeout(attempt.limit):
+                    with_usage = getattr(model, "embed_with_usage", None)
+                    if with_usage is not None:
+                        vectors, used = await with_usage(batch, kind=kind)
+                    else:
+                        vectors, used = await model.embed(batch, kind=kind), None
+                if attempt.failed:
+                    continue
+                tokens = used if used is not None else attempt.in_tokens
+                await attempt.succeed(Usage(tokens, 0), estimated=used is None)
                 out.append(np.asarray(vectors, dtype=np.float32))
                 break
         return np.concatenate(out, axis=0) if len(out) > 1 else out[0]

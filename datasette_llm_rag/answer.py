@@ -16,6 +16,7 @@ call log and feedback point at.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -179,23 +180,27 @@ async def ask_events(
     pieces: list[str] = []
     finish_reason = None
     call_id = None
+    stream = gw.stream(
+        request,
+        purpose="answer",
+        prompt_version=PROMPT_VERSION,
+        actor=actor,
+        model_id=model.model_id,
+        **_stream_kwargs(gw, answer_id),
+    )
     try:
-        async for event in gw.stream(
-            request,
-            purpose="answer",
-            prompt_version=PROMPT_VERSION,
-            actor=actor,
-            model_id=model.model_id,
-            **_stream_kwargs(gw, answer_id),
-        ):
-            if isinstance(event, TextDelta):
-                pieces.append(event.text)
-                safe = stream_filter.feed(event.text)
-                if safe:
-                    yield {"event": "delta", "text": safe}
-            elif isinstance(event, StreamEnd):
-                finish_reason = event.finish_reason
-                call_id = getattr(event, "call_id", None)
+        # aclosing: when our reader closes us mid-answer, the model stream is
+        # closed at once (and logged "cancelled"), not whenever it is collected.
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    pieces.append(event.text)
+                    safe = stream_filter.feed(event.text)
+                    if safe:
+                        yield {"event": "delta", "text": safe}
+                elif isinstance(event, StreamEnd):
+                    finish_reason = event.finish_reason
+                    call_id = getattr(event, "call_id", None)
     except (LLMSuiteError, TimeoutError) as e:
         partial = validate_citations("".join(pieces), allowed)
         await _record_end(

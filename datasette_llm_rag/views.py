@@ -8,7 +8,10 @@ come from tables the actor may view (see ``retrieval``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from typing import Awaitable
 from urllib.parse import parse_qs, urlencode
 
 from datasette.utils import tilde_decode
@@ -284,6 +287,36 @@ def _sse(event: dict) -> str:
     return f"event: {event['event']}\ndata: {json.dumps(event, default=str)}\n\n"
 
 
+async def _until_disconnect(receive, work: Awaitable[None]) -> None:
+    """Run ``work``, cancelling it if the client disconnects first.
+
+    Servers such as uvicorn drop what is written after the client has gone
+    instead of raising, so a streamed answer would otherwise run (and be paid
+    for) to its end. Cancelled, the model stream closes and its call-log row
+    says ``cancelled``. Call after the request body has been read.
+    """
+
+    async def hung_up() -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                await asyncio.sleep(0.05)  # body already read: should not happen; never spin
+        except Exception:  # noqa: BLE001 - cannot tell whether the client left: never cut it off
+            await asyncio.Event().wait()
+
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait([job, watcher], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    if not job.cancelled():
+        job.result()  # an error of the work itself
+
+
 async def ask_api(datasette, request):
     """``POST /-/llm-rag/<db>/ask.json``: body ``{q, tables?, k?, stream?}``.
 
@@ -330,7 +363,7 @@ async def ask_api(datasette, request):
         await events.aclose()
         return json_error(first["message"], first.get("status", 500), first["kind"])
 
-    async def stream_fn(writer):
+    async def pump(writer):
         try:
             if not want_answer:
                 await writer.write(_sse({"event": "notice", "kind": "no_permission",
@@ -342,6 +375,11 @@ async def ask_api(datasette, request):
         except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
             await writer.write(_sse({"event": "error", "kind": "server_error",
                                      "message": f"The answer failed: {type(e).__name__}"}))
+        finally:
+            await events.aclose()  # closes the model stream too: logged "cancelled" if unfinished
+
+    async def stream_fn(writer):
+        await _until_disconnect(request.receive, pump(writer))
 
     return AsgiStream(
         stream_fn,

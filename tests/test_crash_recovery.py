@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,14 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
+    def csrf(self, page: str) -> tuple[str, str]:
+        """(cookie header, CSRF token) for POSTs as root; the token is "" on 1.0."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{page}", headers={"cookie": self.cookie})
+        with urllib.request.urlopen(request, timeout=20) as response:
+            jar = SimpleCookie(response.headers.get("set-cookie") or "")
+        token = jar["ds_csrftoken"].value if "ds_csrftoken" in jar else ""
+        return self.cookie + (f"; ds_csrftoken={token}" if token else ""), token
+
     def kill(self):
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
@@ -378,8 +387,6 @@ async def test_review_batch_failing_mid_insert_inserts_nothing(tmp_path, fake_mo
 # ------------------------------------------ a real server killed while indexing
 
 def test_server_killed_during_index_job_is_interrupted_and_verify_is_consistent(tmp_path, monkeypatch):
-    from http.cookies import SimpleCookie
-
     from . import fake_openai_server as fos
 
     real_embeddings = fos._RequestHandler._embeddings
@@ -405,12 +412,7 @@ def test_server_killed_during_index_job_is_interrupted_and_verify_is_consistent(
         server.start()
         try:
             # Start the job the way the index page does (form POST with the CSRF token on 0.65).
-            page = urllib.request.Request(f"http://127.0.0.1:{server.port}/-/llm-rag/index/news",
-                                          headers={"cookie": server.cookie})
-            with urllib.request.urlopen(page, timeout=20) as response:
-                jar = SimpleCookie(response.headers.get("set-cookie") or "")
-            token = jar["ds_csrftoken"].value if "ds_csrftoken" in jar else ""
-            cookie = server.cookie + (f"; ds_csrftoken={token}" if token else "")
+            cookie, token = server.csrf("/-/llm-rag/index/news")
             req = urllib.request.Request(
                 f"http://127.0.0.1:{server.port}/-/llm-rag/index/news", method="POST",
                 data=f"csrftoken={token}".encode(),
