@@ -155,6 +155,16 @@ def run_size(n, base, qvec, texts, query_texts, args):
     hyb_t, _ = timed(lambda i: index.search_hybrid(qtexts[i % len(qtexts)], queries[i % len(queries)], K),
                      len(queries))
     fts_t, _ = timed(lambda i: index.search_fts(qtexts[i % len(qtexts)], K), len(queries))
+    # The same ranking asked of SQLite's FTS5 itself (bm25()), and how far the
+    # in-memory top 10 (strongest postings only, see lexical.py) agrees with it.
+    n_fts5 = min(len(queries), args.fts5_queries)
+    fts5_t, _ = timed(lambda i: index.search_fts5(qtexts[i], K), n_fts5)
+    agree = []
+    for i in range(n_fts5):
+        ours = [h.entry_id for h in index.search_fts(qtexts[i], K)]
+        theirs = [h.entry_id for h in index.search_fts5(qtexts[i], K)]
+        if theirs:
+            agree.append(len(set(ours) & set(theirs)) / len(theirs))
     index.close()
     del index
     gc.collect()
@@ -179,6 +189,7 @@ def run_size(n, base, qvec, texts, query_texts, args):
     f_med, _ = ms(filt_t)
     h_med, h_p95 = ms(hyb_t)
     fts_med, _ = ms(fts_t)
+    fts5_med, _ = ms(fts5_t)
     e_med, _ = ms(exact_t)
     loop_ms = per_row * n * 1000
     result = {
@@ -189,6 +200,8 @@ def run_size(n, base, qvec, texts, query_texts, args):
         "vector_p95_ms": v_p95,
         "vector_filtered_median_ms": f_med,
         "fts_median_ms": fts_med,
+        "fts5_sql_median_ms": fts5_med,
+        "fts5_top10_overlap": float(np.mean(agree)) if agree else None,
         "hybrid_median_ms": h_med,
         "hybrid_p95_ms": h_p95,
         "hybrid_over_vector": h_med / v_med,
@@ -215,7 +228,9 @@ def run_size(n, base, qvec, texts, query_texts, args):
     print(f"  vector search   median {v_med:.2f} ms  p95 {v_p95:.2f} ms   recall@10 vs exact float32 "
           f"{result['recall_at_10']:.4f} (min {result['recall_min']:.1f})")
     print(f"  filtered (90%)  median {f_med:.2f} ms")
-    print(f"  fts only        median {fts_med:.2f} ms")
+    print(f"  fts only        median {fts_med:.2f} ms; FTS5 bm25() in SQLite {fts5_med:.1f} ms "
+          f"({fts5_med / fts_med:.0f}x slower), top-10 overlap with it "
+          f"{result['fts5_top10_overlap'] or 0:.3f} over {n_fts5} queries")
     print(f"  hybrid          median {h_med:.2f} ms  p95 {h_p95:.2f} ms   = {h_med / v_med:.2f}x vector-only")
     print(f"  exact numpy     median {e_med:.2f} ms   -> index is {e_med / v_med:.1f}x faster")
     print(f"  python loop     {loop_ms:,.0f} ms extrapolated from {len(sample):,} rows "
@@ -255,6 +270,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--text", choices=["full", "title"], default="full")
     parser.add_argument("--loop-sample", type=int, default=5000)
+    parser.add_argument("--fts5-queries", type=int, default=50,
+                        help="questions also ranked by SQLite FTS5's bm25() (slow at scale)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the benchmark sidecar and reuse it on the next --keep run")
     args = parser.parse_args()

@@ -25,7 +25,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-METHODS = ("vector", "fts", "hybrid")
+METHODS = ("vector", "fts", "fts5", "hybrid")
+#: How ``format_table`` names each method.
+LABELS = {
+    "vector": "vector only",
+    "fts": "full text (FTS5 BM25, in memory)",
+    "fts5": "full text (SQLite FTS5 bm25())",
+    "hybrid": "hybrid (RRF)",
+}
 
 
 # ---------------------------------------------------------------- metrics
@@ -188,6 +195,7 @@ def evaluate(
     embedder: Any,
     *,
     limit: int | None = None,
+    select: Callable[[int, str], bool] | None = None,
     workdir: str | None = None,
     settings_list: Sequence[EvalSettings] = (EvalSettings(),),
     progress: Callable[[int, int], Any] | None = None,
@@ -196,7 +204,9 @@ def evaluate(
 
     ``embedder`` needs ``model_id`` and ``embed_sync(texts)`` (wrap it in
     ``CachingEmbedder`` to reuse vectors across runs). ``limit`` keeps only
-    the first N judged queries.
+    the first N judged queries; ``select(i, qid)`` keeps a subset of them.
+    Method "fts" is the in-memory ranking the hybrid uses; "fts5" asks
+    SQLite's FTS5 ``bm25()`` for the same ranking.
     """
     from .indexer import refresh_index
     from .store import RagIndex
@@ -207,6 +217,8 @@ def evaluate(
     qids = [q for q in qrels if q in queries]
     if limit:
         qids = qids[:limit]
+    if select is not None:  # e.g. every other query, to tune on one half and test on the other
+        qids = [q for i, q in enumerate(qids) if select(i, q)]
     qrels = {q: qrels[q] for q in qids}
     cleanup = None
     if workdir is None:
@@ -238,6 +250,9 @@ def evaluate(
                 t1 = time.perf_counter()
                 fhits = index.search_fts(text, settings.k)
                 t2 = time.perf_counter()
+                f5hits = index.search_fts5(text, settings.k)
+                t2b = time.perf_counter()
+                t2c = time.perf_counter()
                 hhits = index.search_hybrid(
                     text, qvec, settings.k, rrf_k=settings.rrf_k,
                     depth=settings.depth, weights=settings.weights,
@@ -245,8 +260,11 @@ def evaluate(
                 t3 = time.perf_counter()
                 timing["vector"] += t1 - t0
                 timing["fts"] += t2 - t1
-                timing["hybrid"] += t3 - t2
-                for method, hits in (("vector", vhits), ("fts", fhits), ("hybrid", hhits)):
+                timing["fts5"] += t2b - t2
+                timing["hybrid"] += t3 - t2c
+                for method, hits in (
+                    ("vector", vhits), ("fts", fhits), ("fts5", f5hits), ("hybrid", hhits)
+                ):
                     runs[method][qid] = _doc_ids(hits)
             results.append(
                 EvalResult(
@@ -282,7 +300,7 @@ def format_table(result: EvalResult) -> str:
     for m in METHODS:
         r = result.metrics[m]
         lines.append(
-            f"| {m} | {r['ndcg@10']:.4f} | {r['recall@10']:.4f} | {r['recall@100']:.4f} "
+            f"| {LABELS[m]} | {r['ndcg@10']:.4f} | {r['recall@10']:.4f} | {r['recall@100']:.4f} "
             f"| {r['mrr@10']:.4f} | {result.search_ms.get(m, 0):.2f} |"
         )
     return "\n".join(lines)

@@ -105,4 +105,4 @@ def test_evaluate_command_runs(tmp_path, cli, monkeypatch):
     corpus, queries, qrels = _write_beir(tmp_path)
     result = CliRunner().invoke(cli, ["llm-rag", "evaluate", corpus, queries, qrels, "--limit", "3"])
     assert result.exit_code == 0, result.output
-    assert "10 documents, 3 queries" in result.output and "| hybrid |" in result.output
+    assert "10 documents, 3 queries" in result.output and "| hybrid (RRF) |" in result.output

@@ -85,10 +85,13 @@ def test_evaluate_end_to_end_with_cache(tmp_path):
     embedder = CachingEmbedder(HashEmbeddingModel(), cache)
     [result] = evaluate(corpus, queries, qrels, embedder, settings_list=[EvalSettings(rrf_k=10)])
     assert result.documents == 10 and result.queries == 5
-    for method in ("vector", "fts", "hybrid"):
+    for method in ("vector", "fts", "fts5", "hybrid"):
         m = result.metrics[method]
         assert m["recall@100"] == 1.0 and m["mrr@10"] >= 0.8, (method, m)
-    assert "| hybrid |" in format_table(result)
+    # the in-memory ranking is FTS5's own
+    assert result.metrics["fts"] == result.metrics["fts5"]
+    assert "| hybrid (RRF) |" in format_table(result)
+    assert "SQLite FTS5 bm25()" in format_table(result)
     first = embedder.embedded
     assert first == 15  # 10 documents + 5 queries
     embedder.save()
