@@ -16,6 +16,7 @@ from datasette.utils.asgi import AsgiStream, Response
 
 from datasette_llm_core import permissions
 from datasette_llm_core.config import PLUGIN_NAME
+from datasette_llm_core.denied import denied_message
 from datasette_llm_core.errors import ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 
@@ -98,9 +99,7 @@ async def _check(datasette, request, action, database, *, as_json: bool):
         raise NotFound(f"Database {database!r} not found")
     if await _can(datasette, request.actor, action, database):
         return None
-    message = f"You do not have permission to {permissions.ACTIONS[action].lower()}" + (
-        f" in {database!r}." if database else "."
-    )
+    message = denied_message(request.actor, action, database)
     if as_json:
         return json_error(message, 403, "forbidden")
     from datasette import Forbidden
@@ -538,7 +537,7 @@ async def index_list(datasette, request):
     if not allowed and error is None:
         from datasette import Forbidden
 
-        raise Forbidden("You do not have permission to build the search index.")
+        raise Forbidden(denied_message(request.actor, "llm-index"))
     return Response.html(
         await datasette.render_template(
             "llm_rag_index.html",
