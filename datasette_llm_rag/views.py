@@ -22,6 +22,7 @@ from datasette_llm_core.gateway import llm_gateway
 
 from . import jobs
 from .answer import NO_MODEL_NOTE, ask_events, ask_json, get_answer
+from .display import Labeller, split_strong_weak, table_titles
 from .retrieval import (
     DEFAULT_K,
     MAX_K,
@@ -171,6 +172,30 @@ async def _searchable_databases(datasette, actor) -> list[str]:
     return [n for n in names if await _can(datasette, actor, "llm-search", n)]
 
 
+def _labeller(datasette, database: str, config=None) -> Labeller:
+    """Row labels and table titles for hits of ``database`` (see display.py)."""
+    try:
+        config = config or rag_settings(datasette)
+        db_config = config.databases.get(database)
+    except ConfigError:
+        db_config = None
+    title_columns = {t: c.title_column for t, c in db_config.tables.items()} if db_config else {}
+    return Labeller(datasette, database, title_columns)
+
+
+async def _describe(labeller: Labeller, rows: list[dict]) -> list[dict]:
+    return [await labeller.describe(row) for row in rows]
+
+
+async def _described_event(labeller: Labeller, event: dict) -> dict:
+    """A server-sent event with its rows described for people (labels, titles)."""
+    if event.get("event") == "sources" and event.get("rows"):
+        return {**event, "rows": await _describe(labeller, event["rows"])}
+    if event.get("event") == "done" and event.get("cited_rows"):
+        return {**event, "cited_rows": await _describe(labeller, event["cited_rows"])}
+    return event
+
+
 # ------------------------------------------------------------------ ask page
 async def ask_page(datasette, request):
     """``/-/llm-ask`` and ``/-/llm-ask/<database>``: the question box (and search results)."""
@@ -197,6 +222,9 @@ async def ask_page(datasette, request):
         "selected_tables": requested or [],
         "tables": [],
         "retrieval": None,
+        "strong": [],
+        "weak": [],
+        "table_titles": {},
         "error": None,
         "max_chars": max_question_chars(config),
         "csrftoken_value": _csrftoken(request),
@@ -221,6 +249,7 @@ async def ask_page(datasette, request):
             context["answers"] and question and request.args.get("ask") == "1"
             and request.headers.get("sec-fetch-site") == "same-origin"
         )
+        context["table_titles"] = await table_titles(datasette, database, context["tables"])
         if question and context["error"] is None:
             try:
                 context["retrieval"] = await retrieve(
@@ -230,6 +259,10 @@ async def ask_page(datasette, request):
                 context["error"] = str(e)
             except LLMSuiteError as e:
                 context["error"] = f"Search failed: {e}"
+            else:
+                rows = await _describe(_labeller(datasette, database, config),
+                                       [h.as_json() for h in context["retrieval"].hits])
+                context["strong"], context["weak"] = split_strong_weak(rows)
     status = 200
     return Response.html(
         await datasette.render_template("llm_rag_ask.html", context, request=request), status=status
@@ -274,7 +307,8 @@ async def search_json(datasette, request):
             "database": database,
             "question": retrieval.question,
             "tables": retrieval.tables,
-            "rows": [h.as_json() for h in retrieval.hits],
+            "rows": await _describe(_labeller(datasette, database),
+                                    [h.as_json() for h in retrieval.hits]),
         }
     )
 
@@ -313,8 +347,12 @@ async def ask_api(datasette, request):
     stream = _truthy(body.get("stream")) or "text/event-stream" in (
         request.headers.get("accept") or ""
     )
+    labeller = _labeller(datasette, database)
     if not stream:
         out, status = await ask_json(datasette, request.actor, database, question, **kwargs)
+        for key in ("rows", "cited_rows"):
+            if out.get(key):
+                out[key] = await _describe(labeller, out[key])
         if not want_answer:
             out["notice"] = {"kind": "no_permission",
                              "message": "You may search but not ask for model answers "
@@ -335,9 +373,9 @@ async def ask_api(datasette, request):
                 await writer.write(_sse({"event": "notice", "kind": "no_permission",
                                          "message": "You may search but not ask for model "
                                                     "answers (the llm-ask permission)."}))
-            await writer.write(_sse(first))
+            await writer.write(_sse(await _described_event(labeller, first)))
             async for event in events:
-                await writer.write(_sse(event))
+                await writer.write(_sse(await _described_event(labeller, event)))
         except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
             await writer.write(_sse({"event": "error", "kind": "server_error",
                                      "message": f"The answer failed: {type(e).__name__}"}))
@@ -415,16 +453,24 @@ async def similar_view(datasette, request):
         if as_json:
             return json_error(str(e), e.status, e.kind)
         error, status = str(e), e.status
+    labeller = _labeller(datasette, database)
+    described = []
+    for r in rows:
+        row = await labeller.describe({**r.as_json(), "score": None})
+        described.append({**row, "score": r.score})
     if as_json:
         return Response.json({"ok": True, "database": database, "table": table,
-                              "pk": pk, "rows": [r.as_json() for r in rows]})
+                              "pk": pk, "rows": described})
     from .retrieval import pk_label
 
+    # The row itself, named as Datasette names it (label_column), its key secondary.
+    source_label = await labeller.found_label(table, pk) if error is None else None
     return Response.html(
         await datasette.render_template(
             "llm_rag_similar.html",
-            {"database": database, "table": table, "pk": pk_label(pk), "rows": rows,
-             "error": error,
+            {"database": database, "table": table, "pk": pk_label(pk), "rows": described,
+             "error": error, "label": source_label,
+             "table_title": await labeller.table_title(table),
              "row_url": datasette.urls.row(database, table, pk_path)},
             request=request,
         ),
@@ -618,9 +664,11 @@ async def box_html(datasette, request, database: str | None = None, table: str |
         choices = await _searchable_databases(datasette, actor)
         if not choices:
             return ""
+    title = await table_titles(datasette, database, [table]) if table else {}
     return await datasette.render_template(
         "llm_rag_box.html",
         {"choices": choices, "database": database, "table": table,
+         "table_title": title.get(table, table),
          "action": ask_url(datasette, database) if database else ask_url(datasette)},
         request=request,
     )
@@ -657,6 +705,7 @@ async def box_script_url(datasette, request, database, table, view_name) -> str 
             params["ask"] = ask_url(datasette, database)
             if view_name == "table":
                 params["table"] = table
+                params["title"] = (await table_titles(datasette, database, [table]))[table]
     elif view_name == "row" and database and table:
         link = await similar_link(datasette, actor, database, table, request.url_vars.get("pks", ""))
         if link:
