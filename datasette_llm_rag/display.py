@@ -9,6 +9,7 @@ and the similarity in words; the raw numbers stay available as a tooltip.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable
 
 from datasette_llm_core.sql import quote_identifier
@@ -40,6 +41,25 @@ def split_strong_weak(items: Iterable[Any], relevant=lambda item: item["relevant
     for item in items:
         (strong if relevant(item) else weak).append(item)
     return strong, weak
+
+
+# ------------------------------------------------------------------ times (pure)
+def relative_time(ts: float, now: float | None = None) -> str:
+    """``ts`` (unix time) as "just now", "5 minutes ago", "3 days ago"."""
+    delta = (time.time() if now is None else now) - float(ts)
+    if delta < 0:
+        return "just now" if delta > -60 else "in the future (check the server clock)"
+    for unit, seconds in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if delta >= seconds:
+            n = int(delta // seconds)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "just now"
+
+
+def format_time(ts: float, *, iso: bool = False) -> str:
+    """``ts`` as "2026-11-21 07:40 UTC" (or ISO 8601 for ``<time datetime>``)."""
+    fmt = "%Y-%m-%dT%H:%M:%SZ" if iso else "%Y-%m-%d %H:%M UTC"
+    return time.strftime(fmt, time.gmtime(float(ts)))
 
 
 # ------------------------------------------------------------------ titles and labels

@@ -22,7 +22,7 @@ from datasette_llm_core.gateway import llm_gateway
 
 from . import jobs
 from .answer import NO_MODEL_NOTE, ask_events, ask_json, get_answer
-from .display import Labeller, split_strong_weak, table_titles
+from .display import Labeller, format_time, relative_time, split_strong_weak, table_titles
 from .retrieval import (
     DEFAULT_K,
     MAX_K,
@@ -479,8 +479,26 @@ async def similar_view(datasette, request):
 
 
 # ------------------------------------------------------------------ index page
+def _table_state_text(state: str, rows, indexed: int) -> str:
+    """What a table's index state means, in words."""
+    if state == "missing table":
+        return "Table not found in the database"
+    if state == "not indexed":
+        return "Not indexed yet"
+    if state == "stale":
+        diff = (rows or 0) - indexed
+        if diff > 0:
+            return f"Out of date: {diff:,} row{'s' if diff != 1 else ''} not indexed yet"
+        return f"Out of date: {-diff:,} indexed row{'s' if diff != -1 else ''} no longer in the table"
+    return "Up to date"
+
+
 async def _table_status(datasette, database: str, config) -> tuple[list[dict], dict]:
-    """Configured tables with source rows and index entries; and index-level facts."""
+    """Configured tables with source rows and index entries; and index-level facts.
+
+    ``info["sidecar"]`` is the index file's full path (only ever shown to
+    root, see ``_for_viewer``); ``info["refreshed"]`` the last write's unix time.
+    """
     import os
     import sqlite3
 
@@ -491,7 +509,8 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     configured = list(db_config.tables) if db_config else []
     present = set(await db.table_names())
     indexed: dict[str, tuple[int, int]] = {}
-    info: dict = {"sidecar": None, "exists": False, "model": None, "error": None}
+    info: dict = {"sidecar": None, "exists": False, "model": None, "error": None,
+                  "refreshed": None}
     try:
         path = sidecar_for(datasette, database, config)
         info["sidecar"] = path
@@ -499,17 +518,27 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
             info["exists"] = True
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                info["model"] = read_meta(conn).get("embedding_model")
+                meta = read_meta(conn)
+                info["model"] = meta.get("embedding_model")
+                for key in ("updated", "created"):
+                    try:
+                        info["refreshed"] = float(meta[key])
+                        break
+                    except (KeyError, TypeError, ValueError):
+                        continue
                 for tbl, rows, entries in conn.execute(
                     "select tbl, count(distinct pk), count(*) from entries group by tbl"
                 ):
                     indexed[tbl] = (rows, entries)
             finally:
                 conn.close()
-    except (ConfigError, sqlite3.DatabaseError) as e:
+            if info["refreshed"] is None:
+                info["refreshed"] = os.path.getmtime(path)
+    except (ConfigError, sqlite3.DatabaseError, OSError) as e:
         info["error"] = str(e)
     from datasette_llm_core.sql import quote_identifier
 
+    titles = await table_titles(datasette, database, configured)
     out = []
     for table in configured:
         exists = table in present
@@ -527,8 +556,10 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
             state = "stale"
         else:
             state = "indexed"
-        out.append({"table": table, "exists": exists, "rows": count, "indexed_rows": rows,
-                    "entries": entries, "state": state})
+        out.append({"table": table, "title": titles.get(table, table), "exists": exists,
+                    "rows": count, "indexed_rows": rows, "entries": entries, "state": state,
+                    "state_text": _table_state_text(state, count, rows),
+                    "url": datasette.urls.table(database, table) if exists else None})
     return out, info
 
 
@@ -555,6 +586,56 @@ async def _verify(datasette, database: str, config) -> dict:
     return {**dataclasses.asdict(report), "ok": report.ok, "error": None}
 
 
+def _hide_paths(value, paths: list[str]):
+    """``value`` (text, or dicts/lists of text) with each absolute path replaced
+    by its file name: only root sees where files live on the server."""
+    import os
+
+    if isinstance(value, str):
+        for path in sorted({p for p in paths if p}, key=len, reverse=True):
+            value = value.replace(path, os.path.basename(path.rstrip(os.sep)) or "(path)")
+        return value
+    if isinstance(value, dict):
+        return {k: _hide_paths(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_paths(v, paths) for v in value]
+    return value
+
+
+def _for_viewer(context: dict, actor, database: str, datasette) -> dict:
+    """The index context as ``actor`` may see it: full paths for root only."""
+    import os
+
+    info = context.get("info") or {}
+    sidecar = info.get("sidecar")
+    context["sidecar_name"] = os.path.basename(sidecar) if sidecar else None
+    if permissions.is_root(actor):
+        return context
+    db = datasette.databases.get(database)
+    paths = [sidecar, os.path.dirname(sidecar) if sidecar else None,
+             getattr(db, "path", None)]
+    paths += [os.path.dirname(p) for p in paths[2:] if p]
+    hidden = {k: _hide_paths(v, paths) for k, v in context.items()}
+    if hidden.get("info"):
+        hidden["info"] = {**hidden["info"], "sidecar": context["sidecar_name"]}
+    return hidden
+
+
+def _overall(tables: list[dict], info: dict, configured_model, job) -> tuple[str, str]:
+    """(css state, words) for a whole index: up to date, needs a refresh, ..."""
+    if job and job.get("status") in jobs.ACTIVE:
+        return "running", "Refresh in progress"
+    if info.get("error"):
+        return "problem", "The index cannot be read"
+    if not info.get("exists"):
+        return "missing", "Not built yet"
+    if info.get("model") and configured_model and info["model"] != configured_model:
+        return "problem", "Built with another embedding model: rebuild it"
+    if any(t["state"] in ("stale", "not indexed") for t in tables):
+        return "stale", "Needs a refresh"
+    return "ok", "Up to date (row counts match)"
+
+
 async def _index_context(datasette, request, database: str) -> dict:
     config = rag_settings(datasette)
     if database not in config.databases:
@@ -567,12 +648,35 @@ async def _index_context(datasette, request, database: str) -> dict:
     verified = None
     if request.args.get("verify") and info.get("exists") and not (job and job["status"] in jobs.ACTIVE):
         verified = await _verify(datasette, database, config)
-    return {"database": database, "tables": tables, "info": info, "job": job, "error": None,
-            "configured_model": config.model_for(database), "verify": verified}
+    configured_model = config.model_for(database)
+    overall, overall_text = _overall(tables, info, configured_model, job)
+    refreshed = info.get("refreshed")
+    db_title = await _database_title(datasette, database)
+    return {"database": database, "database_title": db_title, "tables": tables, "info": info,
+            "job": job, "error": None, "configured_model": configured_model,
+            "verify": verified, "overall": overall, "overall_text": overall_text,
+            "refreshed_relative": relative_time(refreshed) if refreshed else None,
+            "refreshed_absolute": format_time(refreshed) if refreshed else None,
+            "refreshed_iso": format_time(refreshed, iso=True) if refreshed else None,
+            "rows_indexed": sum(t["indexed_rows"] for t in tables),
+            "job_when": relative_time(job.get("finished_at") or job["started_at"])
+            if job and (job.get("finished_at") or job.get("started_at")) else None,
+            "page_url": rag_url(datasette, "index", database),
+            "ask_url": ask_url(datasette, database),
+            "database_url": datasette.urls.database(database)}
+
+
+async def _database_title(datasette, database: str) -> str:
+    getter = getattr(datasette, "get_database_metadata", None)  # Datasette 1.0
+    try:
+        meta = await getter(database) if getter else datasette.metadata(database=database)
+    except Exception:  # noqa: BLE001 - a title is decoration
+        meta = {}
+    return (meta or {}).get("title") or database
 
 
 async def index_list(datasette, request):
-    """``/-/llm-rag/index``: databases the actor may index."""
+    """``/-/llm-rag/index``: every index the actor may see, one table each."""
     try:
         names = configured_databases(datasette)
     except ConfigError as e:
@@ -584,11 +688,13 @@ async def index_list(datasette, request):
         from datasette import Forbidden
 
         raise Forbidden(denied_message(request.actor, "llm-index"))
+    indexes = [_for_viewer(await _index_context(datasette, request, name), request.actor,
+                           name, datasette) for name in allowed]
     return Response.html(
         await datasette.render_template(
             "llm_rag_index.html",
-            {"databases": allowed, "database": None, "error": error, "tables": [],
-             "job": None, "info": {}},
+            {"indexes": indexes, "database": None, "error": error,
+             "csrftoken_value": _csrftoken(request)},
             request=request,
         )
     )
@@ -623,10 +729,12 @@ async def index_page(datasette, request):
         return Response.redirect(rag_url(datasette, "index", database))
     context = await _index_context(datasette, request, database)
     context["status_url"] = rag_url(datasette, "index", database) + ".json"
-    context["ask_url"] = ask_url(datasette, database)
     context["csrftoken_value"] = _csrftoken(request)
+    context = _for_viewer(context, request.actor, database, datasette)
     return Response.html(
-        await datasette.render_template("llm_rag_index.html", context, request=request)
+        await datasette.render_template(
+            "llm_rag_index.html", {**context, "indexes": [context]}, request=request
+        )
     )
 
 
@@ -636,7 +744,8 @@ async def index_status_json(datasette, request):
     denied = await _check(datasette, request, "llm-index", database, as_json=True)
     if denied:
         return denied
-    context = await _index_context(datasette, request, database)
+    context = _for_viewer(await _index_context(datasette, request, database), request.actor,
+                          database, datasette)
     return Response.json({"ok": context["error"] is None, **context}, default=str)
 
 
