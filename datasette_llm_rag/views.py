@@ -250,6 +250,7 @@ async def ask_page(datasette, request):
             and request.headers.get("sec-fetch-site") == "same-origin"
         )
         context["table_titles"] = await table_titles(datasette, database, context["tables"])
+        context["database_title"] = await _database_title(datasette, database)
         if question and context["error"] is None:
             try:
                 context["retrieval"] = await retrieve(
@@ -669,10 +670,13 @@ async def _index_context(datasette, request, database: str) -> dict:
 async def _database_title(datasette, database: str) -> str:
     getter = getattr(datasette, "get_database_metadata", None)  # Datasette 1.0
     try:
-        meta = await getter(database) if getter else datasette.metadata(database=database)
+        if getter is not None:
+            title = (await getter(database) or {}).get("title")
+        else:  # 0.65; without fallback=False this would be the instance's title
+            title = datasette.metadata("title", database=database, fallback=False)
     except Exception:  # noqa: BLE001 - a title is decoration
-        meta = {}
-    return (meta or {}).get("title") or database
+        title = None
+    return str(title) if title else database
 
 
 async def index_list(datasette, request):

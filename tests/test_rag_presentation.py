@@ -45,12 +45,13 @@ async def ds(tmp_path, fake_models):
     label = {"places": {"label_column": "name"}}
     if P.IS_V1:  # titles are metadata, label_column is configuration
         datasette = Datasette(
-            [path], metadata={"databases": {"news": {"tables": tables_meta}}},
+            [path], metadata={"title": "Site title", "databases": {"news": {"tables": tables_meta}}},
             config={"databases": {"news": {"tables": label}},
                     "plugins": {"datasette-llm-newsroom": plugin}})
     else:
         merged = {t: {**tables_meta.get(t, {}), **label.get(t, {})} for t in ("articles", "places")}
-        datasette = Datasette([path], metadata={"databases": {"news": {"tables": merged}},
+        datasette = Datasette([path], metadata={"title": "Site title",
+                                                "databases": {"news": {"tables": merged}},
                                                 "plugins": {"datasette-llm-newsroom": plugin}})
     await datasette.invoke_startup()
     response = await post_json(datasette, "/-/llm-rag/index/news", {}, "root")
@@ -190,3 +191,10 @@ async def test_question_box_names_the_table_by_its_title(ds):
         assert "Ask about Council news articles</label>" in page.text
     else:  # 0.65: the box script gets the title in its URL
         assert "title=Council+news+articles" in html.unescape(page.text)
+
+
+async def test_index_page_uses_table_titles_not_the_sites_title(ds):
+    page = await ds.client.get("/-/llm-rag/index", cookies=cookies(ds, "root"))
+    assert '<a href="/-/llm-rag/index/news">news</a>' in page.text  # the database has no title
+    assert '<a href="/news/articles">Council news articles</a> <span class="llm-rag-key">articles</span>' \
+        in page.text
