@@ -59,6 +59,13 @@ def llm_menu_links(datasette, actor, request):
     return _permissions.menu_links_body(datasette, actor)
 
 
+@hookimpl(specname="forbidden")
+def llm_state_db_forbidden(datasette, request, message):
+    from .denied import state_db_forbidden
+
+    return state_db_forbidden(datasette, request, message)
+
+
 @hookimpl(specname="startup")
 def llm_check_permission_config(datasette):
     _permissions.grants_for(datasette)  # raises ConfigError on a bad permissions: block

@@ -1,8 +1,17 @@
-"""Schema-driven extraction into reviewed, traceable table rows (Datasette hooks only)."""
+"""Schema-driven extraction into reviewed, traceable table rows (Datasette hooks only).
+
+The "Extract data into a new table" button on database pages comes from
+``top_database`` on Datasette 1.0 and from a small script (``extra_js_urls``)
+on 0.65, which lacks that hook; pluggy never calls an impl for a missing hook.
+"""
 
 from datasette import hookimpl
+from datasette import hookspecs as _datasette_hookspecs
 
 from . import hooks, views
+
+#: Datasette 1.0 alphas have top_database; 0.65 gets the same button from a script.
+HAS_TOP_HOOKS = hasattr(_datasette_hookspecs, "top_database")
 
 
 @hookimpl
@@ -18,6 +27,21 @@ def startup(datasette):
 @hookimpl
 def database_actions(datasette, actor, database):
     return hooks.database_actions(datasette, actor, database)
+
+
+@hookimpl
+def top_database(datasette, request, database):
+    return hooks.top_database(datasette, request, database)
+
+
+@hookimpl
+def extra_js_urls(datasette, request, database, view_name):
+    return hooks.extra_js_urls(datasette, request, database, view_name, HAS_TOP_HOOKS)
+
+
+@hookimpl
+def extra_css_urls(datasette, view_name):
+    return hooks.extra_css_urls(datasette, view_name)
 
 
 @hookimpl

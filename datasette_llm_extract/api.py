@@ -12,6 +12,7 @@ from datasette import Forbidden, NotFound, Response
 from datasette.utils import tilde_decode
 
 from datasette_llm_core import permissions
+from datasette_llm_core.denied import denied_message
 from datasette_llm_core.state import STATE_DB_NAME, state_db
 
 from . import runs, service
@@ -201,7 +202,7 @@ async def examples_export(datasette, request):
     if database not in datasette.databases:
         raise NotFound("No such database.")
     if not await permissions.allowed(datasette, request.actor, "llm-extract", database, table):
-        raise Forbidden("You do not have permission to run LLM extraction on this table.")
+        raise Forbidden(denied_message(request.actor, "llm-extract", database, table))
     state = await state_db(datasette)
     documents = await runs.gold_documents(state, database, table)
     body = "".join(json.dumps(d, ensure_ascii=False, default=str) + "\n" for d in documents)
@@ -223,7 +224,7 @@ async def save_template(datasette, request, receive):
                 allowed_somewhere = True
                 break
         if not allowed_somewhere:
-            raise UserError("You do not have permission to run LLM extraction.", 403)
+            raise UserError(denied_message(actor, "llm-extract"), 403)
         data = await _read_json(request, receive, 1_000_000)
         name = str(data.get("name") or "").strip()
         if not name:

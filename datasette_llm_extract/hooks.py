@@ -7,6 +7,7 @@ import re
 from markupsafe import Markup, escape
 
 from datasette_llm_core import permissions
+from datasette_llm_core.config import PLUGIN_NAME
 from datasette_llm_core.state import STATE_DB_NAME
 
 from . import runs, tasks  # noqa: F401  (runs registers the state-table migrations)
@@ -43,6 +44,59 @@ def database_actions(datasette, actor, database):
         }]
 
     return inner
+
+
+async def new_table_url(datasette, actor, database: str) -> str | None:
+    """Where "Extract data into a new table" leads on ``database``'s page, if
+    ``actor`` may do it there (writable, not the state or an internal
+    database, llm-extract granted, Datasette's create-table allowed)."""
+    from .service import can_write
+
+    db = datasette.databases.get(database)
+    if db is None or database == STATE_DB_NAME or database.startswith("_") or not db.is_mutable:
+        return None
+    if not await permissions.allowed(datasette, actor, "llm-extract", database):
+        return None
+    if not await can_write(datasette, actor, "create-table", database):
+        return None
+    return datasette.urls.path(f"{PREFIX}/new/{_encode(database)}")
+
+
+def top_database(datasette, request, database):
+    """Datasette 1.0: a visible button at the top of the database page (the
+    actions menu alone hides extraction from someone who has no table yet)."""
+    async def inner():
+        url = await new_table_url(datasette, request.actor if request else None, database)
+        if not url:
+            return ""
+        return await datasette.render_template(
+            "llm_extract_db_button.html", {"new_url": url}, request=request)
+
+    return inner
+
+
+def extra_js_urls(datasette, request, database, view_name, has_top_hooks: bool):
+    """Datasette 0.65 has no top_database hook: a small script adds the same
+    button, its target passed in its own URL."""
+    if has_top_hooks or view_name != "database" or not database or request is None:
+        return []
+
+    async def inner():
+        url = await new_table_url(datasette, request.actor, database)
+        if not url:
+            return []
+        from urllib.parse import urlencode
+
+        script = datasette.urls.static_plugins(PLUGIN_NAME, "llm_extract_db_button.js")
+        return [script + "?" + urlencode({"new": url})]
+
+    return inner
+
+
+def extra_css_urls(datasette, view_name):
+    if view_name == "database":
+        return [datasette.urls.static_plugins(PLUGIN_NAME, "llm_newsroom.css")]
+    return []
 
 
 def table_actions(datasette, actor, database, table):

@@ -17,6 +17,7 @@ from datasette import Forbidden, NotFound, Response
 from datasette.utils import tilde_decode, tilde_encode
 
 from datasette_llm_core import permissions
+from datasette_llm_core.denied import denied_message
 from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.gateway import llm_gateway, no_model_message
 from datasette_llm_core.state import STATE_DB_NAME, state_db
@@ -213,7 +214,7 @@ async def index(datasette, request):
         if await permissions.allowed(datasette, actor, "llm-extract", name):
             targets.append(name)
     if not visible and not targets:
-        raise Forbidden("You do not have permission to run LLM extraction.")
+        raise Forbidden(denied_message(actor, "llm-extract"))
     return Response.html(await datasette.render_template(
         "llm_extract_index.html",
         {"runs": visible, "targets": targets, "run_url": lambda r: run_url(datasette, r),
@@ -261,6 +262,8 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
         service._check_database(datasette, database)
         if not new_table and not await datasette.databases[database].table_exists(table):
             raise UserError(f"There is no table called {table!r} in {database!r}.", status=404)
+        if not await permissions.allowed(datasette, actor, "llm-extract", database, table):
+            raise Forbidden(denied_message(actor, "llm-extract", database, table))
         await service.check_extract(datasette, actor, database, table, new_table)
     except UserError as e:
         _raise_for(e)

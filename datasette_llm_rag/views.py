@@ -19,11 +19,13 @@ from datasette.utils.asgi import AsgiStream, Response
 
 from datasette_llm_core import permissions
 from datasette_llm_core.config import PLUGIN_NAME
+from datasette_llm_core.denied import denied_message
 from datasette_llm_core.errors import ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 
 from . import jobs
 from .answer import NO_MODEL_NOTE, ask_events, ask_json, get_answer
+from .display import Labeller, format_time, relative_time, split_strong_weak, table_titles
 from .retrieval import (
     DEFAULT_K,
     MAX_K,
@@ -101,9 +103,7 @@ async def _check(datasette, request, action, database, *, as_json: bool):
         raise NotFound(f"Database {database!r} not found")
     if await _can(datasette, request.actor, action, database):
         return None
-    message = f"You do not have permission to {permissions.ACTIONS[action].lower()}" + (
-        f" in {database!r}." if database else "."
-    )
+    message = denied_message(request.actor, action, database)
     if as_json:
         return json_error(message, 403, "forbidden")
     from datasette import Forbidden
@@ -175,6 +175,30 @@ async def _searchable_databases(datasette, actor) -> list[str]:
     return [n for n in names if await _can(datasette, actor, "llm-search", n)]
 
 
+def _labeller(datasette, database: str, config=None) -> Labeller:
+    """Row labels and table titles for hits of ``database`` (see display.py)."""
+    try:
+        config = config or rag_settings(datasette)
+        db_config = config.databases.get(database)
+    except ConfigError:
+        db_config = None
+    title_columns = {t: c.title_column for t, c in db_config.tables.items()} if db_config else {}
+    return Labeller(datasette, database, title_columns)
+
+
+async def _describe(labeller: Labeller, rows: list[dict]) -> list[dict]:
+    return [await labeller.describe(row) for row in rows]
+
+
+async def _described_event(labeller: Labeller, event: dict) -> dict:
+    """A server-sent event with its rows described for people (labels, titles)."""
+    if event.get("event") == "sources" and event.get("rows"):
+        return {**event, "rows": await _describe(labeller, event["rows"])}
+    if event.get("event") == "done" and event.get("cited_rows"):
+        return {**event, "cited_rows": await _describe(labeller, event["cited_rows"])}
+    return event
+
+
 # ------------------------------------------------------------------ ask page
 async def ask_page(datasette, request):
     """``/-/llm-ask`` and ``/-/llm-ask/<database>``: the question box (and search results)."""
@@ -201,6 +225,9 @@ async def ask_page(datasette, request):
         "selected_tables": requested or [],
         "tables": [],
         "retrieval": None,
+        "strong": [],
+        "weak": [],
+        "table_titles": {},
         "error": None,
         "max_chars": max_question_chars(config),
         "csrftoken_value": _csrftoken(request),
@@ -225,6 +252,8 @@ async def ask_page(datasette, request):
             context["answers"] and question and request.args.get("ask") == "1"
             and request.headers.get("sec-fetch-site") == "same-origin"
         )
+        context["table_titles"] = await table_titles(datasette, database, context["tables"])
+        context["database_title"] = await _database_title(datasette, database)
         if question and context["error"] is None:
             try:
                 context["retrieval"] = await retrieve(
@@ -234,6 +263,10 @@ async def ask_page(datasette, request):
                 context["error"] = str(e)
             except LLMSuiteError as e:
                 context["error"] = f"Search failed: {e}"
+            else:
+                rows = await _describe(_labeller(datasette, database, config),
+                                       [h.as_json() for h in context["retrieval"].hits])
+                context["strong"], context["weak"] = split_strong_weak(rows)
     status = 200
     return Response.html(
         await datasette.render_template("llm_rag_ask.html", context, request=request), status=status
@@ -278,7 +311,8 @@ async def search_json(datasette, request):
             "database": database,
             "question": retrieval.question,
             "tables": retrieval.tables,
-            "rows": [h.as_json() for h in retrieval.hits],
+            "rows": await _describe(_labeller(datasette, database),
+                                    [h.as_json() for h in retrieval.hits]),
         }
     )
 
@@ -347,8 +381,12 @@ async def ask_api(datasette, request):
     stream = _truthy(body.get("stream")) or "text/event-stream" in (
         request.headers.get("accept") or ""
     )
+    labeller = _labeller(datasette, database)
     if not stream:
         out, status = await ask_json(datasette, request.actor, database, question, **kwargs)
+        for key in ("rows", "cited_rows"):
+            if out.get(key):
+                out[key] = await _describe(labeller, out[key])
         if not want_answer:
             out["notice"] = {"kind": "no_permission",
                              "message": "You may search but not ask for model answers "
@@ -369,9 +407,9 @@ async def ask_api(datasette, request):
                 await writer.write(_sse({"event": "notice", "kind": "no_permission",
                                          "message": "You may search but not ask for model "
                                                     "answers (the llm-ask permission)."}))
-            await writer.write(_sse(first))
+            await writer.write(_sse(await _described_event(labeller, first)))
             async for event in events:
-                await writer.write(_sse(event))
+                await writer.write(_sse(await _described_event(labeller, event)))
         except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
             await writer.write(_sse({"event": "error", "kind": "server_error",
                                      "message": f"The answer failed: {type(e).__name__}"}))
@@ -454,16 +492,24 @@ async def similar_view(datasette, request):
         if as_json:
             return json_error(str(e), e.status, e.kind)
         error, status = str(e), e.status
+    labeller = _labeller(datasette, database)
+    described = []
+    for r in rows:
+        row = await labeller.describe({**r.as_json(), "score": None})
+        described.append({**row, "score": r.score})
     if as_json:
         return Response.json({"ok": True, "database": database, "table": table,
-                              "pk": pk, "rows": [r.as_json() for r in rows]})
+                              "pk": pk, "rows": described})
     from .retrieval import pk_label
 
+    # The row itself, named as Datasette names it (label_column), its key secondary.
+    source_label = await labeller.found_label(table, pk) if error is None else None
     return Response.html(
         await datasette.render_template(
             "llm_rag_similar.html",
-            {"database": database, "table": table, "pk": pk_label(pk), "rows": rows,
-             "error": error,
+            {"database": database, "table": table, "pk": pk_label(pk), "rows": described,
+             "error": error, "label": source_label,
+             "table_title": await labeller.table_title(table),
              "row_url": datasette.urls.row(database, table, pk_path)},
             request=request,
         ),
@@ -472,8 +518,26 @@ async def similar_view(datasette, request):
 
 
 # ------------------------------------------------------------------ index page
+def _table_state_text(state: str, rows, indexed: int) -> str:
+    """What a table's index state means, in words."""
+    if state == "missing table":
+        return "Table not found in the database"
+    if state == "not indexed":
+        return "Not indexed yet"
+    if state == "stale":
+        diff = (rows or 0) - indexed
+        if diff > 0:
+            return f"Out of date: {diff:,} row{'s' if diff != 1 else ''} not indexed yet"
+        return f"Out of date: {-diff:,} indexed row{'s' if diff != -1 else ''} no longer in the table"
+    return "Up to date"
+
+
 async def _table_status(datasette, database: str, config) -> tuple[list[dict], dict]:
-    """Configured tables with source rows and index entries; and index-level facts."""
+    """Configured tables with source rows and index entries; and index-level facts.
+
+    ``info["sidecar"]`` is the index file's full path (only ever shown to
+    root, see ``_for_viewer``); ``info["refreshed"]`` the last write's unix time.
+    """
     import os
     import sqlite3
 
@@ -484,7 +548,8 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     configured = list(db_config.tables) if db_config else []
     present = set(await db.table_names())
     indexed: dict[str, tuple[int, int]] = {}
-    info: dict = {"sidecar": None, "exists": False, "model": None, "error": None}
+    info: dict = {"sidecar": None, "exists": False, "model": None, "error": None,
+                  "refreshed": None}
     try:
         path = sidecar_for(datasette, database, config)
         info["sidecar"] = path
@@ -492,17 +557,27 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
             info["exists"] = True
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                info["model"] = read_meta(conn).get("embedding_model")
+                meta = read_meta(conn)
+                info["model"] = meta.get("embedding_model")
+                for key in ("updated", "created"):
+                    try:
+                        info["refreshed"] = float(meta[key])
+                        break
+                    except (KeyError, TypeError, ValueError):
+                        continue
                 for tbl, rows, entries in conn.execute(
                     "select tbl, count(distinct pk), count(*) from entries group by tbl"
                 ):
                     indexed[tbl] = (rows, entries)
             finally:
                 conn.close()
-    except (ConfigError, sqlite3.DatabaseError) as e:
+            if info["refreshed"] is None:
+                info["refreshed"] = os.path.getmtime(path)
+    except (ConfigError, sqlite3.DatabaseError, OSError) as e:
         info["error"] = str(e)
     from datasette_llm_core.sql import quote_identifier
 
+    titles = await table_titles(datasette, database, configured)
     out = []
     for table in configured:
         exists = table in present
@@ -520,8 +595,10 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
             state = "stale"
         else:
             state = "indexed"
-        out.append({"table": table, "exists": exists, "rows": count, "indexed_rows": rows,
-                    "entries": entries, "state": state})
+        out.append({"table": table, "title": titles.get(table, table), "exists": exists,
+                    "rows": count, "indexed_rows": rows, "entries": entries, "state": state,
+                    "state_text": _table_state_text(state, count, rows),
+                    "url": datasette.urls.table(database, table) if exists else None})
     return out, info
 
 
@@ -548,6 +625,56 @@ async def _verify(datasette, database: str, config) -> dict:
     return {**dataclasses.asdict(report), "ok": report.ok, "error": None}
 
 
+def _hide_paths(value, paths: list[str]):
+    """``value`` (text, or dicts/lists of text) with each absolute path replaced
+    by its file name: only root sees where files live on the server."""
+    import os
+
+    if isinstance(value, str):
+        for path in sorted({p for p in paths if p}, key=len, reverse=True):
+            value = value.replace(path, os.path.basename(path.rstrip(os.sep)) or "(path)")
+        return value
+    if isinstance(value, dict):
+        return {k: _hide_paths(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_paths(v, paths) for v in value]
+    return value
+
+
+def _for_viewer(context: dict, actor, database: str, datasette) -> dict:
+    """The index context as ``actor`` may see it: full paths for root only."""
+    import os
+
+    info = context.get("info") or {}
+    sidecar = info.get("sidecar")
+    context["sidecar_name"] = os.path.basename(sidecar) if sidecar else None
+    if permissions.is_root(actor):
+        return context
+    db = datasette.databases.get(database)
+    paths = [sidecar, os.path.dirname(sidecar) if sidecar else None,
+             getattr(db, "path", None)]
+    paths += [os.path.dirname(p) for p in paths[2:] if p]
+    hidden = {k: _hide_paths(v, paths) for k, v in context.items()}
+    if hidden.get("info"):
+        hidden["info"] = {**hidden["info"], "sidecar": context["sidecar_name"]}
+    return hidden
+
+
+def _overall(tables: list[dict], info: dict, configured_model, job) -> tuple[str, str]:
+    """(css state, words) for a whole index: up to date, needs a refresh, ..."""
+    if job and job.get("status") in jobs.ACTIVE:
+        return "running", "Refresh in progress"
+    if info.get("error"):
+        return "problem", "The index cannot be read"
+    if not info.get("exists"):
+        return "missing", "Not built yet"
+    if info.get("model") and configured_model and info["model"] != configured_model:
+        return "problem", "Built with another embedding model: rebuild it"
+    if any(t["state"] in ("stale", "not indexed") for t in tables):
+        return "stale", "Needs a refresh"
+    return "ok", "Up to date (row counts match)"
+
+
 async def _index_context(datasette, request, database: str) -> dict:
     config = rag_settings(datasette)
     if database not in config.databases:
@@ -560,12 +687,38 @@ async def _index_context(datasette, request, database: str) -> dict:
     verified = None
     if request.args.get("verify") and info.get("exists") and not (job and job["status"] in jobs.ACTIVE):
         verified = await _verify(datasette, database, config)
-    return {"database": database, "tables": tables, "info": info, "job": job, "error": None,
-            "configured_model": config.model_for(database), "verify": verified}
+    configured_model = config.model_for(database)
+    overall, overall_text = _overall(tables, info, configured_model, job)
+    refreshed = info.get("refreshed")
+    db_title = await _database_title(datasette, database)
+    return {"database": database, "database_title": db_title, "tables": tables, "info": info,
+            "job": job, "error": None, "configured_model": configured_model,
+            "verify": verified, "overall": overall, "overall_text": overall_text,
+            "refreshed_relative": relative_time(refreshed) if refreshed else None,
+            "refreshed_absolute": format_time(refreshed) if refreshed else None,
+            "refreshed_iso": format_time(refreshed, iso=True) if refreshed else None,
+            "rows_indexed": sum(t["indexed_rows"] for t in tables),
+            "job_when": relative_time(job.get("finished_at") or job["started_at"])
+            if job and (job.get("finished_at") or job.get("started_at")) else None,
+            "page_url": rag_url(datasette, "index", database),
+            "ask_url": ask_url(datasette, database),
+            "database_url": datasette.urls.database(database)}
+
+
+async def _database_title(datasette, database: str) -> str:
+    getter = getattr(datasette, "get_database_metadata", None)  # Datasette 1.0
+    try:
+        if getter is not None:
+            title = (await getter(database) or {}).get("title")
+        else:  # 0.65; without fallback=False this would be the instance's title
+            title = datasette.metadata("title", database=database, fallback=False)
+    except Exception:  # noqa: BLE001 - a title is decoration
+        title = None
+    return str(title) if title else database
 
 
 async def index_list(datasette, request):
-    """``/-/llm-rag/index``: databases the actor may index."""
+    """``/-/llm-rag/index``: every index the actor may see, one table each."""
     try:
         names = configured_databases(datasette)
     except ConfigError as e:
@@ -576,12 +729,14 @@ async def index_list(datasette, request):
     if not allowed and error is None:
         from datasette import Forbidden
 
-        raise Forbidden("You do not have permission to build the search index.")
+        raise Forbidden(denied_message(request.actor, "llm-index"))
+    indexes = [_for_viewer(await _index_context(datasette, request, name), request.actor,
+                           name, datasette) for name in allowed]
     return Response.html(
         await datasette.render_template(
             "llm_rag_index.html",
-            {"databases": allowed, "database": None, "error": error, "tables": [],
-             "job": None, "info": {}},
+            {"indexes": indexes, "database": None, "error": error,
+             "csrftoken_value": _csrftoken(request)},
             request=request,
         )
     )
@@ -616,10 +771,12 @@ async def index_page(datasette, request):
         return Response.redirect(rag_url(datasette, "index", database))
     context = await _index_context(datasette, request, database)
     context["status_url"] = rag_url(datasette, "index", database) + ".json"
-    context["ask_url"] = ask_url(datasette, database)
     context["csrftoken_value"] = _csrftoken(request)
+    context = _for_viewer(context, request.actor, database, datasette)
     return Response.html(
-        await datasette.render_template("llm_rag_index.html", context, request=request)
+        await datasette.render_template(
+            "llm_rag_index.html", {**context, "indexes": [context]}, request=request
+        )
     )
 
 
@@ -629,7 +786,8 @@ async def index_status_json(datasette, request):
     denied = await _check(datasette, request, "llm-index", database, as_json=True)
     if denied:
         return denied
-    context = await _index_context(datasette, request, database)
+    context = _for_viewer(await _index_context(datasette, request, database), request.actor,
+                          database, datasette)
     return Response.json({"ok": context["error"] is None, **context}, default=str)
 
 
@@ -657,9 +815,11 @@ async def box_html(datasette, request, database: str | None = None, table: str |
         choices = await _searchable_databases(datasette, actor)
         if not choices:
             return ""
+    title = await table_titles(datasette, database, [table]) if table else {}
     return await datasette.render_template(
         "llm_rag_box.html",
         {"choices": choices, "database": database, "table": table,
+         "table_title": title.get(table, table),
          "action": ask_url(datasette, database) if database else ask_url(datasette)},
         request=request,
     )
@@ -696,6 +856,7 @@ async def box_script_url(datasette, request, database, table, view_name) -> str 
             params["ask"] = ask_url(datasette, database)
             if view_name == "table":
                 params["table"] = table
+                params["title"] = (await table_titles(datasette, database, [table]))[table]
     elif view_name == "row" and database and table:
         link = await similar_link(datasette, actor, database, table, request.url_vars.get("pks", ""))
         if link:

@@ -7,6 +7,7 @@ registered through the suite's hooks, against a real SQLite file.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -56,7 +57,8 @@ async def test_index_job_from_page_then_search_links_rows(ds, hash_embedder):
 
     page = await ds.client.get("/-/llm-rag/index/news", cookies=cookies(ds, "root"))
     assert page.status_code == 200
-    assert "<td>articles</td><td>4</td><td>4</td>" in page.text
+    assert re.search(r'<a href="/news/articles">articles</a></td>\s*<td>4</td>\s*<td>4</td>',
+                     page.text), page.text
     assert "done" in page.text
 
     r = await ds.client.get(
@@ -272,7 +274,7 @@ async def test_unknown_table_in_config_is_skipped(tmp_path, fake_models):
     ds = make_datasette(tmp_path, rag=rag, state=str(tmp_path / "state.db"))
     await ds.invoke_startup()
     page = await ds.client.get("/-/llm-rag/index/news", cookies=cookies(ds, "root"))
-    assert "<td>ghost</td>" in page.text and "missing table" in page.text
+    assert "<td>ghost</td>" in page.text and "Table not found in the database" in page.text
     job = await build_index(ds)
     assert job["status"] == "done", job
     r = await ds.client.get("/-/llm-rag/news/search.json?q=bridge", cookies=cookies(ds, "root"))

@@ -26,33 +26,56 @@
   function localHref(href) {
     return typeof href === "string" && href.charAt(0) === "/" && href.charAt(1) !== "/" && href.indexOf("\\") === -1;
   }
+  /* Rows arrive described by the server: label (the row's title or label
+   * column), table_title (the table's metadata title), relevance (words) and
+   * relevance_detail (the numbers, shown on hover only). */
+  function rowName(row) {
+    return row.label || row.title || ("Row " + row.pk);
+  }
   function rowLink(row) {
-    var label = row.table + ": " + (row.title || row.pk);
+    var label = rowName(row);
     if (!localHref(row.url)) return el("span", label);
     var a = el("a", label);
     a.href = row.url;
     return a;
   }
-  function showRows(rows, heading) {
+  function rowItem(row, numbered) {
+    var li = el("li");
+    if (numbered) li.appendChild(el("span", "[" + row.n + "] ", "llm-rag-num"));
+    li.appendChild(rowLink(row));
+    li.appendChild(document.createTextNode(" "));
+    li.appendChild(el("span", "in " + (row.table_title || row.table), "llm-rag-source"));
+    li.appendChild(document.createTextNode(" "));
+    var score = el("span", row.relevance || "", "llm-rag-score");
+    if (row.relevance_detail) score.title = row.relevance_detail;
+    li.appendChild(score);
+    li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
+    return li;
+  }
+  function showRows(rows, heading, numbered) {
     results.textContent = "";
     results.appendChild(el("h2", heading));
     if (!rows.length) {
       results.appendChild(el("p", "No rows matched."));
       return;
     }
-    var ol = el("ol");
-    rows.forEach(function (row) {
-      var li = el("li", null, row.relevant === false ? "llm-rag-weak" : "");
-      li.appendChild(el("span", "[" + row.n + "] ", "llm-rag-num"));
-      li.appendChild(rowLink(row));
-      var score = "score " + Number(row.score).toFixed(3);
-      if (row.vector_score !== null && row.vector_score !== undefined) score += ", similarity " + Number(row.vector_score).toFixed(2);
-      if (row.relevant === false) score += " (weak match)";
-      li.appendChild(el("span", " " + score, "llm-rag-score"));
-      li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
-      ol.appendChild(li);
-    });
-    results.appendChild(ol);
+    /* Strong matches first; weaker ones after their own heading. */
+    var strong = rows.filter(function (row) { return row.relevant !== false; });
+    var weak = rows.filter(function (row) { return row.relevant === false; });
+    if (strong.length) {
+      var ol = el("ol", null, "llm-rag-hits");
+      strong.forEach(function (row) { ol.appendChild(rowItem(row, numbered)); });
+      results.appendChild(ol);
+    } else {
+      results.appendChild(el("p", "No row is a close match for this question."));
+    }
+    if (weak.length) {
+      results.appendChild(el("h3", "Weaker matches", "llm-rag-weak-heading"));
+      results.appendChild(el("p", "These rows are less similar to the question: check that they are about the same thing.", "llm-rag-note"));
+      var weakList = el("ol", null, "llm-rag-hits llm-rag-weak");
+      weak.forEach(function (row) { weakList.appendChild(rowItem(row, numbered)); });
+      results.appendChild(weakList);
+    }
   }
   function renderBlocks(blocks) {
     textBox.textContent = "";
@@ -75,7 +98,7 @@
           if (row && localHref(row.url)) {
             var a = el("a", label, "llm-rag-cite");
             a.href = row.url;
-            a.title = row.table + ": " + (row.title || row.pk);
+            a.title = rowName(row) + " (" + (row.table_title || row.table) + ")";
             node.appendChild(a);
           } else {
             node.appendChild(el("span", label, "llm-rag-cite"));
@@ -94,6 +117,8 @@
       var li = el("li");
       li.value = row.n;
       li.appendChild(rowLink(row));
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("span", "in " + (row.table_title || row.table), "llm-rag-source"));
       li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
       citedList.appendChild(li);
     });
@@ -102,7 +127,8 @@
     if (eventName === "sources") {
       rowsByN = {};
       data.rows.forEach(function (row) { rowsByN[row.n] = row; });
-      showRows(data.rows, data.mode === "answer" ? "Rows given to the model" : "Matching rows");
+      showRows(data.rows, data.mode === "answer" ? "Rows given to the model" : "Matching rows",
+               data.mode === "answer");
       if (data.mode === "answer") statusBox.textContent = "Writing the answer…";
     } else if (eventName === "delta") {
       textBox.appendChild(document.createTextNode(data.text));

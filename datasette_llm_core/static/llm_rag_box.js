@@ -30,7 +30,8 @@
     if (local(ask)) {
       var form = el("form", {"class": "llm-rag-box", action: ask, method: "get", role: "search"});
       var table = params.get("table");
-      form.appendChild(el("label", {"for": "llm-rag-box-q"}, table ? "Ask about " + table : "Ask a question"));
+      var title = params.get("title") || table;
+      form.appendChild(el("label", {"for": "llm-rag-box-q"}, table ? "Ask about " + title : "Ask a question"));
       var dbs = params.getAll("db");
       if (dbs.length > 1) {
         form.appendChild(el("label", {"for": "llm-rag-box-db", "class": "llm-rag-visually-hidden"}, "Database"));

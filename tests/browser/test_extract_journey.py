@@ -208,8 +208,14 @@ def _extract_links(page, url: str):
 
 def test_without_permission_no_extract_menu_and_403(root_page, page_as, anon_page,
                                                      datasette_server):
-    # positive control: root sees the action on the database and the table page
-    expect(_extract_links(root_page, datasette_server.url("/newsroom"))).to_have_count(1)
+    # positive control: root sees the action on the database and the table page;
+    # on the (empty) newsroom database also as a visible button, not only in the
+    # actions menu (1.0: top_database; 0.65: added by llm_extract_db_button.js)
+    expect(_extract_links(root_page, datasette_server.url("/newsroom"))).to_have_count(2)
+    button = root_page.get_by_role("link", name="Extract data into a new table").and_(
+        root_page.locator("a.llm-newsroom-button"))
+    expect(button).to_be_visible()
+    assert button.get_attribute("href").endswith("/-/llm-extract/new/newsroom")
     expect(_extract_links(root_page, datasette_server.url("/documents/receipts"))).to_have_count(1)
     for page in (anon_page, page_as({"id": "intern"})):
         expect(_extract_links(page, datasette_server.url("/newsroom"))).to_have_count(0)
