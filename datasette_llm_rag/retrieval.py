@@ -316,7 +316,13 @@ async def retrieve(
     hits = index_errors(
         database, index.search_hybrid, question, qvec, k * 2, tables=allowed, rrf_k=config.rrf_k
     )
-    result.hits = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))[:k]
+    rows = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))[:k]
+    # Rows relevant enough come first, weaker matches after them, each group
+    # in fused order; numbers follow the order shown.
+    rows.sort(key=lambda r: not r.relevant)
+    for n, row in enumerate(rows, 1):
+        row.n = n
+    result.hits = rows
     return result
 
 

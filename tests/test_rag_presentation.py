@@ -198,3 +198,19 @@ async def test_index_page_uses_table_titles_not_the_sites_title(ds):
     assert '<a href="/-/llm-rag/index/news">news</a>' in page.text  # the database has no title
     assert '<a href="/news/articles">Council news articles</a> <span class="llm-rag-key">articles</span>' \
         in page.text
+
+
+async def test_retrieval_itself_puts_relevant_rows_first_and_renumbers(ds, monkeypatch):
+    from datasette_llm_rag import retrieval
+    from datasette_llm_rag.store import Hit, RagIndex
+
+    def fused(self, question, qvec, k, tables=None, rrf_k=10, **kw):
+        # fusion ranked a weak row (low similarity, no word match) first
+        return [
+            Hit("articles", [2], 0, "lunch", "Weak", 0.05, 1, None, 0.1, None, entry_id=2),
+            Hit("articles", [1], 0, "bridge", "Strong", 0.04, 2, 1, 0.9, 3.0, entry_id=1),
+        ]
+
+    monkeypatch.setattr(RagIndex, "search_hybrid", fused)
+    result = await retrieval.retrieve(ds, {"id": "root"}, "news", "bridge")
+    assert [(h.title, h.relevant, h.n) for h in result.hits] == [("Strong", True, 1), ("Weak", False, 2)]
