@@ -138,7 +138,7 @@ async def test_in_memory_ranking_is_fts5_bm25(tmp_path):
             assert ours == []
             continue
         checked += 1
-        # Same scores (weights are stored as float16: ~1e-3 relative).
+        # Same scores (float32 in memory, double in SQLite).
         assert [s for _, s in ours] == pytest.approx([s for _, s in theirs], rel=2e-3), q
         # Same rows, except where two rows' scores tie within that rounding.
         for (a, sa), (b, sb) in zip(ours, theirs):
