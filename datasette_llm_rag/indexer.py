@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 from urllib.parse import quote
 
 import numpy as np
+from datasette.utils.sqlite import sqlite3 as source_sqlite
 
 from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.sql import quote_identifier
@@ -91,17 +92,24 @@ class TablePlan:
 # ---------------------------------------------------------------- source access
 
 
-def open_source(path: str, *, immutable: bool = False) -> sqlite3.Connection:
-    """Open a database read-only (``mode=ro``; ``immutable=1`` for -i databases)."""
+def open_source(path: str, *, immutable: bool = False) -> Any:
+    """Open a database read-only (``mode=ro``; ``immutable=1`` for -i databases).
+
+    Through the SQLite library Datasette itself uses (pysqlite3 when it is
+    installed): two copies of SQLite in one process do not see each other's
+    POSIX locks, and closing a file in one drops the other's locks on it, which
+    could let a write by Datasette (an extraction inserting rows) collide with
+    this read.
+    """
     if not os.path.exists(path):
         raise ConfigError(f"Database file {path} does not exist.")
     flag = "immutable=1" if immutable else "mode=ro"
-    conn = sqlite3.connect(
+    conn = source_sqlite.connect(
         f"file:{quote(os.path.abspath(path))}?{flag}", uri=True, check_same_thread=False
     )
     try:
         conn.execute("select count(*) from sqlite_master").fetchone()
-    except sqlite3.DatabaseError as e:
+    except source_sqlite.DatabaseError as e:
         conn.close()
         if not immutable:  # e.g. WAL database in a read-only folder
             return open_source(path, immutable=True)
@@ -400,8 +408,8 @@ def _selected_tables(config: RagConfig, db_name: str, tables: Sequence[str] | No
     return list(tables)
 
 
-def _open_source_arg(source: str | sqlite3.Connection, immutable: bool) -> tuple[sqlite3.Connection, bool]:
-    if isinstance(source, sqlite3.Connection):
+def _open_source_arg(source: Any, immutable: bool) -> tuple[Any, bool]:
+    if not isinstance(source, (str, os.PathLike)):  # a connection, of either library
         return source, False
     return open_source(os.fspath(source), immutable=immutable), True
 
@@ -448,7 +456,7 @@ async def refresh_index(
     dims = int(getattr(embedder, "dimensions", 0) or 0)
 
     src, owned = _open_source_arg(source, immutable)
-    src_path = source if isinstance(source, str) else None
+    src_path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
     path = sidecar or sidecar_path(src_path, db_name, config)
     # A caller's own connection may be bound to its thread; ours are not.
     run = asyncio.to_thread if owned else _run_inline
@@ -553,7 +561,7 @@ async def verify(
     config = parse_rag_config(rag_config)
     selected = _selected_tables(config, db_name, None)
     src, owned = _open_source_arg(source, immutable)
-    src_path = source if isinstance(source, str) else None
+    src_path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
     path = sidecar or sidecar_path(src_path, db_name, config)
     side = open_sidecar(path)
     try:

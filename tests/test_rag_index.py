@@ -316,3 +316,21 @@ async def test_tables_not_configured_any_more_are_dropped(tmp_path):
     assert stats.added == 2 and stats.deleted == 0
     with pytest.raises(ConfigError):
         await refresh_index(db, "news", config(), model, tables=["nope"])
+
+
+def test_source_is_read_with_datasettes_sqlite_library(tmp_path):
+    # Two SQLite copies in one process do not share POSIX locks: reads of a
+    # database Datasette may be writing go through Datasette's own library.
+    from datasette.utils.sqlite import sqlite3 as datasette_sqlite
+
+    from datasette_llm_rag.indexer import open_source
+
+    db = make_db(tmp_path / "news.db", [(1, "t", "b")])
+    conn = open_source(db)
+    try:
+        assert isinstance(conn, datasette_sqlite.Connection)
+        assert conn.execute("select count(*) from articles").fetchone()[0] == 1
+        with pytest.raises(datasette_sqlite.OperationalError):  # read-only
+            conn.execute("insert into articles values (2, 'x', 'y')")
+    finally:
+        conn.close()
