@@ -16,6 +16,7 @@ call log and feedback point at.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import inspect
@@ -58,7 +59,7 @@ def _migration_answers(conn: sqlite3.Connection) -> None:
           question text not null, -- the question as asked
           model_id text, -- chat model that answered
           prompt_version text, -- prompt template version (e.g. answer-v1)
-          status text not null, -- streaming, ok, failed
+          status text not null, -- streaming, ok, failed, cancelled (the reader left)
           answer text, -- validated answer text (forged citations removed)
           sources text, -- JSON list of rows given to the model: n, table, pk, url
           cited text, -- JSON list of cited source numbers
@@ -201,6 +202,14 @@ async def ask_events(
                 elif isinstance(event, StreamEnd):
                     finish_reason = event.finish_reason
                     call_id = getattr(event, "call_id", None)
+    except (GeneratorExit, asyncio.CancelledError):
+        # The reader went away mid-answer: keep what was said, marked cancelled.
+        partial = validate_citations("".join(pieces), allowed)
+        await asyncio.shield(_record_end(
+            datasette, answer_id, "cancelled", partial.text, partial.cited, partial.dropped,
+            "The reader left before the answer finished.",
+        ))
+        raise
     except (LLMSuiteError, TimeoutError) as e:
         partial = validate_citations("".join(pieces), allowed)
         await _record_end(

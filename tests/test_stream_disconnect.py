@@ -139,6 +139,15 @@ async def test_closing_the_answer_events_closes_the_model_stream_at_once(indexed
     await events.aclose()
     (row,) = await call_rows(ds)  # no waiting for the garbage collector
     assert row["outcome"] == "cancelled" and row["actor_id"] == "alice"
+    (answer,) = await answer_rows(ds)  # the answer record says so too, with what was said
+    assert answer["status"] == "cancelled" and answer["answer"] and answer["finished_at"]
+
+
+async def answer_rows(ds) -> list[dict]:
+    from datasette_llm_core.state import state_db
+
+    db = await state_db(ds)
+    return [dict(r) for r in (await db.execute("select * from rag_answers")).rows]
 
 
 # --- HTTP level ---------------------------------------------------------------
@@ -193,6 +202,8 @@ async def test_client_hanging_up_mid_answer_logs_cancelled(indexed, scripted_mod
     assert 1 <= row["output_tokens"] < len(ANSWER) // 4
     # the model stopped being read: the stream did not run on to its end
     assert row["latency_ms"] < 40 * 20
+    (answer,) = await answer_rows(ds)
+    assert answer["status"] == "cancelled"
 
 
 async def test_streamed_answer_read_to_the_end_is_still_ok(indexed, scripted_model):
