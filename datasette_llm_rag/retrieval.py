@@ -182,11 +182,18 @@ def index_errors(database: str, fn, *args, **kwargs):
     """Run an index operation, turning sidecar problems into messages that say what to do."""
     from .sidecar import IndexMissingError, ModelMismatchError, SidecarError
 
+    path = getattr(getattr(fn, "__self__", None), "path", None)
+
+    def said(e: Exception) -> str:
+        # Anyone may read these messages: name the index file, not where it lives.
+        text = str(e)
+        return text.replace(path, os.path.basename(path)) if path else text
+
     try:
         return fn(*args, **kwargs)
     except ModelMismatchError as e:
         raise RetrievalError(
-            f"{e} From the web: the Rebuild option on /-/llm-rag/index/{database}.",
+            f"{said(e)} From the web: the Rebuild option on /-/llm-rag/index/{database}.",
             "model_mismatch",
             409,
         ) from None
@@ -198,7 +205,7 @@ def index_errors(database: str, fn, *args, **kwargs):
         ) from None
     except (SidecarError, sqlite3.DatabaseError) as e:
         raise RetrievalError(
-            f"The search index for {database!r} cannot be read: {e} {index_hint(database)}",
+            f"The search index for {database!r} cannot be read: {said(e)} {index_hint(database)}",
             "corrupt_index",
             500,
         ) from None

@@ -245,6 +245,8 @@ async def test_model_mismatch_and_corrupt_index(tmp_path, fake_models):
         assert r.status_code == 409
         assert r.json()["error_kind"] == "model_mismatch"
         assert "hash-embed" in r.json()["error"] and "--rebuild" in r.json()["error"]
+        assert str(tmp_path) not in r.json()["error"]  # the file's name, not where it lives
+        assert "news.llm-rag.db" in r.json()["error"]
         page = await ds2.client.get("/-/llm-ask/news?q=bridge", cookies=cookies(ds2, "root"))
         assert "--rebuild" in page.text
         # rebuilding from the index page fixes it
@@ -265,6 +267,7 @@ async def test_model_mismatch_and_corrupt_index(tmp_path, fake_models):
     r = await ds3.client.get("/-/llm-rag/news/search.json?q=bridge", cookies=cookies(ds3, "root"))
     assert r.status_code == 500 and r.json()["error_kind"] == "corrupt_index"
     assert "rebuild" in r.json()["error"].lower() or "delete" in r.json()["error"].lower()
+    assert str(tmp2) not in r.json()["error"]
     assert (await ds3.client.get("/-/llm-ask/news", cookies=cookies(ds3, "root"))).status_code == 200
 
 
