@@ -7,6 +7,7 @@ Example (metadata.yml on Datasette 0.65, datasette.yaml on 1.0)::
         rag:
           embedding_model: all-MiniLM-L6-v2   # optional, else the gateway default
           sidecar_dir: null                   # optional folder for every sidecar
+          full_text: memory                   # or sqlite: rank with FTS5's bm25() in SQLite
           databases:
             congress:
               sidecar: congress.llm-rag.db    # optional explicit sidecar path
@@ -25,7 +26,7 @@ against the database, which ``check_table`` does at index time.
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -93,6 +94,12 @@ class RagConfig(BaseModel):
     )
     sidecar_dir: str | None = Field(None, description="Folder for sidecars named <db>.llm-rag.db")
     rrf_k: int = Field(10, ge=1, description="Reciprocal rank fusion constant (tuned on SciFact)")
+    full_text: Literal["memory", "sqlite"] = Field(
+        "memory",
+        description="Where full-text ranking runs: 'memory' (FTS5's ranking from postings held in "
+        "memory, fast) or 'sqlite' (FTS5's bm25() in SQLite: no postings in memory, slower on "
+        "large tables)",
+    )
     databases: dict[str, DatabaseConfig] = {}
 
     @field_validator("databases", mode="before")

@@ -175,7 +175,7 @@ def open_index(datasette, database: str, config: RagConfig):
             "no_index",
             409,
         )
-    return store.get_index(path)
+    return store.get_index(path, full_text=config.full_text)
 
 
 def index_errors(database: str, fn, *args, **kwargs):

@@ -104,8 +104,13 @@ def _binary_words(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
 class RagIndex:
     """The loaded search index of one sidecar file. Thread-safe."""
 
-    def __init__(self, path: str, *, exact_limit: int = EXACT_LIMIT, threads: int = 2) -> None:
+    def __init__(
+        self, path: str, *, exact_limit: int = EXACT_LIMIT, threads: int = 2, full_text: str = "memory"
+    ) -> None:
         self.path = os.path.abspath(path)
+        #: "memory": full-text ranking from postings loaded with the vectors;
+        #: "sqlite": FTS5's bm25() in SQLite at each search (nothing loaded).
+        self.full_text = full_text
         self.exact_limit = exact_limit
         self._state: _Loaded | None = None
         self._signature: tuple | None = None
@@ -219,7 +224,8 @@ class RagIndex:
                     state.ids, state.tcode = state.ids[:at], state.tcode[:at]
                     state.q8, state.scale = state.q8[:at], state.scale[:at]
                 state.tables = [t for t, _ in sorted(codes.items(), key=lambda kv: kv[1])]
-                state.lexical = self._load_lexical(conn, state)
+                if self.full_text == "memory":
+                    state.lexical = self._load_lexical(conn, state)
             except SidecarError:
                 self._drop_connection()
                 raise
@@ -458,8 +464,15 @@ class RagIndex:
         self, state: _Loaded, query_text: str, k: int, tables: Iterable[str] | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Row positions and BM25 scores of the best ``k`` full-text matches."""
-        if state.lexical is None or k <= 0:
+        if k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if state.lexical is None:  # full_text: sqlite
+            rows = self._fts5_rows(query_text, k, tables)
+            ids = np.asarray([r[0] for r in rows], np.int64)
+            pos = np.clip(np.searchsorted(state.ids, ids), 0, max(state.count - 1, 0))
+            known = state.ids[pos] == ids if state.count else np.zeros(len(ids), bool)
+            scores = np.asarray([r[1] for r in rows], np.float32)
+            return pos[known], scores[known]
         mask = self._mask(state, tables)
         return state.lexical.search(query_text or "", k, mask)
 
@@ -488,6 +501,22 @@ class RagIndex:
         sidecar's ``entries_fts``. Same terms and ranking, read from disk on
         every call, so much slower on a large index; the evaluation and the
         tests use it as the reference for the in-memory ranking."""
+        rows = self._fts5_rows(query_text, k, tables)
+        hits = self._hydrate([r[0] for r in rows])
+        out = []
+        for rank, (entry_id, score) in enumerate(rows, 1):
+            hit = hits.get(entry_id)
+            if hit is None:
+                continue
+            hit.score = hit.fts_score = float(score)
+            hit.fts_rank = rank
+            out.append(hit)
+        return out
+
+    def _fts5_rows(
+        self, query_text: str, k: int, tables: Iterable[str] | None
+    ) -> list[tuple[int, float]]:
+        """``(entry id, bm25)`` of the best ``k`` rows by SQLite FTS5's own ranking."""
         query = fts5_query(query_text or "")
         if not query or k <= 0:
             return []
@@ -504,17 +533,7 @@ class RagIndex:
             join = "join entries e on e.id = f.rowid"
             where = "and e.tbl in ({})".format(",".join("?" * len(names)))
             params += names
-        rows = self._query(sql.format(join=join, where=where), [*params, int(k)])
-        hits = self._hydrate([r[0] for r in rows])
-        out = []
-        for rank, (entry_id, score) in enumerate(rows, 1):
-            hit = hits.get(entry_id)
-            if hit is None:
-                continue
-            hit.score = hit.fts_score = float(score)
-            hit.fts_rank = rank
-            out.append(hit)
-        return out
+        return self._query(sql.format(join=join, where=where), [*params, int(k)])
 
     # ------------------------------------------------------------ hybrid
 
@@ -717,13 +736,15 @@ _INDEXES: dict[str, RagIndex] = {}
 _INDEXES_LOCK = threading.Lock()
 
 
-def get_index(sidecar_path: str) -> RagIndex:
+def get_index(sidecar_path: str, *, full_text: str = "memory") -> RagIndex:
     """The shared ``RagIndex`` of a sidecar (created on first use, loaded lazily)."""
     key = os.path.abspath(sidecar_path)
     with _INDEXES_LOCK:
         index = _INDEXES.get(key)
-        if index is None:
-            index = _INDEXES[key] = RagIndex(key)
+        if index is None or index.full_text != full_text:  # a changed setting: start afresh
+            if index is not None:
+                index.close()
+            index = _INDEXES[key] = RagIndex(key, full_text=full_text)
         return index
 
 

@@ -235,3 +235,27 @@ def test_unicode_table_is_learnt_from_sqlite_and_thread_safe():
     conn = _fts5([text])
     expected = _fts5_tokens(conn)[0]
     assert all([stem(w) for w in o] == expected for o in out)
+
+
+async def test_full_text_sqlite_mode_ranks_with_fts5_and_loads_no_postings(tmp_path):
+    texts = _paragraphs()[:800]
+    _db, _cfg, side = await _built(tmp_path, texts)
+    memory, sqlite_mode = RagIndex(side), RagIndex(side, full_text="sqlite")
+    assert memory._current().lexical is not None and sqlite_mode._current().lexical is None
+    qvec = np.ones(HashEmbeddingModel().dimensions, np.float32)
+    for q in ["health care for working families", "taxes", "Iraq war veterans", "the of"]:
+        a = [(h.entry_id, h.fts_rank) for h in memory.search_hybrid(q, qvec, 10)]
+        b = [(h.entry_id, h.fts_rank) for h in sqlite_mode.search_hybrid(q, qvec, 10)]
+        assert a == b, q
+        assert [h.entry_id for h in memory.search_fts(q, 10)] == [h.entry_id for h in sqlite_mode.search_fts(q, 10)]
+    # the table filter applies inside SQLite too
+    assert sqlite_mode.search_fts("taxes", 10, tables=["nothing"]) == []
+
+
+def test_full_text_setting_is_checked():
+    from datasette_llm_rag.ragconfig import parse_rag_config
+
+    assert parse_rag_config({"full_text": "sqlite"}).full_text == "sqlite"
+    with pytest.raises(Exception) as e:
+        parse_rag_config({"full_text": "elastic"})
+    assert "full_text" in str(e.value)
