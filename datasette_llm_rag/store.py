@@ -447,14 +447,21 @@ class RagIndex:
         state = self._current()
         q = self._query_vector(state, query_vec)
         pos, scores = self._vector_top(state, q, k, tables)
-        hits = self._hydrate(state.ids[pos].tolist())
+        return self._ranked(zip(state.ids[pos].tolist(), scores.tolist()), "vector")
+
+    def _ranked(self, ranking: Iterable[tuple[int, float]], method: str) -> list[Hit]:
+        """Hits for ``(entry id, score)`` pairs, best first, with the score and
+        rank recorded as ``method``'s ("vector" or "fts")."""
+        ranking = list(ranking)
+        hits = self._hydrate([entry_id for entry_id, _ in ranking])
         out = []
-        for rank, (entry_id, score) in enumerate(zip(state.ids[pos].tolist(), scores.tolist()), 1):
+        for rank, (entry_id, score) in enumerate(ranking, 1):
             hit = hits.get(entry_id)
             if hit is None:
                 continue
-            hit.score = hit.vector_score = float(score)
-            hit.vector_rank = rank
+            hit.score = float(score)
+            setattr(hit, f"{method}_score", float(score))
+            setattr(hit, f"{method}_rank", rank)
             out.append(hit)
         return out
 
@@ -484,34 +491,14 @@ class RagIndex:
         """
         state = self._current()
         pos, scores = self._fts_top(state, query_text, k, tables)
-        ids = state.ids[pos].tolist()
-        hits = self._hydrate(ids)
-        out = []
-        for rank, (entry_id, score) in enumerate(zip(ids, scores.tolist()), 1):
-            hit = hits.get(entry_id)
-            if hit is None:
-                continue
-            hit.score = hit.fts_score = float(score)
-            hit.fts_rank = rank
-            out.append(hit)
-        return out
+        return self._ranked(zip(state.ids[pos].tolist(), scores.tolist()), "fts")
 
     def search_fts5(self, query_text: str, k: int = 10, tables: Iterable[str] | None = None) -> list[Hit]:
         """``search_fts`` straight from SQLite: FTS5's own ``bm25()`` over the
         sidecar's ``entries_fts``. Same terms and ranking, read from disk on
         every call, so much slower on a large index; the evaluation and the
         tests use it as the reference for the in-memory ranking."""
-        rows = self._fts5_rows(query_text, k, tables)
-        hits = self._hydrate([r[0] for r in rows])
-        out = []
-        for rank, (entry_id, score) in enumerate(rows, 1):
-            hit = hits.get(entry_id)
-            if hit is None:
-                continue
-            hit.score = hit.fts_score = float(score)
-            hit.fts_rank = rank
-            out.append(hit)
-        return out
+        return self._ranked(self._fts5_rows(query_text, k, tables), "fts")
 
     def _fts5_rows(
         self, query_text: str, k: int, tables: Iterable[str] | None
