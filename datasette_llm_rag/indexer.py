@@ -408,6 +408,31 @@ def _selected_tables(config: RagConfig, db_name: str, tables: Sequence[str] | No
     return list(tables)
 
 
+def source_mtime(path: str | None) -> float | None:
+    """When a database file (or its WAL) was last written, or None."""
+    if not path:
+        return None
+    times = []
+    for suffix in ("", "-wal"):
+        try:
+            times.append(os.stat(path + suffix).st_mtime)
+        except OSError:
+            pass
+    return max(times) if times else None
+
+
+def _record_source_mtime(side: sqlite3.Connection, seen: float | None) -> None:
+    """Note how the source looked when this refresh began (the index page
+    compares it with the file later to say the database has changed since)."""
+    if seen is None:
+        return
+    side.execute(
+        "insert into meta (key, value) values ('source_mtime', ?) "
+        "on conflict(key) do update set value = excluded.value",
+        (repr(seen),),
+    )
+
+
 def _open_source_arg(source: Any, immutable: bool) -> tuple[Any, bool]:
     if not isinstance(source, (str, os.PathLike)):  # a connection, of either library
         return source, False
@@ -457,6 +482,7 @@ async def refresh_index(
 
     src, owned = _open_source_arg(source, immutable)
     src_path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    seen = source_mtime(src_path)
     path = sidecar or sidecar_path(src_path, db_name, config)
     # A caller's own connection may be bound to its thread; ours are not.
     run = asyncio.to_thread if owned else _run_inline
@@ -523,6 +549,8 @@ async def refresh_index(
         if not meta_written and dims:
             await asyncio.to_thread(_init_meta, side, mid, dims)
         await asyncio.to_thread(_delete_and_retitle, side, work.gone, work.retitle)
+        if tables is None:  # a refresh of every configured table
+            await asyncio.to_thread(_in_transaction, side, _record_source_mtime, seen)
         stats.embedded = total
         stats.seconds = time.perf_counter() - started
         return stats
@@ -533,14 +561,18 @@ async def refresh_index(
             src.close()
 
 
-def _init_meta(side: sqlite3.Connection, model_id: str, dims: int) -> None:
+def _in_transaction(side: sqlite3.Connection, fn, *args) -> None:
     side.execute("begin immediate")
     try:
-        init_meta(side, model_id, dims)
+        fn(side, *args)
         side.execute("commit")
     except BaseException:
         side.execute("rollback")
         raise
+
+
+def _init_meta(side: sqlite3.Connection, model_id: str, dims: int) -> None:
+    _in_transaction(side, init_meta, model_id, dims)
 
 
 async def _run_inline(fn, *args):

@@ -26,6 +26,7 @@ from datasette_llm_core.gateway import llm_gateway
 from . import jobs
 from .answer import NO_MODEL_NOTE, ask_events, ask_json, get_answer
 from .display import Labeller, format_time, relative_time, split_strong_weak, table_titles
+from .indexer import source_mtime
 from .retrieval import (
     DEFAULT_K,
     MAX_K,
@@ -529,6 +530,9 @@ def _table_state_text(state: str, rows, indexed: int) -> str:
         if diff > 0:
             return f"Out of date: {diff:,} row{'s' if diff != 1 else ''} not indexed yet"
         return f"Out of date: {-diff:,} indexed row{'s' if diff != -1 else ''} no longer in the table"
+    if state == "changed":
+        return ("The database was written to after the last refresh: rows may have been edited "
+                "(Check for changed rows to see which)")
     return "Up to date"
 
 
@@ -559,6 +563,13 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
             try:
                 meta = read_meta(conn)
                 info["model"] = meta.get("embedding_model")
+                try:
+                    seen = float(meta["source_mtime"])
+                except (KeyError, TypeError, ValueError):
+                    seen = None
+                now = source_mtime(datasette.databases[database].path)
+                # written to after the last full refresh began: rows may have changed
+                info["source_changed"] = bool(seen and now and now > seen)
                 for key in ("updated", "created"):
                     try:
                         info["refreshed"] = float(meta[key])
@@ -593,6 +604,8 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
             state = "not indexed"
         elif count != rows:
             state = "stale"
+        elif info.get("source_changed"):
+            state = "changed"
         else:
             state = "indexed"
         out.append({"table": table, "title": titles.get(table, table), "exists": exists,
@@ -672,7 +685,9 @@ def _overall(tables: list[dict], info: dict, configured_model, job) -> tuple[str
         return "problem", "Built with another embedding model: rebuild it"
     if any(t["state"] in ("stale", "not indexed") for t in tables):
         return "stale", "Needs a refresh"
-    return "ok", "Up to date (row counts match)"
+    if any(t["state"] == "changed" for t in tables):
+        return "stale", "The database changed after the last refresh"
+    return "ok", "Up to date (row counts match, no writes since the last refresh)"
 
 
 async def _index_context(datasette, request, database: str) -> dict:

@@ -85,7 +85,7 @@ async def test_list_page_is_a_table_per_database_with_actions(ds):
     assert "7 in 3 tables" in text and "hash-embed" in text
     assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT[\d:]+Z" title="[^"]+ UTC">just now</time>',
                      text), text
-    assert "Up to date (row counts match)" in text
+    assert "Up to date (row counts match, no writes since the last refresh)" in text
     # the actions are buttons: refresh (POST to the database's page) and check
     assert re.search(r'<form method="post" action="/-/llm-rag/index/news"[^>]*>\s*'
                      r'<input type="hidden" name="csrftoken"[^>]*>\s*'
@@ -110,3 +110,22 @@ async def test_stale_tables_are_said_in_words(ds, tmp_path):
     assert [t["state"] for t in status["tables"] if t["table"] == "articles"] == ["stale"]
     assert status["refreshed_absolute"].endswith("UTC")
     assert time.time() - 120 < status["info"]["refreshed"] <= time.time() + 1
+
+
+async def test_an_edit_with_the_same_row_count_is_noticed(ds, tmp_path):
+    await _build(ds)
+    status = (await ds.client.get("/-/llm-rag/index/news.json", cookies=cookies(ds, "root"))).json()
+    assert status["overall"] == "ok"
+    time.sleep(0.01)
+    conn = sqlite3.connect(tmp_path / "news.db")
+    conn.execute("update articles set body = 'Rewritten after indexing.' where id = 1")
+    conn.commit()
+    conn.close()
+    status = (await ds.client.get("/-/llm-rag/index/news.json", cookies=cookies(ds, "root"))).json()
+    assert status["overall"] == "stale"
+    assert [t["state"] for t in status["tables"] if t["table"] == "articles"] == ["changed"]
+    page = await ds.client.get("/-/llm-rag/index/news", cookies=cookies(ds, "root"))
+    assert "rows may have been edited" in page.text
+    await _build(ds)  # a refresh takes it back to up to date
+    status = (await ds.client.get("/-/llm-rag/index/news.json", cookies=cookies(ds, "root"))).json()
+    assert status["overall"] == "ok"
