@@ -595,7 +595,7 @@ async def verify(
     src, owned = _open_source_arg(source, immutable)
     src_path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
     path = sidecar or sidecar_path(src_path, db_name, config)
-    side = open_sidecar(path)
+    side = open_sidecar(path, readonly=True)  # change nothing, not even an upgrade
     try:
         plans = [plan_table(src, db_name, t, config.databases[db_name].tables[t]) for t in selected]
         work = _plan_work(src, side, plans, True, set(config.databases[db_name].tables))

@@ -259,3 +259,23 @@ def test_full_text_setting_is_checked():
     with pytest.raises(Exception) as e:
         parse_rag_config({"full_text": "elastic"})
     assert "full_text" in str(e.value)
+
+
+async def test_verify_leaves_an_old_sidecar_as_it_is_and_says_to_upgrade(tmp_path):
+    import hashlib
+
+    from datasette_llm_rag.indexer import verify
+
+    db = str(tmp_path / "src.db")
+    conn = sqlite3.connect(db)
+    conn.execute("create table docs (id integer primary key, body text)")
+    conn.executemany("insert into docs values (?, ?)", [(1, "Studies of binding cells"), (2, "harbour budgets increased")])
+    conn.commit()
+    conn.close()
+    side = str(tmp_path / "old.llm-rag.db")
+    _version_one_sidecar(side)
+    before = hashlib.sha256(open(side, "rb").read()).hexdigest()
+    cfg = {"databases": {"src": {"tables": {"docs": {"columns": ["body"]}}}}}
+    with pytest.raises(SidecarError, match="older version"):
+        await verify(db, "src", cfg, HashEmbeddingModel(), sidecar=side)
+    assert hashlib.sha256(open(side, "rb").read()).hexdigest() == before
