@@ -264,6 +264,12 @@ def open_sidecar(path: str, *, create: bool = False, readonly: bool = False) -> 
                 f"Cannot write the search index {path} ({e}). "
                 f"Set {SECTION}: sidecar_dir: to a writable folder."
             ) from None
+        if "no such module: fts5" in str(e).lower():
+            raise ConfigError(
+                f"This Python's SQLite library (version {sqlite3.sqlite_version}) was built "
+                "without FTS5, which the search index needs for full-text search: use a "
+                "Python whose sqlite3 module has FTS5 (most do)."
+            ) from None
         raise _corrupt(path, str(e)) from None
     return conn
 

@@ -279,3 +279,18 @@ async def test_verify_leaves_an_old_sidecar_as_it_is_and_says_to_upgrade(tmp_pat
     with pytest.raises(SidecarError, match="older version"):
         await verify(db, "src", cfg, HashEmbeddingModel(), sidecar=side)
     assert hashlib.sha256(open(side, "rb").read()).hexdigest() == before
+
+
+def test_a_sqlite_without_fts5_gets_a_clear_message(tmp_path, monkeypatch):
+    from datasette_llm_core.errors import ConfigError
+    from datasette_llm_rag import sidecar as sidecar_module
+
+    def no_fts5(conn):
+        raise sqlite3.OperationalError("no such module: fts5")
+
+    migrations = list(MIGRATIONS)
+    migrations[1] = ("0002_fts5", no_fts5)
+    monkeypatch.setattr(sidecar_module, "MIGRATIONS", migrations)
+    with pytest.raises(ConfigError) as e:
+        open_sidecar(str(tmp_path / "s.llm-rag.db"), create=True)
+    assert "without FTS5" in str(e.value) and "damaged" not in str(e.value)
