@@ -63,6 +63,18 @@ class ExtractionJob:
     native_pdfs: bool | None = None
     #: A gateway ``Budget`` shared by every call of the run (passed when the gateway accepts it).
     budget: Any = None
+    #: Resuming a run: ``(document, chunk start)`` of the units an earlier attempt finished
+    #: (start None for a whole image / native PDF). They are planned like the others, so
+    #: chunk boundaries and numbers stay those of the first attempt, but not sent again.
+    done_units: set[tuple[int, int | None]] = field(default_factory=set)
+    #: Rows kept from the earlier attempt, as ``(row number, values)``: a new row with the
+    #: same key is a duplicate of the kept one, as within one uninterrupted run.
+    kept_rows: list[tuple[int, dict]] = field(default_factory=list)
+    #: Number of the first new row (a resumed run numbers on after the rows it had).
+    first_row_index: int = 0
+    #: Tokens and USD the earlier attempts spent: they count against ``max_tokens``/``max_cost``.
+    spent_tokens: int = 0
+    spent_cost: float = 0.0
 
 
 @dataclass
@@ -179,6 +191,10 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
     chunk_chars = min(job.chunk_chars, fits) if job.chunk_chars else (fits or DEFAULT_CHUNK_CHARS)
     units: list[WorkUnit] = []
     for d, doc in enumerate(job.documents):
+        if (d, None) in job.done_units:
+            # read whole by an earlier attempt (an image or a native PDF): nothing to check
+            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name))
+            continue
         if doc.kind == "image":
             if not model.supports_images:
                 raise CapabilityError(
@@ -208,6 +224,16 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
             note = doc.name if len(chunks) == 1 else f"part {c.index + 1} of {len(chunks)} of {doc.name}"
             units.append(WorkUnit(len(units), d, c, note=note))
     return units
+
+
+def unit_key(unit: WorkUnit) -> tuple[int, int | None]:
+    """``(document, chunk start)``: how a unit is recognised across attempts of a run."""
+    return (unit.document, unit.chunk.start if unit.chunk is not None else None)
+
+
+def pending_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
+    """The planned units still to run: all of them but those in ``job.done_units``."""
+    return [u for u in plan_units(job, model) if unit_key(u) not in job.done_units]
 
 
 def _request_for(job: ExtractionJob, unit: WorkUnit, structured: bool = True) -> ChatRequest:
@@ -248,21 +274,25 @@ def estimate(job: ExtractionJob, model: ChatModel) -> dict:
     Output tokens are a guess (half the input of each chunk, at least 200, at
     most ``max_output_tokens``); re-asks are not counted.
     """
-    return _estimate_units(job, model, plan_units(job, model))
+    return _estimate_units(job, model, pending_units(job, model))
 
 
 def check_budget(job: ExtractionJob, est: dict) -> None:
-    """Raise ``BudgetError`` if the estimate is over the job's caps."""
-    total = est["input_tokens"] + est["output_tokens"]
+    """Raise ``BudgetError`` if the estimate, plus what earlier attempts of the run spent,
+    is over the job's caps."""
+    total = est["input_tokens"] + est["output_tokens"] + job.spent_tokens
+    spent = f" (including {job.spent_tokens:,} already spent)" if job.spent_tokens else ""
     if job.max_tokens is not None and total > job.max_tokens:
         raise BudgetError(
-            f"This run would use about {total:,} tokens, over the per-run limit of {job.max_tokens:,}. "
-            "Split the document, extract from fewer files, or ask an administrator to raise "
-            "budgets: max_tokens_per_run."
+            f"This run would use about {total:,} tokens{spent}, over the per-run limit of "
+            f"{job.max_tokens:,}. Split the document, extract from fewer files, or ask an administrator "
+            "to raise budgets: max_tokens_per_run."
         )
-    if job.max_cost is not None and est.get("cost") is not None and est["cost"] > job.max_cost:
+    cost = None if est.get("cost") is None else est["cost"] + job.spent_cost
+    if job.max_cost is not None and cost is not None and cost > job.max_cost:
+        spent = f" (including ${job.spent_cost:.2f} already spent)" if job.spent_cost else ""
         raise BudgetError(
-            f"This run would cost about ${est['cost']:.2f}, over the per-run limit of ${job.max_cost:.2f}. "
+            f"This run would cost about ${cost:.2f}{spent}, over the per-run limit of ${job.max_cost:.2f}. "
             "Pick a cheaper model, split the document, or ask an administrator to raise "
             "budgets: max_cost_per_run."
         )
@@ -292,8 +322,10 @@ class _Run:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.row_model = row_model(job.spec)
         self.dedup = Deduplicator(job.spec, job.existing_keys)
+        for index, values in sorted(job.kept_rows, key=lambda r: r[0]):
+            self.dedup.check(values, index)  # remembers the first row of each key
         self.usage = Usage()
-        self.next_index = 0
+        self.next_index = job.first_row_index
         self.budget_hit = False
 
     def _unit_dict(self, unit: WorkUnit) -> dict:
@@ -301,12 +333,12 @@ class _Run:
 
     def _over_budget(self) -> bool:
         if self.job.max_tokens is not None and (
-            self.usage.input_tokens + self.usage.output_tokens >= self.job.max_tokens
+            self.usage.input_tokens + self.usage.output_tokens + self.job.spent_tokens >= self.job.max_tokens
         ):
             return True
         if self.job.max_cost is not None:
             cost = self.model.estimate_cost(self.usage.input_tokens, self.usage.output_tokens)
-            if cost is not None and cost >= self.job.max_cost:
+            if cost is not None and cost + self.job.spent_cost >= self.job.max_cost:
                 return True
         return False
 
@@ -502,7 +534,7 @@ async def run_extraction(gateway, job: ExtractionJob, *, actor: dict | None = No
     caps, ``ValueError`` when there is nothing to extract.
     """
     model = _resolve_model(gateway, job)
-    units = plan_units(job, model)
+    units = pending_units(job, model)
     est = _estimate_units(job, model, units)
     check_budget(job, est)
     run = _Run(gateway, job, model, units, actor, ref)

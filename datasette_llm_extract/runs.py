@@ -307,6 +307,9 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
                 idx = conn.execute(
                     "select coalesce(max(idx), -1) + 1 from llm_extract_rows where run_id = ?", [run_id]
                 ).fetchone()[0]
+                # the engine's row number when it is free: a resumed run never reuses
+                # the number of a row it removed
+                idx = max(idx, row.get("idx") or 0)
                 conn.execute(
                     "insert into llm_extract_rows (run_id, idx, values_json, source_quote, quote_found,"
                     " quote_start, quote_end, document, chunk, valid, errors_json, duplicate)"
@@ -335,18 +338,25 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
     return await _write(db, fn)
 
 
-async def delete_rows_of_documents(db, run_id: str, documents: list[int]) -> None:
-    """Before a resume re-runs these documents: drop their earlier rows."""
+async def delete_rows_of_chunks(db, run_id: str, chunks: list[tuple[int, int]]) -> list[int]:
+    """Before a resume re-runs these ``(document, chunk)`` units: drop the rows they had
+    (a chunk cut off mid-answer may have left some); return the removed row numbers."""
 
     def fn(conn):
         with conn:
-            conn.execute(
-                "delete from llm_extract_rows where run_id = ? and document in "  # noqa: S608 - placeholders
-                f"({', '.join('?' for _ in documents)})",
-                [run_id, *documents],
-            )
+            removed = []
+            for document, chunk in chunks:
+                removed += [r[0] for r in conn.execute(
+                    "select idx from llm_extract_rows where run_id = ? and document = ? and chunk = ?",
+                    [run_id, document, chunk],
+                ).fetchall()]
+                conn.execute(
+                    "delete from llm_extract_rows where run_id = ? and document = ? and chunk = ?",
+                    [run_id, document, chunk],
+                )
+            return sorted(removed)
 
-    await _write(db, fn)
+    return await _write(db, fn)
 
 
 async def events_after(db, run_id: str, after: int, limit: int = 500) -> list[dict]:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasette_llm_core import permissions
+from datasette_llm_core import calllog, permissions
 from datasette_llm_core.errors import BudgetError, CapabilityError, ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway, no_model_message
 from datasette_llm_core.sql import quote_identifier, quote_identifiers
@@ -19,7 +19,7 @@ from datasette_llm_core.state import state_db
 
 from . import runs, tasks
 from .documents import Document, InputError, load_upload
-from .engine import ExtractionJob, check_budget, estimate, plan_units
+from .engine import ExtractionJob, check_budget, estimate, plan_units, unit_key
 from .prompts import PROMPT_VERSION
 from .schema import (
     QUOTE_FIELD,
@@ -544,54 +544,92 @@ async def cancel(datasette, actor, run: dict) -> bool:
     return True
 
 
+async def _spent_so_far(datasette, run: dict) -> tuple[int, int, float | None]:
+    """Tokens in, tokens out and USD the run's earlier attempts spent: the call log's
+    totals for the run (an interrupted attempt never recorded its own), or the run's
+    recorded totals when those are larger."""
+    logged = await calllog.usage_for_ref(datasette, run["id"])
+    costs = [c for c in (run["cost"], logged["cost_usd"]) if c is not None]
+    return (max(run["input_tokens"] or 0, logged["input_tokens"] or 0),
+            max(run["output_tokens"] or 0, logged["output_tokens"] or 0),
+            max(costs) if costs else None)
+
+
 async def resume(datasette, actor, run: dict) -> None:
-    """Re-run the documents whose chunks did not all finish (interrupted or failed runs)."""
+    """Run again only the parts of an interrupted, failed or cancelled run that did not finish.
+
+    The documents are planned exactly as the first attempt planned them (same model,
+    chunk size and overlap, so the same chunk boundaries); chunks recorded as done keep
+    their rows, the others lose any rows they left and are sent again.
+    """
     if run["status"] not in ("interrupted", "failed", "cancelled"):
         raise UserError("Only an interrupted, failed or cancelled run can be resumed.", 409)
     settings = extract_settings(datasette)
     state = await state_db(datasette)
     stored_docs = await runs.get_documents(state, run["id"])
     spec = validate_table_spec(run["schema"])
-    documents = [Document.from_text(d["text"] or "", name=d["name"]) if d["text"] is not None else None
-                 for d in stored_docs]
     gateway = await llm_gateway(datasette)
     try:
         model = gateway.get_chat_model(run["model_id"])
     except ConfigError as e:
         raise UserError(str(e)) from None
     done = {(d[0], d[1]) for d in run["done_chunks"]}
-    todo: list[int] = []
-    for i, doc in enumerate(documents):
-        if doc is None:
-            if not any(d[0] == i for d in run["done_chunks"]):
-                raise UserError(
-                    f"{stored_docs[i]['name']} was not finished and only its hash was kept: "
-                    "start a new run with that file."
-                )
-            continue
-        job = ExtractionJob(spec=spec, documents=[doc], chunk_chars=run["options"].get("chunk_chars"),
-                            overlap=run["options"].get("overlap", 300))
-        try:
-            units = plan_units(job, model)
-        except (LLMSuiteError, ValueError) as e:
-            raise UserError(str(e)) from None
-        if any((i, u.chunk.start if u.chunk else None) not in done for u in units):
-            todo.append(i)
-    if not todo:
-        raise UserError("Every part of this run finished already: review its rows instead.", 409)
-    existing = [] if run["new_table"] else await _existing_keys(
-        datasette, run["database_name"], run["table_name"], spec)
+    documents: list[Document] = []
+    for i, d in enumerate(stored_docs):
+        if d["text"] is not None:
+            documents.append(Document.from_text(d["text"], name=d["name"]))
+        elif (i, None) in done:  # read whole and finished: a stand-in that is never sent
+            documents.append(Document(name=d["name"], kind=d["kind"], media_type=d["media_type"] or ""))
+        else:
+            raise UserError(
+                f"{d['name']} was not finished and only its hash was kept: start a new run with that file."
+            )
+    spent_in, spent_out, spent_cost = await _spent_so_far(datasette, run)
     job = ExtractionJob(
-        spec=spec, instructions=run["instructions"] or "", documents=[documents[i] for i in todo],
+        spec=spec, instructions=run["instructions"] or "", documents=documents,
         model_id=model.model_id, concurrency=settings.concurrency,
         chunk_chars=run["options"].get("chunk_chars"), overlap=run["options"].get("overlap", 300),
-        existing_keys=existing, max_cost=settings.max_cost_per_run, max_tokens=settings.max_tokens_per_run,
+        max_cost=settings.max_cost_per_run, max_tokens=settings.max_tokens_per_run,
+        done_units=done, spent_tokens=spent_in + spent_out, spent_cost=spent_cost or 0.0,
     )
-    await runs.delete_rows_of_documents(state, run["id"], todo)
+    try:
+        units = plan_units(job, model)
+    except (LLMSuiteError, ValueError) as e:
+        raise UserError(str(e)) from None
+    planned = {unit_key(u) for u in units}
+    unmatched = sorted(document for document, _ in done - planned)
+    if unmatched:
+        name = stored_docs[unmatched[0]]["name"] if unmatched[0] < len(stored_docs) else "A document"
+        raise UserError(
+            f"{name} can no longer be split into the same parts as when this run started "
+            "(the model or the chunk settings changed): start a new run with it."
+        )
+    pending = [u for u in units if unit_key(u) not in done]
+    if not pending:
+        raise UserError("Every part of this run finished already: review its rows instead.", 409)
+    if run["options"].get("use_examples"):
+        job.examples = await _examples(datasette, run["database_name"], run["table_name"], spec,
+                                       settings.max_examples)
+    try:
+        check_budget(job, estimate(job, model))
+    except BudgetError as e:
+        raise UserError(str(e)) from None
+    job.existing_keys = [] if run["new_table"] else await _existing_keys(
+        datasette, run["database_name"], run["table_name"], spec)
+    rows = await runs.get_rows(state, run["id"])
+    job.first_row_index = max((r["idx"] for r in rows), default=-1) + 1
+    removed = await runs.delete_rows_of_chunks(state, run["id"], [(u.document, u.index) for u in pending])
+    gone = set(removed)
+    job.kept_rows = [(r["idx"], r["edited"] or r["values"]) for r in rows if r["idx"] not in gone and r["valid"]]
     progress = tasks._Progress(
-        chunks_done=sum(1 for d in run["done_chunks"] if d[0] not in todo),
-        done_chunks=[list(d) for d in run["done_chunks"] if d[0] not in todo],
+        chunks_done=len(run["done_chunks"]), done_chunks=[list(d) for d in run["done_chunks"]],
+        spent_input_tokens=spent_in, spent_output_tokens=spent_out, spent_cost=spent_cost,
     )
     await runs.update_run(state, run["id"], status="pending", error=None, chunks_failed=0,
-                          chunks_done=progress.chunks_done, done_chunks_json=json.dumps(progress.done_chunks))
-    tasks.start(datasette, run["id"], job, actor, timeout=settings.run_timeout, doc_map=todo, progress=progress)
+                          chunks_done=progress.chunks_done, chunks_total=len(units),
+                          input_tokens=spent_in, output_tokens=spent_out, cost=spent_cost)
+    await runs.record_event(state, run["id"], "RunResumed", {
+        "type": "RunResumed", "chunks_kept": progress.chunks_done, "chunks_to_run": len(pending),
+        "rows_kept": len(rows) - len(removed), "rows_removed": removed,
+    })
+    tasks.start(datasette, run["id"], job, actor, timeout=settings.run_timeout, progress=progress)

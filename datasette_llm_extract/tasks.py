@@ -62,6 +62,10 @@ class _Progress:
     chunks_done: int = 0
     chunks_failed: int = 0
     done_chunks: list = field(default_factory=list)
+    #: What earlier attempts of a resumed run spent: the run's totals add this attempt's to it.
+    spent_input_tokens: int = 0
+    spent_output_tokens: int = 0
+    spent_cost: float | None = None
 
 
 def _row_from_event(data: dict, doc_map: list[int] | None) -> dict:
@@ -71,6 +75,7 @@ def _row_from_event(data: dict, doc_map: list[int] | None) -> dict:
         document = doc_map[document]
     duplicate = data.get("duplicate_reason") or ("run" if data.get("duplicate") else None)
     return {
+        "idx": data.get("index"),
         "values": data.get("values") or {},
         "source_quote": data.get("source_quote"),
         "quote_found": None if not data.get("quote_checked", True) else bool(data.get("quote_found")),
@@ -109,9 +114,18 @@ async def _record(db, run_id: str, event, progress: _Progress, doc_map: list[int
             progress.chunks_failed += 1
             fields = {"chunks_failed": progress.chunks_failed}
     elif etype == "RunFinished":
-        usage = data.get("usage") or {}
+        usage = dict(data.get("usage") or {})
+        cost = data.get("cost")
+        if progress.spent_input_tokens or progress.spent_output_tokens or progress.spent_cost is not None:
+            # a resumed run: its totals are the earlier attempts' plus this one's
+            data["attempt_usage"], data["attempt_cost"] = dict(usage), cost
+            usage["input_tokens"] = usage.get("input_tokens", 0) + progress.spent_input_tokens
+            usage["output_tokens"] = usage.get("output_tokens", 0) + progress.spent_output_tokens
+            if progress.spent_cost is not None:
+                cost = round(progress.spent_cost + (cost or 0.0), 6)
+            data["usage"], data["cost"] = usage, cost
         fields = {"input_tokens": usage.get("input_tokens", 0),
-                  "output_tokens": usage.get("output_tokens", 0), "cost": data.get("cost")}
+                  "output_tokens": usage.get("output_tokens", 0), "cost": cost}
     await runs.record_event(db, run_id, etype, data, row=row, run_fields=fields or None)
 
 
