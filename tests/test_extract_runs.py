@@ -4,7 +4,10 @@ examples reused in prompts and exported; saved and configured templates."""
 from __future__ import annotations
 
 import json
+import re
 import time
+
+import pytest
 
 from tests.fakes import Scripted
 
@@ -199,3 +202,157 @@ async def test_multi_part_run_reports_progress_and_failed_parts(tmp_path, fake_m
     assert f"{run['chunks_done']} of {run['chunks_total']} part(s) done, 1 failed" in page.text
     events = await ds.client.get(f"/-/llm-extract/runs/{run['id']}/events", cookies=jar)
     assert events.text.count("event: ChunkFailed") == 1 and "timed out" in events.text
+
+
+# ---------------------------------------------- resume re-runs only unfinished chunks
+
+PEOPLE = [["Ann", "Bob"], ["Carl", "Dora"], ["Eve", "Ann"]]  # Ann again in the last part
+FILLER = "Filler text about the council meeting. " * 10
+
+
+def three_part_text() -> str:
+    return "\n\n".join(" ".join(f"{n} is {30 + i} years old." for i, n in enumerate(names)) + " " + FILLER
+                       for names in PEOPLE)
+
+
+def chunk_text_of(request) -> str:
+    return " ".join(getattr(p, "text", "") for p in request.messages[-1].parts)
+
+
+def people_in(request) -> list[dict]:
+    return [{"name": n, "age": int(a), "source_quote": f"{n} is {a} years old"}
+            for n, a in re.findall(r"(\w+) is (\d+) years old", chunk_text_of(request))]
+
+
+def three_part_plan():
+    from datasette_llm_extract.documents import Document
+    from datasette_llm_extract.engine import ExtractionJob, plan_units
+    from datasette_llm_extract.schema import validate_table_spec
+    from tests.fakes import ScriptedChatModel
+
+    job = ExtractionJob(spec=validate_table_spec(SCHEMA), documents=[Document.from_text(three_part_text())],
+                        chunk_chars=500, overlap=0)
+    units = plan_units(job, ScriptedChatModel())
+    # the test relies on one paragraph (two people) per part
+    assert [re.findall(r"(\w+) is \d+ years old", u.chunk.text) for u in units] == PEOPLE
+    return job, units
+
+
+async def test_resume_runs_only_unfinished_chunks_and_keeps_finished_rows(tmp_path, fake_models, scripted_model):
+    from datasette_llm_core import calllog
+    from datasette_llm_core.state import state_db
+    from datasette_llm_core.types import Usage
+
+    three_part_plan()
+    ds = make_ds(tmp_path, extract={"chunk_chars": 500, "overlap": 0, "concurrency": 1})
+    await ds.invoke_startup()
+    jar = cookies(ds, "root")
+    slow = {"on": True}
+
+    def respond(request):
+        rows = rows_json(*people_in(request))
+        if slow["on"] and "Carl is" in chunk_text_of(request):  # cut off after its first row
+            return Scripted(text=rows, chunks=60, delay=0.05, usage=Usage(100, 10))
+        return Scripted(text=rows, usage=Usage(100, 10))
+
+    scripted_model.responder = respond
+    r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
+        "database": "news", "table": "people", "create": True, "schema": SCHEMA, "text": three_part_text(),
+        "model": "scripted"})
+    run_id = r.json()["id"]
+
+    async def carl_streamed():
+        return await state_rows(ds, "select idx from llm_extract_rows where run_id = ? and values_json like '%Carl%'",
+                                [run_id])
+
+    await wait_for(carl_streamed)
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/cancel", json={}, cookies=jar)
+    assert r.status_code == 200
+    run = await wait_run(ds, run_id, jar)
+    assert run["status"] == "cancelled" and run["chunks_done"] == 1
+    before = {r["values"]["name"]: r["idx"] for r in run["rows"]}
+    assert set(before) == {"Ann", "Bob", "Carl"}  # Carl: a row of the part cut off
+    # a reviewer's edit and decision on a kept row
+    state = await state_db(ds)
+    await state.execute_write(
+        "update llm_extract_rows set edited_json = ?, decision = 'accepted' where run_id = ? and idx = ?",
+        [json.dumps({"name": "Bob", "age": 41}), run_id, before["Bob"]], block=True)
+    await calllog.flush_pending()
+
+    slow["on"] = False
+    sent_before = len(scripted_model.requests)
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/resume", json={}, cookies=jar)
+    assert r.status_code == 200, r.text
+    run = await wait_run(ds, run_id, jar)
+    assert run["status"] == "done", run
+    resent = [chunk_text_of(q) for q in scripted_model.requests[sent_before:]]
+    assert len(resent) == 2 and not any("Bob is" in t for t in resent)  # the finished part is not paid twice
+    assert run["chunks_done"] == run["chunks_total"] == 3 and run["chunks_failed"] == 0
+
+    rows = {r["idx"]: r for r in run["rows"]}
+    assert len(rows) == len(run["rows"])  # row numbers stay unique
+    assert rows[before["Ann"]]["values"]["name"] == "Ann"
+    bob = rows[before["Bob"]]
+    assert bob["edited"] == {"name": "Bob", "age": 41} and bob["decision"] == "accepted"
+    assert before["Carl"] not in rows  # the cut-off part's row was removed, not kept twice
+    new = [r for r in run["rows"] if r["idx"] > max(before.values())]
+    assert sorted(r["values"]["name"] for r in new) == ["Ann", "Carl", "Dora", "Eve"]
+    ann_again = next(r for r in new if r["values"]["name"] == "Ann")
+    assert ann_again["duplicate"] == "run"  # of the kept Ann, as in one uninterrupted run
+    chunks = dict(await state_rows(ds, "select idx, chunk from llm_extract_rows where run_id = ?", [run_id]))
+    assert chunks[before["Ann"]] == 0 and chunks[ann_again["idx"]] == 2  # the first attempt's part numbers
+    events = (await ds.client.get(f"/-/llm-extract/runs/{run_id}/events", cookies=jar)).text
+    assert f'"duplicate_of": {before["Ann"]}' in events and "event: RunResumed" in events
+
+    # tokens and cost: the first attempt's (from the call log) plus the resumed one's
+    await calllog.flush_pending()
+    logged = await calllog.usage_for_ref(ds, run_id)
+    assert run["input_tokens"] == logged["input_tokens"] >= 300
+    assert run["output_tokens"] == logged["output_tokens"]
+    assert run["cost"] == pytest.approx(logged["cost_usd"])
+
+
+async def write_interrupted_run(ds, run_id: str, text: str, done_chunks: list, *, input_tokens: int = 0):
+    from datasette_llm_core.state import state_db
+
+    await write_running_run(ds, run_id, text)
+    await (await state_db(ds)).execute_write(
+        "update llm_extract_runs set status = 'interrupted', options_json = ?, done_chunks_json = ?,"
+        " chunks_done = ?, chunks_total = 3, input_tokens = ? where id = ?",
+        [json.dumps({"chunk_chars": 500, "overlap": 0}), json.dumps(done_chunks), len(done_chunks),
+         input_tokens, run_id], block=True)
+
+
+async def test_resume_budget_counts_what_the_run_spent_and_parts_must_match(tmp_path, fake_models, scripted_model):
+    from datasette_llm_extract.engine import estimate
+    from tests.fakes import ScriptedChatModel
+
+    job, units = three_part_plan()
+    job.done_units = {(0, units[0].chunk.start)}
+    left = estimate(job, ScriptedChatModel())
+    left_tokens = left["input_tokens"] + left["output_tokens"]
+    cap = 2 * left_tokens
+    ds = make_ds(tmp_path, extract={"chunk_chars": 500, "overlap": 0, "max_tokens_per_run": cap})
+    await ds.invoke_startup()
+    jar = cookies(ds, "root")
+    done = [[0, units[0].chunk.start, 0]]
+    # what is left fits the cap, but not on top of what the first attempt spent
+    await write_interrupted_run(ds, "a" * 16, three_part_text(), done, input_tokens=cap - left_tokens // 2)
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{'a' * 16}/resume", json={}, cookies=jar)
+    assert r.status_code == 400 and "already spent" in r.text and "max_tokens_per_run" in r.text, r.text
+    assert scripted_model.requests == []
+
+    # a finished part that the same settings no longer produce: refused, nothing sent
+    await write_interrupted_run(ds, "b" * 16, three_part_text(), [[0, units[0].chunk.start + 7, 0]])
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{'b' * 16}/resume", json={}, cookies=jar)
+    assert r.status_code == 400 and "same parts" in r.text, r.text
+
+    # within the budget: only the two unfinished parts are sent
+    await write_interrupted_run(ds, "c" * 16, three_part_text(), done, input_tokens=10)
+    scripted_model.responder = lambda request: rows_json(*people_in(request))
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{'c' * 16}/resume", json={}, cookies=jar)
+    assert r.status_code == 200, r.text
+    run = await wait_run(ds, "c" * 16, jar)
+    assert run["status"] == "done" and len(scripted_model.requests) == 2
+    assert run["input_tokens"] > 10  # added to what was spent, not replaced
+    assert sorted(r["values"]["name"] for r in run["rows"]) == ["Ann", "Carl", "Dora", "Eve"]
