@@ -305,10 +305,15 @@ def test_server_killed_during_extraction_resumes_without_duplicates(crash_world,
     state.close()
 
     fake.token_delay = 0.0
+    unfinished = run["chunks_total"] - run["chunks_done"]
+    sent_before = len(fake.chat_requests())
     status, body = server.request("POST", f"/-/llm-extract/api/runs/{run_id}/resume", {})
     assert status == 200, body
     run = server.wait_run(run_id, lambda r: r["status"] not in ("pending", "running"))
     assert run["status"] == "done", run
+    # only the parts that had not finished were sent again
+    assert len(fake.chat_requests()) - sent_before == unfinished
+    assert run["chunks_done"] == run["chunks_total"]
     names = [r["values"]["name"] for r in run["rows"] if r["valid"] and not r["duplicate"]]
     assert sorted(names) == sorted(COMPANIES)  # every company once: no chunk done twice
     status, body = server.request("POST", f"/-/llm-extract/api/runs/{run_id}/insert", {"accept": "all_valid"})
