@@ -243,7 +243,7 @@ async def test_resume_runs_only_unfinished_chunks_and_keeps_finished_rows(tmp_pa
     from datasette_llm_core.state import state_db
     from datasette_llm_core.types import Usage
 
-    three_part_plan()
+    _, units = three_part_plan()
     ds = make_ds(tmp_path, extract={"chunk_chars": 500, "overlap": 0, "concurrency": 1})
     await ds.invoke_startup()
     jar = cookies(ds, "root")
@@ -288,6 +288,9 @@ async def test_resume_runs_only_unfinished_chunks_and_keeps_finished_rows(tmp_pa
     resent = [chunk_text_of(q) for q in scripted_model.requests[sent_before:]]
     assert len(resent) == 2 and not any("Bob is" in t for t in resent)  # the finished part is not paid twice
     assert run["chunks_done"] == run["chunks_total"] == 3 and run["chunks_failed"] == 0
+    # both attempts cut the text at the same places: the parts recorded are the plan's, once each
+    (done_json,), = await state_rows(ds, "select done_chunks_json from llm_extract_runs where id = ?", [run_id])
+    assert sorted(json.loads(done_json)) == [[0, u.chunk.start, u.index] for u in units]
 
     rows = {r["idx"]: r for r in run["rows"]}
     assert len(rows) == len(run["rows"])  # row numbers stay unique
