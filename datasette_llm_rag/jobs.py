@@ -106,7 +106,11 @@ async def _check_alive(datasette, db, job: dict) -> dict:
                  job["id"]],
                 block=True,
             )
-            job.update(status="interrupted")
+            # Read it back: the job may have finished between our read and the
+            # task check, in which case the update above changed nothing.
+            row = (await db.execute("select * from rag_jobs where id = ?", [job["id"]])).first()
+            if row is not None:
+                return _row(row)
     return job
 
 

@@ -129,3 +129,22 @@ async def test_an_edit_with_the_same_row_count_is_noticed(ds, tmp_path):
     await _build(ds)  # a refresh takes it back to up to date
     status = (await ds.client.get("/-/llm-rag/index/news.json", cookies=cookies(ds, "root"))).json()
     assert status["overall"] == "ok"
+
+
+async def test_a_job_that_finishes_while_being_read_is_not_called_interrupted(ds):
+    # The race CI once hit: the page read the job as "queued", the job then
+    # finished and its task ended, and the liveness check declared it interrupted.
+    from datasette_llm_core.state import state_db
+    from datasette_llm_rag import jobs
+
+    await _build(ds)
+    db = await state_db(ds)
+    done = dict((await db.execute("select * from rag_jobs order by id desc limit 1")).first())
+    assert done["status"] == "done"
+    stale = dict(done, status="queued")  # what a read just before the finish saw
+    checked = await jobs._check_alive(ds, db, stale)
+    assert checked["status"] == "done"
+    # a job really left behind by a dead server is still marked interrupted
+    await db.execute_write("update rag_jobs set status = 'running' where id = ?", [done["id"]], block=True)
+    checked = await jobs._check_alive(ds, db, dict(done, status="running"))
+    assert checked["status"] == "interrupted"
