@@ -79,6 +79,11 @@ class Settings(BaseModel):
         description="With no models configured, register defaults for OPENAI_API_KEY, "
         "ANTHROPIC_API_KEY and DATASETTE_LLM_BASE_URL when they are set",
     )
+    lease_seconds: float | None = Field(
+        None, gt=0,
+        description="Seconds after its last heartbeat before another server process "
+        "takes a background run or index job for dead (default 45)",
+    )
     permissions: dict[str, Any] = {}
     extract: dict[str, Any] = {}
     rag: dict[str, Any] = {}

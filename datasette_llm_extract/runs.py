@@ -151,7 +151,23 @@ create table if not exists llm_extract_table_specs (
     )
 
 
-register_migrations("extract", [("0001_runs", _m0001_runs)])
+def _m0002_run_leases(conn: sqlite3.Connection) -> None:
+    # Block comments: SQLite copies them into the stored table definition.
+    conn.execute(
+        "alter table llm_extract_runs add column worker_id text"
+        " /* server process executing the run (host:pid:random); null before leases */"
+    )
+    conn.execute(
+        "alter table llm_extract_runs add column heartbeat_at real"
+        " /* unix time that process last said it was still running the run */"
+    )
+    conn.execute(
+        "alter table llm_extract_runs add column cancel_requested_at real"
+        " /* unix time another process asked the owner to cancel; the owner stops at its next heartbeat */"
+    )
+
+
+register_migrations("extract", [("0001_runs", _m0001_runs), ("0002_run_leases", _m0002_run_leases)])
 
 
 def new_run_id() -> str:
@@ -203,6 +219,7 @@ _RUN_FIELDS = {
     "status", "error", "finished_at", "model_id", "prompt_version", "chunks_total", "chunks_done",
     "chunks_failed", "done_chunks_json", "input_tokens", "output_tokens", "cost", "inserted_count",
     "inserted_at", "inserted_by", "undone_at", "undone_by", "options_json",
+    "worker_id", "heartbeat_at", "cancel_requested_at",
 }
 
 
@@ -255,33 +272,82 @@ async def get_documents(db, run_id: str) -> list[dict]:
     return [dict(r) for r in rows.rows]
 
 
-async def mark_interrupted(db, exclude: set[str] = frozenset()) -> int:
-    """Runs left running by a server that died: mark them interrupted."""
+INTERRUPTED_ERROR = "The server stopped while this run was in progress."
+
+
+async def mark_interrupted(db, exclude: set[str] = frozenset(), *, lease: float | None = None,
+                           only: str | None = None) -> int:
+    """Runs left running by a server that died: mark them interrupted.
+
+    ``exclude``: runs executing in this process. With ``lease``, a run stamped by
+    a worker whose heartbeat is younger than ``lease`` seconds is left alone (it
+    runs in another live process); rows with no worker (from before leases)
+    count as abandoned. ``only`` limits the check to one run.
+    """
     now = time.time()
+    cutoff = now - lease if lease is not None else None
+    lapsed = "" if cutoff is None else " and (worker_id is null or heartbeat_at is null or heartbeat_at < ?)"
 
     def fn(conn):
         with conn:
-            ids = [
-                r[0] for r in conn.execute(
-                    "select id from llm_extract_runs where status in ('pending', 'running')"
-                ).fetchall()
-                if r[0] not in exclude
-            ]
+            sql = "select id from llm_extract_runs where status in ('pending', 'running')" + lapsed
+            params: list = [] if cutoff is None else [cutoff]
+            if only is not None:
+                sql += " and id = ?"
+                params.append(only)
+            ids = [r[0] for r in conn.execute(sql, params).fetchall() if r[0] not in exclude]
+            marked = 0
             for run_id in ids:
-                conn.execute(
-                    "update llm_extract_runs set status = 'interrupted', updated_at = ?,"
-                    " error = 'The server stopped while this run was in progress.' where id = ?",
-                    (now, run_id),
+                # the same conditions again: a heartbeat written since the select wins
+                cur = conn.execute(
+                    "update llm_extract_runs set status = 'interrupted', updated_at = ?, error = ?"
+                    " where id = ? and status in ('pending', 'running')" + lapsed,
+                    (now, INTERRUPTED_ERROR, run_id, *([] if cutoff is None else [cutoff])),
                 )
+                if cur.rowcount != 1:
+                    continue
+                marked += 1
                 seq = conn.execute(
                     "select coalesce(max(seq), 0) + 1 from llm_extract_events where run_id = ?", [run_id]
                 ).fetchone()[0]
                 conn.execute(
                     "insert into llm_extract_events (run_id, seq, type, data_json, created_at) values (?, ?, ?, ?, ?)",
                     (run_id, seq, "RunStatus", json.dumps({"type": "RunStatus", "status": "interrupted",
-                     "error": "The server stopped while this run was in progress."}), now),
+                     "error": INTERRUPTED_ERROR}), now),
                 )
-            return len(ids)
+            return marked
+
+    return await _write(db, fn)
+
+
+async def heartbeat(db, run_id: str, worker: str) -> bool:
+    """Renew ``worker``'s lease on the run; return whether a cancel was requested."""
+
+    def fn(conn):
+        with conn:
+            conn.execute(
+                "update llm_extract_runs set heartbeat_at = ? where id = ? and worker_id = ?",
+                (time.time(), run_id, worker),
+            )
+            row = conn.execute(
+                "select cancel_requested_at from llm_extract_runs where id = ?", [run_id]
+            ).fetchone()
+            return bool(row and row[0] is not None)
+
+    return await _write(db, fn)
+
+
+async def request_cancel(db, run_id: str) -> bool:
+    """Ask the process running the run to cancel it; False if it is no longer active."""
+
+    def fn(conn):
+        with conn:
+            cur = conn.execute(
+                "update llm_extract_runs set cancel_requested_at = ? where id = ?"
+                " and status in ('pending', 'running')",
+                (time.time(), run_id),
+            )
+            return cur.rowcount == 1
 
     return await _write(db, fn)
 

@@ -8,6 +8,7 @@ validates completely before writing anything, so bad input writes nothing.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ from datasette_llm_core.errors import BudgetError, CapabilityError, ConfigError,
 from datasette_llm_core.gateway import llm_gateway, no_model_message
 from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import state_db
+from datasette_llm_core.workers import lease_for, worker_id
 
 from . import runs, tasks
 from .documents import Document, InputError, load_upload
@@ -100,6 +102,7 @@ async def run_for(datasette, actor, run_id: str, *, write: bool = False) -> dict
     run = await runs.get_run(db, run_id)
     if run is None or not is_owner_or_root(actor, run):
         raise NotFoundError()
+    run = await tasks.check_alive(datasette, db, run)
     database, table = run["database_name"], run["table_name"]
     if database not in datasette.databases:
         raise UserError(f"The database {database!r} of this run is no longer attached.", status=404)
@@ -354,6 +357,7 @@ async def start_run(datasette, actor, req: StartRequest) -> str:
             "instructions": req.instructions or "", "schema_json": json.dumps(spec_to_dict(prepared.spec)),
             "options_json": json.dumps(options), "status": "pending",
             "chunks_total": prepared.estimate.get("chunks", 0),
+            "worker_id": worker_id(), "heartbeat_at": time.time(),
         },
         [_document_record(d) for d in prepared.documents],
     )
@@ -538,8 +542,14 @@ async def cancel(datasette, actor, run: dict) -> bool:
         raise UserError("The run is not running.", 409)
     if tasks.cancel(run["id"]):
         return True
-    # Not running in this process (e.g. another worker died): mark it.
     state = await state_db(datasette)
+    if tasks.owned_elsewhere(run, lease_for(datasette)):
+        # Another live server process runs it: only it can stop the task. It
+        # reads the request at its next heartbeat and ends the run "cancelled".
+        if await runs.request_cancel(state, run["id"]):
+            return True
+        raise UserError("The run is not running.", 409)
+    # Not running anywhere (its server died): mark it.
     await tasks.finish(state, run["id"], "cancelled", "The run was cancelled.")
     return True
 
@@ -626,6 +636,7 @@ async def resume(datasette, actor, run: dict) -> None:
         spent_input_tokens=spent_in, spent_output_tokens=spent_out, spent_cost=spent_cost,
     )
     await runs.update_run(state, run["id"], status="pending", error=None, chunks_failed=0,
+                          worker_id=worker_id(), heartbeat_at=time.time(), cancel_requested_at=None,
                           chunks_done=progress.chunks_done, chunks_total=len(units),
                           input_tokens=spent_in, output_tokens=spent_out, cost=spent_cost)
     await runs.record_event(state, run["id"], "RunResumed", {

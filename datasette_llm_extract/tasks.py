@@ -3,8 +3,15 @@
 Each run is an asyncio task kept in a module-level registry (a strong
 reference, so it cannot be garbage-collected mid-run) with a timeout. Every
 engine event is written to the state database as it arrives, so a page reload
-replays what is stored and then follows live events; a run left "running" by
-a server that stopped is marked "interrupted" at startup.
+replays what is stored and then follows live events.
+
+The state database may be shared by several server processes, so a run
+records which process executes it (``worker_id``) and that process renews
+``heartbeat_at`` while it runs. A run is taken for dead (and marked
+"interrupted") when it executes in this process and its task has ended, or
+when it does not execute here and its owner's heartbeat is older than the
+lease (``datasette_llm_core.workers``): at startup and whenever the run is
+read through ``run_for`` or followed over SSE.
 """
 
 from __future__ import annotations
@@ -12,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 
 from datasette_llm_core.errors import LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.state import state_db
+from datasette_llm_core.workers import abandoned, heartbeat_seconds, lease_for, worker_id
 
 from . import runs
 from .documents import InputError
@@ -131,8 +140,6 @@ async def _record(db, run_id: str, event, progress: _Progress, doc_map: list[int
 
 async def finish(db, run_id: str, status: str, error: str | None = None) -> None:
     """Set the final status and append a RunStatus event (SSE clients stop on it)."""
-    import time
-
     await runs.update_run(db, run_id, status=status, error=error, finished_at=time.time())
     await runs.record_event(db, run_id, "RunStatus", {"type": "RunStatus", "status": status, "error": error})
 
@@ -142,8 +149,11 @@ async def _execute(datasette, run_id: str, job: ExtractionJob, actor: dict | Non
                    progress: _Progress, after) -> None:
     db = await state_db(datasette)
     status, error = "done", None
+    beat = None
     try:
-        await runs.update_run(db, run_id, status=runs.RUNNING)
+        await runs.update_run(db, run_id, status=runs.RUNNING, worker_id=worker_id(), heartbeat_at=time.time())
+        beat = asyncio.get_running_loop().create_task(
+            _heartbeat(db, run_id, heartbeat_seconds(lease_for(datasette))), name=f"llm-extract-beat-{run_id}")
         handle.notify()
         gateway = await llm_gateway(datasette)
 
@@ -174,8 +184,26 @@ async def _execute(datasette, run_id: str, job: ExtractionJob, actor: dict | Non
     except Exception:  # pragma: no cover - state db trouble
         log.exception("could not record the end of run %s", run_id)
     finally:
+        if beat is not None:
+            beat.cancel()
         REGISTRY.pop(run_id, None)
         handle.notify()
+
+
+async def _heartbeat(db, run_id: str, interval: float) -> None:
+    """Renew this process's lease on the run; stop the run when another process
+    asked for a cancel (it cannot cancel a task it does not hold)."""
+    me = worker_id()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            cancel_requested = await runs.heartbeat(db, run_id, me)
+        except Exception:  # pragma: no cover - state db trouble: try again next beat
+            log.exception("could not renew the heartbeat of run %s", run_id)
+            continue
+        if cancel_requested:
+            cancel(run_id)
+            return
 
 
 def start(datasette, run_id: str, job: ExtractionJob, actor: dict | None, *, timeout: float,
@@ -203,7 +231,30 @@ def cancel(run_id: str) -> bool:
     return True
 
 
+def _live_here() -> set[str]:
+    return {run_id for run_id, h in REGISTRY.items() if h.task is None or not h.task.done()}
+
+
 async def recover_interrupted(datasette) -> int:
-    """Startup: runs left running by a dead server become "interrupted"."""
+    """Startup: runs left running by a dead server become "interrupted". Runs
+    another live process executes (fresh heartbeat) are left alone; a run of a
+    process that just died is caught by ``check_alive`` once its lease lapses."""
     db = await state_db(datasette)
-    return await runs.mark_interrupted(db, exclude=set(REGISTRY))
+    return await runs.mark_interrupted(db, exclude=_live_here(), lease=lease_for(datasette))
+
+
+def owned_elsewhere(run: dict, lease: float) -> bool:
+    """The run is active, not executing here, and its owner's lease is still fresh."""
+    return (run["status"] in runs.ACTIVE and run["id"] not in _live_here()
+            and not abandoned(run.get("worker_id"), run.get("heartbeat_at"), lease))
+
+
+async def check_alive(datasette, db, run: dict) -> dict:
+    """The run as stored, after marking it "interrupted" if nobody runs it any more."""
+    if run["status"] not in runs.ACTIVE or run["id"] in _live_here():
+        return run
+    # registered here with its task ended: dead whatever its heartbeat says
+    lease = None if run["id"] in REGISTRY else lease_for(datasette)
+    if await runs.mark_interrupted(db, only=run["id"], lease=lease):
+        return await runs.get_run(db, run["id"]) or run
+    return run

@@ -469,7 +469,7 @@ async def run_events(datasette, request, send, receive):
                     finished = True
             if finished or events:
                 continue
-            current = await runs.get_run(state, run_id)
+            current = await tasks.check_alive(datasette, state, await runs.get_run(state, run_id))
             if handle is None and current["status"] not in runs.ACTIVE:
                 # nothing more will come: everything stored has been sent
                 if not await runs.events_after(state, run_id, after):

@@ -4,9 +4,13 @@ A job is a row of ``rag_jobs`` in the state database: the page and its
 progress endpoint read that row, so progress survives a page reload. The
 running task is kept in a module-level registry (a strong reference, so it
 is not garbage-collected mid-run), has a timeout, and embeds through the
-gateway (``purpose="embed"``) so every embedding call is logged. Jobs found
-``running`` with no live task (the server restarted) are marked
-``interrupted``.
+gateway (``purpose="embed"``) so every embedding call is logged.
+
+Several server processes may share the state database: a job records which
+process runs it (``worker_id``) and that process renews ``heartbeat_at``
+while it runs. A queued or running job is marked ``interrupted`` when its
+task here has ended, or when no task here runs it and its owner's heartbeat
+is older than the lease (``datasette_llm_core.workers``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.sql import quote_identifier
 from datasette_llm_core.state import register_migrations, state_db
+from datasette_llm_core.workers import heartbeat_seconds, lease_cutoff, lease_for, worker_id
 
 from .retrieval import extra_setting, rag_settings
 
@@ -53,7 +58,19 @@ def _migration_jobs(conn: sqlite3.Connection) -> None:
     conn.execute("create index if not exists rag_jobs_db on rag_jobs(database_name, id)")
 
 
-register_migrations("rag", [("0001_rag_jobs", _migration_jobs)])
+def _migration_job_leases(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "alter table rag_jobs add column worker_id text"
+        " /* server process running the job (host:pid:random); null before leases */"
+    )
+    conn.execute(
+        "alter table rag_jobs add column heartbeat_at real"
+        " /* unix time that process last said it was still running the job */"
+    )
+
+
+# 0002 is the answers table (answer.py)
+register_migrations("rag", [("0001_rag_jobs", _migration_jobs), ("0003_rag_job_leases", _migration_job_leases)])
 
 # (state database path or memory name, job id) -> running task.
 _TASKS: dict[tuple[str, int], asyncio.Task] = {}
@@ -95,17 +112,20 @@ async def latest_job(datasette, database: str) -> dict | None:
 
 
 async def _check_alive(datasette, db, job: dict) -> dict:
-    """A job row says running but no task runs it here: the server restarted."""
+    """A job row says queued or running: mark it interrupted if its task here
+    has ended, or if no task here runs it and its owner's lease has lapsed (the
+    server that ran it stopped). Another live process's job is left alone."""
     if job["status"] in ACTIVE:
         task = _TASKS.get(_key(db, job["id"]))
         if task is None or task.done():
-            await db.execute_write(
-                "update rag_jobs set status = 'interrupted', finished_at = ?, message = ? "
-                "where id = ? and status in ('queued', 'running')",
-                [time.time(), "The server stopped before this job finished; start it again.",
-                 job["id"]],
-                block=True,
-            )
+            sql = ("update rag_jobs set status = 'interrupted', finished_at = ?, message = ? "
+                   "where id = ? and status in ('queued', 'running')")
+            params = [time.time(), "The server stopped before this job finished; start it again.",
+                      job["id"]]
+            if task is None:  # perhaps another process runs it: only once its heartbeat lapsed
+                sql += " and (worker_id is null or heartbeat_at is null or heartbeat_at < ?)"
+                params.append(lease_cutoff(lease_for(datasette)))
+            await db.execute_write(sql, params, block=True)
             # Read it back: the job may have finished between our read and the
             # task check, in which case the update above changed nothing.
             row = (await db.execute("select * from rag_jobs where id = ?", [job["id"]])).first()
@@ -129,9 +149,9 @@ async def start_job(
         with conn:  # Datasette 0.65 does not commit execute_write_fn for us
             cursor = conn.execute(
                 "insert into rag_jobs (database_name, actor_id, status, rebuild, tables, "
-                "started_at, updated_at) values (?, ?, 'queued', ?, ?, ?, ?)",
+                "started_at, updated_at, worker_id, heartbeat_at) values (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                 [database, (actor or {}).get("id"), int(rebuild),
-                 json.dumps(tables) if tables else None, now, now],
+                 json.dumps(tables) if tables else None, now, now, worker_id(), now],
             )
         return cursor.lastrowid
 
@@ -199,7 +219,21 @@ async def _run(datasette, job_id, database, actor, tables, rebuild) -> None:
             await asyncio.gather(*list(pending), return_exceptions=True)
         await write(dict(fields, finished_at=time.time()))
 
-    await write({"status": "running", "message": "Reading the tables"})
+    async def heartbeat(interval: float) -> None:
+        me = worker_id()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await db.execute_write(
+                    "update rag_jobs set heartbeat_at = ? where id = ? and worker_id = ?",
+                    [time.time(), job_id, me], block=True,
+                )
+            except Exception:  # noqa: BLE001 - state db trouble: try again next beat
+                continue
+
+    await write({"status": "running", "message": "Reading the tables", "worker_id": worker_id(),
+                 "heartbeat_at": time.time()})
+    beat = asyncio.get_running_loop().create_task(heartbeat(heartbeat_seconds(lease_for(datasette))))
     try:
         stats = await asyncio.wait_for(
             _index(datasette, database, actor, config, tables, rebuild, progress), timeout
@@ -217,6 +251,8 @@ async def _run(datasette, job_id, database, actor, tables, rebuild) -> None:
         summary = _stats_json(stats)
         await finish({"status": "done", "message": "Finished",
                       "stats": json.dumps(summary, default=str)})
+    finally:
+        beat.cancel()
 
 
 def _stats_json(stats: Any) -> dict:

@@ -185,6 +185,9 @@ class Server:
                         "supports": ["streaming", "schema"], "timeout": 30}],
             "defaults": {"extract": "fake"},
             "extract": {"chunk_chars": 500, "concurrency": 1},
+            # The restarted server is a new process: it takes the killed one's runs and
+            # jobs for dead once their heartbeat is this old (45 s by default).
+            "lease_seconds": 1,
         }
         self.config = tmp_path / "config.json"
         self.config.write_text(json.dumps({"plugins": {"datasette-llm-newsroom": plugin}}))
@@ -437,8 +440,14 @@ def test_server_killed_during_index_job_is_interrupted_and_verify_is_consistent(
             assert job["status"] == "running"
             server.kill()
             server.start()
-            status, info = server.request("GET", "/-/llm-rag/index/news.json")
-            job = info.get("job") or info.get("latest_job") or {}
+            # Interrupted once the dead process's lease (1 s here) has lapsed.
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                status, info = server.request("GET", "/-/llm-rag/index/news.json")
+                job = info.get("job") or info.get("latest_job") or {}
+                if job.get("status") != "running":
+                    break
+                time.sleep(0.2)
             assert job["status"] == "interrupted", job
         finally:
             server.stop()

@@ -144,7 +144,8 @@ async def test_a_job_that_finishes_while_being_read_is_not_called_interrupted(ds
     stale = dict(done, status="queued")  # what a read just before the finish saw
     checked = await jobs._check_alive(ds, db, stale)
     assert checked["status"] == "done"
-    # a job really left behind by a dead server is still marked interrupted
-    await db.execute_write("update rag_jobs set status = 'running' where id = ?", [done["id"]], block=True)
+    # a job really left behind by a dead server (its heartbeat long lapsed) is still marked interrupted
+    await db.execute_write("update rag_jobs set status = 'running', heartbeat_at = 0 where id = ?",
+                           [done["id"]], block=True)
     checked = await jobs._check_alive(ds, db, dict(done, status="running"))
     assert checked["status"] == "interrupted"
