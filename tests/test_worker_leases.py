@@ -96,6 +96,9 @@ async def test_cancelling_another_workers_run_asks_its_owner(tmp_path, fake_mode
     assert r.status_code == 200, r.text
     rows = await state_rows(ds, "select status, cancel_requested_at from llm_extract_runs where id = ?", [run_id])
     assert rows[0][0] == "running" and rows[0][1] is not None  # only the owner can stop its task
+    # the run page says the cancel is waiting for the other process, with no second button
+    page = await ds.client.get(f"/-/llm-extract/runs/{run_id}", cookies=jar)
+    assert "Cancel requested" in page.text and 'id="llm-cancel-form"' not in page.text
 
 
 @pytest.fixture
