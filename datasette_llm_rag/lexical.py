@@ -1,8 +1,7 @@
 """Full-text ranking: SQLite FTS5's tokens and BM25, served from memory.
 
 The sidecar keeps a real FTS5 index of every entry's text (``entries_fts``,
-tokenizer ``porter unicode61 remove_diacritics 2``, maintained by triggers;
-see sidecar.py). Ranking a question with FTS5's own ``bm25()`` is exact but
+tokenizer ``porter unicode61 remove_diacritics 2``; see sidecar.py). Ranking a question with FTS5's own ``bm25()`` is exact but
 slow on a large index: FTS5 scores every row that matches any word of the
 question, and on 100k abstracts that took 43 ms per question (median; see
 docs/rag-benchmarks.md), against about 1 ms for the vector search it is fused
@@ -28,11 +27,9 @@ in-memory postings.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import threading
 import unicodedata
-from collections import Counter
 
 import numpy as np
 
@@ -301,25 +298,10 @@ def tokenize(text: str, *, stopwords: bool = True) -> list[str]:
     return [t for t in tokens if t not in STOP_TOKENS] if stopwords else tokens
 
 
-def word_counts(text: str) -> Counter:
-    """Folded words of ``text`` with their counts (before stopwords and stemming)."""
-    return Counter(words(text))
-
-
 def word_token(word: str) -> str:
     """The index token of one folded word: "" for a stop token, else its stem."""
     token = stem(word)
     return "" if token in STOP_TOKENS else token
-
-
-def term_counts(text: str) -> dict[str, int]:
-    """Token -> count for one text (what ``Counter(tokenize(text))`` gives)."""
-    out: dict[str, int] = {}
-    for word, count in word_counts(text).items():
-        token = word_token(word)
-        if token:
-            out[token] = out.get(token, 0) + count
-    return out
 
 
 def query_words(text: str) -> list[str]:
@@ -343,12 +325,6 @@ def fts5_query(text: str) -> str:
     """The question as an FTS5 query with the same terms ``LexicalIndex`` uses:
     its words OR'd together, each quoted, so no character is query syntax."""
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in query_words(text))
-
-
-def fts5_idf(n: int, df: int) -> float:
-    """FTS5's idf: ln((N - df + 0.5) / (df + 0.5)), at least 1e-6."""
-    idf = math.log((n - df + 0.5) / (df + 0.5))
-    return idf if idf > 0 else 1e-6
 
 
 # ---------------------------------------------------------------- index
@@ -383,12 +359,13 @@ class LexicalIndex:
         self.df = counts
         with np.errstate(divide="ignore", invalid="ignore"):
             idf = np.log((n - counts + 0.5) / (counts + 0.5))
-        self.idf = np.where(idf > 0, idf, 1e-6).astype(np.float32)  # fts5_idf, for every term
+        self.idf = np.where(idf > 0, idf, 1e-6).astype(np.float32)  # FTS5's idf, per term
         self._local = threading.local()
 
     @property
     def nbytes(self) -> int:
-        return self.docs.nbytes + self.weights.nbytes + self.ptr.nbytes + self.df.nbytes
+        return (self.docs.nbytes + self.weights.nbytes + self.ptr.nbytes + self.df.nbytes
+                + self.idf.nbytes)
 
     def _buffer(self) -> np.ndarray:
         # One score per row, per thread, kept zeroed between searches.
