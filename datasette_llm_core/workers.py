@@ -6,11 +6,13 @@ a process stamps the runs and jobs it executes with its worker id and renews
 a heartbeat every ``heartbeat_seconds``; another process treats such a row as
 abandoned only once the heartbeat is older than the lease.
 
-Pure logic: nothing here imports Datasette.
+Nothing here imports Datasette.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import secrets
 import socket
@@ -61,3 +63,16 @@ def lease_for(datasette) -> float:
     from .config import plugin_settings
 
     return lease_seconds(plugin_settings(datasette).lease_seconds)
+
+
+async def beat_until_stopped(interval: float, beat, what: str) -> None:
+    """Call ``await beat()`` every ``interval`` seconds until it returns True or
+    the task is cancelled. A failing beat (state database trouble) is logged and
+    tried again at the next interval: a missed beat only shortens the lease."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await beat():
+                return
+        except Exception:  # noqa: BLE001
+            logging.getLogger(__name__).exception("could not renew the heartbeat of %s", what)

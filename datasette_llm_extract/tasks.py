@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from datasette_llm_core.errors import LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.state import state_db
-from datasette_llm_core.workers import abandoned, heartbeat_seconds, lease_for, worker_id
+from datasette_llm_core.workers import (
+    abandoned,
+    beat_until_stopped,
+    heartbeat_seconds,
+    lease_for,
+    worker_id,
+)
 
 from . import runs
 from .documents import InputError
@@ -193,17 +199,14 @@ async def _execute(datasette, run_id: str, job: ExtractionJob, actor: dict | Non
 async def _heartbeat(db, run_id: str, interval: float) -> None:
     """Renew this process's lease on the run; stop the run when another process
     asked for a cancel (it cannot cancel a task it does not hold)."""
-    me = worker_id()
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            cancel_requested = await runs.heartbeat(db, run_id, me)
-        except Exception:  # pragma: no cover - state db trouble: try again next beat
-            log.exception("could not renew the heartbeat of run %s", run_id)
-            continue
-        if cancel_requested:
+
+    async def beat() -> bool:
+        if await runs.heartbeat(db, run_id, worker_id()):
             cancel(run_id)
-            return
+            return True
+        return False
+
+    await beat_until_stopped(interval, beat, f"extraction run {run_id}")
 
 
 def start(datasette, run_id: str, job: ExtractionJob, actor: dict | None, *, timeout: float,

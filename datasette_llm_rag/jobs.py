@@ -25,7 +25,13 @@ from typing import Any
 from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.sql import quote_identifier
 from datasette_llm_core.state import register_migrations, state_db
-from datasette_llm_core.workers import heartbeat_seconds, lease_cutoff, lease_for, worker_id
+from datasette_llm_core.workers import (
+    beat_until_stopped,
+    heartbeat_seconds,
+    lease_cutoff,
+    lease_for,
+    worker_id,
+)
 
 from .retrieval import extra_setting, rag_settings
 
@@ -219,21 +225,17 @@ async def _run(datasette, job_id, database, actor, tables, rebuild) -> None:
             await asyncio.gather(*list(pending), return_exceptions=True)
         await write(dict(fields, finished_at=time.time()))
 
-    async def heartbeat(interval: float) -> None:
-        me = worker_id()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await db.execute_write(
-                    "update rag_jobs set heartbeat_at = ? where id = ? and worker_id = ?",
-                    [time.time(), job_id, me], block=True,
-                )
-            except Exception:  # noqa: BLE001 - state db trouble: try again next beat
-                continue
+    async def heartbeat() -> bool:
+        await db.execute_write(
+            "update rag_jobs set heartbeat_at = ? where id = ? and worker_id = ?",
+            [time.time(), job_id, worker_id()], block=True,
+        )
+        return False  # beat until the job ends
 
     await write({"status": "running", "message": "Reading the tables", "worker_id": worker_id(),
                  "heartbeat_at": time.time()})
-    beat = asyncio.get_running_loop().create_task(heartbeat(heartbeat_seconds(lease_for(datasette))))
+    beat = asyncio.get_running_loop().create_task(beat_until_stopped(
+        heartbeat_seconds(lease_for(datasette)), heartbeat, f"index job {job_id}"))
     try:
         stats = await asyncio.wait_for(
             _index(datasette, database, actor, config, tables, rebuild, progress), timeout
