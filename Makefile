@@ -27,6 +27,8 @@ $(STABLE)/.installed: setup.py
 	test -d $(STABLE) || $(PYTHON) -m venv $(STABLE)
 	$(STABLE)/bin/pip install -q --upgrade pip
 	$(STABLE)/bin/pip install -q -e ".[test]" "datasette>=0.65.5,<1.0"
+	# datasette-secrets 0.2 calls datasette.permission_allowed, which 1.0 alphas removed
+	$(STABLE)/bin/pip install -q "datasette-secrets>=0.2"
 	touch $@
 
 $(ALPHA)/.installed: setup.py

@@ -51,7 +51,12 @@ setup(
         "click",
     ],
     extras_require={
+        # Models of the llm package and its plugins (Gemini, Mistral, Ollama...).
+        "llm": ["llm>=0.36"],
+        # Keys set by an admin at /-/secrets (datasette-secrets 0.2 runs on Datasette 0.65).
+        "secrets": ["datasette-secrets>=0.2"],
         "test": [
+            "llm>=0.36",
             "pytest",
             "pytest-asyncio",
             "httpx2",

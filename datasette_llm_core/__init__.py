@@ -72,20 +72,61 @@ def llm_check_permission_config(datasette):
 
 
 # --- models built from configuration (logic in providers/builtin.py) -------
+# Keys named as datasette-secrets secrets are read per request (secrets.py).
 @hookimpl(specname="register_llm_models")
 def llm_config_chat_models(datasette):
     from .config import plugin_settings
     from .providers.builtin import chat_models_for
+    from .secrets import apply_secret_keys, secret_names
 
-    return chat_models_for(datasette, plugin_settings(datasette))
+    settings = plugin_settings(datasette)
+    models = chat_models_for(datasette, settings)
+    return apply_secret_keys(datasette, models) if secret_names(settings) else models
 
 
 @hookimpl(specname="register_embedding_models")
 def llm_config_embedding_models(datasette):
     from .config import plugin_settings
     from .providers.builtin import embedding_models_for
+    from .secrets import apply_secret_keys, secret_names
 
-    return embedding_models_for(datasette, plugin_settings(datasette))
+    settings = plugin_settings(datasette)
+    models = embedding_models_for(datasette, settings)
+    return apply_secret_keys(datasette, models) if secret_names(settings) else models
+
+
+# --- models of the llm package (logic in providers/llm_plugin.py) ----------
+@hookimpl(specname="register_llm_models")
+def llm_package_chat_models(datasette):
+    from .providers.llm_plugin import registered_chat_models
+
+    return registered_chat_models(datasette)
+
+
+@hookimpl(specname="register_embedding_models")
+def llm_package_embedding_models(datasette):
+    from .providers.llm_plugin import registered_embedding_models
+
+    return registered_embedding_models(datasette)
+
+
+# --- datasette-secrets (a hook of that plugin; unused when it is absent) ----
+@hookimpl(specname="register_secrets")
+def llm_register_secrets(datasette):
+    from .secrets import secrets_for
+
+    return secrets_for(datasette)
+
+
+# --- the models page (logic in models_page.py) -----------------------------
+@hookimpl(specname="register_routes")
+def llm_core_routes(datasette):
+    from . import models_page
+
+    return [
+        (r"^/-/llm-models$", models_page.models_view),
+        (r"^/-/llm-models/test$", models_page.test_view),
+    ]
 
 
 # --- built-in local embedder (logic in embeddings/local_minilm.py) ---------

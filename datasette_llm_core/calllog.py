@@ -110,8 +110,11 @@ def secret_values(settings=None, environ=None) -> list[str]:
             found.add(environ[name])
     if settings is not None:
         for model in list(settings.models) + list(settings.embedding_models):
-            if model.api_key:
+            if isinstance(model.api_key, str) and model.api_key:
                 found.add(model.api_key)
+            secret = getattr(model.api_key, "secret", None)  # api_key: {secret: NAME}
+            if secret and environ.get(secret):
+                found.add(environ[secret])
             if model.api_key_env and environ.get(model.api_key_env):
                 found.add(environ[model.api_key_env])
     # Very short values would redact ordinary words; keys are long.

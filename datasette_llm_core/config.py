@@ -21,14 +21,25 @@ PLUGIN_NAME = "datasette-llm-newsroom"
 Purpose = Literal["extract", "answer", "embed"]
 
 
+class SecretRef(BaseModel):
+    """``api_key: {secret: NAME}``: a key an admin sets with datasette-secrets
+    (the environment variable NAME wins when it is set; see secrets.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="Id used in defaults, fallbacks and the model picker")
-    provider: Literal["openai", "anthropic", "openai-compatible"]
-    model: str | None = Field(None, description="Vendor model name; defaults to id")
+    provider: Literal["openai", "anthropic", "openai-compatible", "llm"]
+    model: str | None = Field(None, description="Vendor model name (for llm: its model id or alias); defaults to id")
     label: str | None = None
-    api_key: str | None = Field(None, description='Usually {"$env": "OPENAI_API_KEY"}')
+    api_key: str | SecretRef | None = Field(
+        None, description='Usually {"$env": "OPENAI_API_KEY"} or {"secret": "OPENAI_API_KEY"}'
+    )
     api_key_env: str | None = Field(None, description="Environment variable holding the key")
     base_url: str | None = None
     supports: list[Literal["streaming", "schema", "images", "pdfs"]] | None = None
@@ -78,6 +89,11 @@ class Settings(BaseModel):
         True,
         description="With no models configured, register defaults for OPENAI_API_KEY, "
         "ANTHROPIC_API_KEY and DATASETTE_LLM_BASE_URL when they are set",
+    )
+    llm_models: bool = Field(
+        False,
+        description="Also register every chat and embedding model the llm package knows "
+        "(pip install 'datasette-llm-newsroom[llm]'), under llm's model ids",
     )
     lease_seconds: float | None = Field(
         None, gt=0,

@@ -29,6 +29,9 @@ class Provider:
     default_key_env: str | None = None
     #: Whether a key is required (OpenAI-compatible local servers need none).
     key_required = True
+    #: ``api_key: {secret: NAME}``: the datasette-secrets secret holding the key
+    #: (the environment variable NAME wins; see ``datasette_llm_core.secrets``).
+    secret_name: str | None = None
 
     def __init__(
         self,
@@ -63,9 +66,18 @@ class Provider:
         return kwargs
 
     # --- keys -----------------------------------------------------------
+    def set_secret_key(self, value: str | None) -> None:
+        """The key read from datasette-secrets for this request (None: use the environment)."""
+        if value != self._explicit_key:
+            self._explicit_key = value
+            self._client = None
+
     @property
     def key_hint(self) -> str:
         """What to check when authentication fails, never the key itself."""
+        if self.secret_name:
+            return (f"check the secret {self.secret_name} (set at /-/secrets) or the "
+                    f"{self.secret_name} environment variable")
         if self.api_key_env:
             return f"check the {self.api_key_env} environment variable"
         return "check the api_key configured for this model"
@@ -77,6 +89,12 @@ class Provider:
             return self._environ[self.api_key_env]
         if not self.key_required and not (self.api_key_env and self.api_key_env != self.default_key_env):
             return None
+        if self.secret_name:
+            raise ConfigError(
+                f"Model {model_id!r} ({self.name}) needs an API key: an admin can set the secret "
+                f"{self.secret_name} at /-/secrets/{self.secret_name} (datasette-secrets), or "
+                f"set the {self.secret_name} environment variable."
+            )
         env = self.api_key_env or self.default_key_env or "the provider's key variable"
         raise ConfigError(
             f"Model {model_id!r} ({self.name}) needs an API key: set the {env} environment "

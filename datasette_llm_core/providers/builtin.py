@@ -25,7 +25,7 @@ import os
 import weakref
 from typing import Any
 
-from ..config import ModelConfig, Settings
+from ..config import ModelConfig, SecretRef, Settings
 from ..errors import ConfigError
 from ..models import ChatModel, EmbeddingModel
 from . import pricing
@@ -90,9 +90,18 @@ def default_embedding_configs(environ) -> list[ModelConfig]:
 
 
 def _connection(config: ModelConfig, environ, default_timeout: float | None):
+    secret = config.api_key.secret if isinstance(config.api_key, SecretRef) else None
+    connection = _provider(config, environ, default_timeout, secret)
+    connection.secret_name = secret
+    return connection
+
+
+def _provider(config: ModelConfig, environ, default_timeout: float | None, secret: str | None):
     kwargs = dict(
-        api_key=config.api_key,
-        api_key_env=config.api_key_env,
+        # A secret's value is set per request (secrets.apply_secret_keys); its
+        # environment variable, when set, wins.
+        api_key=config.api_key if secret is None else None,
+        api_key_env=config.api_key_env or secret,
         base_url=config.base_url,
         timeout=config.timeout or default_timeout,
         http_client=make_http_client(config),
@@ -167,14 +176,14 @@ def build_embedding_model(
 
 
 def chat_configs(settings: Settings, environ) -> list[ModelConfig]:
-    if settings.models:
-        return list(settings.models)
+    if settings.models:  # provider: llm entries are built by providers/llm_plugin.py
+        return [c for c in settings.models if c.provider != "llm"]
     return default_model_configs(environ) if settings.auto_models else []
 
 
 def embedding_configs(settings: Settings, environ) -> list[ModelConfig]:
     if settings.embedding_models:
-        return list(settings.embedding_models)
+        return [c for c in settings.embedding_models if c.provider != "llm"]
     return default_embedding_configs(environ) if settings.auto_models else []
 
 
