@@ -336,7 +336,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
         with self.fake._lock:
             self.fake.requests.append({"path": path, "body": body, "time": time.time(),
                                        "headers": {k.lower(): v for k, v in self.headers.items()
-                                                   if k.lower() != "authorization"}})
+                                                   if k.lower() != "authorization"},
+                                       # whether Authorization carried the expected key
+                                       # (the key itself is never recorded)
+                                       "key_ok": self.fake.api_key is None or self.headers.get(
+                                           "Authorization") == f"Bearer {self.fake.api_key}"})
         if not self._authorised():
             return
         if path == "/v1/chat/completions":
