@@ -129,6 +129,13 @@ def llm_core_routes(datasette):
     ]
 
 
+@hookimpl(specname="skip_csrf")
+def llm_core_skip_csrf(datasette, scope):
+    from .models_page import skip_csrf
+
+    return skip_csrf(scope)
+
+
 # --- built-in local embedder (logic in embeddings/local_minilm.py) ---------
 @hookimpl(specname="register_embedding_models")
 def llm_local_embedding_models(datasette):

@@ -261,6 +261,8 @@ MATRIX: list[Cell] = [
          "GET", "/-/llm-rag/similar/news/secret/1", "403 403 404 404 200"),
     Cell(r"^/-/llm-rag/(?P<database>[^/]+)/search\.json$", "GET", "/-/llm-rag/news/search.json?q=budget", "403 403 200 200 200"),
     Cell(r"^/-/llm-rag/(?P<database>[^/]+)/ask\.json$", "POST", "/-/llm-rag/news/ask.json", "403 403 200 200 200", {"q": "road budget"}),
+    Cell(r"^/-/llm-models$", "GET", "/-/llm-models", "403 403 403 403 200"),
+    Cell(r"^/-/llm-models/test$", "POST", "/-/llm-models/test", "403 403 403 403 200", {"model_id": "scripted"}),
     # Datasette's own pages over the state database: call log, runs, answers, feedback.
     Cell("", "GET", "/llm_newsroom", "403 403 403 403 200"),
     Cell("", "GET", "/llm_newsroom/llm_calls.json", "403 403 403 403 200"),
