@@ -436,4 +436,5 @@ async def menu_links_body(datasette, actor) -> list[dict]:
         return []
     # Newest calls first: the table's primary key is a random id.
     href = datasette.urls.table(STATE_DB_NAME, "llm_calls") + "?_sort_desc=started_at"
-    return [{"href": href, "label": "LLM call log"}]
+    return [{"href": href, "label": "LLM call log"},
+            {"href": datasette.urls.path("/-/llm-models"), "label": "LLM models"}]

@@ -72,6 +72,9 @@ async def test_only_log_viewers_see_the_page(ds):
     for actor, status in ((None, 403), ("reporter", 403), ("editor", 200), ("root", 200)):
         response = await ds.client.get("/-/llm-models", cookies=cookies(ds, actor))
         assert response.status_code == status, (actor, response.text[:300])
+    for actor, shown in (("reporter", False), ("editor", True)):
+        home = (await ds.client.get("/", cookies=cookies(ds, actor))).text
+        assert ('href="/-/llm-models"' in home) is shown, actor  # the "LLM models" menu item
     denied = await ds.client.post("/-/llm-models/test", cookies=cookies(ds, "reporter"),
                                   json={"model_id": "house"})
     assert denied.status_code == 403
