@@ -56,6 +56,12 @@ def no_network(monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def llm_user_dir(tmp_path_factory, monkeypatch):
+    """llm (when installed) keeps keys and aliases under LLM_USER_PATH: never the real ~/.config."""
+    monkeypatch.setenv("LLM_USER_PATH", str(tmp_path_factory.getbasetemp() / "llm-user"))
+
+
 @pytest.fixture
 def scripted_model():
     return ScriptedChatModel("scripted")

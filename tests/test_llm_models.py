@@ -320,3 +320,20 @@ async def test_llm_embedding_model_through_the_gateway():
     # the llm model's own batch_size (4) is honoured: two batches, one row each
     assert [(r["kind"], r["provider"], r["outcome"], r["items"]) for r in rows] == [
         ("embed", "llm", "ok", 4), ("embed", "llm", "ok", 1)]
+
+
+async def test_readme_llm_example_registers_what_it_says():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- docs-test: llm-models -->\s*\n```yaml\n(.*?)\n```", readme, re.S).group(1)
+    settings = yaml.safe_load(block)["plugins"]["datasette-llm-newsroom"]
+    _, gw, _ = await gateway_for(**settings)
+    models = {m.model_id: m for m in gw.chat_models()}
+    assert models["gpt-4.1-mini"].provider == "openai"  # the configured one wins over llm's
+    assert {"scripted-sync", "plain-llm", "gpt-4o"} <= set(models)  # llm_models: true
+    reason = gw.unavailable_reason(models["gemini-flash"])  # llm-gemini is not installed here
+    assert "gemini-2.5-flash" in reason and "llm install" in reason
