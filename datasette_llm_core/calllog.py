@@ -101,10 +101,25 @@ def new_id() -> str:
 
 
 # ---------------------------------------------------------------- redaction
+#: Keys read at run time (datasette-secrets, llm's key store): redacted too,
+#: including earlier values of a rotated secret. Bounded, newest kept.
+_REMEMBERED: dict[str, None] = {}
+_REMEMBER_MAX = 256
+
+
+def remember_secret(value: str | None) -> None:
+    """Treat ``value`` as a secret in every later redaction of this process."""
+    if value and len(value) >= 6:
+        _REMEMBERED.pop(value, None)
+        _REMEMBERED[value] = None
+        while len(_REMEMBERED) > _REMEMBER_MAX:
+            _REMEMBERED.pop(next(iter(_REMEMBERED)))
+
+
 def secret_values(settings=None, environ=None) -> list[str]:
-    """Every secret value the suite knows of: configured keys and key env vars."""
+    """Every secret value the suite knows of: configured keys, key env vars, keys read at run time."""
     environ = os.environ if environ is None else environ
-    found: set[str] = set()
+    found: set[str] = set(_REMEMBERED)
     for name in SECRET_ENV_VARS:
         if environ.get(name):
             found.add(environ[name])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+from .calllog import remember_secret
 from .config import SecretRef, Settings
 
 
@@ -77,6 +78,7 @@ async def apply_secret_keys(datasette, models: list, environ=None) -> list:
         name = holder.secret_name
         if name not in cache:
             cache[name] = await read_secret(datasette, name, environ=environ)
+            remember_secret(cache[name])  # redacted from the call log and errors from now on
         holder.set_secret_key(cache[name])
     return models
 

@@ -58,8 +58,13 @@ def no_network(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def llm_user_dir(tmp_path_factory, monkeypatch):
-    """llm (when installed) keeps keys and aliases under LLM_USER_PATH: never the real ~/.config."""
+    """llm (when installed) keeps keys and aliases under LLM_USER_PATH: never the real ~/.config.
+    As in llm's own tests, llm loads no installed plugin in this process (``sys._called_from_test``):
+    tests register the one they use (tests/llm_test_plugin.py)."""
+    import sys
+
     monkeypatch.setenv("LLM_USER_PATH", str(tmp_path_factory.getbasetemp() / "llm-user"))
+    monkeypatch.setattr(sys, "_called_from_test", True, raising=False)
 
 
 @pytest.fixture

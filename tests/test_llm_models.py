@@ -337,3 +337,35 @@ async def test_readme_llm_example_registers_what_it_says():
     assert {"scripted-sync", "plain-llm", "gpt-4o"} <= set(models)  # llm_models: true
     reason = gw.unavailable_reason(models["gemini-flash"])  # llm-gemini is not installed here
     assert "gemini-2.5-flash" in reason and "llm install" in reason
+
+
+async def test_key_from_llm_key_store_is_redacted_when_echoed(llm_world):
+    llm_world.mkdir(parents=True, exist_ok=True)
+    (llm_world / "keys.json").write_text(json.dumps({"scripted": LLM_KEY}))
+    ds, gw, _ = await gateway_for(models=CONFIGURED)
+    plugin.SCRIPT.append(Turn(error=RuntimeError(f"upstream said: token {LLM_KEY} expired")))
+    with pytest.raises(ModelError) as info:
+        await gw.complete(ask(), purpose="answer", prompt_version="t", model_id="keyed")
+    assert "expired" in str(info.value) and LLM_KEY not in str(info.value)
+    assert all(LLM_KEY not in (r["error_message"] or "") for r in await call_rows(ds))
+
+
+class BrokenPlugin:
+    """An llm plugin whose hook fails, like one installed without its dependency."""
+
+    @llm.hookimpl
+    def register_models(self, register):
+        raise ModuleNotFoundError("No module named 'llama_cpp'")
+
+
+async def test_a_broken_llm_plugin_is_reported_not_a_crash():
+    from llm.plugins import pm as llm_pm
+
+    broken = BrokenPlugin()
+    llm_pm.register(broken, name="broken-test-plugin")
+    try:
+        _, gw, _ = await gateway_for(models=[CONFIGURED[0]])
+        reason = gw.unavailable_reason(gw.get_chat_model("gemini-flash"))
+        assert "llama_cpp" in reason and "llm uninstall" in reason
+    finally:
+        llm_pm.unregister(broken)

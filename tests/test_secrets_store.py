@@ -153,6 +153,39 @@ async def test_environment_wins_over_the_stored_secret(monkeypatch, grant):
         assert fake.requests[-1]["key_ok"]  # the environment variable won
 
 
+@needs_secrets
+async def test_llm_model_key_from_a_secret(monkeypatch, grant, tmp_path):
+    llm = pytest.importorskip("llm")  # noqa: F841
+    from datasette_llm_core.providers import llm_plugin
+
+    from . import llm_test_plugin
+
+    monkeypatch.delenv(SECRET_NAME, raising=False)
+    monkeypatch.delenv("SCRIPTED_LLM_KEY", raising=False)
+    llm_test_plugin.reset()
+    llm_test_plugin.register()
+    llm_plugin.clear_cache()
+    try:
+        ds = Datasette(memory=True, metadata={"plugins": {
+            "datasette-secrets": {"encryption-key": Fernet.generate_key().decode()},
+            "datasette-llm-newsroom": {"state_database": ":memory:", "models": [
+                {"id": "keyed", "provider": "llm", "model": "scripted-async",
+                 "api_key": {"secret": SECRET_NAME}}]},
+        }})
+        await ds.invoke_startup()
+        gw = await llm_gateway(ds)
+        reason = gw.unavailable_reason(gw.get_chat_model("keyed"))
+        assert f"/-/secrets/{SECRET_NAME}" in reason
+        await set_secret_in_process(ds, FIRST)
+        gw = await llm_gateway(ds)
+        await gw.complete(ChatRequest(messages=[Message.user("hi")]), purpose="answer", prompt_version="t")
+        assert llm_test_plugin.CALLS[-1]["key"] == FIRST
+        llm_test_plugin.CALLS.clear()  # it holds the key; the scan must not see it as ours
+    finally:
+        llm_test_plugin.unregister()
+        llm_plugin.clear_cache()
+
+
 # ------------------------------------------------------------------ a real server
 def _free_port() -> int:
     import socket

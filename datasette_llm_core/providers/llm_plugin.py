@@ -40,7 +40,7 @@ from typing import Any, AsyncIterator, Iterable, Literal
 
 import numpy as np
 
-from ..calllog import redact
+from ..calllog import redact, remember_secret
 from ..config import ModelConfig, SecretRef, Settings
 from ..errors import CapabilityError, ConfigError, ModelError
 from ..models import ChatModel, EmbeddingModel
@@ -87,28 +87,42 @@ def import_llm():
 
 
 # ----------------------------------------------------------------- listing
-_listed: dict[str, Any] = {"at": 0.0, "chat": None, "embed": None}
+_listed: dict[str, Any] = {"at": 0.0, "chat": None, "embed": None, "error": None}
 
 
 def clear_cache() -> None:
     """Forget llm's model list (tests register plugins; the models page refreshes)."""
-    _listed.update(at=0.0, chat=None, embed=None)
+    _listed.update(at=0.0, chat=None, embed=None, error=None)
 
 
 def _list_models() -> tuple[dict, dict]:
     """``({id or alias: (sync, async, aliases)}, {id or alias: embedding model})``."""
+    if _listed["error"] is not None:
+        raise ConfigError(_listed["error"])
     if _listed["chat"] is not None and time.monotonic() - _listed["at"] < LIST_TTL:
         return _listed["chat"], _listed["embed"]
     llm = import_llm()
+    try:
+        found_chat = llm.get_models_with_aliases()
+        found_embed = llm.get_embedding_models_with_aliases()
+    except Exception as e:  # noqa: BLE001 - a broken llm plugin, not our bug
+        # llm marks its plugins loaded before loading them, so what it lists
+        # after such a failure is partial: keep saying so until a restart.
+        _listed["error"] = (
+            f"llm could not list its models ({type(e).__name__}: {e}). One of its plugins is "
+            "probably broken: run llm plugins, then reinstall or llm uninstall it and restart "
+            "Datasette."
+        )
+        raise ConfigError(_listed["error"]) from e
     chat: dict[str, tuple] = {}
-    for found in llm.get_models_with_aliases():
+    for found in found_chat:
         model_id = (found.model or found.async_model).model_id
         entry = (found.model, found.async_model, list(found.aliases))
         chat[model_id] = entry
         for alias in found.aliases:
             chat.setdefault(alias, entry)
     embed: dict[str, Any] = {}
-    for found in llm.get_embedding_models_with_aliases():
+    for found in found_embed:
         embed[found.model.model_id] = found.model
         for alias in found.aliases:
             embed.setdefault(alias, found.model)
@@ -288,7 +302,7 @@ class LlmChatModel(ChatModel):
         if getattr(model, "needs_key", None) is None:
             return None
         try:
-            return model.get_key(self.key)
+            key = model.get_key(self.key)
         except Exception as e:  # llm.NeedsKeyException
             hint = ""
             if self.secret_name:
@@ -299,6 +313,8 @@ class LlmChatModel(ChatModel):
                 f"Model {self.model_id!r} (llm: {self.llm_model_id}) has no API key: "
                 f"{redact(str(e), self.secrets())}{hint}."
             ) from None
+        remember_secret(key)  # from llm's key store: redact it like ours
+        return key
 
     def ensure_ready(self) -> None:
         if self.problem:
@@ -306,7 +322,9 @@ class LlmChatModel(ChatModel):
         self._resolved_key()
 
     def secrets(self) -> list[str]:
-        return [self.key] if self.key else []
+        from ..calllog import secret_values
+
+        return ([self.key] if self.key else []) + secret_values()
 
     def check(self, request: ChatRequest) -> None:
         super().check(request)
