@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,7 +63,19 @@ def reset() -> None:
 
 
 def _next_turn() -> Turn:
-    return SCRIPT.pop(0) if SCRIPT else DEFAULT
+    """The next scripted turn: from ``SCRIPT``, or (in a server process) from the JSON
+    list of Turn fields in the file named by LLM_TEST_PLUGIN_SCRIPT, consumed in order."""
+    if SCRIPT:
+        return SCRIPT.pop(0)
+    path = os.environ.get("LLM_TEST_PLUGIN_SCRIPT")
+    if path and os.path.exists(path):
+        with open(path) as f:
+            turns = json.load(f)
+        if turns:
+            with open(path, "w") as f:
+                json.dump(turns[1:], f)
+            return Turn(**turns[0])
+    return DEFAULT
 
 
 def _failure(turn: Turn) -> Exception:
