@@ -22,6 +22,7 @@ from datasette.utils import await_me_maybe
 
 from . import permissions
 from .attempts import describe
+from .calllog import redact, secret_values
 from .config import PLUGIN_NAME, RetryConfig, SecretRef, Settings, plugin_settings
 from .denied import denied_message
 from .errors import ConfigError, LLMSuiteError, ModelError
@@ -60,11 +61,13 @@ def _impl_source(impl, settings: Settings, kind: str) -> str:
     return f"plugin hook ({plugin})"
 
 
-async def collect(datasette, settings: Settings, hook_name: str, kind: str) -> list[Found]:
+async def collect(datasette, settings: Settings, hook_name: str, kind: str,
+                  problems: list[str] | None = None) -> list[Found]:
     """Every model each implementation of ``hook_name`` returns, with its source.
 
     Implementations are called in the order pluggy calls them, so where two
     register the same id, the one the gateway keeps (the later) shadows the other.
+    A hook that fails is reported in ``problems`` instead of breaking the page.
     """
     from datasette.plugins import pm
 
@@ -73,8 +76,11 @@ async def collect(datasette, settings: Settings, hook_name: str, kind: str) -> l
         kwargs = {name: datasette for name in impl.argnames if name == "datasette"}
         try:
             result = await await_me_maybe(impl.function(**kwargs))
-        except LLMSuiteError:
-            continue  # a broken config is reported at the top of the page
+        except Exception as e:  # noqa: BLE001 - another plugin's failure, shown to the operator
+            if problems is not None:
+                problems.append(f"{_impl_source(impl, settings, kind)}: {type(e).__name__}: "
+                                f"{redact(str(e), secret_values(settings))}")
+            continue
         for model in result or []:
             found.append(Found(model, _impl_source(impl, settings, kind)))
     last = {f.model.model_id: f for f in found}
@@ -174,15 +180,17 @@ async def page_context(datasette, request) -> dict:
     try:
         settings = plugin_settings(datasette)
     except ConfigError as e:
-        return {"error": str(e), "chat": [], "embed": [], "chains": []}
-    chat = await collect(datasette, settings, "register_llm_models", "chat")
-    embed = await collect(datasette, settings, "register_embedding_models", "embed")
+        return {"error": str(e), "problems": [], "chat": [], "embed": [], "chains": []}
+    problems: list[str] = []
+    chat = await collect(datasette, settings, "register_llm_models", "chat", problems)
+    embed = await collect(datasette, settings, "register_embedding_models", "embed", problems)
     defaults: dict[str, list[str]] = {}
     for purpose, model_id in settings.defaults.items():
         defaults.setdefault(model_id, []).append(purpose)
     default_embed = settings.defaults.get("embed") or DEFAULT_EMBEDDING_MODEL
     return {
         "error": None,
+        "problems": problems,
         "chat": [_chat_row(f, settings, defaults) for f in chat],
         "embed": [_embed_row(f, settings, default_embed) for f in embed],
         "chains": _chains(settings, {f.model.model_id for f in chat}),

@@ -162,3 +162,25 @@ async def test_environment_models_say_so(fake_api_keys, monkeypatch):
     row = html.split('<tr data-model-id="gpt-4.1-mini"', 1)[1].split("</tr>", 1)[0]
     assert "environment variables" in row and "environment variable OPENAI_API_KEY" in row
     assert "$0.4 / $1.6" in row
+
+
+async def test_a_failing_plugin_hook_is_shown_not_a_500(ds):
+    from datasette import hookimpl
+    from datasette.plugins import pm
+
+    class Broken:
+        __name__ = "broken-models-plugin"
+
+        @hookimpl
+        def register_llm_models(self, datasette):
+            raise RuntimeError("could not reach the model registry")
+
+    broken = Broken()
+    pm.register(broken, name="broken-models-plugin")
+    try:
+        response = await ds.client.get("/-/llm-models", cookies=cookies(ds, "root"))
+    finally:
+        pm.unregister(broken)
+    assert response.status_code == 200
+    assert "plugin hook (broken-models-plugin): RuntimeError: could not reach the model registry" in response.text
+    assert 'data-model-id="house"' in response.text
