@@ -124,10 +124,22 @@ def _ready(model) -> str | None:
     return None
 
 
+def _secret_link(model, settings: Settings) -> dict | None:
+    """Where an admin sets this model's secret (datasette-secrets installed), else None."""
+    from .secrets import secrets_installed
+
+    config = next((c for c in list(settings.models) + list(settings.embedding_models)
+                   if c.id == model.model_id), None)
+    if config is None or not isinstance(config.api_key, SecretRef) or not secrets_installed():
+        return None
+    return {"name": config.api_key.secret, "path": "/-/secrets/" + config.api_key.secret}
+
+
 def _chat_row(f: Found, settings: Settings, defaults: dict[str, list[str]]) -> dict:
     model = f.model
     caps = model.capabilities()
     return {
+        "secret": _secret_link(model, settings),
         "id": model.model_id,
         "label": getattr(model, "label", "") or model.model_id,
         "source": f.source,
@@ -148,6 +160,7 @@ def _chat_row(f: Found, settings: Settings, defaults: dict[str, list[str]]) -> d
 def _embed_row(f: Found, settings: Settings, default_embed: str) -> dict:
     model = f.model
     return {
+        "secret": _secret_link(model, settings),
         "id": model.model_id,
         "label": getattr(model, "label", "") or model.model_id,
         "source": f.source,

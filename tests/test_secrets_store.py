@@ -300,6 +300,7 @@ def test_key_set_at_secrets_page_is_used_per_request_and_never_shown(served):
     assert fake.chat_requests() == []
     page = server.get("/-/llm-models")
     assert f"secret {SECRET_NAME}" in page.text and "unavailable" in page.text
+    assert f'href="/-/secrets/{SECRET_NAME}"' in page.text  # where an admin sets it
 
     # 2. An admin sets it through datasette-secrets' own page.
     listing = server.get("/-/secrets")
