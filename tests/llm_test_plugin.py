@@ -148,6 +148,7 @@ class ScriptedSync(llm.Model):
 class PlainSync(llm.Model):
     model_id = "plain-llm"
     can_stream = False
+    supports_conversation = False  # single-turn: llm refuses assistant messages
 
     def execute(self, prompt, stream, response, conversation):
         _record(self, prompt)

@@ -369,3 +369,15 @@ async def test_a_broken_llm_plugin_is_reported_not_a_crash():
         assert "llama_cpp" in reason and "llm uninstall" in reason
     finally:
         llm_pm.unregister(broken)
+
+
+async def test_single_turn_model_gets_earlier_turns_as_text():
+    _, gw, _ = await gateway_for(models=CONFIGURED)
+    request = ChatRequest(messages=[Message.user("Example: 2+2"), Message.assistant("4"),
+                                    Message.user("Now: 3+3")])
+    response = await gw.complete(request, purpose="extract", prompt_version="t", model_id="plain")
+    assert response.text == "Hello from llm."
+    call = plugin.CALLS[-1]
+    assert call["messages"] == [("user", 1)]  # one turn, as llm requires for this model
+    assert "User: Example: 2+2" in call["prompt"] and "Assistant: 4" in call["prompt"]
+    assert call["prompt"].endswith("Now: 3+3")

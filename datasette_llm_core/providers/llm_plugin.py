@@ -366,8 +366,14 @@ class LlmChatModel(ChatModel):
             return "".join(p.text for p in parts if isinstance(p, TextPart))
 
         *history, last = request.messages
+        prompt_text = text(last.parts)
+        if history and not getattr(model, "supports_conversation", True):
+            # A single-turn model: earlier turns (few-shot examples) go into the prompt as text.
+            earlier = "\n\n".join(f"{m.role.capitalize()}: {text(m.parts)}" for m in history)
+            prompt_text = f"Earlier messages:\n{earlier}\n\nNow:\n{prompt_text}"
+            history = []
         kwargs: dict[str, Any] = dict(
-            prompt=text(last.parts) or None,
+            prompt=prompt_text or None,
             attachments=attachments(last.parts) or None,
             system=request.system,
             stream=stream,
