@@ -115,7 +115,7 @@ def _record(model, prompt, key=None) -> dict:
 
 
 class _Options(llm.Options):
-    max_tokens: int | None = Field(None, description="Output cap")
+    max_tokens: int | None = Field(None, description="Output cap", le=1000)
     temperature: float | None = Field(None, description="Sampling temperature")
 
 

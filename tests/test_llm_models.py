@@ -381,3 +381,9 @@ async def test_single_turn_model_gets_earlier_turns_as_text():
     assert call["messages"] == [("user", 1)]  # one turn, as llm requires for this model
     assert "User: Example: 2+2" in call["prompt"] and "Assistant: 4" in call["prompt"]
     assert call["prompt"].endswith("Now: 3+3")
+
+
+async def test_option_out_of_the_plugins_range_is_left_to_its_default():
+    _, gw, _ = await gateway_for(models=CONFIGURED)
+    await gw.complete(ask(max_tokens=4096), purpose="answer", prompt_version="t", model_id="gemini-flash")
+    assert plugin.CALLS[-1]["options"] == {"temperature": 0.0}  # max_tokens <= 1000 for this plugin

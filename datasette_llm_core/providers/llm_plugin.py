@@ -348,6 +348,12 @@ class LlmChatModel(ChatModel):
                 break
         if request.temperature is not None and "temperature" in fields:
             options["temperature"] = request.temperature
+        try:
+            model.Options(**options)
+        except Exception as e:  # noqa: BLE001 - pydantic's ValidationError: a value out of the plugin's range
+            errors = e.errors() if hasattr(e, "errors") else []
+            rejected = {err["loc"][0] for err in errors if err.get("loc")} or set(options)
+            options = {k: v for k, v in options.items() if k not in rejected}  # the plugin's default
         return options
 
     def _prompt_kwargs(self, model, request: ChatRequest, stream: bool) -> dict:
