@@ -8,7 +8,8 @@ with an installed plugin's entry point); its ``register_models`` and
   the gateway must run it in a worker thread;
 - ``scripted-async``: an ``llm.AsyncKeyModel`` (with its sync twin) that needs
   the key ``scripted`` (``SCRIPTED_LLM_KEY``), streams and reads PDFs;
-- ``plain-llm``: a sync model that cannot stream, has no schemas and no attachments;
+- ``plain-llm``: a sync, single-turn model that cannot stream, has no schemas and no attachments;
+- ``claude-haiku-4-5-test``: like ``scripted-sync``, under an id whose price the suite knows;
 - ``scripted-embed``: an embedding model (8 dimensions, hashed words).
 
 Each call takes the next entry of ``SCRIPT`` (or ``DEFAULT``): text chunks,
@@ -145,6 +146,12 @@ class ScriptedSync(llm.Model):
         response.response_json = {"stop_reason": turn.stop_reason}
 
 
+class PricedSync(ScriptedSync):
+    """An id in the family of a model whose list price the suite knows."""
+
+    model_id = "claude-haiku-4-5-test"
+
+
 class PlainSync(llm.Model):
     model_id = "plain-llm"
     can_stream = False
@@ -212,6 +219,7 @@ def register_models(register):
     register(ScriptedSync())
     register(ScriptedKeySync(), ScriptedAsync(), aliases=["scripted-alias"])
     register(PlainSync())
+    register(PricedSync())
 
 
 @llm.hookimpl
