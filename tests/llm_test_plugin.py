@@ -51,6 +51,8 @@ class Turn:
     error: Exception | None = None
     delay: float = 0.0
     stop_reason: str | None = "end_turn"
+    #: Yielded first as a ``StreamEvent(type="reasoning")``: not part of the answer.
+    reasoning: str | None = None
 
 
 SCRIPT: list[Turn] = []
@@ -131,6 +133,10 @@ class ScriptedSync(llm.Model):
         call = _record(self, prompt)
         turn = _next_turn()
         try:
+            if turn.reasoning:
+                from llm.parts import StreamEvent
+
+                yield StreamEvent(type="reasoning", chunk=turn.reasoning)
             for index, chunk in enumerate(turn.chunks):
                 if turn.fail_status or turn.error:
                     if index == turn.fail_after:

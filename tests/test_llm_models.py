@@ -140,7 +140,8 @@ async def test_llm_not_installed_says_how_to_install(monkeypatch):
 # ------------------------------------------------------------------ calls
 async def test_sync_model_streams_in_a_worker_thread_with_usage_logged():
     ds, gw, _ = await gateway_for(models=CONFIGURED)
-    plugin.SCRIPT.append(Turn(chunks=["One ", "two ", "three."], input_tokens=21, output_tokens=4))
+    plugin.SCRIPT.append(Turn(chunks=["One ", "two ", "three."], input_tokens=21, output_tokens=4,
+                              reasoning="Let me count (not part of the answer)"))
     text, end = await collect(gw.stream(ask("Count", max_tokens=50), purpose="answer",
                                         prompt_version="t1", model_id="gemini-flash",
                                         actor={"id": "maria"}))
