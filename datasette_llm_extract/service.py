@@ -587,7 +587,8 @@ async def resume(datasette, actor, run: dict) -> None:
     documents: list[Document] = []
     for i, d in enumerate(stored_docs):
         if d["text"] is not None:
-            documents.append(Document.from_text(d["text"], name=d["name"]))
+            # exactly as stored: the first attempt planned its chunks on this text
+            documents.append(Document.from_text(d["text"], name=d["name"], canonical=False))
         elif (i, None) in done:  # read whole and finished: a stand-in that is never sent
             documents.append(Document(name=d["name"], kind=d["kind"], media_type=d["media_type"] or ""))
         else:

@@ -23,6 +23,7 @@ from datasette_llm_core.gateway import llm_gateway, no_model_message
 from datasette_llm_core.state import STATE_DB_NAME, state_db
 
 from . import runs, service, tasks
+from .documents import canonical_offset, canonical_text
 from .forms import BadForm, BodyTooLarge, parse_form, read_body
 from .prompts import PROMPT_VERSION
 from .schema import COLUMN_TYPES, QUOTE_FIELD, validate_table_spec
@@ -384,12 +385,27 @@ def _display(value) -> str:
     return str(value)
 
 
+def _canonical_documents(documents: list[dict], rows: list[dict]) -> None:
+    """Show runs stored before text was made canonical (CRLF kept) as canonical text, with
+    their rows' quote offsets moved to match: the page's text must be the offsets' text."""
+    for d in documents:
+        text = d.get("text")
+        if not text or "\r" not in text:
+            continue
+        for row in rows:
+            if row["document"] == d["idx"] and row["quote_start"] is not None:
+                row["quote_start"] = canonical_offset(text, row["quote_start"])
+                row["quote_end"] = canonical_offset(text, row["quote_end"])
+        d["text"] = canonical_text(text)
+
+
 async def run_page(datasette, request):
     run = await _run_or_raise(datasette, request, request.url_vars["run_id"])
     state = await state_db(datasette)
     rows = await runs.get_rows(state, run["id"])
     names = [c["name"] for c in run["schema"]["columns"]]
     documents = await runs.get_documents(state, run["id"])
+    _canonical_documents(documents, rows)
     settings = extract_settings(datasette)
     provenance = await runs.provenance_for_run(state, run["id"]) if run["status"] == "inserted" else []
     for p in provenance:

@@ -106,11 +106,15 @@
     if (!pre) { return; }
     var text = pre.getAttribute("data-original");
     if (text === null) { text = pre.textContent; pre.setAttribute("data-original", text); }
+    // The server counts characters (code points); JavaScript strings count UTF-16
+    // units, which differ after any character outside the BMP (emoji, rare scripts).
+    if (!pre.llmChars) { pre.llmChars = Array.from(text); }
+    var chars = pre.llmChars;
     pre.textContent = "";
-    pre.appendChild(document.createTextNode(text.slice(0, start)));
-    var mark = el("mark", {}, text.slice(start, end));
+    pre.appendChild(document.createTextNode(chars.slice(0, start).join("")));
+    var mark = el("mark", {}, chars.slice(start, end).join(""));
     pre.appendChild(mark);
-    pre.appendChild(document.createTextNode(text.slice(end)));
+    pre.appendChild(document.createTextNode(chars.slice(end).join("")));
     // Scroll the source panel only: moving the page under the pointer would
     // make a click on the row's Accept/Reject controls land somewhere else.
     pre.scrollTop = Math.max(0, mark.offsetTop - pre.clientHeight / 3);
