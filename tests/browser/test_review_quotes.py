@@ -118,7 +118,7 @@ def test_quote_highlight_is_the_quote(root_page, datasette_server, fake_llm, tmp
             marks = page.locator("pre.llm-source mark")
             expect(marks).to_have_count(1)
             seen[name] = marks.first.evaluate("m => m.textContent")
-            assert seen[name] == row.locator(".llm-quote").evaluate("q => q.textContent")
+            assert seen[name] == row.locator(".llm-quote-text").evaluate("q => q.textContent")
         # the row's quote is what the model sent, trimmed of surrounding whitespace
         assert seen == {name: quote.strip() for name, quote in QUOTES.items()}
     # the model was sent the same canonical text: no CR anywhere
