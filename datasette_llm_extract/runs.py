@@ -652,8 +652,11 @@ async def examples_for_table(db, database: str, table: str, *, labels: Iterable[
 
 async def gold_documents(db, database: str, table: str, limit: int = 10_000) -> list[dict]:
     """Reviewed rows grouped by source document, in the evaluate command's gold
-    format: ``{"id", "text", "records": [...], "rejected": [...]}``. Documents
-    kept only as a hash (images) have no text to evaluate on and are left out."""
+    format: ``{"id", "text", "records": [...], "rejected": [...]}``, plus
+    ``reviews``: for every reviewed row the model's values, the reviewer's final
+    values (null when rejected) and the columns the reviewer changed, so that
+    corrections are labelled data. Documents kept only as a hash (images) have no
+    text to evaluate on and are left out."""
     rows = await db.execute(
         "select e.run_id, e.row_idx, e.label, e.before_json, e.after_json, r.document,"
         " d.name as document_name, d.text as document_text"
@@ -669,12 +672,18 @@ async def gold_documents(db, database: str, table: str, limit: int = 10_000) -> 
         key = (r["run_id"], r["document"])
         doc = docs.setdefault(key, {
             "id": f"{r['run_id']}-{r['document']}", "text": r["document_text"], "records": [],
-            "rejected": [], "run_id": r["run_id"], "document": r["document_name"],
+            "rejected": [], "run_id": r["run_id"], "document": r["document_name"], "reviews": [],
         })
+        before = json.loads(r["before_json"])
+        after = json.loads(r["after_json"]) if r["after_json"] else None
         if r["label"] == "rejected":
-            doc["rejected"].append(json.loads(r["before_json"]))
+            doc["rejected"].append(before)
         else:
-            doc["records"].append(json.loads(r["after_json"]))
+            doc["records"].append(after)
+        doc["reviews"].append({
+            "row": r["row_idx"], "label": r["label"], "model": before, "reviewer": after,
+            "changed": [k for k in before if after is not None and after.get(k) != before.get(k)],
+        })
     return list(docs.values())
 
 

@@ -372,7 +372,7 @@ async def _remembered(datasette, state, database: str, table: str, spec, values:
         values["instructions"] = found["instructions"]
     if not keys and not found.get("instructions"):
         return None
-    return {"keys": keys, "instructions": bool(found.get("instructions")), "run_id": found["run_id"],
+    return {"key_columns": keys, "instructions": bool(found.get("instructions")), "run_id": found["run_id"],
             "run_url": run_url(datasette, found["run_id"]), "actor_id": found.get("actor_id"),
             "when": _fmt_time(found.get("updated_at"))}
 
