@@ -518,6 +518,8 @@ class _Run:
     async def _settle(self, unit: WorkUnit, raw: dict, errors: list[str], index: int | None,
                       fixed: dict | None, note: str | None) -> int:
         """Emit the final state of a row sent for correction; return the number of new rows."""
+        if fixed is not None and all(fixed.get(n) == raw.get(n) for n in self.job.spec.column_names()):
+            fixed, note = None, "the re-ask answer repeated the same values"
         if fixed is not None:
             values, new_errors = validate_row(self.row_model, fixed)
             if not fixed.get(QUOTE_FIELD):

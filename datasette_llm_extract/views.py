@@ -417,8 +417,10 @@ async def run_page(datasette, request):
     reviewable = service.can_review(run, rows)
     counts = (await runs.row_counts(state, [run["id"]])).get(run["id"])
     state_key, state_text = review.run_state(run, counts)
-    views = [review.row_view(r, columns, editable=reviewable and (run["status"] != "inserted"
-                                                                  or r["decision"] == "pending"))
+    # rows shown while the run is still extracting are reviewed as they arrive
+    open_for_review = reviewable or run["status"] in runs.ACTIVE
+    views = [review.row_view(r, columns, editable=open_for_review and (run["status"] != "inserted"
+                                                                       or r["decision"] == "pending"))
              for r in rows]
     for p in provenance:
         p["href"] = datasette.urls.row(
