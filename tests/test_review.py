@@ -134,6 +134,23 @@ async def test_a_reask_answering_with_every_row_loses_and_swaps_nothing(gateway,
         assert "RowCorrected" not in kinds and kinds.count("RowExtracted") == 4
 
 
+async def test_api_rows_say_what_the_reask_did(tmp_path, fake_models, scripted_model):
+    ds = make_ds(tmp_path)
+    await ds.invoke_startup()
+    jar = cookies(ds, "root")
+    scripted_model.enqueue(rows_json(SENT[0], SENT[1]), rows_json(_fixed(SENT[0], "R1")))
+    r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
+        "database": "news", "table": "ages", "create": True, "model": "scripted",
+        "schema": {"columns": [{"name": "name"}, {"name": "age", "type": "integer"}]},
+        "text": "Ann is forty. Bob is fifty."})
+    assert r.status_code == 201, r.text
+    rows = {row["values"]["name"]: row for row in (await wait_run(ds, r.json()["id"], jar))["rows"]}
+    assert rows["Ann"]["reask"] == "corrected" and rows["Ann"]["replaced"] == {"name": "Ann", "age": "forty"}
+    assert rows["Ann"]["valid"] and rows["Ann"]["values"]["age"] == 40
+    assert rows["Bob"]["reask"] == "uncorrected" and rows["Bob"]["reask_note"] == NO_CORRECTION
+    assert not rows["Bob"]["valid"] and rows["Bob"]["values"]["age"] == "fifty"
+
+
 async def test_streamed_row_without_a_correction_stays_invalid_with_the_reason(gateway, scripted_model):
     scripted_model.enqueue(rows_json(SENT[0]), rows_json({"name": "Zed", "age": 1, "source_quote": "Zed"}))
     job = ExtractionJob(spec=SPEC, documents=[Document.from_text("Ann is forty.")], stream_invalid=True)
