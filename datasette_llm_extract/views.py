@@ -422,9 +422,11 @@ async def run_page(datasette, request):
     views = [review.row_view(r, columns, editable=open_for_review and (run["status"] != "inserted"
                                                                        or r["decision"] == "pending"))
              for r in rows]
+    changed_by_row = {v["idx"]: v["changed_by_reviewer"] for v in views}
     for p in provenance:
         p["href"] = datasette.urls.row(
             run["database_name"], run["table_name"], ",".join(tilde_encode(str(v)) for v in p["pk"]))
+        p["changed"] = changed_by_row.get(p["row_idx"], [])
     can_undo = run["status"] == "inserted" and service.is_owner_or_root(request.actor, run)
     context = {
         "run": run, "rows": views, "columns": columns, "names": names, "documents": documents,

@@ -217,7 +217,7 @@ async def test_partial_insert_undo_reinsert_and_remembered_keys(tmp_path, fake_m
     html = (await ds.client.get(page, cookies=jar)).text
     assert "partly inserted: 1 row(s) inserted, 1 of 3 row(s) awaiting review" in html
     assert f'name="row-{idx["Cy"]}-decision"' in html and f'name="row-{idx["Bob"]}-decision"' not in html
-    assert "the model said <del>31</del>" in html
+    assert "the model said <del>31</del>" in html and "(the reviewer changed age)" in html
     listing = (await ds.client.get("/-/llm-extract", cookies=jar)).text
     assert "partly inserted" in listing
     # deciding Bob again is ignored: only undecided rows can be decided now
