@@ -142,8 +142,10 @@ async def test_api_rows_say_what_the_reask_did(tmp_path, fake_models, scripted_m
     r = await ds.client.post("/-/llm-extract/api/runs", cookies=jar, json={
         "database": "news", "table": "ages", "create": True, "model": "scripted",
         "schema": {"columns": [{"name": "name"}, {"name": "age", "type": "integer"}]},
-        "text": "Ann is forty. Bob is fifty."})
+        "text": "Ann is forty.\r\nBob is fifty.\r\n"})
     assert r.status_code == 201, r.text
+    stored = await state_rows(ds, "select text from llm_extract_documents where run_id = ?", [r.json()["id"]])
+    assert stored == [("Ann is forty.\nBob is fifty.\n",)]  # canonical through the API too
     rows = {row["values"]["name"]: row for row in (await wait_run(ds, r.json()["id"], jar))["rows"]}
     assert rows["Ann"]["reask"] == "corrected" and rows["Ann"]["replaced"] == {"name": "Ann", "age": "forty"}
     assert rows["Ann"]["valid"] and rows["Ann"]["values"]["age"] == 40
