@@ -219,6 +219,7 @@ async def index(datasette, request):
     counts = await runs.row_counts(state, [r["id"] for r in visible])
     for run in visible:
         run["state"], run["state_text"] = review.run_state(run, counts.get(run["id"]))
+        run["in_table"] = (counts.get(run["id"]) or {}).get("inserted", 0)  # 0 once undone
     return Response.html(await datasette.render_template(
         "llm_extract_index.html",
         {"runs": visible, "targets": targets, "run_url": lambda r: run_url(datasette, r),

@@ -232,6 +232,8 @@ async def test_partial_insert_undo_reinsert_and_remembered_keys(tmp_path, fake_m
     r = await post_form(ds, f"{page}/undo", {"confirm": "yes"}, jar, token_page=page)
     assert r.status_code == 302 and await news_rows(ds, "select count(*) from people") == [(0,)]
     html = (await ds.client.get(page, cookies=jar)).text
+    listing = (await ds.client.get("/-/llm-extract", cookies=jar)).text
+    assert "undone: its rows were deleted" in listing and "<td>0</td></tr>" in listing
     assert "undone: its rows were deleted" in html and (f'id="row-{idx["Ann"]}-accept" name="row-{idx["Ann"]}-decision" value="accept" checked') in html
     form = {f"row-{idx['Ann']}-decision": "accept", f"row-{idx['Ann']}-col-0": "Ann",
             f"row-{idx['Ann']}-col-1": "32", f"row-{idx['Bob']}-decision": "reject",
