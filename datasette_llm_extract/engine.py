@@ -3,13 +3,16 @@
 ``run_extraction(gateway, job, actor=...)`` is an async generator of small
 event dataclasses (each with ``to_dict()`` for JSON / server-sent events):
 
-    RunStarted -> (ChunkStarted, RowExtracted..., ChunkDone | ChunkFailed)* -> RunFinished
+    RunStarted -> (ChunkStarted, (RowExtracted | RowCorrected)..., ChunkDone | ChunkFailed)* -> RunFinished
 
 Chunks run concurrently (bounded by ``job.concurrency``); their events are
 merged through one queue so rows reach the caller as soon as the model closes
-each row object. Invalid rows are re-asked once with their validation errors;
+each row object. Invalid rows are re-asked once with their validation errors,
+each under an id its correction must echo (``reask.match_corrections``);
 rows still invalid are reported with ``valid=False`` and reasons, never
-dropped. Failed chunks are reported, never skipped silently. Closing the
+dropped. With ``job.stream_invalid`` (the web pages) an invalid row is emitted
+at once (``reask_pending``) and its outcome follows as ``RowCorrected`` with
+the same index; otherwise it is emitted once, after its re-ask. Failed chunks are reported, never skipped silently. Closing the
 generator cancels every running call. No Datasette imports here: the gateway
 is passed in.
 """
