@@ -329,7 +329,22 @@
     updateCounts(root);
   }
 
+  /* Text boxes grow with their value: CSS field-sizing where the browser has it, else here. */
+  var SIZES_ITSELF = !!(window.CSS && CSS.supports && CSS.supports("field-sizing", "content"));
+
+  function grow(area) {
+    if (SIZES_ITSELF || area.tagName !== "TEXTAREA") { return; }
+    area.style.height = "auto";
+    area.style.height = (area.scrollHeight + 2) + "px";
+  }
+
   function initRun(root) {
+    if (!SIZES_ITSELF) {
+      root.addEventListener("input", function (e) { grow(e.target); });
+      new MutationObserver(function () { root.querySelectorAll("textarea.llm-value").forEach(grow); })
+        .observe(root, { childList: true, subtree: true });
+      root.querySelectorAll("textarea.llm-value").forEach(grow);
+    }
     document.querySelectorAll("tr.llm-row").forEach(bindRow);
     document.querySelectorAll(".llm-value").forEach(function (n) { n.setAttribute("data-initial", n.value); });
     initReview(root);
