@@ -120,7 +120,8 @@ def _run_json(datasette, run: dict, rows: list[dict] | None = None) -> dict:
             {"idx": r["idx"], "values": r["values"], "edited": r["edited"], "source_quote": r["source_quote"],
              "quote_found": r["quote_found"], "valid": r["valid"], "errors": r["errors"],
              "duplicate": r["duplicate"], "decision": r["decision"], "inserted_pk": r["inserted_pk"],
-             "document": r["document"]}
+             "document": r["document"], "reask": r.get("reask"), "replaced": r.get("replaced"),
+             "reask_note": r.get("reask_note")}
             for r in rows
         ]
     return out

@@ -32,6 +32,24 @@ class InputError(ValueError):
     """An uploaded file cannot be used; the message says what to do instead."""
 
 
+def canonical_text(text: str) -> str:
+    """The one form of a document's text that is stored, sent to the model and shown.
+
+    Line breaks become ``\n``: browsers submit a textarea with CRLF, Windows files
+    carry CRLF or lone CR, while an HTML page shows LF only. Quote offsets are
+    computed on this text, so the page's copy must be exactly it.
+    """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def canonical_offset(text: str, offset: int) -> int:
+    """Where ``offset`` into ``text`` lands in ``canonical_text(text)`` (runs stored before
+    text was made canonical kept CRLF, and their quote offsets count the CRs)."""
+    return offset - text.count("\r\n", 0, offset + 1 if text[offset:offset + 1] == "\n" else offset)
+
+
 @dataclass
 class Document:
     name: str
@@ -47,7 +65,10 @@ class Document:
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_text(cls, text: str, name: str = "pasted text") -> "Document":
+    def from_text(cls, text: str, name: str = "pasted text", *, canonical: bool = True) -> "Document":
+        """A text document; ``canonical=False`` keeps the text exactly (a resumed run's stored text)."""
+        if canonical:
+            text = canonical_text(text)
         data = text.encode("utf-8")
         return cls(name=name, kind="text", text=text, data=b"", media_type="text/plain",
                    sha256=hashlib.sha256(data).hexdigest())
@@ -153,7 +174,7 @@ def pdf_text(data: bytes) -> tuple[str, int]:
         raise InputError(
             f"The PDF could not be read ({type(e).__name__}). Re-save or print it to PDF and try again."
         ) from None
-    return "\n\f\n".join(p.strip() for p in pages), len(pages)
+    return canonical_text("\n\f\n".join(p.strip() for p in pages)), len(pages)
 
 
 def load_upload(
@@ -201,7 +222,7 @@ def load_upload(
                 f"{name} is not a supported file type: upload JPEG, PNG, WebP or GIF images, PDFs or UTF-8 text."
             )
         try:
-            text = data.decode("utf-8-sig")
+            text = canonical_text(data.decode("utf-8-sig"))
         except UnicodeDecodeError:
             raise InputError(
                 f"{name} is not valid UTF-8 text: open it in a text editor and save it with UTF-8 encoding."

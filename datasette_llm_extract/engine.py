@@ -3,13 +3,16 @@
 ``run_extraction(gateway, job, actor=...)`` is an async generator of small
 event dataclasses (each with ``to_dict()`` for JSON / server-sent events):
 
-    RunStarted -> (ChunkStarted, RowExtracted..., ChunkDone | ChunkFailed)* -> RunFinished
+    RunStarted -> (ChunkStarted, (RowExtracted | RowCorrected)..., ChunkDone | ChunkFailed)* -> RunFinished
 
 Chunks run concurrently (bounded by ``job.concurrency``); their events are
 merged through one queue so rows reach the caller as soon as the model closes
-each row object. Invalid rows are re-asked once with their validation errors;
+each row object. Invalid rows are re-asked once with their validation errors,
+each under an id its correction must echo (``reask.match_corrections``);
 rows still invalid are reported with ``valid=False`` and reasons, never
-dropped. Failed chunks are reported, never skipped silently. Closing the
+dropped. With ``job.stream_invalid`` (the web pages) an invalid row is emitted
+at once (``reask_pending``) and its outcome follows as ``RowCorrected`` with
+the same index; otherwise it is emitted once, after its re-ask. Failed chunks are reported, never skipped silently. Closing the
 generator cancels every running call. No Datasette imports here: the gateway
 is passed in.
 """
@@ -28,7 +31,14 @@ from datasette_llm_core.types import ChatRequest, StreamEnd, TextDelta, Usage
 from .chunking import DEFAULT_CHUNK_CHARS, Chunk, chunk_chars_for_model, chunk_text, locate_quote
 from .documents import Document
 from .merge import Deduplicator
-from .prompts import PROMPT_VERSION, build_continue_request, build_reask_request, build_request
+from .prompts import (
+    PROMPT_VERSION,
+    build_continue_request,
+    build_reask_request,
+    build_request,
+    reask_ids,
+)
+from .reask import match_corrections
 from .schema import QUOTE_FIELD, TableSpec, row_model, validate_row
 from .streamparse import RowStreamParser
 
@@ -57,6 +67,10 @@ class ExtractionJob:
     #: Output tokens allowed per request.
     max_output_tokens: int = 4096
     reask: bool = True
+    #: Emit rows that fail validation at once (flagged, ``reask_pending``) and their
+    #: corrections later as ``RowCorrected`` events; False holds them back until the
+    #: re-ask has answered and emits each once (the command line and evaluation).
+    stream_invalid: bool = False
     #: Follow-up requests when an answer is cut off by the output limit (0 disables).
     max_continuations: int = 2
     #: None: send PDFs natively when the model reads PDFs, else their text.
@@ -120,7 +134,7 @@ class ChunkStarted(Event):
 
 
 @dataclass
-class RowExtracted(Event):
+class RowEvent(Event):
     index: int
     values: dict
     source_quote: str | None
@@ -137,6 +151,24 @@ class RowExtracted(Event):
     reasked: bool = False
     #: False for images: there is no text to check the quote against.
     quote_checked: bool = True
+    #: The row failed validation and was sent back to the model: a ``RowCorrected``
+    #: event with the same index follows (only with ``ExtractionJob.stream_invalid``).
+    reask_pending: bool = False
+    #: When the re-ask corrected the row: the values the model first gave.
+    replaced: dict | None = None
+    #: When the re-ask could not correct the row: why.
+    reask_note: str | None = None
+
+
+@dataclass
+class RowExtracted(RowEvent):
+    """A new row."""
+
+
+@dataclass
+class RowCorrected(RowEvent):
+    """The re-ask's outcome for a row emitted before with ``reask_pending``: the row as
+    it now stands (corrected, or still invalid with ``reask_note``), same ``index``."""
 
 
 @dataclass
@@ -166,7 +198,7 @@ class RunFinished(Event):
     cancelled: bool = False
 
 
-ExtractionEvent = Union[RunStarted, ChunkStarted, RowExtracted, ChunkDone, ChunkFailed, RunFinished]
+ExtractionEvent = Union[RunStarted, ChunkStarted, RowExtracted, RowCorrected, ChunkDone, ChunkFailed, RunFinished]
 
 
 # --- planning -----------------------------------------------------------------
@@ -357,7 +389,9 @@ class _Run:
                 finish = event.finish_reason
         return finish
 
-    def _make_row(self, unit: WorkUnit, raw: dict, values: dict, errors: list[str], reasked: bool) -> RowExtracted:
+    def _make_row(self, unit: WorkUnit, raw: dict, values: dict, errors: list[str], reasked: bool, *,
+                  index: int | None = None, cls: type[RowEvent] = RowExtracted, **extra) -> RowEvent:
+        """A row event; a new row number unless ``index`` (a correction) is given."""
         quote = raw.get(QUOTE_FIELD)
         quote = quote.strip() if isinstance(quote, str) and quote.strip() else None
         doc = self.job.documents[unit.document]
@@ -370,20 +404,24 @@ class _Run:
                     span = (local[0] + unit.chunk.start, local[1] + unit.chunk.start)
             if span is None:
                 span = locate_quote(doc.text, quote)
-        index = self.next_index
-        self.next_index += 1
+        if index is None:
+            index = self.next_index
+            self.next_index += 1
         duplicate_reason = duplicate_of = None
         if not errors:
             duplicate_reason = self.dedup.check(values, index)
             if duplicate_reason == "run":
                 duplicate_of = self.dedup.first_index(values)
-        return RowExtracted(
+        return cls(
             index=index, values=values, source_quote=quote, quote_found=span is not None,
             quote_span=list(span) if span else None, document=unit.document, chunk=unit.index,
             valid=not errors, errors=errors, duplicate=duplicate_reason is not None,
             duplicate_reason=duplicate_reason, duplicate_of=duplicate_of, reasked=reasked,
-            quote_checked=checked,
+            quote_checked=checked, **extra,
         )
+
+    def _original_values(self, raw: dict) -> dict:
+        return {n: raw.get(n) for n in self.job.spec.column_names()}
 
     async def run_unit(self, unit: WorkUnit, semaphore: asyncio.Semaphore) -> None:
         async with semaphore:
@@ -395,7 +433,8 @@ class _Run:
                 return
             await self.queue.put(ChunkStarted(self._unit_dict(unit)))
             emitted = 0
-            invalid: list[tuple[dict, list[str]]] = []
+            #: (row as sent, errors, row number when already emitted)
+            invalid: list[tuple[dict, list[str], int | None]] = []
 
             async def on_rows(rows: list[dict]) -> None:
                 nonlocal emitted
@@ -407,7 +446,13 @@ class _Run:
                         emitted += 1
                         continue
                     if errors and self.job.reask:
-                        invalid.append((raw, errors))
+                        index = None
+                        if self.job.stream_invalid:
+                            row = self._make_row(unit, raw, values, errors, False, reask_pending=True)
+                            await self.queue.put(row)
+                            emitted += 1
+                            index = row.index
+                        invalid.append((raw, errors, index))
                         continue
                     await self.queue.put(self._make_row(unit, raw, values, errors, False))
                     emitted += 1
@@ -459,7 +504,7 @@ class _Run:
                     + (" and is still incomplete: split the document into smaller parts" if truncated else "")
                 )
             if invalid:
-                emitted += await self._reask(unit, invalid)
+                emitted += await self._reask(unit, invalid, warnings)
             await self.queue.put(ChunkDone(self._unit_dict(unit), emitted, truncated, warnings))
 
     def _continue_request(self, unit: WorkUnit, seen: list[dict]) -> ChatRequest:
@@ -473,19 +518,39 @@ class _Run:
             request.json_schema = None
         return request
 
+    async def _settle(self, unit: WorkUnit, raw: dict, errors: list[str], index: int | None,
+                      fixed: dict | None, note: str | None) -> int:
+        """Emit the final state of a row sent for correction; return the number of new rows."""
+        if fixed is not None and all(fixed.get(n) == raw.get(n) for n in self.job.spec.column_names()):
+            fixed, note = None, "the re-ask answer repeated the same values"
+        if fixed is not None:
+            values, new_errors = validate_row(self.row_model, fixed)
+            if not fixed.get(QUOTE_FIELD):
+                fixed = {**fixed, QUOTE_FIELD: raw.get(QUOTE_FIELD)}
+            source, extra = fixed, {"replaced": self._original_values(raw)}
+        else:
+            values, new_errors = self._original_values(raw), errors + ([note] if note else [])
+            source, extra = raw, {"reask_note": note}
+        if index is None:
+            await self.queue.put(self._make_row(unit, source, values, new_errors, True, **extra))
+            return 1
+        await self.queue.put(self._make_row(unit, source, values, new_errors, True, index=index,
+                                            cls=RowCorrected, **extra))
+        return 0
+
     async def _flush_invalid(self, unit, invalid, reason: str) -> None:
-        for raw, errors in invalid:
-            values = {n: raw.get(n) for n in self.job.spec.column_names()}
-            extra = [f"not re-asked: {reason}"] if reason else []
-            await self.queue.put(self._make_row(unit, raw, values, errors + extra, False))
+        for raw, errors, index in invalid:
+            await self._settle(unit, raw, errors, index, None, f"not re-asked: {reason}" if reason else None)
         invalid.clear()
 
-    async def _reask(self, unit: WorkUnit, invalid: list[tuple[dict, list[str]]]) -> int:
+    async def _reask(self, unit: WorkUnit, invalid: list[tuple[dict, list[str], int | None]],
+                     warnings: list[str]) -> int:
         doc = self.job.documents[unit.document]
         request = build_reask_request(
             self.job.spec, self.job.instructions,
             None if unit.native else unit.chunk.text,
-            invalid=invalid, parts=doc.parts(native=True) if unit.native else None,
+            invalid=[(raw, errors) for raw, errors, _ in invalid],
+            parts=doc.parts(native=True) if unit.native else None,
             note=unit.note, max_tokens=self.job.max_output_tokens,
         )
         if not self.model.supports_schema:
@@ -501,21 +566,15 @@ class _Run:
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            count = sum(1 for *_, index in invalid if index is None)
             await self._flush_invalid(unit, invalid, f"the re-ask failed ({_error_message(e)})")
-            return len(invalid)
+            return count
+        outcomes, problems = match_corrections([raw for raw, _, _ in invalid], corrected,
+                                               reask_ids(len(invalid)))
+        warnings.extend(problems)
         count = 0
-        for i, (raw, errors) in enumerate(invalid):
-            fixed = corrected[i] if i < len(corrected) else None
-            if fixed is not None:
-                values, new_errors = validate_row(self.row_model, fixed)
-                if not fixed.get(QUOTE_FIELD):
-                    fixed = {**fixed, QUOTE_FIELD: raw.get(QUOTE_FIELD)}
-                row = self._make_row(unit, fixed, values, new_errors, True)
-            else:
-                values = {n: raw.get(n) for n in self.job.spec.column_names()}
-                row = self._make_row(unit, raw, values, errors + ["the model did not return a corrected row"], True)
-            await self.queue.put(row)
-            count += 1
+        for (raw, errors, index), outcome in zip(invalid, outcomes):
+            count += await self._settle(unit, raw, errors, index, outcome.fixed, outcome.note)
         return count
 
 
@@ -542,7 +601,8 @@ async def run_extraction(gateway, job: ExtractionJob, *, actor: dict | None = No
     semaphore = asyncio.Semaphore(max(1, int(job.concurrency)))
     tasks = [asyncio.create_task(run.run_unit(u, semaphore), name=f"extract-chunk-{u.index}") for u in units]
     remaining = set(tasks)
-    ok = failed = valid = invalid_rows = duplicates = 0
+    ok = failed = 0
+    states: dict[int, str] = {}
     finished = False
 
     def on_done(task: asyncio.Task) -> None:
@@ -570,15 +630,12 @@ async def run_extraction(gateway, job: ExtractionJob, *, actor: dict | None = No
                 ok += 1
             elif isinstance(item, ChunkFailed):
                 failed += 1
-            elif isinstance(item, RowExtracted):
-                if not item.valid:
-                    invalid_rows += 1
-                elif item.duplicate:
-                    duplicates += 1
-                else:
-                    valid += 1
+            elif isinstance(item, RowEvent):  # a correction replaces its row's earlier state
+                states[item.index] = "invalid" if not item.valid else "duplicate" if item.duplicate else "valid"
             yield item
         finished = True
+        valid, invalid_rows, duplicates = (sum(1 for s in states.values() if s == k)
+                                           for k in ("valid", "invalid", "duplicate"))
         cost = model.estimate_cost(run.usage.input_tokens, run.usage.output_tokens)
         yield RunFinished(
             usage=asdict(run.usage), cost=None if cost is None else round(cost, 6),

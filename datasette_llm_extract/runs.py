@@ -167,7 +167,34 @@ def _m0002_run_leases(conn: sqlite3.Connection) -> None:
     )
 
 
-register_migrations("extract", [("0001_runs", _m0001_runs), ("0002_run_leases", _m0002_run_leases)])
+def _m0003_review(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "alter table llm_extract_rows add column reask text"
+        " /* null: not re-asked; pending: sent back to the model; corrected; uncorrected: no usable correction */"
+    )
+    conn.execute(
+        "alter table llm_extract_rows add column first_values_json text"
+        " /* values the model first gave, when a re-ask corrected them */"
+    )
+    conn.execute(
+        "alter table llm_extract_rows add column reask_note text"
+        " /* why a re-asked row kept the model's first values */"
+    )
+    conn.execute(
+        "alter table llm_extract_table_specs add column instructions text"
+        " /* instructions of the run that last inserted into the table */"
+    )
+    conn.execute(
+        "alter table llm_extract_table_specs add column run_id text"
+        " /* that run: where the remembered key columns and instructions came from */"
+    )
+    conn.execute(
+        "alter table llm_extract_table_specs add column actor_id text /* who inserted that run's rows */"
+    )
+
+
+register_migrations("extract", [("0001_runs", _m0001_runs), ("0002_run_leases", _m0002_run_leases),
+                                ("0003_review", _m0003_review)])
 
 
 def new_run_id() -> str:
@@ -354,9 +381,18 @@ async def request_cancel(db, run_id: str) -> bool:
 
 # --- events and rows ----------------------------------------------------------
 
+def _reask_fields(row: dict) -> tuple:
+    replaced = row.get("replaced")
+    return (row.get("reask"), json.dumps(replaced, default=str) if replaced is not None else None,
+            row.get("reask_note"))
+
+
 async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None = None,
-                       run_fields: dict | None = None) -> int:
-    """Append an event (and its row, and run progress) in one transaction; return its seq."""
+                       run_fields: dict | None = None, correction: bool = False) -> int:
+    """Append an event (and its row, and run progress) in one transaction; return its seq.
+
+    With ``correction`` the row (number ``row["idx"]``) is updated in place: the
+    re-ask's answer for a row stored before."""
     now = time.time()
     payload = json.dumps(data, default=str)
 
@@ -369,7 +405,24 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
                 "insert into llm_extract_events (run_id, seq, type, data_json, created_at) values (?, ?, ?, ?, ?)",
                 (run_id, seq, etype, payload, now),
             )
-            if row is not None:
+            if row is not None and correction:
+                idx = row["idx"]
+                conn.execute(
+                    "update llm_extract_rows set values_json = ?, source_quote = ?, quote_found = ?,"
+                    " quote_start = ?, quote_end = ?, valid = ?, errors_json = ?, duplicate = ?,"
+                    " reask = ?, first_values_json = ?, reask_note = ? where run_id = ? and idx = ?",
+                    (
+                        json.dumps(row["values"], default=str), row.get("source_quote"), row.get("quote_found"),
+                        row.get("quote_start"), row.get("quote_end"), 1 if row.get("valid") else 0,
+                        json.dumps(row.get("errors") or []), row.get("duplicate") or None,
+                        *_reask_fields(row), run_id, idx,
+                    ),
+                )
+                conn.execute(
+                    "update llm_extract_events set data_json = ? where run_id = ? and seq = ?",
+                    (json.dumps({**data, "row": idx}, default=str), run_id, seq),
+                )
+            elif row is not None:
                 idx = conn.execute(
                     "select coalesce(max(idx), -1) + 1 from llm_extract_rows where run_id = ?", [run_id]
                 ).fetchone()[0]
@@ -378,13 +431,15 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
                 idx = max(idx, row.get("idx") or 0)
                 conn.execute(
                     "insert into llm_extract_rows (run_id, idx, values_json, source_quote, quote_found,"
-                    " quote_start, quote_end, document, chunk, valid, errors_json, duplicate)"
-                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " quote_start, quote_end, document, chunk, valid, errors_json, duplicate,"
+                    " reask, first_values_json, reask_note)"
+                    " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run_id, idx, json.dumps(row["values"], default=str), row.get("source_quote"),
                         row.get("quote_found"), row.get("quote_start"), row.get("quote_end"),
                         row.get("document"), row.get("chunk"), 1 if row.get("valid") else 0,
                         json.dumps(row.get("errors") or []), row.get("duplicate") or None,
+                        *_reask_fields(row),
                     ),
                 )
                 # the stored event carries the row number used by review forms
@@ -444,12 +499,30 @@ def _row_out(r) -> dict:
     d["valid"] = bool(d["valid"])
     d["duplicate"] = d["duplicate"] or None
     d["quote_found"] = None if d["quote_found"] is None else bool(d["quote_found"])
+    first = d.pop("first_values_json", None)
+    d["replaced"] = json.loads(first) if first else None
     return d
 
 
 async def get_rows(db, run_id: str) -> list[dict]:
     rows = await db.execute("select * from llm_extract_rows where run_id = ? order by idx", [run_id])
     return [_row_out(r) for r in rows.rows]
+
+
+async def row_counts(db, run_ids: list[str]) -> dict[str, dict]:
+    """Per run: ``{"rows", "pending", "inserted", "rejected"}`` (for saying where it stands)."""
+    out: dict[str, dict] = {}
+    for start in range(0, len(run_ids), 500):
+        batch = run_ids[start:start + 500]
+        rows = await db.execute(
+            "select run_id, count(*) as rows, sum(decision = 'pending') as pending,"  # noqa: S608
+            " sum(inserted_pk is not null) as inserted, sum(decision = 'rejected') as rejected"
+            f" from llm_extract_rows where run_id in ({', '.join('?' for _ in batch)}) group by run_id",
+            batch,
+        )
+        for r in rows.rows:
+            out[r["run_id"]] = {k: r[k] or 0 for k in ("rows", "pending", "inserted", "rejected")}
+    return out
 
 
 async def last_seq(db, run_id: str) -> int:
@@ -480,6 +553,9 @@ async def record_review(db, run: dict, decisions: list[dict], provenance: list[d
                     ),
                 )
                 label = "rejected" if d["decision"] == "rejected" else ("edited" if d.get("edited") else "accepted")
+                # a row reviewed again (after an undo) keeps one label: the latest
+                conn.execute("delete from llm_extract_examples where run_id = ? and row_idx = ?",
+                             (run["id"], d["idx"]))
                 conn.execute(
                     "insert into llm_extract_examples (database_name, table_name, run_id, row_idx, label,"
                     " source_quote, before_json, after_json, actor_id, created_at)"
@@ -498,10 +574,14 @@ async def record_review(db, run: dict, decisions: list[dict], provenance: list[d
                     (run["database_name"], run["table_name"], json.dumps(p["pk"]), run["id"],
                      p["idx"], p.get("quote"), now),
                 )
+            # every row of the run now in the table (a run may be inserted in several goes)
+            inserted = conn.execute(
+                "select count(*) from llm_extract_provenance where run_id = ?", [run["id"]]
+            ).fetchone()[0]
             conn.execute(
                 "update llm_extract_runs set status = ?, inserted_count = ?, inserted_at = ?,"
                 " inserted_by = ?, updated_at = ? where id = ?",
-                (status, len(provenance), now, actor_id, now, run["id"]),
+                ("inserted" if inserted else status, inserted, now, actor_id, now, run["id"]),
             )
 
     await _write(db, fn)
@@ -572,8 +652,11 @@ async def examples_for_table(db, database: str, table: str, *, labels: Iterable[
 
 async def gold_documents(db, database: str, table: str, limit: int = 10_000) -> list[dict]:
     """Reviewed rows grouped by source document, in the evaluate command's gold
-    format: ``{"id", "text", "records": [...], "rejected": [...]}``. Documents
-    kept only as a hash (images) have no text to evaluate on and are left out."""
+    format: ``{"id", "text", "records": [...], "rejected": [...]}``, plus
+    ``reviews``: for every reviewed row the model's values, the reviewer's final
+    values (null when rejected) and the columns the reviewer changed, so that
+    corrections are labelled data. Documents kept only as a hash (images) have no
+    text to evaluate on and are left out."""
     rows = await db.execute(
         "select e.run_id, e.row_idx, e.label, e.before_json, e.after_json, r.document,"
         " d.name as document_name, d.text as document_text"
@@ -589,12 +672,18 @@ async def gold_documents(db, database: str, table: str, limit: int = 10_000) -> 
         key = (r["run_id"], r["document"])
         doc = docs.setdefault(key, {
             "id": f"{r['run_id']}-{r['document']}", "text": r["document_text"], "records": [],
-            "rejected": [], "run_id": r["run_id"], "document": r["document_name"],
+            "rejected": [], "run_id": r["run_id"], "document": r["document_name"], "reviews": [],
         })
+        before = json.loads(r["before_json"])
+        after = json.loads(r["after_json"]) if r["after_json"] else None
         if r["label"] == "rejected":
-            doc["rejected"].append(json.loads(r["before_json"]))
+            doc["rejected"].append(before)
         else:
-            doc["records"].append(json.loads(r["after_json"]))
+            doc["records"].append(after)
+        doc["reviews"].append({
+            "row": r["row_idx"], "label": r["label"], "model": before, "reviewer": after,
+            "changed": [k for k in before if after is not None and after.get(k) != before.get(k)],
+        })
     return list(docs.values())
 
 
@@ -636,16 +725,33 @@ async def templates_for(db, actor_id: str | None) -> list[dict]:
     return out
 
 
-async def store_table_spec(db, database: str, table: str, schema: dict) -> None:
+async def store_table_spec(db, database: str, table: str, schema: dict, *, instructions: str | None = None,
+                           run_id: str | None = None, actor_id: str | None = None) -> None:
+    """Remember a table's column types and key columns, and the instructions and run that
+    last inserted into it (offered again by "Extract data into this table")."""
     def fn(conn):
         with conn:
             conn.execute(
-                "insert or replace into llm_extract_table_specs (database_name, table_name, schema_json, updated_at)"
-                " values (?, ?, ?, ?)",
-                (database, table, json.dumps(schema), time.time()),
+                "insert or replace into llm_extract_table_specs (database_name, table_name, schema_json,"
+                " updated_at, instructions, run_id, actor_id) values (?, ?, ?, ?, ?, ?, ?)",
+                (database, table, json.dumps(schema), time.time(), instructions, run_id, actor_id),
             )
 
     await _write(db, fn)
+
+
+async def remembered_for_table(db, database: str, table: str) -> dict | None:
+    """``{schema, instructions, run_id, actor_id, updated_at}`` stored for the table, or None."""
+    rows = await db.execute(
+        "select schema_json, instructions, run_id, actor_id, updated_at from llm_extract_table_specs"
+        " where database_name = ? and table_name = ?",
+        [database, table],
+    )
+    row = rows.first()
+    if row is None:
+        return None
+    return {"schema": json.loads(row["schema_json"]), "instructions": row["instructions"],
+            "run_id": row["run_id"], "actor_id": row["actor_id"], "updated_at": row["updated_at"]}
 
 
 async def stored_table_spec(db, database: str, table: str) -> dict | None:

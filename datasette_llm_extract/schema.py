@@ -31,6 +31,9 @@ MAX_COLUMNS = 100
 MAX_TEXT_VALUE = 20_000
 RESERVED_PREFIXES = ("_llm", "rowid")
 QUOTE_FIELD = "source_quote"
+#: In a re-ask answer: the id of the row a corrected row replaces (no column may be named so:
+#: names starting with "_llm" are reserved).
+ROW_ID_FIELD = "_llm_row_id"
 
 SQLITE_TYPES = {
     "text": "TEXT",
@@ -432,17 +435,22 @@ def _column_json_schema(column: ColumnSpec) -> dict:
     return schema
 
 
-def output_json_schema(spec: TableSpec) -> dict:
+def output_json_schema(spec: TableSpec, row_ids: list[str] | None = None) -> dict:
     """Structured-output schema: ``{"rows": [{<columns>, "source_quote": str}]}``.
 
     Every property is listed in ``required`` (OpenAI strict mode needs that);
     nullable columns allow null so the model can say "not in the document".
+    With ``row_ids`` (a re-ask) each row must also echo the id of the row it
+    corrects in ``ROW_ID_FIELD``.
     """
     properties = {c.name: _column_json_schema(c) for c in spec.columns}
     properties[QUOTE_FIELD] = {
         "type": "string",
         "description": "Exact text copied from the document that supports this row",
     }
+    if row_ids:
+        properties = {ROW_ID_FIELD: {"type": "string", "enum": list(row_ids),
+                                     "description": "Id of the row this row corrects"}, **properties}
     return {
         "type": "object",
         "properties": {

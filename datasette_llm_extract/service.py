@@ -107,7 +107,8 @@ async def run_for(datasette, actor, run_id: str, *, write: bool = False) -> dict
     if database not in datasette.databases:
         raise UserError(f"The database {database!r} of this run is no longer attached.", status=404)
     if write:
-        await check_extract(datasette, actor, database, table, bool(run["new_table"]) and run["status"] != "inserted")
+        creates = bool(run["new_table"]) and run["status"] not in ("inserted", "undone")
+        await check_extract(datasette, actor, database, table, creates)
     elif not await permissions.allowed(
         datasette, actor, "llm-extract", database, None if run["new_table"] else table
     ):
@@ -181,9 +182,14 @@ async def spec_for_table(datasette, database: str, table: str) -> TableSpec:
     for col in (stored or {}).get("columns", []):
         descriptions[col["name"]] = col
     try:
-        return spec_from_table(columns, descriptions)
+        spec = spec_from_table(columns, descriptions)
     except SchemaError as e:
         raise UserError(f"This table's columns cannot be used for extraction: {e}") from None
+    remembered = [k for k in (stored or {}).get("key_columns", []) if k in spec.column_names()]
+    if not spec.key_columns and remembered:
+        # no primary key: the key columns an earlier run used keep duplicate detection on
+        spec.key_columns = remembered
+    return spec
 
 
 def spec_to_dict(spec: TableSpec) -> dict:
@@ -317,7 +323,7 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
         spec=spec, instructions=req.instructions or "", documents=documents, model_id=model.model_id,
         examples=examples, concurrency=settings.concurrency, chunk_chars=settings.chunk_chars,
         overlap=settings.overlap, existing_keys=existing, max_cost=settings.max_cost_per_run,
-        max_tokens=settings.max_tokens_per_run,
+        max_tokens=settings.max_tokens_per_run, stream_invalid=True,
     )
     try:
         est = estimate(job, model)
@@ -393,6 +399,14 @@ def _clean_form_values(spec: TableSpec, values: dict) -> dict:
     return out
 
 
+def can_review(run: dict, rows) -> bool:
+    """Rows of this run can be decided and inserted now: it finished extracting and was
+    not discarded, or its insert was undone, or some rows were left undecided at insert."""
+    if run["status"] in runs.REVIEWABLE or run["status"] == "undone":
+        return True
+    return run["status"] == "inserted" and any(r["decision"] == "pending" for r in rows)
+
+
 def _same(a: dict, b: dict, names: list[str]) -> bool:
     return all(a.get(n) == b.get(n) for n in names)
 
@@ -406,17 +420,20 @@ async def insert_reviewed(datasette, actor, run: dict, decisions: dict[int, dict
     """
     if run["status"] in runs.ACTIVE:
         raise UserError("The run is still extracting: wait for it to finish (or cancel it) before inserting.", 409)
-    if run["status"] in runs.FINISHED:
-        raise UserError(f"This run was already {run['status']}: nothing more can be inserted from it.", 409)
     state = await state_db(datasette)
+    stored = {r["idx"]: r for r in await runs.get_rows(state, run["id"])}
+    if not can_review(run, stored.values()):
+        raise UserError(f"This run was already {run['status']}: nothing more can be inserted from it.", 409)
     db = _check_database(datasette, run["database_name"])
     spec = validate_table_spec(run["schema"])
     model = row_model(spec)
     names = spec.column_names()
-    stored = {r["idx"]: r for r in await runs.get_rows(state, run["id"])}
     unknown = [i for i in decisions if i not in stored]
     if unknown:
         raise UserError(f"Unknown row number(s): {', '.join(str(i + 1) for i in unknown)}.")
+    if run["status"] == "inserted":
+        # partly inserted: only the rows still undecided can be decided now
+        decisions = {i: d for i, d in decisions.items() if stored[i]["decision"] == "pending"}
     row_errors: dict[int, list[str]] = {}
     accepted: list[tuple[int, dict]] = []
     records: list[dict] = []
@@ -453,10 +470,14 @@ async def insert_reviewed(datasette, actor, run: dict, decisions: dict[int, dict
     result = {"inserted": [], "pk_columns": []}
     if not await runs.claim(state, run["id"], run["status"], "inserting"):
         raise UserError("This run is being inserted or was changed meanwhile: reload the page.", 409)
+    creates = bool(run["new_table"])
+    if run["status"] in ("inserted", "undone"):
+        # the run created the table when it first inserted (unless it was dropped since)
+        creates = creates and not await db.table_exists(run["table_name"])
     try:
         if accepted:
             result = await db.execute_write_fn(
-                insert_rows_fn(run["table_name"], spec, bool(run["new_table"]), accepted, run["id"],
+                insert_rows_fn(run["table_name"], spec, creates, accepted, run["id"],
                                settings.add_run_column),
                 block=True,
             )
@@ -476,7 +497,9 @@ async def insert_reviewed(datasette, actor, run: dict, decisions: dict[int, dict
     await runs.record_review(state, run, records, provenance, _actor_id(actor),
                              status="inserted" if accepted else "reviewed")
     if accepted:
-        await runs.store_table_spec(state, run["database_name"], run["table_name"], spec_to_dict(spec))
+        await runs.store_table_spec(state, run["database_name"], run["table_name"], spec_to_dict(spec),
+                                    instructions=run["instructions"] or "", run_id=run["id"],
+                                    actor_id=_actor_id(actor))
         await _save_pk_columns(state, run, result["pk_columns"])
     return {"inserted": len(accepted), "rejected": sum(1 for r in records if r["decision"] == "rejected"),
             "pk_columns": result["pk_columns"], "pks": [pks[i] for i, _ in accepted]}
@@ -587,7 +610,8 @@ async def resume(datasette, actor, run: dict) -> None:
     documents: list[Document] = []
     for i, d in enumerate(stored_docs):
         if d["text"] is not None:
-            documents.append(Document.from_text(d["text"], name=d["name"]))
+            # exactly as stored: the first attempt planned its chunks on this text
+            documents.append(Document.from_text(d["text"], name=d["name"], canonical=False))
         elif (i, None) in done:  # read whole and finished: a stand-in that is never sent
             documents.append(Document(name=d["name"], kind=d["kind"], media_type=d["media_type"] or ""))
         else:
@@ -601,6 +625,7 @@ async def resume(datasette, actor, run: dict) -> None:
         chunk_chars=run["options"].get("chunk_chars"), overlap=run["options"].get("overlap", 300),
         max_cost=settings.max_cost_per_run, max_tokens=settings.max_tokens_per_run,
         done_units=done, spent_tokens=spent_in + spent_out, spent_cost=spent_cost or 0.0,
+        stream_invalid=True,
     )
     try:
         units = plan_units(job, model)

@@ -101,6 +101,10 @@ def _row_from_event(data: dict, doc_map: list[int] | None) -> dict:
         "valid": data.get("valid"),
         "errors": data.get("errors") or [],
         "duplicate": duplicate,
+        "reask": ("pending" if data.get("reask_pending") else "corrected" if data.get("replaced") is not None
+                  else "uncorrected" if data.get("reasked") else None),
+        "replaced": data.get("replaced"),
+        "reask_note": data.get("reask_note"),
     }
 
 
@@ -112,7 +116,7 @@ async def _record(db, run_id: str, event, progress: _Progress, doc_map: list[int
     if etype == "RunStarted":
         fields = {"model_id": data.get("model_id"), "prompt_version": data.get("prompt_version")}
         fields["chunks_total"] = progress.chunks_done + (data.get("chunks_total") or 0)
-    elif etype == "RowExtracted":
+    elif etype in ("RowExtracted", "RowCorrected"):
         row = _row_from_event(data, doc_map)
         data["document"] = row["document"]
     elif etype in ("ChunkStarted", "ChunkDone", "ChunkFailed"):
@@ -141,7 +145,8 @@ async def _record(db, run_id: str, event, progress: _Progress, doc_map: list[int
             data["usage"], data["cost"] = usage, cost
         fields = {"input_tokens": usage.get("input_tokens", 0),
                   "output_tokens": usage.get("output_tokens", 0), "cost": cost}
-    await runs.record_event(db, run_id, etype, data, row=row, run_fields=fields or None)
+    await runs.record_event(db, run_id, etype, data, row=row, run_fields=fields or None,
+                            correction=etype == "RowCorrected")
 
 
 async def finish(db, run_id: str, status: str, error: str | None = None) -> None:

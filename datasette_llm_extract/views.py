@@ -22,7 +22,8 @@ from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.gateway import llm_gateway, no_model_message
 from datasette_llm_core.state import STATE_DB_NAME, state_db
 
-from . import runs, service, tasks
+from . import review, runs, service, tasks
+from .documents import canonical_offset, canonical_text
 from .forms import BadForm, BodyTooLarge, parse_form, read_body
 from .prompts import PROMPT_VERSION
 from .schema import COLUMN_TYPES, QUOTE_FIELD, validate_table_spec
@@ -215,6 +216,10 @@ async def index(datasette, request):
             targets.append(name)
     if not visible and not targets:
         raise Forbidden(denied_message(actor, "llm-extract"))
+    counts = await runs.row_counts(state, [r["id"] for r in visible])
+    for run in visible:
+        run["state"], run["state_text"] = review.run_state(run, counts.get(run["id"]))
+        run["in_table"] = (counts.get(run["id"]) or {}).get("inserted", 0)  # 0 once undone
     return Response.html(await datasette.render_template(
         "llm_extract_index.html",
         {"runs": visible, "targets": targets, "run_url": lambda r: run_url(datasette, r),
@@ -275,15 +280,18 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
     state = await state_db(datasette)
     values = {"table": "", "instructions": "", "text": "", "model": "", "use_examples": False}
     columns: list[dict]
+    remembered = None
     if new_table:
         columns = []
     else:
         spec = await service.spec_for_table(datasette, database, table)
         columns = _columns_for_form(service.spec_to_dict(spec))
+        remembered = await _remembered(datasette, state, database, table, spec, values)
     chosen = request.args.get("template")
     if chosen:
         for t in templates:
             if t["id"] == chosen:
+                remembered = None
                 values["instructions"] = t["instructions"]
                 if new_table:
                     columns = _columns_for_form(t["schema"])
@@ -346,12 +354,28 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
         "database_url": datasette.urls.database(database),
         "table_url": datasette.urls.table(database, table) if table else None,
         "accept": "text/*,.txt,.md,.csv,.json,.html,image/jpeg,image/png,image/webp,image/gif,application/pdf,.pdf",
-        "row_errors": row_errors,
+        "row_errors": row_errors, "remembered": remembered if request.method != "POST" else None,
     }
     return Response.html(
         await datasette.render_template("llm_extract_start.html", context, request=request),
         status=400 if error else 200,
     )
+
+
+async def _remembered(datasette, state, database: str, table: str, spec, values: dict) -> dict | None:
+    """Key columns and instructions of the run that last inserted into the table: filled in
+    (``values``) and described, with a link to that run, for the form to show."""
+    found = await runs.remembered_for_table(state, database, table)
+    if not found or not found.get("run_id"):
+        return None
+    keys = [k for k in found["schema"].get("key_columns", []) if k in spec.column_names()]
+    if found.get("instructions"):
+        values["instructions"] = found["instructions"]
+    if not keys and not found.get("instructions"):
+        return None
+    return {"key_columns": keys, "instructions": bool(found.get("instructions")), "run_id": found["run_id"],
+            "run_url": run_url(datasette, found["run_id"]), "actor_id": found.get("actor_id"),
+            "when": _fmt_time(found.get("updated_at"))}
 
 
 # --- run page and live events -----------------------------------------------------------
@@ -364,43 +388,55 @@ async def _run_or_raise(datasette, request, run_id: str, write: bool = False) ->
         raise
 
 
-def _row_view(row: dict, names: list[str]) -> dict:
-    values = row["edited"] or row["values"]
-    default = "pending"
-    if row["decision"] == "accepted":
-        default = "accept"
-    elif row["decision"] == "rejected":
-        default = "reject"
-    elif row["valid"] and not row["duplicate"]:
-        default = "accept"
-    return {**row, "shown": {n: values.get(n) for n in names}, "default_decision": default}
-
-
-def _display(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _canonical_documents(documents: list[dict], rows: list[dict]) -> None:
+    """Show runs stored before text was made canonical (CRLF kept) as canonical text, with
+    their rows' quote offsets moved to match: the page's text must be the offsets' text."""
+    for d in documents:
+        text = d.get("text")
+        if not text or "\r" not in text:
+            continue
+        for row in rows:
+            if row["document"] == d["idx"] and row["quote_start"] is not None:
+                row["quote_start"] = canonical_offset(text, row["quote_start"])
+                row["quote_end"] = canonical_offset(text, row["quote_end"])
+        d["text"] = canonical_text(text)
 
 
 async def run_page(datasette, request):
     run = await _run_or_raise(datasette, request, request.url_vars["run_id"])
     state = await state_db(datasette)
+    # read before the rows: an event stored in between is then sent again (the page
+    # ignores a row it has), never lost between the rendered rows and the stream
+    seen_seq = await runs.last_seq(state, run["id"])
     rows = await runs.get_rows(state, run["id"])
-    names = [c["name"] for c in run["schema"]["columns"]]
+    columns = run["schema"]["columns"]
+    names = [c["name"] for c in columns]
     documents = await runs.get_documents(state, run["id"])
+    _canonical_documents(documents, rows)
     settings = extract_settings(datasette)
     provenance = await runs.provenance_for_run(state, run["id"]) if run["status"] == "inserted" else []
+    reviewable = service.can_review(run, rows)
+    counts = (await runs.row_counts(state, [run["id"]])).get(run["id"])
+    state_key, state_text = review.run_state(run, counts)
+    # rows shown while the run is still extracting are reviewed as they arrive
+    open_for_review = reviewable or run["status"] in runs.ACTIVE
+    views = [review.row_view(r, columns, editable=open_for_review and (run["status"] != "inserted"
+                                                                       or r["decision"] == "pending"))
+             for r in rows]
+    changed_by_row = {v["idx"]: v["changed_by_reviewer"] for v in views}
     for p in provenance:
         p["href"] = datasette.urls.row(
             run["database_name"], run["table_name"], ",".join(tilde_encode(str(v)) for v in p["pk"]))
+        p["changed"] = changed_by_row.get(p["row_idx"], [])
     can_undo = run["status"] == "inserted" and service.is_owner_or_root(request.actor, run)
     context = {
-        "run": run, "rows": [_row_view(r, names) for r in rows], "columns": run["schema"]["columns"],
-        "names": names, "documents": documents, "csrf": _csrf(request),
-        "last_seq": await runs.last_seq(state, run["id"]), "active": run["status"] in runs.ACTIVE,
-        "reviewable": run["status"] in runs.REVIEWABLE, "display": _display,
+        "run": run, "rows": views, "columns": columns, "names": names, "documents": documents,
+        "csrf": _csrf(request), "state_key": state_key, "state_text": state_text,
+        "last_seq": seen_seq, "active": run["status"] in runs.ACTIVE,
+        "reviewable": reviewable, "display": review.display, "decisions": review.DECISIONS,
+        "undecided": sum(1 for v in views if v["editable"] and v["default_decision"] == "pending"),
+        "reviewer_changes": sum(len(v["changed_by_reviewer"]) for v in views if v["decision"] == "accepted"),
+        "confirm_undo": False,
         "run_url": run_url(datasette, run["id"]), "events_url": run_url(datasette, run["id"], "/events"),
         "action_url": lambda a: run_url(datasette, run["id"], f"/{a}"),
         "database_url": datasette.urls.database(run["database_name"]),
@@ -540,6 +576,13 @@ async def run_action(datasette, request, receive):
     try:
         form = await _read_form(datasette, request, receive)
         names = [c["name"] for c in run["schema"]["columns"]]
+        if action == "undo" and form.get("confirm") != "yes":
+            # deleting rows from a table is asked about first, on a page that works without JavaScript
+            if run["status"] != "inserted":
+                raise UserError("Only a run whose rows were inserted can be undone.", 409)
+            context = await run_page(datasette, request)
+            context["confirm_undo"] = True
+            return await _render_run(datasette, request, context)
         decisions = _decisions_from_form(form, names) if action == "insert" else None
         result = await _do_action(datasette, request, run, action, decisions)
     except UserError as e:
@@ -558,12 +601,15 @@ async def run_action(datasette, request, receive):
 
 def _apply_submitted(context: dict, form) -> None:
     """Keep the reviewer's edits and decisions when the page is shown again with errors."""
+    columns = context["columns"]
     for row in context["rows"]:
         idx = row["idx"]
         decision = form.get(f"row-{idx}-decision")
         if decision:
             row["default_decision"] = decision
-        for n, name in enumerate(context["names"]):
-            key = f"row-{idx}-col-{n}"
+        for cell in row["cells"]:
+            key = f"row-{idx}-col-{cell['n']}"
             if key in form.fields:
-                row["shown"][name] = form.get(key)
+                cell["text"] = form.get(key)
+                cell["control"] = review.control(columns[cell["n"]], form.get(key))
+    context["undecided"] = sum(1 for r in context["rows"] if r["editable"] and r["default_decision"] == "pending")

@@ -137,6 +137,38 @@ def fake_embedding(text: str, dimensions: int) -> list[float]:
     return [v / norm for v in vector]
 
 
+# --- re-asks: how real models misanswer a request to correct some rows ----------------
+
+REASK_MARKER = "failed validation"
+_REASK_ROW = re.compile(r"^Row (R\d+): (\{.*\})$", re.MULTILINE)
+
+
+def reask_rows(request: dict) -> list[tuple[str, dict]]:
+    """``(id, row)`` of each row an extraction re-ask sent back for correction."""
+    return [(m.group(1), json.loads(m.group(2))) for m in _REASK_ROW.finditer(last_user_text(request))]
+
+
+def misanswered_reask(request: dict, fix: Callable[[dict], dict], *, reorder: bool = True,
+                      add: list[dict] = (), omit: tuple[str, ...] = (), duplicate: tuple[str, ...] = (),
+                      ids: bool = True) -> str:
+    """A re-ask answer the way real models give them: each row sent is corrected with
+    ``fix`` and echoes its id (unless ``ids=False``), except the ids in ``omit``; ids in
+    ``duplicate`` come twice; ``add`` rows (e.g. every other row of the document, as
+    a model answering with all rows does) are mixed in; ``reorder`` reverses the order."""
+    out = []
+    for row_id, row in reask_rows(request):
+        if row_id in omit:
+            continue
+        fixed = fix(dict(row))
+        if ids:
+            fixed = {"_llm_row_id": row_id, **fixed}
+        out += [fixed] * (2 if row_id in duplicate else 1)
+    out += list(add)
+    if reorder:
+        out.reverse()
+    return json.dumps({"rows": out})
+
+
 _ERROR_TYPES = {
     400: ("invalid_request_error", None),
     401: ("invalid_request_error", "invalid_api_key"),

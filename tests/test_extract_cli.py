@@ -9,6 +9,7 @@ from datasette.cli import cli
 from PIL import Image
 
 from datasette_llm_core.errors import ModelError
+from datasette_llm_extract.prompts import PROMPT_VERSION
 
 from .extract_responders import document_text
 from .fakes import Scripted
@@ -65,7 +66,7 @@ def test_run_extracts_folder_and_resumes(setup):
     first_run = conn.execute("select distinct _llm_run from people").fetchall()
     assert len(first_run) == 1
     instructions = conn.execute("select instructions, model_id, prompt_version from _llm_extract_cli_runs").fetchone()
-    assert instructions == ("People and their ages.", "scripted", "extract-v1")
+    assert instructions == ("People and their ages.", "scripted", PROMPT_VERSION)
 
     # Re-run: done files are skipped, the failed one is retried, nothing is duplicated.
     model.responder = people_responder

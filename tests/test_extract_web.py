@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from datasette_llm_extract.prompts import PROMPT_VERSION
 from tests.fakes import Scripted
 
 from .extract_web_helpers import (
@@ -111,7 +112,7 @@ async def test_builder_run_review_insert_provenance_undo(ds, tmp_path, scripted_
     assert json.loads(labels["edited"])["name"] == "Ann B. Lee" and labels["rejected"] is None
     run_row = (await state_rows(ds, "select status, model_id, prompt_version, instructions, schema_json,"
                          " inserted_count, input_tokens from llm_extract_runs where id = ?", [run_id]))[0]
-    assert run_row[0] == "inserted" and run_row[1] == "scripted" and run_row[2] == "extract-v1"
+    assert run_row[0] == "inserted" and run_row[1] == "scripted" and run_row[2] == PROMPT_VERSION
     assert run_row[3] == "One row per person." and json.loads(run_row[4])["key_columns"] == ["name"]
     assert run_row[5] == 1 and run_row[6] > 0
     docs = await state_rows(ds, "select name, kind, text, sha256 from llm_extract_documents where run_id = ?", [run_id])
@@ -121,8 +122,12 @@ async def test_builder_run_review_insert_provenance_undo(ds, tmp_path, scripted_
     table_page = await ds.client.get("/news/people", cookies=jar)
     assert f'href="/-/llm-extract/runs/{run_id}"' in table_page.text
 
-    # undo deletes the inserted rows in one go
+    # undo asks first, changing nothing; confirmed, it deletes the inserted rows in one go
     r = await post_form(ds, f"/-/llm-extract/runs/{run_id}/undo", {}, jar, token_page=f"/-/llm-extract/runs/{run_id}")
+    assert r.status_code == 200 and "Yes, delete the 1 row(s)" in r.text
+    assert await news_rows(ds, "select count(*) from people") == [(1,)]
+    r = await post_form(ds, f"/-/llm-extract/runs/{run_id}/undo", {"confirm": "yes"}, jar,
+                        token_page=f"/-/llm-extract/runs/{run_id}")
     assert r.status_code == 302
     assert await news_rows(ds, "select count(*) from people") == [(0,)]
     assert (await state_rows(ds, "select count(*) from llm_extract_provenance"))[0][0] == 0

@@ -106,14 +106,57 @@
     if (!pre) { return; }
     var text = pre.getAttribute("data-original");
     if (text === null) { text = pre.textContent; pre.setAttribute("data-original", text); }
+    // The server counts characters (code points); JavaScript strings count UTF-16
+    // units, which differ after any character outside the BMP (emoji, rare scripts).
+    if (!pre.llmChars) { pre.llmChars = Array.from(text); }
+    var chars = pre.llmChars;
     pre.textContent = "";
-    pre.appendChild(document.createTextNode(text.slice(0, start)));
-    var mark = el("mark", {}, text.slice(start, end));
+    pre.appendChild(document.createTextNode(chars.slice(0, start).join("")));
+    var mark = el("mark", {}, chars.slice(start, end).join(""));
     pre.appendChild(mark);
-    pre.appendChild(document.createTextNode(text.slice(end)));
+    pre.appendChild(document.createTextNode(chars.slice(end).join("")));
     // Scroll the source panel only: moving the page under the pointer would
     // make a click on the row's Accept/Reject controls land somewhere else.
     pre.scrollTop = Math.max(0, mark.offsetTop - pre.clientHeight / 3);
+  }
+
+  /* Controls per column type: keep in step with datasette_llm_extract/review.py. */
+  var ISO_DATE = /^\d{4}-\d{2}-\d{2}$/;
+
+  function control(column, value, id) {
+    var type = column.type || "text";
+    var text = display(value);
+    var node;
+    if (type === "boolean" || type === "choice") {
+      var options = type === "boolean" ? [["", "(blank)"], ["true", "Yes"], ["false", "No"]]
+        : [["", "(blank)"]].concat((column.choices || []).map(function (c) { return [c, c]; }));
+      if (!options.some(function (o) { return o[0] === text; })) { options.push([text, text + " (not allowed)"]); }
+      node = el("select", { id: id, name: id, "class": "llm-value" });
+      options.forEach(function (o) {
+        var option = el("option", { value: o[0] }, o[1]);
+        option.selected = o[0] === text;
+        node.appendChild(option);
+      });
+    } else if (type === "date") {
+      var valid = text === "" || (ISO_DATE.test(text) && !isNaN(Date.parse(text + "T00:00:00Z")));
+      node = el("input", { type: valid ? "date" : "text", id: id, name: id, "class": "llm-value" });
+      if (!valid) { node.setAttribute("placeholder", "YYYY-MM-DD"); }
+      node.value = text;
+    } else if (type === "integer" || type === "number") {
+      node = el("input", { type: "text", id: id, name: id, "class": "llm-value",
+                           inputmode: type === "integer" ? "numeric" : "decimal" });
+      node.value = text;
+    } else {
+      node = el("textarea", { id: id, name: id, rows: "1", "class": "llm-value" });
+      node.value = text;
+    }
+    return node;
+  }
+
+  function was(kind, label, value) {
+    var p = el("p", { "class": "llm-was llm-was-" + kind }, label + " ");
+    p.appendChild(el("del", {}, value === "" ? "(blank)" : value));
+    return p;
   }
 
   function bindRow(row) {
@@ -123,38 +166,54 @@
 
   function buildRow(root, data, columns) {
     var idx = data.row;
+    var reasking = !!data.reask_pending;
     var tr = el("tr", {
-      "class": "llm-row" + (data.valid ? "" : " llm-row-invalid") + (data.duplicate ? " llm-row-duplicate" : ""),
+      "class": "llm-row" + (data.valid ? "" : " llm-row-invalid") + (data.duplicate ? " llm-row-duplicate" : "") +
+        (reasking ? " llm-row-reasking" : ""),
       "data-idx": String(idx), "data-document": data.document === null ? "" : String(data.document),
+      "data-valid": data.valid ? "1" : "0", "data-duplicate": data.duplicate ? (data.duplicate_reason || "run") : "",
       "data-quote-start": data.quote_span ? String(data.quote_span[0]) : "",
       "data-quote-end": data.quote_span ? String(data.quote_span[1]) : "", "tabindex": "0"
     });
-    tr.appendChild(el("th", { scope: "row" }, idx + 1));
+    tr.appendChild(el("th", { scope: "row", "class": "llm-rownum" }, "Row " + (idx + 1)));
     var decision = el("td", { "class": "llm-decision" });
     var fs = el("fieldset");
     fs.appendChild(el("legend", { "class": "llm-visually-hidden" }, "Decision for row " + (idx + 1)));
-    var initial = data.valid && !data.duplicate ? "accept" : "pending";
     [["accept", "Accept"], ["reject", "Reject"], ["pending", "Undecided"]].forEach(function (pair) {
       var id = "row-" + idx + "-" + pair[0];
       var input = el("input", { type: "radio", id: id, name: "row-" + idx + "-decision", value: pair[0] });
-      input.checked = pair[0] === initial;
+      input.checked = pair[0] === "pending";  // every row starts undecided
       fs.appendChild(input);
       fs.appendChild(el("label", { "for": id }, pair[1]));
     });
     decision.appendChild(fs);
     tr.appendChild(decision);
-    columns.forEach(function (name, n) {
-      var td = el("td");
+    var values = data.values || {};
+    columns.forEach(function (column, n) {
+      var td = el("td", { "class": "llm-cell llm-cell-" + (column.type || "text"), "data-column": column.name });
       var id = "row-" + idx + "-col-" + n;
-      td.appendChild(el("label", { "for": id, "class": "llm-visually-hidden" }, "Row " + (idx + 1) + " " + name));
-      var input = el("input", { type: "text", id: id, name: id });
-      input.value = display((data.values || {})[name]);
-      td.appendChild(input);
+      td.appendChild(el("label", { "for": id, "class": "llm-cell-label" }, column.name));
+      td.appendChild(control(column, values[column.name], id));
+      if (data.replaced && display(data.replaced[column.name]) !== display(values[column.name])) {
+        td.appendChild(was("reask", "Corrected by re-ask; was", display(data.replaced[column.name])));
+      }
       tr.appendChild(td);
     });
-    tr.appendChild(el("td", { "class": "llm-quote" }, data.source_quote || ""));
+    var quote = el("td", { "class": "llm-quote" });
+    quote.appendChild(el("span", { "class": "llm-cell-label" }, "Source quote"));
+    quote.appendChild(document.createTextNode(" "));
+    quote.appendChild(el("span", { "class": "llm-quote-text" }, data.source_quote || ""));
+    tr.appendChild(quote);
     var checks = el("td", { "class": "llm-checks" });
-    if (!data.valid) { checks.appendChild(el("p", { "class": "llm-flag llm-flag-invalid" }, "Invalid: " + (data.errors || []).join("; "))); }
+    var errors = (data.errors || []).join("; ");
+    if (reasking) {
+      checks.appendChild(el("p", { "class": "llm-flag llm-flag-reasking" }, "Invalid: " + errors + ". Asking the model to correct it…"));
+    } else if (!data.valid) {
+      checks.appendChild(el("p", { "class": "llm-flag llm-flag-invalid" }, "Invalid: " + errors));
+    }
+    if (data.replaced) {
+      checks.appendChild(el("p", { "class": "llm-flag llm-flag-reasked" }, "Corrected by re-ask: check the changed values."));
+    }
     if (data.duplicate) {
       checks.appendChild(el("p", { "class": "llm-flag" },
         data.duplicate_reason === "table" ? "Duplicate: already in the table" : "Duplicate of an earlier row"));
@@ -163,16 +222,137 @@
       checks.appendChild(el("p", { "class": "llm-flag" }, "Quote not found in the source: check carefully"));
     }
     tr.appendChild(checks);
+    tr.querySelectorAll(".llm-value").forEach(function (node) { node.setAttribute("data-initial", node.value); });
     bindRow(tr);
     return tr;
   }
 
+  /* A correction replaces its row in place, keeping what the reviewer already did to it. */
+  function replaceRow(old, fresh) {
+    var decided = old.querySelector('input[type=radio]:checked');
+    if (decided) {
+      var same = fresh.querySelector('input[type=radio][value="' + decided.value + '"]');
+      if (same) { same.checked = true; }
+    }
+    old.querySelectorAll(".llm-value").forEach(function (node) {
+      if (node.value === node.getAttribute("data-initial")) { return; }
+      var twin = fresh.querySelector("#" + CSS.escape(node.id));
+      if (twin && twin.tagName === node.tagName) { twin.value = node.value; }
+    });
+    var focused = old.contains(document.activeElement) ? document.activeElement.id || "row" : null;
+    old.replaceWith(fresh);
+    if (focused === "row") { fresh.focus(); } else if (focused) {
+      var again = document.getElementById(focused);
+      if (again) { again.focus(); }
+    }
+  }
+
+  /* ------------------------------------------------------- review: counts, bulk, keyboard */
+
+  function rows() { return Array.prototype.slice.call(document.querySelectorAll("#llm-grid-body tr.llm-row")); }
+
+  function decisionOf(row) {
+    var checked = row.querySelector('input[type=radio]:checked');
+    return checked ? checked.value : null;
+  }
+
+  function decide(row, value) {
+    var radio = row.querySelector('input[type=radio][value="' + value + '"]');
+    if (radio) { radio.checked = true; }
+  }
+
+  function updateCounts(root) {
+    var out = root.querySelector("#llm-undecided");
+    var insert = root.querySelector("#llm-insert");
+    var editable = rows().filter(function (r) { return decisionOf(r) !== null; });
+    var undecided = editable.filter(function (r) { return decisionOf(r) === "pending"; }).length;
+    var accepted = editable.filter(function (r) { return decisionOf(r) === "accept"; }).length;
+    if (out) { out.textContent = undecided + " row(s) undecided"; }
+    if (insert) { insert.textContent = "Insert the accepted rows (" + accepted + ")"; }
+  }
+
+  function moveTo(row) {
+    if (!row) { return; }
+    row.focus();
+    row.scrollIntoView({ block: "nearest" });
+  }
+
+  var TEXT_ENTRY = /^(TEXTAREA|SELECT)$/;
+
+  function initReview(root) {
+    var form = root.querySelector("#llm-review-form");
+    if (!form) { return; }
+    var bulk = root.querySelector("#llm-bulk");
+    if (bulk) {
+      bulk.hidden = false;
+      bulk.addEventListener("click", function (e) {
+        var action = e.target.getAttribute("data-llm-bulk");
+        if (!action) { return; }
+        rows().forEach(function (row) {
+          if (decisionOf(row) === null) { return; }
+          if (action === "reject-all") { decide(row, "reject"); return; }
+          if (row.getAttribute("data-valid") === "1" && !row.getAttribute("data-duplicate") &&
+              !row.classList.contains("llm-row-reasking")) { decide(row, "accept"); }
+        });
+        updateCounts(root);
+      });
+    }
+    form.addEventListener("change", function () { updateCounts(root); });
+    form.addEventListener("keydown", function (e) {
+      var target = e.target;
+      var row = target.closest ? target.closest("tr.llm-row") : null;
+      if (!row || e.ctrlKey || e.metaKey || e.altKey) { return; }
+      var typing = TEXT_ENTRY.test(target.tagName) || (target.tagName === "INPUT" && target.type !== "radio");
+      if (typing) {
+        if (e.key === "Escape") { e.preventDefault(); row.focus(); }
+        return;
+      }
+      var list = rows();
+      var at = list.indexOf(row);
+      var key = e.key;
+      // arrow keys move between rows from the row itself (on a radio they pick the decision)
+      var arrows = target === row;
+      if (key === "j" || (arrows && key === "ArrowDown")) { e.preventDefault(); moveTo(list[at + 1]); }
+      else if (key === "k" || (arrows && key === "ArrowUp")) { e.preventDefault(); moveTo(list[at - 1]); }
+      else if (key === "a" || key === "r" || key === "u") {
+        if (decisionOf(row) === null) { return; }
+        e.preventDefault();
+        decide(row, { a: "accept", r: "reject", u: "pending" }[key]);
+        updateCounts(root);
+        if (key !== "u") { moveTo(list[at + 1] || row); }
+      } else if (key === "e") {
+        var field = row.querySelector(".llm-value");
+        if (field) { e.preventDefault(); field.focus(); }
+      }
+    });
+    form.querySelectorAll("textarea.llm-value").forEach(function (t) { t.setAttribute("data-initial", t.value); });
+    updateCounts(root);
+  }
+
+  /* Text boxes grow with their value: CSS field-sizing where the browser has it, else here. */
+  var SIZES_ITSELF = !!(window.CSS && CSS.supports && CSS.supports("field-sizing", "content"));
+
+  function grow(area) {
+    if (SIZES_ITSELF || area.tagName !== "TEXTAREA") { return; }
+    area.style.height = "auto";
+    area.style.height = (area.scrollHeight + 2) + "px";
+  }
+
   function initRun(root) {
+    if (!SIZES_ITSELF) {
+      root.addEventListener("input", function (e) { grow(e.target); });
+      new MutationObserver(function () { root.querySelectorAll("textarea.llm-value").forEach(grow); })
+        .observe(root, { childList: true, subtree: true });
+      root.querySelectorAll("textarea.llm-value").forEach(grow);
+    }
     document.querySelectorAll("tr.llm-row").forEach(bindRow);
+    document.querySelectorAll(".llm-value").forEach(function (n) { n.setAttribute("data-initial", n.value); });
+    initReview(root);
     if (root.getAttribute("data-active") !== "1" || !window.EventSource) { return; }
     var columns = readJSON(root, "data-columns") || [];
     var body = root.querySelector("#llm-grid-body");
     var status = root.querySelector("#llm-status");
+    var state = root.querySelector("#llm-state");
     var runError = root.querySelector("#llm-run-error");
     var progress = root.querySelector("#llm-progress");
     var count = root.querySelector("#llm-row-count");
@@ -205,6 +385,14 @@
       if (empty) { empty.remove(); }
       body.appendChild(buildRow(root, data, columns));
       count.textContent = String(body.querySelectorAll("tr.llm-row").length);
+      updateCounts(root);
+    });
+    source.addEventListener("RowCorrected", function (e) {
+      var data = JSON.parse(e.data);
+      var old = body.querySelector('tr[data-idx="' + data.row + '"]');
+      var fresh = buildRow(root, data, columns);
+      if (old) { replaceRow(old, fresh); } else { body.appendChild(fresh); }
+      updateCounts(root);
     });
     source.addEventListener("ChunkDone", function () { done += 1; showProgress(); });
     source.addEventListener("ChunkFailed", function (e) {
@@ -229,6 +417,10 @@
       source.close();
       if (data.status === "done") {
         if (insert) { insert.disabled = false; }
+        if (state) {
+          var n = body.querySelectorAll("tr.llm-row").length;
+          state.textContent = n ? "awaiting review: " + n + " row(s)" : "done: no rows found";
+        }
         var cancel = document.getElementById("llm-cancel-form");
         if (cancel) { cancel.remove(); }
       } else {

@@ -59,7 +59,7 @@ def _rows_by_name(page) -> dict[str, str]:
     """Review grid: the value typed in each row's first column -> the row's data-idx."""
     return page.evaluate("""() => Object.fromEntries(
         [...document.querySelectorAll("#llm-grid-body tr")].map(
-            (tr) => [tr.querySelector("input[type=text]").value, tr.dataset.idx]))""")
+            (tr) => [tr.querySelector("[name$='-col-0']").value, tr.dataset.idx]))""")
 
 
 def _decide(page, idx: str, decision: str, with_mouse: bool = False) -> None:
@@ -146,6 +146,9 @@ def test_extract_review_insert_undo(root_page, datasette_server, fake_llm, shots
     _decide(page, idx, "accept")
     third = by_name[rows[2]["name"]]
     _decide(page, third, "reject", with_mouse=True)
+    expect(page.locator("#llm-undecided")).to_have_text("1 row(s) undecided")
+    _decide(page, by_name[rows[0]["name"]], "accept")  # every row starts undecided
+    expect(page.locator("#llm-undecided")).to_have_text("0 row(s) undecided")
     page.locator("#llm-insert").click()
 
     # 4. Inserted: the rows are in the new table, each with its run link
@@ -167,6 +170,8 @@ def test_extract_review_insert_undo(root_page, datasette_server, fake_llm, shots
 
     # 5. Undo the run: the rows are gone
     page.get_by_role("button", name="Undo").click()
+    expect(page.locator("#llm-confirm-undo")).to_be_visible()  # asked first
+    page.get_by_role("button", name="Yes, delete").click()
     expect(page.locator("#llm-status")).to_have_text("undone", timeout=EXPECT_TIMEOUT)
     page.goto(datasette_server.url("/newsroom/clemency_grants"))
     expect(page.locator("table.rows-and-columns tbody tr")).to_have_count(0)
