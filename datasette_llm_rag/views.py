@@ -545,7 +545,7 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     import os
     import sqlite3
 
-    from .sidecar import read_meta
+    from .sidecar import connect_readonly, read_meta, read_only_location
 
     db = datasette.databases[database]
     db_config = config.databases.get(database)
@@ -553,13 +553,14 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     present = set(await db.table_names())
     indexed: dict[str, tuple[int, int]] = {}
     info: dict = {"sidecar": None, "exists": False, "model": None, "error": None,
-                  "refreshed": None}
+                  "refreshed": None, "read_only": False}
     try:
         path = sidecar_for(datasette, database, config)
         info["sidecar"] = path
+        info["read_only"] = read_only_location(path)
         if os.path.exists(path):
             info["exists"] = True
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn = connect_readonly(path)
             try:
                 meta = read_meta(conn)
                 info["model"] = meta.get("embedding_model")
@@ -690,6 +691,24 @@ def _overall(tables: list[dict], info: dict, configured_model, job) -> tuple[str
     return "ok", "Up to date (row counts match, no writes since the last refresh)"
 
 
+READ_ONLY_NOTE = (
+    "Read-only: this index sits on a read-only file system (a published image or a read-only "
+    "volume), so it cannot be refreshed here. Refresh it where the database is built with "
+    "`datasette llm-rag index DB_PATH`, then publish the database and its index again."
+)
+
+
+def _read_only_refusal(datasette, database: str) -> str | None:
+    """Why a refresh of ``database``'s index cannot run here, or None."""
+    from .sidecar import read_only_location
+
+    try:
+        path = sidecar_for(datasette, database, rag_settings(datasette))
+    except (ConfigError, KeyError):
+        return None
+    return READ_ONLY_NOTE if read_only_location(path) else None
+
+
 async def _index_context(datasette, request, database: str) -> dict:
     config = rag_settings(datasette)
     if database not in config.databases:
@@ -709,6 +728,7 @@ async def _index_context(datasette, request, database: str) -> dict:
     return {"database": database, "database_title": db_title, "tables": tables, "info": info,
             "job": job, "error": None, "configured_model": configured_model,
             "verify": verified, "overall": overall, "overall_text": overall_text,
+            "read_only_note": READ_ONLY_NOTE if info.get("read_only") else None,
             "refreshed_relative": relative_time(refreshed) if refreshed else None,
             "refreshed_absolute": format_time(refreshed) if refreshed else None,
             "refreshed_iso": format_time(refreshed, iso=True) if refreshed else None,
@@ -763,6 +783,12 @@ async def index_page(datasette, request):
     await _check(datasette, request, "llm-index", database, as_json=False)
     if request.method == "POST":
         body = await _read_body(request)
+        refused = _read_only_refusal(datasette, database)
+        if refused:
+            if (request.headers.get("accept") or "").startswith("application/json"):
+                return json_error(refused, 409, "read_only")
+            datasette.add_message(request, refused, datasette.ERROR)
+            return Response.redirect(rag_url(datasette, "index", database))
         tables = _tables_param(body.get("table"))
         try:
             config = rag_settings(datasette)
