@@ -10,7 +10,7 @@ the impls for hooks a line lacks unverified and never calls them.
 from datasette import hookimpl
 from datasette import hookspecs as _datasette_hookspecs
 
-from . import views
+from . import published, views
 
 HAS_TOP_HOOKS = hasattr(_datasette_hookspecs, "top_homepage")
 
@@ -32,6 +32,11 @@ def register_routes(datasette):
         (r"^/-/llm-rag/(?P<database>[^/]+)/search\.json$", views.search_json),
         (r"^/-/llm-rag/(?P<database>[^/]+)/ask\.json$", views.ask_api),
     ]
+
+
+@hookimpl
+def asgi_wrapper(datasette):
+    return published.refuse_index_files
 
 
 @hookimpl
