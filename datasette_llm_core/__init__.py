@@ -7,7 +7,7 @@ other modules of the package.
 from datasette import hookimpl
 from datasette.plugins import pm
 
-from . import calllog, hookspecs  # noqa: F401 - calllog registers its migrations
+from . import calllog, hookspecs, limits  # noqa: F401 - they register their migrations
 from .state import STATE_DB_NAME, attach_state_database, state_db, tune_connection
 
 pm.add_hookspecs(hookspecs)

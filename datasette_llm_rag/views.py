@@ -147,6 +147,17 @@ def _k_param(value) -> int:
         return DEFAULT_K
 
 
+def _client_address(datasette, request) -> str:
+    """The visitor's address for spending limits (X-Forwarded-For only when trusted)."""
+    from datasette_llm_core import limits
+
+    try:
+        hops = limits.limits_for(datasette).trusted_proxies
+    except ConfigError:
+        hops = 0
+    return limits.client_address(request.scope, request.headers, hops)
+
+
 def _truthy(value) -> bool:
     return str(value).lower() in ("1", "true", "yes", "on") if value is not None else False
 
@@ -378,7 +389,8 @@ async def ask_api(datasette, request):
         tables = _tables_param(body.get("tables", body.get("table")))
     except RetrievalError as e:
         return json_error(str(e), 400, e.kind)
-    kwargs = dict(tables=tables, k=_k_param(body.get("k")), want_answer=want_answer)
+    kwargs = dict(tables=tables, k=_k_param(body.get("k")), want_answer=want_answer,
+                  client=_client_address(datasette, request))
     stream = _truthy(body.get("stream")) or "text/event-stream" in (
         request.headers.get("accept") or ""
     )
