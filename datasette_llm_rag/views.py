@@ -23,8 +23,8 @@ from datasette_llm_core.denied import denied_message
 from datasette_llm_core.errors import ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 
-from . import jobs
-from .answer import NO_MODEL_NOTE, ask_events, ask_json, get_answer
+from . import jobs, wording
+from .answer import ask_events, ask_json, get_answer
 from .display import Labeller, format_time, relative_time, split_strong_weak, table_titles
 from .indexer import source_mtime
 from .retrieval import (
@@ -171,12 +171,19 @@ async def _model_state(datasette, actor, database) -> dict:
         model = gw.default_chat_model("answer")
     except ConfigError:
         model = None
+    can_configure = await _can_configure(datasette, actor, database)
     return {
         "can_ask": can_ask,
         "model_id": model.model_id if model else None,
         "answers": bool(can_ask and model),
-        "note": None if model else NO_MODEL_NOTE,
+        "note": None if model else wording.no_model_note(can_configure),
+        "search_only_note": wording.search_only_note(actor, can_configure),
     }
+
+
+async def _can_configure(datasette, actor, database) -> bool:
+    """May ``actor`` fix the question box's setup (root, or ``llm-index`` here)?"""
+    return permissions.is_root(actor) or await _can(datasette, actor, "llm-index", database)
 
 
 async def _searchable_databases(datasette, actor) -> list[str]:
@@ -243,6 +250,7 @@ async def ask_page(datasette, request):
         "error": None,
         "max_chars": max_question_chars(config),
         "csrftoken_value": _csrftoken(request),
+        "can_configure_any": permissions.is_root(actor),
     }
     if database is not None:
         try:
@@ -395,15 +403,18 @@ async def ask_api(datasette, request):
         request.headers.get("accept") or ""
     )
     labeller = _labeller(datasette, database)
+    can_configure = await _can_configure(datasette, request.actor, database)
+    search_only = {"kind": "no_permission",
+                   "message": wording.search_only_note(request.actor, can_configure)}
     if not stream:
         out, status = await ask_json(datasette, request.actor, database, question, **kwargs)
         for key in ("rows", "cited_rows"):
             if out.get(key):
                 out[key] = await _describe(labeller, out[key])
         if not want_answer:
-            out["notice"] = {"kind": "no_permission",
-                             "message": "You may search but not ask for model answers "
-                                        "(the llm-ask permission)."}
+            out["notice"] = search_only
+        elif out.get("notice"):
+            out["notice"] = wording.for_reader(out["notice"], can_configure)
         return Response.json(out, status=status)
 
     events = ask_events(datasette, request.actor, database, question, **kwargs)
@@ -417,11 +428,10 @@ async def ask_api(datasette, request):
     async def pump(writer):
         try:
             if not want_answer:
-                await writer.write(_sse({"event": "notice", "kind": "no_permission",
-                                         "message": "You may search but not ask for model "
-                                                    "answers (the llm-ask permission)."}))
+                await writer.write(_sse({"event": "notice", **search_only}))
             await writer.write(_sse(await _described_event(labeller, first)))
             async for event in events:
+                event = wording.for_reader(event, can_configure)
                 await writer.write(_sse(await _described_event(labeller, event)))
         except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
             await writer.write(_sse({"event": "error", "kind": "server_error",

@@ -130,6 +130,11 @@ class PublicServer:
         h = {"content-type": "application/json"}
         if root:
             h["cookie"] = root_cookie()
+            if method == "POST":  # 0.65 checks a CSRF token on cookie-signed posts
+                token = self.csrf_token()
+                if token:
+                    h["cookie"] += f"; ds_csrftoken={token}"
+                    h["x-csrftoken"] = token
         if client:
             h["x-forwarded-for"] = client
         h.update(headers or {})
@@ -140,6 +145,15 @@ class PublicServer:
                 return response.status, response.read(), dict(response.headers)
         except urllib.error.HTTPError as e:
             return e.code, e.read(), dict(e.headers)
+
+    def csrf_token(self) -> str:
+        """0.65's CSRF token for root ("" on 1.0, which has none)."""
+        from http.cookies import SimpleCookie
+
+        req = urllib.request.Request(self.url("/-/llm-ask"), headers={"cookie": root_cookie()})
+        with urllib.request.urlopen(req, timeout=30) as response:
+            jar = SimpleCookie(response.headers.get("set-cookie") or "")
+        return jar["ds_csrftoken"].value if "ds_csrftoken" in jar else ""
 
     def get(self, path: str, **kw) -> tuple[int, bytes, dict]:
         return self.request("GET", path, **kw)
