@@ -87,8 +87,14 @@ def _use_wal(path: str) -> None:
 
 
 def tune_connection(conn: sqlite3.Connection) -> None:
-    """Per-connection settings for the state database (see _use_wal)."""
+    """Per-connection settings for the state database (see _use_wal).
+
+    ``read_uncommitted``: a ``":memory:"`` state database is one shared-cache
+    database, where a reader meeting a table the writer has locked fails at
+    once with "database table is locked" (no busy timeout applies); readers
+    that take no table locks never do. A file database ignores it (WAL)."""
     conn.execute("pragma synchronous=normal")
+    conn.execute("pragma read_uncommitted=1")
 
 
 def attach_state_database(datasette):

@@ -146,3 +146,23 @@ def test_the_cache_never_serves_an_answer_built_on_rows_a_reader_may_not_view(wo
     mine = ask(world, question=question, client="10.1.0.8")
     assert mine["cached"] is False and len(fake.chat_requests()) == calls + 1
     assert all(row["table"] != "memos" for row in mine["rows"])
+
+
+def test_concurrent_visitors_on_in_memory_state_get_no_table_locked_errors(world):
+    """A ':memory:' state database is one shared-cache database: a reader that
+    met a table the writer held failed at once ("database table is locked")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = world["server"]
+    questions = ["Which library hours changed?", "Where is the river park?",
+                 "What happened to school lunch prices?"]
+
+    def one(i):  # repeated questions (cache reads) among new ones (answer writes)
+        q = questions[i % 3] if i % 2 else f"What did council report {i} say about bridges?"
+        return server.json("POST", "/-/llm-rag/news/ask.json", {"q": q},
+                           client=f"10.2.{i // 200}.{i % 200}")
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        results = list(pool.map(one, range(90)))
+    failed = [body for status, body in results if status != 200 or not body.get("answer")]
+    assert not failed, failed[:3]
