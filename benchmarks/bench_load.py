@@ -488,6 +488,16 @@ async def public_async(args) -> dict:
         async with http_client(timeout=30) as client:
             cookie = {"ds_actor": sign_actor({"id": "root"})}
             usage = (await client.get(f"{server}/-/llm-rag/limits.json", cookies=cookie)).json()
+            # after the load, alone: a popular question (cached by now) and a new one
+            alone = {}
+            for kind, q in (("cached", f"What happened to the {TOPICS[0]}?"),
+                            ("model", "What did the quiet council report say about parks?")):
+                t, r = await timed(client.post(f"{server}/-/llm-rag/news/ask.json", json={"q": q},
+                                               headers={"x-forwarded-for": "192.0.2.2"}))
+                body = r.json()
+                if r.status_code != 200 or bool(body.get("cached")) != (kind == "cached"):
+                    out["errors"].append(f"alone {kind}: {r.status_code} {str(body)[:200]}")
+                alone[kind] = t
         model_answers = len(out["answered"])
         return {
             "line": "1.0" if IS_V1 else "0.65", "where": where, "visitors": args.visitors,
@@ -498,7 +508,7 @@ async def public_async(args) -> dict:
             "model_p99": pct(model_base, 99),
             "hit_rate": len(out["cached"]) / max(1, len(out["cached"]) + model_answers),
             "rss_mb": [r / 1024 for r in rss], "walls": walls,
-            "spent": usage.get("instance_dollars_day"),
+            "spent": usage.get("instance_dollars_day"), "alone": alone,
         }
     finally:
         if ds is not None:
@@ -525,6 +535,8 @@ def public_report(r: dict) -> str:
         f"{pct(r['answered'], 50) / r['model_p50']:.2f}x at p50)",
         f"- served from the cache: {len(r['cached'])}, p50 {p(r['cached'], 50)}, p99 "
         f"{p(r['cached'], 99)}; cache hit rate {r['hit_rate'] * 100:.0f}% of answers",
+        f"- one question alone after the load: from the cache {r['alone']['cached']:.2f}s, "
+        f"written by the model {r['alone']['model']:.2f}s",
         f"- over a limit (search results and a notice, no model call): {len(r['limited'])}, p50 "
         f"{p(r['limited'], 50)}, p99 {p(r['limited'], 99)}",
         f"- estimated spend recorded: ${r['spent'] or 0:.4f}",

@@ -203,3 +203,20 @@ def test_which_paths_name_an_index_file(path, refused):
     from datasette_llm_rag.published import names_index_file
 
     assert names_index_file(path) is refused
+
+
+def test_the_readme_recipe_is_the_one_tested_here():
+    from datasette_llm_core.limits import parse_limits
+    from datasette_llm_rag.ragconfig import parse_rag_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    recipe = readme.split("## Publishing a newsroom", 1)[1].split("\n## ", 1)[0]
+    assert "datasette package documents.db -m metadata.yml --static llm-rag:llm-rag" in recipe
+    assert "--install datasette-llm-newsroom" in recipe
+    block = re.search(r"<!-- docs-test: publish-config -->\s*```yaml\n(.*?)\n```", recipe, re.S)
+    plugin = yaml.safe_load(block.group(1))["plugins"]["datasette-llm-newsroom"]
+    assert plugin["state_database"] == ":memory:"
+    assert parse_rag_config(plugin["rag"]).sidecar_dir == "llm-rag"
+    limits = parse_limits(plugin["limits"])
+    assert limits.for_database("documents").questions_per_minute == 2 and limits.trusted_proxies == 1
+    assert plugin["rag"]["cache_answers"] is True
