@@ -69,6 +69,7 @@ def llm_state_db_forbidden(datasette, request, message):
 @hookimpl(specname="startup")
 def llm_check_permission_config(datasette):
     _permissions.grants_for(datasette)  # raises ConfigError on a bad permissions: block
+    limits.limits_for(datasette)  # ... and on a bad limits: block
 
 
 # --- models built from configuration (logic in providers/builtin.py) -------

@@ -132,3 +132,11 @@ async def test_concurrent_questions_cannot_slip_past_a_limit_together():
     usage = await db.execute_fn(lambda c: limits.usage_rows(c, limits.limits_for(ds)))
     (row,) = usage["visitors"]
     assert row["questions_minute"] == 3 and row["at_limit"] == ["questions_per_minute"]
+
+
+async def test_a_bad_limits_block_stops_startup_with_a_message():
+    plugin = {"state_database": ":memory:", "limits": {"questions_per_minute": "many"}}
+    kwargs = {"config" if P.IS_V1 else "metadata": {"plugins": {"datasette-llm-newsroom": plugin}}}
+    ds = Datasette([], **kwargs)
+    with pytest.raises(ConfigError, match="limits: questions_per_minute"):
+        await ds.invoke_startup()
