@@ -291,7 +291,7 @@ async def ask_json(datasette, actor, database, question, **kwargs) -> tuple[dict
             out.update(mode=event["mode"], rows=event["rows"], tables=event["tables"],
                        question=event["question"])
         elif kind == "notice":
-            out["notice"] = {"kind": event["kind"], "message": event["message"]}
+            out["notice"] = {k: v for k, v in event.items() if k != "event"}  # kind, message, ...
         elif kind == "done":
             out.update({k: v for k, v in event.items() if k != "event"})
         elif kind == "error":

@@ -66,6 +66,7 @@ def test_a_visitor_over_the_per_minute_limit_gets_search_results_and_no_model_ca
     assert status == 200, body
     assert len(fake.chat_requests()) == before  # refused before the model was called
     assert body["answer"] is None and body["notice"]["kind"] == "limit"
+    assert 0 < body["notice"]["retry_after"] <= 60
     message = body["notice"]["message"]
     assert "2 questions in the last minute" in message and "resume in about" in message
     assert "search" in message and "limits:" not in message  # a reader's words, not config

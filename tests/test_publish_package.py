@@ -181,6 +181,7 @@ def test_the_published_index_is_read_only_and_in_memory_state_needs_no_disk(pack
     server = packaged["server"]
     status, html, _ = server.get("/-/llm-rag/index/documents", root=True)
     assert status == 200 and "Read-only" in html.decode()
+    assert "Up to date" in html.decode()  # the copy kept the files' times: not "changed"
     app = packaged["app"]
     # nothing was written into the image: no state database, no -wal/-shm
     names = sorted(p.name for p in app.iterdir())
