@@ -175,6 +175,7 @@ def test_anonymous_visitors_search_and_get_cited_answers_from_the_image(packaged
     assert packaged["fake"].chat_requests()
     status, html, _ = server.get("/-/llm-ask/documents?q=bridge")
     assert status == 200 and KEY.encode() not in html
+    assert KEY not in server.log.read_text()
 
 
 def test_the_published_index_is_read_only_and_in_memory_state_needs_no_disk(packaged):
