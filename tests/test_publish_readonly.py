@@ -172,3 +172,27 @@ def test_sidecar_with_unmerged_wal_on_read_only_mount_gets_a_clear_message(tmp_p
     message = str(info.value)
     assert "read-only" in message and "datasette llm-rag index" in message
     assert "Cannot write" not in message
+
+
+def test_forgetting_state_database_on_a_read_only_image_says_what_to_set(published, fake_model):
+    """With no state_database, the default file beside the server cannot be
+    created on a read-only disk: the server stops with the setting to use."""
+    import subprocess
+    import sys
+
+    from .publish_helpers import REPO
+
+    _server, ro = published
+    plugin = plugin_config(fake_model.base_url)
+    del plugin["state_database"]
+    config = ro.parent / "no-state.json"
+    config.write_text(json.dumps({"plugins": {"datasette-llm-newsroom": plugin}}))
+    env = {k: v for k, v in __import__("os").environ.items() if k != "DATASETTE_LLM_NEWSROOM_STATE"}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "datasette", "serve", "-i", "documents.db", config_flag(), str(config),
+         "-h", "127.0.0.1", "-p", "0"],
+        cwd=ro, env=env, capture_output=True, text=True, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-2000:]
+    assert "read-only" in output and 'state_database: ":memory:"' in output, output[-2000:]
