@@ -196,3 +196,24 @@ def test_forgetting_state_database_on_a_read_only_image_says_what_to_set(publish
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-2000:]
     assert "read-only" in output and 'state_database: ":memory:"' in output, output[-2000:]
+
+
+def test_a_writable_volume_for_the_state_keeps_permalinks_across_restarts(published, fake_model,
+                                                                          tmp_path):
+    """The image stays read-only; the state database lives on a volume named at run time."""
+    _server, ro = published
+    plugin = plugin_config(fake_model.base_url)
+    del plugin["state_database"]
+    config = tmp_path / "volume.json"
+    config.write_text(json.dumps({"plugins": {"datasette-llm-newsroom": plugin}}))
+    volume = tmp_path / "volume"
+    env = {"DATASETTE_LLM_NEWSROOM_STATE": str(volume / "llm_newsroom.db")}
+    args = ["-i", str(ro / "documents.db"), config_flag(), str(config)]
+    with PublicServer(args, tmp_path / "first.log", cwd=ro, env=env) as server:
+        status, body = server.json("POST", "/-/llm-rag/documents/ask.json",
+                                   {"q": "Why were the bridge repairs delayed?"})
+        assert status == 200 and body["answer"], body
+    with PublicServer(args, tmp_path / "second.log", cwd=ro, env=env) as server:
+        status, page = server.json("GET", body["permalink"] + ".json")
+        assert status == 200 and page["answer"] == body["answer"]
+    assert (volume / "llm_newsroom.db").exists()
