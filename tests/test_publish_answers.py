@@ -166,3 +166,13 @@ def test_concurrent_visitors_on_in_memory_state_get_no_table_locked_errors(world
         results = list(pool.map(one, range(90)))
     failed = [body for status, body in results if status != 200 or not body.get("answer")]
     assert not failed, failed[:3]
+
+
+def test_hostile_row_text_on_a_permalink_is_shown_as_text(world):
+    server = world["server"]
+    body = ask(world, question="What about the harbour fees notice?", client="10.1.0.9")
+    assert any("Harbour" in (row.get("title") or "") for row in body["rows"])
+    status, html, _ = server.get(body["permalink"])
+    assert status == 200
+    assert b"<script>alert(1)</script>" not in html and b"&lt;script&gt;alert(1)" in html
+    assert b'src="http://evil.example' not in html and b'href="http://evil.example' not in html
