@@ -121,7 +121,7 @@ def packaged(tmp_path_factory):
                 server = PublicServer(args, base / "server.log", cwd=app, env=run_env)
                 with server:
                     yield {"server": server, "context": context, "dockerfile": dockerfile,
-                           "fake": fake, "app": app}
+                           "fake": fake, "app": app, "newsroom": newsroom, "base": base}
         except MountUnavailable as e:
             pytest.skip(f"cannot make a read-only mount here: {e}")
 
@@ -222,3 +222,44 @@ def test_the_readme_recipe_is_the_one_tested_here():
     limits = parse_limits(plugin["limits"])
     assert limits.for_database("documents").questions_per_minute == 2 and limits.trusted_proxies == 1
     assert plugin["rag"]["cache_answers"] is True
+
+
+FAKE_GCLOUD = r"""#!/bin/sh
+# Stands in for gcloud: keeps the build context of `gcloud builds submit`
+echo "$*" >> "$CAPTURE_CONTEXT.calls"
+case "$*" in
+  "config get-value project") echo test-project ;;
+  builds\ submit*) cp -a . "$CAPTURE_CONTEXT" ;;
+esac
+exit 0
+"""
+
+
+def test_publish_cloudrun_ships_the_same_image(packaged):
+    """``datasette publish cloudrun`` with the README's options builds the same
+    context as ``datasette package`` (only the deploy step is not run for real)."""
+    base, newsroom = packaged["base"], packaged["newsroom"]
+    bin_dir = base / "gcloud-bin"
+    bin_dir.mkdir()
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD)
+    gcloud.chmod(gcloud.stat().st_mode | stat.S_IEXEC)
+    context = base / "cloudrun-image"
+    result = subprocess.run(
+        [sys.executable, "-m", "datasette", "publish", "cloudrun", "documents.db", "-m",
+         "metadata.yml", "--static", "llm-rag:llm-rag", "--install", "datasette-llm-newsroom",
+         "--service", "newsroom", "--secret", "publish-test-secret"],
+        cwd=newsroom, timeout=120, capture_output=True, text=True,
+        env={**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+             "CAPTURE_CONTEXT": str(context)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    cloudrun = parse_dockerfile((context / "Dockerfile").read_text())
+    # cloudrun adds only --setting force_https_urls on
+    assert cloudrun["cmd"].replace(" --setting force_https_urls on", "") == packaged["dockerfile"]["cmd"]
+    assert cloudrun["run"] == packaged["dockerfile"]["run"]
+    assert (context / "llm-rag" / "documents.llm-rag.db").exists()
+    assert "run deploy" in (base / "cloudrun-image.calls").read_text()
+    for path in context.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
