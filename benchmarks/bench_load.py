@@ -2,6 +2,7 @@
 
     python benchmarks/bench_load.py [--questions 50] [--extractions 10] [--repeats 3]
                                     [--ttft 0.3] [--token-delay 0.01] [--rows 2000] [--write-docs]
+    python benchmarks/bench_load.py --scenario public [--visitors 200] [--burst 25] [--write-docs]
 
 Two processes on 127.0.0.1: the scripted OpenAI-compatible server
 (tests/fake_openai_server.py) adding realistic latency (time to first token
@@ -20,6 +21,18 @@ Printed: p50/p99 latencies and ratios, errors, and the server's resident
 memory (VmRSS) after each repetition (stable = no steady growth).
 ``--write-docs`` also writes the figures into docs/reliability.md.
 Bounded: every request has a timeout and the whole run a deadline.
+
+``--scenario public`` is a newsroom's published copy instead: the database
+and its index on a read-only bind mount (an immutable database on a normal
+disk where mounting is not allowed), served with ``-i``, ``state_database:
+":memory:"``, ``cache_answers`` and spending limits on, and ``--visitors``
+signed-out visitors (told apart by X-Forwarded-For, ``trusted_proxies: 1``)
+arriving ``--burst`` at a time. Most ask one or two questions, popular ones
+repeating across visitors, new ones not; every fifth asks five in a row and
+goes over the per-minute limit. Printed: errors (any answer that is neither
+an answer, a cached answer nor search results with a limit notice), p50/p99
+of each kind against the fake model alone at the burst's concurrency, the
+cache hit rate, and the server's memory after each burst.
 """
 
 from __future__ import annotations
@@ -335,6 +348,203 @@ async def main_async(args) -> dict:
         stop(fake)
 
 
+# ---------------------------------------------------------------- the public deployment
+PUBLIC_LIMITS = {"questions_per_minute": 3, "questions_per_hour": 30, "dollars_per_day": 0.05,
+                 "instance_dollars_per_day": 50.0, "trusted_proxies": 1}
+
+
+def write_public_config(tmp: Path, base_url: str) -> Path:
+    """What a newsroom publishes: anyone may ask, ':memory:' state, cache and limits on."""
+    plugin = {
+        "state_database": ":memory:",
+        "models": [{"id": "fake", "provider": "openai-compatible", "model": "fake-model",
+                    "base_url": base_url, "supports": ["streaming"], "timeout": 60,
+                    "input_cost_per_mtok": 0.40, "output_cost_per_mtok": 1.60}],
+        "embedding_models": [{"id": "fake-embed", "provider": "openai-compatible",
+                              "model": "fake-embedding", "base_url": base_url, "dimensions": 64}],
+        "defaults": {"answer": "fake", "embed": "fake-embed"},
+        "permissions": {"llm-ask": True},
+        "limits": PUBLIC_LIMITS,
+        "rag": {"embedding_model": "fake-embed", "cache_answers": True, "sidecar_dir": "llm-rag",
+                "databases": {"news": {"tables": {"articles": {"columns": ["title", "body"],
+                                                               "title_column": "title"}}}}},
+    }
+    path = tmp / "config.json"
+    path.write_text(json.dumps({"plugins": {"datasette-llm-newsroom": plugin}}))
+    return path
+
+
+def visitor_plan(i: int) -> list[str]:
+    """The questions visitor ``i`` asks, one after another: most ask one or two
+    (popular questions repeat across visitors; others are new), every fifth
+    asks five new ones in a row and goes over the per-minute limit."""
+    popular = f"What happened to the {TOPICS[i % len(TOPICS)]}?"
+    if i % 5 == 4:
+        return [f"What did report {i * 10 + j} say about the {TOPICS[j]}?" for j in range(5)]
+    if i % 2 == 0:
+        return [popular]
+    return [popular, f"Which council report {i} mentions the {TOPICS[(i + 3) % len(TOPICS)]}?"]
+
+
+async def public_visitor(client, server: str, i: int, out: dict) -> None:
+    headers = {"x-forwarded-for": f"198.51.100.{i % 250}, 10.{i // 250}.0.{i % 250}"}
+    for q in visitor_plan(i):
+        t, r = await timed(client.post(f"{server}/-/llm-rag/news/ask.json", json={"q": q},
+                                       headers=headers))
+        try:
+            body = r.json()
+        except ValueError:
+            out["errors"].append(f"visitor {i}: {r.status_code} {r.text[:200]}")
+            continue
+        notice = (body.get("notice") or {}).get("kind")
+        if r.status_code != 200 or not body.get("rows"):
+            out["errors"].append(f"visitor {i}: {r.status_code} {str(body)[:200]}")
+        elif notice == "limit":
+            out["limited"].append(t)
+        elif body.get("cached") and body.get("answer"):
+            out["cached"].append(t)
+        elif body.get("answer") and body.get("cited"):
+            out["answered"].append(t)
+        else:
+            out["errors"].append(f"visitor {i}: no answer {str(body)[:200]}")
+
+
+async def public_async(args) -> dict:
+    """200 signed-out visitors in bounded bursts against a read-only published copy."""
+    sys.path.insert(0, str(ROOT))
+    from tests.publish_helpers import MountUnavailable, read_only_mount
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-public-"))
+    build = tmp / "build"
+    build.mkdir()
+    make_db(build / "news.db", args.rows)
+    script = {"default": {"content": ANSWER_REPLY}, "ttft": args.ttft, "token_delay": args.token_delay}
+    (tmp / "script.json").write_text(json.dumps(script))
+    fake_log, ds_log = tmp / "fake.log", tmp / "datasette.log"
+    launcher = ("import sys; from http.server import ThreadingHTTPServer as S; S.request_queue_size = 512; "
+                "from tests.fake_openai_server import main; main(sys.argv[1:])")
+    fake = start([sys.executable, "-c", launcher, "--script", str(tmp / "script.json")], fake_log)
+    ds = None
+    mount = None
+    try:
+        deadline = time.monotonic() + 30
+        base_url = None
+        while time.monotonic() < deadline and base_url is None:
+            match = re.search(r"listening on (\S+)", fake_log.read_text() if fake_log.exists() else "")
+            base_url = match.group(1) if match else None
+            await asyncio.sleep(0.1)
+        if not base_url:
+            raise SystemExit("fake server did not start")
+        config = write_public_config(tmp, base_url)
+        flag = ["-c", str(config)] if IS_V1 else ["-m", str(config)]
+        subprocess.run([sys.executable, "-m", "datasette", "llm-rag", "index", "news.db", *flag],
+                       cwd=build, check=True, timeout=300, capture_output=True)
+        serve_dir, where = build, "immutable database on a writable disk (no read-only mount here)"
+        try:
+            mount = read_only_mount(build, tmp / "ro")
+            serve_dir = mount.__enter__()
+            where = "read-only bind mount, immutable database"
+        except MountUnavailable as e:
+            mount = None
+            where += f": {e}"
+        port = free_port()
+        ds = subprocess.Popen(
+            [sys.executable, "-m", "datasette", "serve", "-i", "news.db", *flag, "-h", "127.0.0.1",
+             "-p", str(port), "--secret", SECRET],
+            stdout=open(ds_log, "w"), stderr=subprocess.STDOUT, cwd=serve_dir,
+            env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")},
+            start_new_session=True)
+        server = f"http://127.0.0.1:{port}"
+        await wait_ready(f"{server}/-/versions.json", ds, ds_log)
+        # warm up (imports, index load) with a visitor address the bursts never use
+        async with http_client(timeout=60) as client:
+            r = await client.post(f"{server}/-/llm-rag/news/ask.json", json={"q": "warm up"},
+                                  headers={"x-forwarded-for": "192.0.2.1"})
+            if r.status_code != 200:
+                raise SystemExit(f"warm-up failed: {r.status_code} {r.text[:300]}")
+        model_base = await baseline_model(base_url, args.burst)
+        out: dict = {"answered": [], "cached": [], "limited": [], "errors": []}
+        rss = [rss_kb(ds.pid)]
+        walls = []
+        limits_obj = {"max_connections": args.burst + 10}
+        try:
+            import httpx
+
+            limits_obj = httpx.Limits(**limits_obj)
+        except ImportError:  # pragma: no cover
+            import httpx2
+
+            limits_obj = httpx2.Limits(**limits_obj)
+        async with http_client(timeout=90, limits=limits_obj) as client:
+            for first in range(0, args.visitors, args.burst):
+                start_t = time.perf_counter()
+                await asyncio.wait_for(asyncio.gather(*(
+                    public_visitor(client, server, i, out)
+                    for i in range(first, min(args.visitors, first + args.burst)))), args.timeout)
+                walls.append(time.perf_counter() - start_t)
+                rss.append(rss_kb(ds.pid))
+                print(f"  visitors {first + 1}-{min(args.visitors, first + args.burst)}: "
+                      f"{walls[-1]:.1f}s, server RSS {rss[-1] / 1024:.1f} MB", flush=True)
+        async with http_client(timeout=30) as client:
+            cookie = {"ds_actor": sign_actor({"id": "root"})}
+            usage = (await client.get(f"{server}/-/llm-rag/limits.json", cookies=cookie)).json()
+            # after the load, alone: a popular question (cached by now) and a new one
+            alone = {}
+            for kind, q in (("cached", f"What happened to the {TOPICS[0]}?"),
+                            ("model", "What did the quiet council report say about parks?")):
+                t, r = await timed(client.post(f"{server}/-/llm-rag/news/ask.json", json={"q": q},
+                                               headers={"x-forwarded-for": "192.0.2.2"}))
+                body = r.json()
+                if r.status_code != 200 or bool(body.get("cached")) != (kind == "cached"):
+                    out["errors"].append(f"alone {kind}: {r.status_code} {str(body)[:200]}")
+                alone[kind] = t
+        model_answers = len(out["answered"])
+        return {
+            "line": "1.0" if IS_V1 else "0.65", "where": where, "visitors": args.visitors,
+            "burst": args.burst, "rows": args.rows, "ttft": args.ttft, "token_delay": args.token_delay,
+            "requests": sum(len(v) for v in out.values()),
+            "errors": out["errors"], "answered": out["answered"], "cached": out["cached"],
+            "limited": out["limited"], "model_p50": statistics.median(model_base),
+            "model_p99": pct(model_base, 99),
+            "hit_rate": len(out["cached"]) / max(1, len(out["cached"]) + model_answers),
+            "rss_mb": [r / 1024 for r in rss], "walls": walls,
+            "spent": usage.get("instance_dollars_day"), "alone": alone,
+        }
+    finally:
+        if ds is not None:
+            stop(ds)
+        if mount is not None:
+            mount.__exit__(None, None, None)
+        stop(fake)
+
+
+def public_report(r: dict) -> str:
+    def p(values, q):
+        return f"{pct(values, q):.2f}s" if values else "-"
+
+    rss = r["rss_mb"]
+    return "\n".join([
+        f"Datasette {r['line']}, public deployment: {r['visitors']} signed-out visitors in bursts of "
+        f"{r['burst']} ({r['where']}; state_database ':memory:'; cache_answers on; limits "
+        f"{PUBLIC_LIMITS['questions_per_minute']} questions/minute per visitor; {r['rows']} indexed rows; "
+        f"fake model time-to-first-token {r['ttft']}s, {r['token_delay'] * 1000:.0f} ms/token)",
+        f"- errors: {len(r['errors'])} of {r['requests']} requests",
+        f"- written by the model: {len(r['answered'])}, p50 {p(r['answered'], 50)}, p99 "
+        f"{p(r['answered'], 99)}; the model alone at the burst's concurrency: p50 "
+        f"{r['model_p50']:.2f}s, p99 {r['model_p99']:.2f}s (ratio "
+        f"{pct(r['answered'], 50) / r['model_p50']:.2f}x at p50)",
+        f"- served from the cache: {len(r['cached'])}, p50 {p(r['cached'], 50)}, p99 "
+        f"{p(r['cached'], 99)}; cache hit rate {r['hit_rate'] * 100:.0f}% of answers",
+        f"- one question alone after the load: from the cache {r['alone']['cached']:.2f}s, "
+        f"written by the model {r['alone']['model']:.2f}s",
+        f"- over a limit (search results and a notice, no model call): {len(r['limited'])}, p50 "
+        f"{p(r['limited'], 50)}, p99 {p(r['limited'], 99)}",
+        f"- estimated spend recorded: ${r['spent'] or 0:.4f}",
+        f"- server RSS: {' -> '.join(f'{m:.0f}' for m in rss)} MB (before, then after each burst)",
+        f"- wall time per burst: {', '.join(f'{w:.1f}s' for w in r['walls'])}",
+    ])
+
+
 def report(r: dict) -> str:
     rss = r["rss_mb"]
     growth = (rss[-1] - rss[1]) / rss[1] * 100 if len(rss) > 2 else 0.0
@@ -380,7 +590,20 @@ def main(argv=None) -> int:
     parser.add_argument("--token-delay", type=float, default=0.01)
     parser.add_argument("--timeout", type=float, default=120, help="seconds allowed per repetition")
     parser.add_argument("--write-docs", action="store_true", help="write the figures into docs/reliability.md")
+    parser.add_argument("--scenario", choices=["newsroom", "public"], default="newsroom",
+                        help="public: signed-out visitors of a read-only published copy")
+    parser.add_argument("--visitors", type=int, default=200, help="public: visitors in all")
+    parser.add_argument("--burst", type=int, default=25, help="public: visitors at once")
     args = parser.parse_args(argv)
+    if args.scenario == "public":
+        result = asyncio.run(public_async(args))
+        text = public_report(result)
+        print(text)
+        for error in result["errors"][:10]:
+            print("  error:", error)
+        if args.write_docs:
+            write_docs(text, "public " + result["line"])
+        return 1 if result["errors"] else 0
     result = asyncio.run(main_async(args))
     text = report(result)
     print(text)

@@ -7,7 +7,7 @@ other modules of the package.
 from datasette import hookimpl
 from datasette.plugins import pm
 
-from . import calllog, hookspecs  # noqa: F401 - calllog registers its migrations
+from . import calllog, hookspecs, limits  # noqa: F401 - they register their migrations
 from .state import STATE_DB_NAME, attach_state_database, state_db, tune_connection
 
 pm.add_hookspecs(hookspecs)
@@ -69,6 +69,7 @@ def llm_state_db_forbidden(datasette, request, message):
 @hookimpl(specname="startup")
 def llm_check_permission_config(datasette):
     _permissions.grants_for(datasette)  # raises ConfigError on a bad permissions: block
+    limits.limits_for(datasette)  # ... and on a bad limits: block
 
 
 # --- models built from configuration (logic in providers/builtin.py) -------

@@ -101,6 +101,8 @@ class Settings(BaseModel):
         "takes a background run or index job for dead (default 45)",
     )
     permissions: dict[str, Any] = {}
+    limits: dict[str, Any] = Field(
+        {}, description="Spending limits per visitor and for the instance (limits.py)")
     extract: dict[str, Any] = {}
     rag: dict[str, Any] = {}
 

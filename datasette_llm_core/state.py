@@ -21,6 +21,7 @@ import weakref
 from typing import Callable
 
 from .config import plugin_settings
+from .errors import ConfigError
 
 STATE_DB_NAME = "llm_newsroom"
 ENV_STATE_PATH = "DATASETTE_LLM_NEWSROOM_STATE"
@@ -87,8 +88,14 @@ def _use_wal(path: str) -> None:
 
 
 def tune_connection(conn: sqlite3.Connection) -> None:
-    """Per-connection settings for the state database (see _use_wal)."""
+    """Per-connection settings for the state database (see _use_wal).
+
+    ``read_uncommitted``: a ``":memory:"`` state database is one shared-cache
+    database, where a reader meeting a table the writer has locked fails at
+    once with "database table is locked" (no busy timeout applies); readers
+    that take no table locks never do. A file database ignores it (WAL)."""
     conn.execute("pragma synchronous=normal")
+    conn.execute("pragma read_uncommitted=1")
 
 
 def attach_state_database(datasette):
@@ -101,9 +108,16 @@ def attach_state_database(datasette):
     if path == ":memory:":
         db = Database(datasette, memory_name=f"llm_newsroom_{id(datasette)}", is_mutable=True)
     else:
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        _use_wal(path)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            _use_wal(path)
+        except Exception as e:  # noqa: BLE001 - OSError or either SQLite library's error
+            raise ConfigError(
+                f"Cannot create or open the state database {path} ({e}). On a read-only disk "
+                "(a published image, a read-only volume) set state_database: \":memory:\" or a "
+                "path on a writable volume under plugins: datasette-llm-newsroom (or the "
+                f"environment variable {ENV_STATE_PATH})."
+            ) from None
         db = Database(datasette, path=path, is_mutable=True)
     return datasette.add_database(db, name=STATE_DB_NAME)
 

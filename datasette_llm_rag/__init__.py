@@ -10,7 +10,7 @@ the impls for hooks a line lacks unverified and never calls them.
 from datasette import hookimpl
 from datasette import hookspecs as _datasette_hookspecs
 
-from . import views
+from . import limits_page, permalinks, published, views
 
 HAS_TOP_HOOKS = hasattr(_datasette_hookspecs, "top_homepage")
 
@@ -21,6 +21,9 @@ def register_routes(datasette):
         (r"^/-/llm-ask$", views.ask_page),
         (r"^/-/llm-ask/(?P<database>[^/]+)$", views.ask_page),
         (r"^/-/llm-rag/feedback\.json$", views.feedback_api),
+        (r"^/-/llm-rag/answers/(?P<answer_id>rag-[0-9a-f]{32})(?:\.(?P<format>json))?$",
+         permalinks.answer_view),
+        (r"^/-/llm-rag/limits(?:\.(?P<format>json))?$", limits_page.limits_view),
         (r"^/-/llm-rag/index$", views.index_list),
         (r"^/-/llm-rag/index/(?P<database>[^/]+?)\.json$", views.index_status_json),
         (r"^/-/llm-rag/index/(?P<database>[^/]+)$", views.index_page),
@@ -32,6 +35,11 @@ def register_routes(datasette):
         (r"^/-/llm-rag/(?P<database>[^/]+)/search\.json$", views.search_json),
         (r"^/-/llm-rag/(?P<database>[^/]+)/ask\.json$", views.ask_api),
     ]
+
+
+@hookimpl
+def asgi_wrapper(datasette):
+    return published.refuse_index_files
 
 
 @hookimpl

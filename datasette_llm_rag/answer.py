@@ -26,11 +26,14 @@ import time
 import uuid
 from typing import AsyncIterator
 
+from datasette_llm_core import limits
+from datasette_llm_core.budget import Budget
 from datasette_llm_core.errors import LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.state import register_migrations, state_db
 from datasette_llm_core.types import StreamEnd, TextDelta
 
+from . import answer_cache
 from .citations import CitationStreamFilter, answer_structure, render_html, validate_citations
 from .prompts import PROMPT_VERSION, Source, build_answer_request
 from .retrieval import DEFAULT_K, RetrievalError, RowHit, rag_settings, retrieve
@@ -74,6 +77,7 @@ def _migration_answers(conn: sqlite3.Connection) -> None:
 
 
 register_migrations("rag", [("0002_rag_answers", _migration_answers)])
+register_migrations("rag", answer_cache.MIGRATIONS)  # after the table they change
 
 
 def new_answer_id() -> str:
@@ -81,7 +85,13 @@ def new_answer_id() -> str:
 
 
 def _source_json(hit: RowHit) -> dict:
-    return {"n": hit.n, "table": hit.table, "pk": hit.pk, "url": hit.url, "title": hit.title}
+    # the text too: an answer's permalink shows its rows as they were
+    return {"n": hit.n, "table": hit.table, "pk": hit.pk, "pk_values": hit.pk_values,
+            "url": hit.url, "title": hit.title, "text": hit.text}
+
+
+def permalink_url(datasette, answer_id: str) -> str:
+    return datasette.urls.path(f"/-/llm-rag/answers/{answer_id}")
 
 
 async def _record_start(datasette, answer_id, database, actor, question, model_id, hits) -> None:
@@ -116,13 +126,15 @@ async def get_answer(datasette, answer_id: str) -> dict | None:
     return dict(row) if row else None
 
 
-def _stream_kwargs(gw, answer_id: str) -> dict:
-    """``ref=`` for gateways that accept it (ties the call-log row to the answer)."""
+def _stream_kwargs(gw, answer_id: str, budget: Budget | None = None) -> dict:
+    """``ref=`` (ties the call-log row to the answer) and ``budget=`` (measures
+    the spend) for gateways that accept them."""
     try:
         params = inspect.signature(gw.stream).parameters
     except (TypeError, ValueError):
         return {}
-    return {"ref": answer_id} if "ref" in params else {}
+    wanted = {"ref": answer_id, "budget": budget}
+    return {k: v for k, v in wanted.items() if k in params and v is not None}
 
 
 def renumber(hits: list[RowHit]) -> list[RowHit]:
@@ -138,8 +150,10 @@ async def ask_events(
     tables: list[str] | None = None,
     k: int = DEFAULT_K,
     want_answer: bool = True,
+    client: str | None = None,
 ) -> AsyncIterator[dict]:
-    """Events for one question (see the module docstring)."""
+    """Events for one question (see the module docstring). ``client`` is the
+    visitor's address, for the spending limits of signed-out visitors."""
     config = rag_settings(datasette)
     try:
         retrieval = await retrieve(
@@ -172,11 +186,24 @@ async def ask_events(
         yield {"event": "notice", "kind": "nothing_relevant", "message": NOTHING_RELEVANT}
         return
 
+    key = await answer_cache.key_for(datasette, config, database, retrieval.question,
+                                     model.model_id, hits)
+    cached = await answer_cache.lookup(datasette, config, key)
+    if cached is not None:  # the same question, rows, index and model: no new spend
+        yield answer_cache.done_event(cached, hits, permalink_url(datasette, cached["id"]))
+        return
     answer_id = new_answer_id()
-    await _record_start(datasette, answer_id, database, actor, retrieval.question, model.model_id, hits)
     allowed = {h.n for h in hits}
     sources = [Source(h.n, h.table, h.pk, h.title, h.text) for h in hits]
     request = build_answer_request(retrieval.question, sources)
+    gate = await limits.admit_request(datasette, actor=actor, client=client, database=database,
+                                      request=request, model=model, ref=answer_id)
+    if not gate.allowed:  # the search results above still stand
+        yield {"event": "notice", "kind": "limit", "limit": gate.kind, "message": gate.message,
+               "retry_after": gate.retry_after}
+        return
+    await _record_start(datasette, answer_id, database, actor, retrieval.question, model.model_id, hits)
+    spend = Budget()  # no cap: what the call costs, retries and fallbacks included
     stream_filter = CitationStreamFilter(allowed)
     pieces: list[str] = []
     finish_reason = None
@@ -187,7 +214,7 @@ async def ask_events(
         prompt_version=PROMPT_VERSION,
         actor=actor,
         model_id=model.model_id,
-        **_stream_kwargs(gw, answer_id),
+        **_stream_kwargs(gw, answer_id, spend),
     )
     try:
         # aclosing: when our reader closes us mid-answer, the model stream is
@@ -224,6 +251,8 @@ async def ask_events(
             "status": 502,
         }
         return
+    finally:
+        await asyncio.shield(limits.settle(datasette, gate, spend.spent_cost))
     tail = stream_filter.flush()
     if tail:
         yield {"event": "delta", "text": tail}
@@ -233,6 +262,7 @@ async def ask_events(
     await _record_end(
         datasette, answer_id, "ok", check.text, check.cited, check.dropped, call_id=call_id
     )
+    await answer_cache.remember(datasette, answer_id, key)
     yield {
         "event": "done",
         "answer_id": answer_id,
@@ -246,6 +276,8 @@ async def ask_events(
         "model": model.model_id,
         "prompt_version": PROMPT_VERSION,
         "finish_reason": finish_reason,
+        "cached": False,
+        "permalink": permalink_url(datasette, answer_id),
     }
 
 
@@ -259,7 +291,7 @@ async def ask_json(datasette, actor, database, question, **kwargs) -> tuple[dict
             out.update(mode=event["mode"], rows=event["rows"], tables=event["tables"],
                        question=event["question"])
         elif kind == "notice":
-            out["notice"] = {"kind": event["kind"], "message": event["message"]}
+            out["notice"] = {k: v for k, v in event.items() if k != "event"}  # kind, message, ...
         elif kind == "done":
             out.update({k: v for k, v in event.items() if k != "event"})
         elif kind == "error":

@@ -219,10 +219,59 @@ def _corrupt(path: str, detail: str) -> SidecarError:
     )
 
 
+def read_only_location(path: str) -> bool:
+    """True when nothing on this machine may write the sidecar: its folder (or
+    the file itself) is read-only, as on a read-only mount or in a published
+    image. Permission bits do not stop root; ``os.access`` still reports a
+    read-only file system (EROFS)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # a folder the first refresh will create
+    if not os.access(folder, os.W_OK):
+        return True
+    return os.path.exists(path) and not os.access(path, os.W_OK)
+
+
+def _wal_pending(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False
+
+
+def connect_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection that writes no file, not even WAL's ``-shm``.
+
+    Where the sidecar may be written (its folder is writable) this is
+    ``mode=ro``: it sees a refresh committed by another process. Where
+    nothing can write it (read-only mount, published image) SQLite's
+    ``immutable=1`` is used, which needs no lock or ``-shm`` file; a WAL
+    sidecar there must have no un-merged ``-wal`` (``datasette llm-rag index``
+    merges it when it finishes), or SQLite could not see those changes.
+    """
+    from urllib.parse import quote
+
+    uri = f"file:{quote(os.path.abspath(path))}"
+    if read_only_location(path):
+        if _wal_pending(path):
+            raise SidecarError(
+                f"The search index {path} is on a read-only file system and was copied "
+                "while it was being written (its -wal file holds changes SQLite cannot merge "
+                "there): run `datasette llm-rag index DB_PATH` where it is built (it merges "
+                "them when it finishes) and copy the database and its index again."
+            )
+        uri += "?immutable=1"
+    else:
+        uri += "?mode=ro"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
 def open_sidecar(path: str, *, create: bool = False, readonly: bool = False) -> sqlite3.Connection:
     """Open (and migrate) a sidecar; clear ``SidecarError`` if it is unusable.
 
     ``create=False`` raises ``IndexMissingError`` when the file does not exist.
+    ``readonly`` opens it without writing anything (``connect_readonly``):
+    searching a published, read-only index needs nothing else.
     """
     if not os.path.exists(path):
         if not create:
@@ -240,11 +289,7 @@ def open_sidecar(path: str, *, create: bool = False, readonly: bool = False) -> 
             ) from None
     try:
         if readonly:
-            from urllib.parse import quote
-
-            conn = sqlite3.connect(
-                f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, check_same_thread=False
-            )
+            conn = connect_readonly(path)
         else:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             conn.execute("pragma journal_mode=wal")
@@ -259,6 +304,11 @@ def open_sidecar(path: str, *, create: bool = False, readonly: bool = False) -> 
     except SidecarError:
         raise
     except sqlite3.DatabaseError as e:
+        if readonly and "unable to open" in str(e).lower():
+            raise SidecarError(
+                f"Cannot read the search index {path} ({e}): check that the file is readable "
+                f"by the server, or {REBUILD_HINT}."
+            ) from None
         if "readonly" in str(e).lower() or "unable to open" in str(e).lower():
             raise ConfigError(
                 f"Cannot write the search index {path} ({e}). "

@@ -23,8 +23,8 @@ from datasette_llm_core.denied import denied_message
 from datasette_llm_core.errors import ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 
-from . import jobs
-from .answer import NO_MODEL_NOTE, ask_events, ask_json, get_answer
+from . import jobs, wording
+from .answer import ask_events, ask_json, get_answer
 from .display import Labeller, format_time, relative_time, split_strong_weak, table_titles
 from .indexer import source_mtime
 from .retrieval import (
@@ -147,6 +147,17 @@ def _k_param(value) -> int:
         return DEFAULT_K
 
 
+def _client_address(datasette, request) -> str:
+    """The visitor's address for spending limits (X-Forwarded-For only when trusted)."""
+    from datasette_llm_core import limits
+
+    try:
+        hops = limits.limits_for(datasette).trusted_proxies
+    except ConfigError:
+        hops = 0
+    return limits.client_address(request.scope, request.headers, hops)
+
+
 def _truthy(value) -> bool:
     return str(value).lower() in ("1", "true", "yes", "on") if value is not None else False
 
@@ -160,12 +171,19 @@ async def _model_state(datasette, actor, database) -> dict:
         model = gw.default_chat_model("answer")
     except ConfigError:
         model = None
+    can_configure = await _can_configure(datasette, actor, database)
     return {
         "can_ask": can_ask,
         "model_id": model.model_id if model else None,
         "answers": bool(can_ask and model),
-        "note": None if model else NO_MODEL_NOTE,
+        "note": None if model else wording.no_model_note(can_configure),
+        "search_only_note": wording.search_only_note(actor, can_configure),
     }
+
+
+async def _can_configure(datasette, actor, database) -> bool:
+    """May ``actor`` fix the question box's setup (root, or ``llm-index`` here)?"""
+    return permissions.is_root(actor) or await _can(datasette, actor, "llm-index", database)
 
 
 async def _searchable_databases(datasette, actor) -> list[str]:
@@ -232,6 +250,7 @@ async def ask_page(datasette, request):
         "error": None,
         "max_chars": max_question_chars(config),
         "csrftoken_value": _csrftoken(request),
+        "can_configure_any": permissions.is_root(actor),
     }
     if database is not None:
         try:
@@ -378,20 +397,24 @@ async def ask_api(datasette, request):
         tables = _tables_param(body.get("tables", body.get("table")))
     except RetrievalError as e:
         return json_error(str(e), 400, e.kind)
-    kwargs = dict(tables=tables, k=_k_param(body.get("k")), want_answer=want_answer)
+    kwargs = dict(tables=tables, k=_k_param(body.get("k")), want_answer=want_answer,
+                  client=_client_address(datasette, request))
     stream = _truthy(body.get("stream")) or "text/event-stream" in (
         request.headers.get("accept") or ""
     )
     labeller = _labeller(datasette, database)
+    can_configure = await _can_configure(datasette, request.actor, database)
+    search_only = {"kind": "no_permission",
+                   "message": wording.search_only_note(request.actor, can_configure)}
     if not stream:
         out, status = await ask_json(datasette, request.actor, database, question, **kwargs)
         for key in ("rows", "cited_rows"):
             if out.get(key):
                 out[key] = await _describe(labeller, out[key])
         if not want_answer:
-            out["notice"] = {"kind": "no_permission",
-                             "message": "You may search but not ask for model answers "
-                                        "(the llm-ask permission)."}
+            out["notice"] = search_only
+        elif out.get("notice"):
+            out["notice"] = wording.for_reader(out["notice"], can_configure)
         return Response.json(out, status=status)
 
     events = ask_events(datasette, request.actor, database, question, **kwargs)
@@ -405,11 +428,10 @@ async def ask_api(datasette, request):
     async def pump(writer):
         try:
             if not want_answer:
-                await writer.write(_sse({"event": "notice", "kind": "no_permission",
-                                         "message": "You may search but not ask for model "
-                                                    "answers (the llm-ask permission)."}))
+                await writer.write(_sse({"event": "notice", **search_only}))
             await writer.write(_sse(await _described_event(labeller, first)))
             async for event in events:
+                event = wording.for_reader(event, can_configure)
                 await writer.write(_sse(await _described_event(labeller, event)))
         except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
             await writer.write(_sse({"event": "error", "kind": "server_error",
@@ -545,7 +567,7 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     import os
     import sqlite3
 
-    from .sidecar import read_meta
+    from .sidecar import connect_readonly, read_meta, read_only_location
 
     db = datasette.databases[database]
     db_config = config.databases.get(database)
@@ -553,13 +575,14 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     present = set(await db.table_names())
     indexed: dict[str, tuple[int, int]] = {}
     info: dict = {"sidecar": None, "exists": False, "model": None, "error": None,
-                  "refreshed": None}
+                  "refreshed": None, "read_only": False}
     try:
         path = sidecar_for(datasette, database, config)
         info["sidecar"] = path
+        info["read_only"] = read_only_location(path)
         if os.path.exists(path):
             info["exists"] = True
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn = connect_readonly(path)
             try:
                 meta = read_meta(conn)
                 info["model"] = meta.get("embedding_model")
@@ -690,6 +713,24 @@ def _overall(tables: list[dict], info: dict, configured_model, job) -> tuple[str
     return "ok", "Up to date (row counts match, no writes since the last refresh)"
 
 
+READ_ONLY_NOTE = (
+    "Read-only: this index sits on a read-only file system (a published image or a read-only "
+    "volume), so it cannot be refreshed here. Refresh it where the database is built with "
+    "`datasette llm-rag index DB_PATH`, then publish the database and its index again."
+)
+
+
+def _read_only_refusal(datasette, database: str) -> str | None:
+    """Why a refresh of ``database``'s index cannot run here, or None."""
+    from .sidecar import read_only_location
+
+    try:
+        path = sidecar_for(datasette, database, rag_settings(datasette))
+    except (ConfigError, KeyError):
+        return None
+    return READ_ONLY_NOTE if read_only_location(path) else None
+
+
 async def _index_context(datasette, request, database: str) -> dict:
     config = rag_settings(datasette)
     if database not in config.databases:
@@ -709,6 +750,7 @@ async def _index_context(datasette, request, database: str) -> dict:
     return {"database": database, "database_title": db_title, "tables": tables, "info": info,
             "job": job, "error": None, "configured_model": configured_model,
             "verify": verified, "overall": overall, "overall_text": overall_text,
+            "read_only_note": READ_ONLY_NOTE if info.get("read_only") else None,
             "refreshed_relative": relative_time(refreshed) if refreshed else None,
             "refreshed_absolute": format_time(refreshed) if refreshed else None,
             "refreshed_iso": format_time(refreshed, iso=True) if refreshed else None,
@@ -763,6 +805,12 @@ async def index_page(datasette, request):
     await _check(datasette, request, "llm-index", database, as_json=False)
     if request.method == "POST":
         body = await _read_body(request)
+        refused = _read_only_refusal(datasette, database)
+        if refused:
+            if (request.headers.get("accept") or "").startswith("application/json"):
+                return json_error(refused, 409, "read_only")
+            datasette.add_message(request, refused, datasette.ERROR)
+            return Response.redirect(rag_url(datasette, "index", database))
         tables = _tables_param(body.get("table"))
         try:
             config = rag_settings(datasette)

@@ -180,6 +180,10 @@ class World:
         r = await self.request("viewer", "POST", "/-/llm-rag/news/ask.json", {"q": "road budget"})
         assert r.status_code == 200, r.text
         self.ids["answer"] = r.json()["answer_id"]
+        # An answer root got from rows of ``secret`` too: its permalink is root's alone.
+        r = await self.request("root", "POST", "/-/llm-rag/news/ask.json", {"q": f"{SECRET_WORD} memo"})
+        assert r.status_code == 200 and any(row["table"] == "secret" for row in r.json()["rows"]), r.text
+        self.ids["secret_answer"] = r.json()["answer_id"]
 
     def fill(self, path: str) -> str:
         for key, value in self.ids.items():
@@ -248,6 +252,16 @@ MATRIX: list[Cell] = [
     Cell(r"^/-/llm-ask/(?P<database>[^/]+)$", "GET", "/-/llm-ask/news?q=budget", "403 403 200 200 200"),
     Cell(r"^/-/llm-ask/(?P<database>[^/]+)$", "GET", "/-/llm-ask/nosuchdb", "404 404 404 404 404"),
     Cell(r"^/-/llm-rag/feedback\.json$", "POST", "/-/llm-rag/feedback.json", "403 403 200 403 200", {"answer_id": "{answer}", "rating": "up"}),
+    Cell(r"^/-/llm-rag/answers/(?P<answer_id>rag-[0-9a-f]{32})(?:\.(?P<format>json))?$", "GET",
+         "/-/llm-rag/answers/{answer}", "403 403 200 200 200"),
+    Cell(r"^/-/llm-rag/answers/(?P<answer_id>rag-[0-9a-f]{32})(?:\.(?P<format>json))?$", "GET",
+         "/-/llm-rag/answers/{answer}.json", "403 403 200 200 200"),
+    Cell(r"^/-/llm-rag/answers/(?P<answer_id>rag-[0-9a-f]{32})(?:\.(?P<format>json))?$", "GET",
+         "/-/llm-rag/answers/{secret_answer}.json", "403 403 403 403 200"),
+    Cell(r"^/-/llm-rag/answers/(?P<answer_id>rag-[0-9a-f]{32})(?:\.(?P<format>json))?$", "GET",
+         "/-/llm-rag/answers/rag-00000000000000000000000000000000", "404 404 404 404 404"),
+    Cell(r"^/-/llm-rag/limits(?:\.(?P<format>json))?$", "GET", "/-/llm-rag/limits", "403 403 403 403 200"),
+    Cell(r"^/-/llm-rag/limits(?:\.(?P<format>json))?$", "GET", "/-/llm-rag/limits.json", "403 403 403 403 200"),
     Cell(r"^/-/llm-rag/index$", "GET", "/-/llm-rag/index", "403 403 403 403 200"),
     Cell(r"^/-/llm-rag/index/(?P<database>[^/]+?)\.json$", "GET", "/-/llm-rag/index/news.json", "403 403 403 403 200"),
     Cell(r"^/-/llm-rag/index/(?P<database>[^/]+)$", "GET", "/-/llm-rag/index/news", "403 403 403 403 200"),

@@ -44,7 +44,8 @@ def test_documented_routes_exist():
     paths = re.findall(r"`(?:GET |POST )?(/-/[^` ?]+)", section)
     assert len(paths) >= 8
     routes = [re.compile(pattern) for pattern, _view in register_routes(None)]
-    examples = {"<db>": "news", "<table>": "articles", "<pk path>": "1"}
+    examples = {"<db>": "news", "<table>": "articles", "<pk path>": "1",
+                "<answer_id>": "rag-" + "0" * 32, "<id>": "rag-" + "0" * 32}
     for path in paths:
         for key, value in examples.items():
             path = path.replace(key, value)

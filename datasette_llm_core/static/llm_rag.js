@@ -32,12 +32,18 @@
   function rowName(row) {
     return row.label || row.title || ("Row " + row.pk);
   }
-  function rowLink(row) {
+  /* Links out of an answer open in a new tab, so the answer stays on this page. */
+  function newTab(a) {
+    a.target = "_blank";
+    a.rel = "noopener";
+    return a;
+  }
+  function rowLink(row, keepAnswer) {
     var label = rowName(row);
     if (!localHref(row.url)) return el("span", label);
     var a = el("a", label);
     a.href = row.url;
-    return a;
+    return keepAnswer ? newTab(a) : a;
   }
   function rowItem(row, numbered) {
     var li = el("li");
@@ -96,7 +102,7 @@
           var row = rowsByN[run.n];
           var label = "[" + Number(run.n) + "]";
           if (row && localHref(row.url)) {
-            var a = el("a", label, "llm-rag-cite");
+            var a = newTab(el("a", label, "llm-rag-cite"));
             a.href = row.url;
             a.title = rowName(row) + " (" + (row.table_title || row.table) + ")";
             node.appendChild(a);
@@ -116,7 +122,7 @@
     rows.forEach(function (row) {
       var li = el("li");
       li.value = row.n;
-      li.appendChild(rowLink(row));
+      li.appendChild(rowLink(row, true));
       li.appendChild(document.createTextNode(" "));
       li.appendChild(el("span", "in " + (row.table_title || row.table), "llm-rag-source"));
       li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
@@ -138,10 +144,17 @@
       showCited(data.cited_rows);
       statusBox.textContent = data.dropped && data.dropped.length ?
         "Removed citations that did not match a retrieved row: " + data.dropped.join(", ") : "";
-      metaBox.textContent = "Model " + data.model + ", prompt " + data.prompt_version + ". Check every cited row before using this answer.";
+      metaBox.textContent = (data.cached ? "From the cache: written earlier for the same question and rows, no new model call. " : "") +
+        "Model " + data.model + ", prompt " + data.prompt_version + ". Check every cited row before using this answer. ";
+      if (localHref(data.permalink)) {
+        var link = el("a", "Permalink to this answer", "llm-rag-permalink");
+        link.href = data.permalink;
+        metaBox.appendChild(link);
+      }
       feedback.hidden = false;
     } else if (eventName === "notice") {
       statusBox.textContent = data.message;
+      if (data.kind === "limit") section.classList.add("llm-rag-limited");
     } else if (eventName === "error") {
       section.classList.add("llm-rag-failed");
       statusBox.textContent = "Failed: " + data.message;

@@ -81,10 +81,21 @@ def test_ask_streams_a_cited_answer_and_citation_opens_the_row(
     assert_labelled(page, "#llm-rag-answer")
     shots(page, "cited-answer", readme=True, full_page=True)
 
-    cite.click()
-    expect(page).to_have_url(re.compile(r"/documents/trump_lawsuits/2~3A18-cv-02217"))
-    expect(page.locator("body")).to_contain_text(CASE)
-    expect(page.locator("body")).to_contain_text(NEEDLE)
+    # a citation opens its row in a new tab: the answer stays where it was
+    with page.context.expect_page() as opened:
+        cite.click()
+    row_page = opened.value
+    expect(row_page).to_have_url(re.compile(r"/documents/trump_lawsuits/2~3A18-cv-02217"))
+    expect(row_page.locator("body")).to_contain_text(CASE)
+    expect(row_page.locator("body")).to_contain_text(NEEDLE)
+    row_page.close()
+    expect(answer).to_contain_text("The case concerns the 2016 Trump campaign")
+    # the answer's permalink shows it again, with the row as the model read it
+    page.locator("#llm-rag-answer a.llm-rag-permalink").click()
+    expect(page).to_have_url(re.compile(r"/-/llm-rag/answers/rag-[0-9a-f]{32}$"))
+    expect(page.locator(".llm-rag-answer-text")).to_contain_text("Stephanie Clifford sued")
+    expect(page.locator(".llm-rag-cited")).to_contain_text(NEEDLE)
+    expect(page.locator(".llm-rag-question")).to_contain_text(QUESTION)
 
 
 def test_semantic_search_without_any_model(anon_page, search_only_server, fake_llm, shots):
