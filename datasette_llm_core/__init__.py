@@ -26,6 +26,10 @@ def startup(datasette):
 def prepare_connection(conn, database, datasette):
     if database == STATE_DB_NAME:
         tune_connection(conn)
+    elif database == "_memory" and getattr(datasette, "crossdb", False):
+        from .guard import guard_crossdb_connection
+
+        guard_crossdb_connection(conn, datasette)
 
 
 # --- permissions (logic in permissions.py) --------------------------------
