@@ -32,6 +32,33 @@ _KEY_PATTERNS = [
 ]
 REDACTED = "[REDACTED]"
 
+# Credentials inside URLs: ``scheme://user:pass@host`` and secret-looking
+# query parameters (``?api_key=``, ``&token=``, ``&sig=``...).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s@?#\"'<>]+)@")
+_URL_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:api[_-]?key|key|apikey|token|access[_-]?token|auth|authorization|password|passwd|pass|pwd|"
+    r"secret|client[_-]?secret|sig|signature|x-amz-signature|code)=)[^&#\s\"'<>]+"
+)
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without its userinfo (``user:pass@``) or secret query values: what
+    may be shown or logged of a model's ``base_url``."""
+    if url is None:
+        return None
+    url = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", str(url))
+    return _URL_SECRET_PARAM.sub(lambda m: f"{m.group(1)}{REDACTED}", url)
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The userinfo and secret query values of ``url``, to redact wherever they appear."""
+    if not url:
+        return []
+    # The password (a user name alone may be a token); user names stay readable.
+    found = [m.group(2).partition(":")[2] or m.group(2) for m in _URL_USERINFO.finditer(url)]
+    found += [m.group(0)[len(m.group(1)):] for m in _URL_SECRET_PARAM.finditer(url)]
+    return found
+
 
 def _migration_calls(conn: sqlite3.Connection) -> None:
     conn.execute(
@@ -108,12 +135,14 @@ def secret_values(settings=None, environ=None) -> list[str]:
     for name in SECRET_ENV_VARS:
         if environ.get(name):
             found.add(environ[name])
+    found.update(url_secrets(environ.get("DATASETTE_LLM_BASE_URL")))
     if settings is not None:
         for model in list(settings.models) + list(settings.embedding_models):
             if model.api_key:
                 found.add(model.api_key)
             if model.api_key_env and environ.get(model.api_key_env):
                 found.add(environ[model.api_key_env])
+            found.update(url_secrets(getattr(model, "base_url", None)))
     # Very short values would redact ordinary words; keys are long.
     return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
 
@@ -129,7 +158,7 @@ def redact(text: str | None, secrets: Iterable[str] | None = None) -> str | None
     text = _KEY_PATTERNS[0].sub(REDACTED, text)
     text = _KEY_PATTERNS[1].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _KEY_PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    return text
+    return redact_url(text)
 
 
 # ---------------------------------------------------------------- call rows
