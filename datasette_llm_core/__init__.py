@@ -18,6 +18,7 @@ def startup(datasette):
     async def inner():
         attach_state_database(datasette)
         await state_db(datasette)
+        await calllog.prune_old_calls(datasette)
 
     return inner
 

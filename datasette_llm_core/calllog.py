@@ -18,6 +18,7 @@ import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from . import calltotals
 from .state import register_migrations, state_db
 
 #: Environment variables that always count as secrets when set.
@@ -115,7 +116,8 @@ def _migration_feedback(conn: sqlite3.Connection) -> None:
 
 register_migrations(
     "core",
-    [("0001_llm_calls", _migration_calls), ("0002_llm_feedback", _migration_feedback)],
+    [("0001_llm_calls", _migration_calls), ("0002_llm_feedback", _migration_feedback),
+     ("0003_llm_call_totals", calltotals.migration_totals)],
 )
 
 
@@ -218,13 +220,14 @@ class _GroupWriter:
     """
 
     def __init__(self) -> None:
-        self.queue: list[tuple[list, asyncio.Future]] = []
+        self.queue: list[tuple[str, list, asyncio.Future]] = []
         self.task: asyncio.Task | None = None
+        self.prune_clock = calltotals.PruneClock()
 
-    async def write(self, datasette, params: list) -> None:
+    async def write(self, datasette, params: list, sql: str = _INSERT) -> None:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.append((params, future))
+        self.queue.append((sql, params, future))
         if self.task is None or self.task.done() or self.task.get_loop() is not loop:
             self.task = loop.create_task(self._drain(datasette))
             _pending.add(self.task)
@@ -236,22 +239,46 @@ class _GroupWriter:
         db = await state_db(datasette)
         while self.queue:
             batch, self.queue = self.queue, []
-            rows = [params for params, _ in batch]
+            writes = [(sql, params) for sql, params, _ in batch]
+            retention = retention_days(datasette) if self.prune_clock.due() else None
 
-            def fn(conn, rows=rows):
+            def fn(conn, writes=writes, retention=retention):
                 with conn:  # Datasette 0.65 does not commit for us
-                    conn.executemany(_INSERT, rows)
+                    for sql, params in writes:
+                        conn.execute(sql, params)
+                    calltotals.prune(conn, retention)
 
             try:
                 await db.execute_write_fn(fn, block=True)
             except Exception as e:  # noqa: BLE001 - handed to every waiting caller
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(e)
             else:
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+
+async def prune_old_calls(datasette) -> None:
+    """Apply ``call_log_retention_days`` now (startup)."""
+    days = retention_days(datasette)
+    if not days:
+        return
+    db = await state_db(datasette)
+
+    def fn(conn):
+        with conn:
+            calltotals.prune(conn, days)
+
+    await db.execute_write_fn(fn, block=True)
+
+
+def retention_days(datasette) -> float | None:
+    """The ``call_log_retention_days`` setting (default 90; 0 keeps everything)."""
+    from .config import plugin_settings
+
+    return plugin_settings(datasette).call_log_retention_days
 
 
 _writers: "weakref.WeakKeyDictionary[object, _GroupWriter]" = weakref.WeakKeyDictionary()
@@ -265,7 +292,10 @@ async def write_call(datasette, record: CallRecord, secrets: Iterable[str] | Non
     writer = _writers.get(datasette)
     if writer is None:
         writer = _writers[datasette] = _GroupWriter()
-    await writer.write(datasette, _params(record))
+    if calltotals.is_aggregated(record.purpose, record.outcome):
+        await writer.write(datasette, calltotals.total_params(record), calltotals.UPSERT_TOTAL)
+    else:
+        await writer.write(datasette, _params(record))
     return record.id
 
 

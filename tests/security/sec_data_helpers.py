@@ -105,6 +105,21 @@ class Server:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode("utf-8", "replace"), dict(e.headers)
 
+    def csrf_headers(self, page: str = "/", actor: dict | None = None) -> dict:
+        """Headers for a POST that 0.65's CSRF check accepts (its token cookie and
+        header); empty on 1.0, which checks the request's origin instead."""
+        if P.IS_V1:
+            return {}
+        from http.cookies import SimpleCookie
+
+        _, _, headers = self.get(page, actor=actor)
+        jar = SimpleCookie(headers.get("Set-Cookie") or headers.get("set-cookie") or "")
+        if "ds_csrftoken" not in jar:
+            return {}
+        token = jar["ds_csrftoken"].value
+        cookie = "; ".join(c for c in (actor_cookie(actor), f"ds_csrftoken={token}") if c)
+        return {"cookie": cookie, "x-csrftoken": token}
+
     def get(self, path: str, **kw):
         return self.request("GET", path, **kw)
 
