@@ -160,3 +160,23 @@ def test_suite_files_carry_their_marks(world):
         conn = sqlite3.connect(world.workdir / path)
         assert conn.execute("pragma application_id").fetchone()[0] == expected, path
         conn.close()
+
+
+def test_directory_mode_serves_no_sidecar(world, tmp_path):
+    # `datasette serve folder/` opens every *.db in it, the index included.
+    folder = tmp_path / "published"
+    folder.mkdir()
+    for name in ("documents.db", "documents.llm-rag.db"):
+        shutil.copy(world.workdir / name, folder / name)
+    config = {"plugins": {"datasette-llm-newsroom": {"state_database": str(tmp_path / "state.db"),
+                                                     "permissions": {"llm-view-log": {"id": "auditor"}}}}}
+    server = Server(tmp_path, [folder], config).start()
+    try:
+        status, text, _ = server.get(sql_url("documents.llm-rag", "select text from entries"), actor=AUDITOR)
+        assert status == 200 and CANARY_SECRET_ROW in text  # Datasette did open it...
+        for make in SIDECAR_PATHS:  # ...and nobody without the grant reads it
+            for actor in (ANON, ROOT):
+                status, text, _ = server.get(make("documents.llm-rag"), actor=actor)
+                assert CANARY_SECRET_ROW not in text and status in (403, 404), (actor, make, status)
+    finally:
+        server.stop()
