@@ -539,6 +539,7 @@ async def settle(datasette, state, run: dict) -> dict:
     db = datasette.databases.get(run["database_name"])
     records = plan.get("records") or []
     planned = [r["after"] for r in records if r.get("decision") == "accepted" and r.get("after") is not None]
+    planned += plan.get("values") or []
     found = None
     if db is not None:
         found = await db.execute_fn(find_run_rows_fn(run["table_name"], run["id"], planned))
@@ -592,7 +593,9 @@ async def undo(datasette, actor, run: dict) -> dict:
     values = await runs.inserted_values(state, run["id"])
     expected = [(p["pk"], values.get(p["row_idx"])) for p in provenance]
     pk_columns = run["options"].get("pk_columns") or ["rowid"]
-    await _begin(state, run, "undoing", {"op": "undo", "actor_id": _actor_id(actor)},
+    # "values": how settle() finds the rows again in a table without _llm_run
+    await _begin(state, run, "undoing", {"op": "undo", "actor_id": _actor_id(actor),
+                                         "values": [v for _, v in expected if v]},
                  "This run is being undone already: reload the page.")
     _WRITING.add(run["id"])
     try:

@@ -39,6 +39,8 @@ def config_for(tmp, base_url: str) -> dict:
         "defaults": {"extract": "fake"},
         "permissions": {"llm-extract": {"id": ["alice"]}},
         "lease_seconds": 1,
+        # existing tables keep their columns: "ledger" below has no _llm_run
+        "extract": {"add_run_column": False},
     }}}
     if P.IS_V1:
         config["permissions"] = {"create-table": {"id": ["alice", "root"]}, "insert-row": {"id": ["alice", "root"]}}
@@ -77,7 +79,9 @@ def names_in(db, table="payments") -> list[str]:
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("undo")
     db = tmp / "news.db"
-    sqlite3.connect(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("create table ledger (name text, amount integer)")
+    conn.close()
     with FakeOpenAIServer(handler=rows_for) as fake:
         server = Server(tmp, [db], config_for(tmp, fake.base_url)).start()
         try:
@@ -102,6 +106,31 @@ def test_undo_after_vacuum_leaves_other_runs_rows(world):
     assert status == 200, body
     assert names_in(db) == ["Beta1", "Beta2", "Beta3"]  # run B untouched
     assert body["deleted"] == 2 and body["skipped"] == 1, body  # Alpha1 was already gone: reported
+
+
+def test_undo_without_a_run_column_matches_the_inserted_values(world):
+    # No _llm_run to go by: a stored rowid counts only while its row still holds
+    # exactly what the run inserted (the old code deleted Fox1 here).
+    server, db = world
+    run_e = extract_and_insert(server, ["Echo1", "Echo2", "Echo3"], table="ledger", create=False)
+    extract_and_insert(server, ["Fox1", "Fox2", "Fox3"], table="ledger", create=False)
+    conn = sqlite3.connect(db, timeout=10)
+    assert "_llm_run" not in [r[1] for r in conn.execute("pragma table_info(ledger)")]
+    conn.execute("delete from ledger where name = 'Echo1'")
+    conn.commit()
+    conn.execute("vacuum")
+    conn.close()
+    status, body = server.json("POST", f"/-/llm-extract/api/runs/{run_e}/undo", {}, actor=ROOT)
+    assert status == 200, body
+    # VACUUM moved every row: no stored rowid still holds its inserted values, so
+    # nothing is deleted (run F's rows least of all) and all three are reported.
+    assert names_in(db, "ledger") == ["Echo2", "Echo3", "Fox1", "Fox2", "Fox3"]
+    assert body["deleted"] == 0 and body["skipped"] == 3, body
+    # Rows that did not move are found and deleted.
+    run_g = extract_and_insert(server, ["Golf1", "Golf2"], table="ledger", create=False)
+    status, body = server.json("POST", f"/-/llm-extract/api/runs/{run_g}/undo", {}, actor=ROOT)
+    assert status == 200 and body["deleted"] == 2 and body["skipped"] == 0, body
+    assert names_in(db, "ledger") == ["Echo2", "Echo3", "Fox1", "Fox2", "Fox3"]
 
 
 def test_undo_leaves_a_row_someone_took_over(world):
