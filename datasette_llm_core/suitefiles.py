@@ -75,17 +75,23 @@ def classify_file(path: str, connect: Callable, *, immutable: bool = False) -> S
     """Recognise the SQLite file at ``path``, opened read-only with ``connect``
     (``sqlite3.connect`` of Datasette's SQLite library). A file that cannot be
     read as SQLite is not the suite's: None."""
-    uri = f"file:{quote(os.path.abspath(path))}?" + ("immutable=1" if immutable else "mode=ro")
-    try:
-        conn = connect(uri, uri=True, check_same_thread=False)
-    except Exception:
+    if not os.path.isfile(path):
         return None
-    try:
-        return classify_connection(conn)
-    except Exception:
-        return None
-    finally:
-        conn.close()
+    # mode=ro everywhere (never creates a file); immutable=1 also for WAL files
+    # in a read-only folder, which mode=ro alone cannot open
+    flags = ["mode=ro&immutable=1"] if immutable else ["mode=ro", "mode=ro&immutable=1"]
+    for flag in flags:
+        try:
+            conn = connect(f"file:{quote(os.path.abspath(path))}?{flag}", uri=True, check_same_thread=False)
+        except Exception:
+            continue
+        try:
+            return classify_connection(conn)
+        except Exception:
+            continue
+        finally:
+            conn.close()
+    return None
 
 
 def file_signature(path: str) -> tuple:
