@@ -354,12 +354,24 @@ async def similar_rows(
         )
     index = open_index(datasette, database, config)
     index_errors(database, index.check_model, await embedding_model_id(datasette, database, config))
+    if not await _row_is_live(datasette, database, config, table, pk):
+        raise RetrievalError(f"There is no such row in {table!r} (any more).", "not_found", 404)
     hits = index_errors(database, index.similar, table, pk, k * 2, tables=allowed)
     rows = _to_row_hits(datasette, database, hits, set(allowed), threshold=0.0)
     rows = (await check_live(datasette, database, config, rows))[:k]
     for n, row in enumerate(rows, 1):
         row.n = n
     return rows, allowed
+
+
+async def _row_is_live(datasette, database: str, config: RagConfig, table: str, pk: list) -> bool:
+    from .livecheck import live_rows_fn
+
+    tables = config.database(database).tables
+    live = await datasette.databases[database].execute_fn(
+        live_rows_fn(database, {table: tables[table]}, {table: [list(pk)]})
+    )
+    return bool(live)  # one key asked (from the URL, as text: SQLite's affinity matches it)
 
 
 async def check_live(datasette, database: str, config: RagConfig, rows: list[RowHit]) -> list[RowHit]:

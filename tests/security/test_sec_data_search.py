@@ -113,6 +113,8 @@ def test_deleted_and_redacted_rows_are_not_served(world):
     assert status == 200, similar
     text = json.dumps(similar)
     assert "John Smith" not in text and "Bridge repairs were delayed" not in text
+    status, gone = server.json("GET", "/-/llm-rag/similar/news/articles/3.json")  # the deleted row itself
+    assert status == 404, gone
 
     # what the model is sent
     status, answer = server.json("POST", "/-/llm-rag/news/ask.json", {"q": "Who won the dredging contract?"},
