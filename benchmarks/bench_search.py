@@ -23,6 +23,7 @@ import argparse
 import gc
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -31,21 +32,30 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rag_data import RESULTS, augment, real_vectors, rss_mb  # noqa: E402
+from rag_data import RESULTS, augment, real_vectors, rss_mb, synthetic_vectors  # noqa: E402
 
 from datasette_llm_rag.indexer import _write_batch  # noqa: E402
+from datasette_llm_rag.livecheck import live_rows_fn, pk_key, reconcile  # noqa: E402
+from datasette_llm_rag.ragconfig import parse_rag_config  # noqa: E402
 from datasette_llm_rag.sidecar import init_meta, open_sidecar  # noqa: E402
 from datasette_llm_rag.store import RagIndex  # noqa: E402
 from datasette_llm_rag.textbuild import text_hash  # noqa: E402
 
 K = 10
+LIVE_TABLES = parse_rag_config(
+    {"databases": {"bench": {"tables": {"docs": {"columns": ["body"]}, "notes": {"columns": ["body"]}}}}}
+).databases["bench"].tables
 
 
 def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.ndarray, text_mode: str):
-    """Write n vectors into a fresh sidecar; return exact top-K ids per query."""
-    for suffix in ("", "-wal", "-shm"):
+    """Write n vectors into a fresh sidecar, and the rows they index into a
+    source database beside it; return exact top-K ids per query."""
+    for suffix in ("", "-wal", "-shm", ".source.db"):
         if os.path.exists(path + suffix):
             os.remove(path + suffix)
+    source = sqlite3.connect(path + ".source.db")
+    for table in ("docs", "notes"):
+        source.execute(f"create table {table} (id integer primary key, body text)")
     side = open_sidecar(path, create=True)
     side.execute("begin")
     init_meta(side, "all-MiniLM-L6-v2", base.shape[1])
@@ -62,6 +72,8 @@ def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.nda
             text = texts[s].split("\n", 1)[0] if text_mode == "title" else texts[s]
             items.append(("new", (table, f"[{row}]", 0, text, text_hash(text), None)))
         first = next_id
+        for _kind, (table, pk, _chunk, text, _h, _t) in items:
+            source.execute(f"insert into {table} (id, body) values (?, ?)", (int(pk[1:-1]), text))
         next_id = _write_batch(side, next_id, items, block)
         scores = queries @ block.T  # exact float32 ground truth, streamed
         cand = np.concatenate([best_scores, scores], axis=1)
@@ -71,6 +83,8 @@ def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.nda
         best_ids = np.take_along_axis(cand_ids, top, 1)
         print(f"\r  wrote {next_id - 1:,}/{n:,}", end="", flush=True)
     side.close()
+    source.commit()
+    source.close()
     print(f"\r  wrote {n:,} entries in {time.perf_counter() - started:.1f}s "
           f"({os.path.getsize(path) / 1e6:,.0f} MB sidecar)")
     return best_ids
@@ -140,7 +154,7 @@ def run_size(n, base, qvec, texts, query_texts, args):
     qtexts = [query_texts[i] for i in pick]
     path = os.path.join(RESULTS, f"bench-search-{n}-{args.text}.llm-rag.db")
     truth_path = path + ".truth.npy"
-    if args.keep and os.path.exists(path) and os.path.exists(truth_path):
+    if args.keep and all(os.path.exists(p) for p in (path, truth_path, path + ".source.db")):
         truth = np.load(truth_path)
         print("  reusing the sidecar and ground truth kept by an earlier --keep run")
     else:
@@ -169,11 +183,29 @@ def run_size(n, base, qvec, texts, query_texts, args):
     # Vector-only and hybrid are timed in turn, query by query, so a change in
     # the machine's speed during the run (other work, a shared host) hits both
     # alike and the ratio stays honest.
-    vec_t, hyb_t, filt_t = interleaved([
+    # What the question box runs: 2K fused candidates, then each one checked
+    # against its live row in the source database (livecheck.py), timed in
+    # turn with the same search without the check.
+    source = sqlite3.connect(f"file:{path}.source.db?mode=ro", uri=True, check_same_thread=False)
+    check = live_rows_fn("bench", LIVE_TABLES, {})
+
+    def hybrid_live(i):
+        hits = index.search_hybrid(qtexts[i], queries[i], 2 * K)
+        wanted = {}
+        for h in hits:
+            wanted.setdefault(h.table, []).append(list(h.pk))
+        live = live_rows_fn("bench", LIVE_TABLES, wanted)(source)
+        return [h for h in hits if reconcile(h.text, h.title, h.chunk, live.get((h.table, pk_key(h.pk))))]
+
+    assert check(source) == {} and len(hybrid_live(0)) == 2 * K  # nothing dropped: the rows are all live
+    vec_t, hyb_t, filt_t, hyb2_t, live_t = interleaved([
         lambda i: index.search_vector(queries[i], K),
         lambda i: index.search_hybrid(qtexts[i], queries[i], K),
         lambda i: index.search_vector(queries[i], K, tables=["docs"]),
+        lambda i: index.search_hybrid(qtexts[i], queries[i], 2 * K),
+        hybrid_live,
     ], len(queries))
+    source.close()
     per_query_ratio = float(np.median(np.asarray(hyb_t) / np.asarray(vec_t)))
     fts_t, _ = timed(lambda i: index.search_fts(qtexts[i % len(qtexts)], K), len(queries))
     # The same ranking asked of SQLite's FTS5 itself (bm25()), and how far the
@@ -209,6 +241,8 @@ def run_size(n, base, qvec, texts, query_texts, args):
     v_med, v_p95 = ms(vec_t)
     f_med, _ = ms(filt_t)
     h_med, h_p95 = ms(hyb_t)
+    h2_med, _ = ms(hyb2_t)
+    live_med, live_p95 = ms(live_t)
     fts_med, _ = ms(fts_t)
     fts5_med, _ = ms(fts5_t)
     e_med, _ = ms(exact_t)
@@ -227,6 +261,12 @@ def run_size(n, base, qvec, texts, query_texts, args):
         "hybrid_p95_ms": h_p95,
         "hybrid_over_vector": h_med / v_med,
         "hybrid_over_vector_per_query_median": per_query_ratio,
+        "hybrid_2k_median_ms": h2_med,
+        "hybrid_2k_live_check_median_ms": live_med,
+        "hybrid_2k_live_check_p95_ms": live_p95,
+        "live_check_cost_ms": live_med - h2_med,
+        "hybrid_2k_cpu_median_ms": cpu_ms(hyb2_t),
+        "hybrid_2k_live_check_cpu_median_ms": cpu_ms(live_t),
         "recall_at_10": float(np.mean(recalls)),
         "recall_min": float(np.min(recalls)),
         "exact_numpy_median_ms": e_med,
@@ -255,13 +295,17 @@ def run_size(n, base, qvec, texts, query_texts, args):
           f"{result['fts5_top10_overlap'] or 0:.3f} over {n_fts5} queries")
     print(f"  hybrid          median {h_med:.2f} ms  p95 {h_p95:.2f} ms   = {h_med / v_med:.2f}x vector-only "
           f"(median of per-query ratios {per_query_ratio:.2f}x; timed in turn with vector-only)")
+    print(f"  + live rows     median {live_med:.2f} ms  p95 {live_p95:.2f} ms   hybrid of {2 * K} candidates "
+          f"checked against the source rows; the same search unchecked {h2_med:.2f} ms "
+          f"(check costs {live_med - h2_med:.2f} ms, {live_med / h2_med:.2f}x; CPU medians "
+          f"{cpu_ms(live_t):.2f} vs {cpu_ms(hyb2_t):.2f} ms)")
     print(f"  exact numpy     median {e_med:.2f} ms   -> index is {e_med / v_med:.1f}x faster")
     print(f"  python loop     {loop_ms:,.0f} ms extrapolated from {len(sample):,} rows "
           f"-> index is {loop_ms / v_med:,.0f}x faster")
     print(f"  memory          +{index_mb:.0f} MB resident (float32 matrix would be "
           f"{result['float32_matrix_mb']:.0f} MB)")
     if not args.keep:
-        for suffix in ("", "-wal", "-shm", ".truth.npy"):
+        for suffix in ("", "-wal", "-shm", ".truth.npy", ".source.db"):
             if os.path.exists(path + suffix):
                 os.remove(path + suffix)
     return result
@@ -297,9 +341,12 @@ def main() -> None:
                         help="questions also ranked by SQLite FTS5's bm25() (slow at scale)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the benchmark sidecar and reuse it on the next --keep run")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="clustered Gaussian vectors instead of MiniLM embeddings (no model run; "
+                        "latency of the search machinery, not retrieval quality)")
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
-    base, qvec, texts, desc = real_vectors()
+    base, qvec, texts, desc = synthetic_vectors() if args.synthetic else real_vectors()
     from rag_data import scifact_queries
 
     query_texts = scifact_queries() or [f"query {i}" for i in range(len(qvec))]

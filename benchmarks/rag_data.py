@@ -79,6 +79,25 @@ def long_texts(n: int) -> tuple[list[str], str]:
     return [" ".join(words[(i + j) % 10] for j in range(250)) for i in range(n)], "synthetic"
 
 
+def synthetic_vectors() -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Clustered Gaussian vectors (no embedding model needed); the texts are the
+    SciFact abstracts when ../shared has them, so full-text search stays realistic."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(200, 384))
+    d = centres[rng.integers(0, 200, 5000)] + rng.normal(size=(5000, 384))
+    q = centres[rng.integers(0, 200, 500)] + rng.normal(size=(500, 384))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    docs = scifact_docs()
+    if docs is not None and len(docs) >= 5000:
+        texts = [(x.get("title") or "") + "\n" + (x.get("text") or "") for x in docs[:5000]]
+        desc = "clustered Gaussian vectors, SciFact abstract texts"
+    else:
+        texts = [f"synthetic document {i}" for i in range(5000)]
+        desc = "clustered Gaussian (no ../shared)"
+    return d.astype(np.float32), q.astype(np.float32), texts, desc
+
+
 def real_vectors() -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """(document vectors, query vectors, document texts, description), cached."""
     os.makedirs(RESULTS, exist_ok=True)
@@ -86,14 +105,7 @@ def real_vectors() -> tuple[np.ndarray, np.ndarray, list[str], str]:
     docs = scifact_docs()
     queries = scifact_queries()
     if docs is None or queries is None:
-        rng = np.random.default_rng(0)
-        centres = rng.normal(size=(200, 384))
-        d = centres[rng.integers(0, 200, 5000)] + rng.normal(size=(5000, 384))
-        q = centres[rng.integers(0, 200, 500)] + rng.normal(size=(500, 384))
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        texts = [f"synthetic document {i}" for i in range(5000)]
-        return d.astype(np.float32), q.astype(np.float32), texts, "clustered Gaussian (no ../shared)"
+        return synthetic_vectors()
     texts = [(d.get("title") or "") + "\n" + (d.get("text") or "") for d in docs]
     if os.path.exists(cache):
         data = np.load(cache)

@@ -18,6 +18,7 @@ def startup(datasette):
     async def inner():
         attach_state_database(datasette)
         await state_db(datasette)
+        await calllog.prune_old_calls(datasette)
 
     return inner
 
@@ -26,6 +27,10 @@ def startup(datasette):
 def prepare_connection(conn, database, datasette):
     if database == STATE_DB_NAME:
         tune_connection(conn)
+    elif database == "_memory" and getattr(datasette, "crossdb", False):
+        from .guard import guard_crossdb_connection
+
+        guard_crossdb_connection(conn, datasette)
 
 
 # --- permissions (logic in permissions.py) --------------------------------

@@ -18,6 +18,7 @@ import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from . import calltotals
 from .state import register_migrations, state_db
 
 #: Environment variables that always count as secrets when set.
@@ -31,6 +32,33 @@ _KEY_PATTERNS = [
     re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[A-Za-z0-9_\-]{12,}"),
 ]
 REDACTED = "[REDACTED]"
+
+# Credentials inside URLs: ``scheme://user:pass@host`` and secret-looking
+# query parameters (``?api_key=``, ``&token=``, ``&sig=``...).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)([^/\s@?#\"'<>]+)@")
+_URL_SECRET_PARAM = re.compile(
+    r"(?i)([?&;](?:api[_-]?key|key|apikey|token|access[_-]?token|auth|authorization|password|passwd|pass|pwd|"
+    r"secret|client[_-]?secret|sig|signature|x-amz-signature|code)=)[^&#\s\"'<>]+"
+)
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` without its userinfo (``user:pass@``) or secret query values: what
+    may be shown or logged of a model's ``base_url``."""
+    if url is None:
+        return None
+    url = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{REDACTED}@", str(url))
+    return _URL_SECRET_PARAM.sub(lambda m: f"{m.group(1)}{REDACTED}", url)
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The userinfo and secret query values of ``url``, to redact wherever they appear."""
+    if not url:
+        return []
+    # The password (a user name alone may be a token); user names stay readable.
+    found = [m.group(2).partition(":")[2] or m.group(2) for m in _URL_USERINFO.finditer(url)]
+    found += [m.group(0)[len(m.group(1)):] for m in _URL_SECRET_PARAM.finditer(url)]
+    return found
 
 
 def _migration_calls(conn: sqlite3.Connection) -> None:
@@ -88,7 +116,8 @@ def _migration_feedback(conn: sqlite3.Connection) -> None:
 
 register_migrations(
     "core",
-    [("0001_llm_calls", _migration_calls), ("0002_llm_feedback", _migration_feedback)],
+    [("0001_llm_calls", _migration_calls), ("0002_llm_feedback", _migration_feedback),
+     ("0003_llm_call_totals", calltotals.migration_totals)],
 )
 
 
@@ -123,6 +152,7 @@ def secret_values(settings=None, environ=None) -> list[str]:
     for name in SECRET_ENV_VARS:
         if environ.get(name):
             found.add(environ[name])
+    found.update(url_secrets(environ.get("DATASETTE_LLM_BASE_URL")))
     if settings is not None:
         for model in list(settings.models) + list(settings.embedding_models):
             if isinstance(model.api_key, str) and model.api_key:
@@ -132,6 +162,7 @@ def secret_values(settings=None, environ=None) -> list[str]:
                 found.add(environ[secret])
             if model.api_key_env and environ.get(model.api_key_env):
                 found.add(environ[model.api_key_env])
+            found.update(url_secrets(getattr(model, "base_url", None)))
     # Very short values would redact ordinary words; keys are long.
     return sorted((s for s in found if len(s) >= 6), key=len, reverse=True)
 
@@ -147,7 +178,7 @@ def redact(text: str | None, secrets: Iterable[str] | None = None) -> str | None
     text = _KEY_PATTERNS[0].sub(REDACTED, text)
     text = _KEY_PATTERNS[1].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _KEY_PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    return text
+    return redact_url(text)
 
 
 # ---------------------------------------------------------------- call rows
@@ -207,13 +238,14 @@ class _GroupWriter:
     """
 
     def __init__(self) -> None:
-        self.queue: list[tuple[list, asyncio.Future]] = []
+        self.queue: list[tuple[str, list, asyncio.Future]] = []
         self.task: asyncio.Task | None = None
+        self.prune_clock = calltotals.PruneClock()
 
-    async def write(self, datasette, params: list) -> None:
+    async def write(self, datasette, params: list, sql: str = _INSERT) -> None:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.queue.append((params, future))
+        self.queue.append((sql, params, future))
         if self.task is None or self.task.done() or self.task.get_loop() is not loop:
             self.task = loop.create_task(self._drain(datasette))
             _pending.add(self.task)
@@ -225,22 +257,46 @@ class _GroupWriter:
         db = await state_db(datasette)
         while self.queue:
             batch, self.queue = self.queue, []
-            rows = [params for params, _ in batch]
+            writes = [(sql, params) for sql, params, _ in batch]
+            retention = retention_days(datasette) if self.prune_clock.due() else None
 
-            def fn(conn, rows=rows):
+            def fn(conn, writes=writes, retention=retention):
                 with conn:  # Datasette 0.65 does not commit for us
-                    conn.executemany(_INSERT, rows)
+                    for sql, params in writes:
+                        conn.execute(sql, params)
+                    calltotals.prune(conn, retention)
 
             try:
                 await db.execute_write_fn(fn, block=True)
             except Exception as e:  # noqa: BLE001 - handed to every waiting caller
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(e)
             else:
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_result(None)
+
+
+async def prune_old_calls(datasette) -> None:
+    """Apply ``call_log_retention_days`` now (startup)."""
+    days = retention_days(datasette)
+    if not days:
+        return
+    db = await state_db(datasette)
+
+    def fn(conn):
+        with conn:
+            calltotals.prune(conn, days)
+
+    await db.execute_write_fn(fn, block=True)
+
+
+def retention_days(datasette) -> float | None:
+    """The ``call_log_retention_days`` setting (default 90; 0 keeps everything)."""
+    from .config import plugin_settings
+
+    return plugin_settings(datasette).call_log_retention_days
 
 
 _writers: "weakref.WeakKeyDictionary[object, _GroupWriter]" = weakref.WeakKeyDictionary()
@@ -254,7 +310,10 @@ async def write_call(datasette, record: CallRecord, secrets: Iterable[str] | Non
     writer = _writers.get(datasette)
     if writer is None:
         writer = _writers[datasette] = _GroupWriter()
-    await writer.write(datasette, _params(record))
+    if calltotals.is_aggregated(record.purpose, record.outcome):
+        await writer.write(datasette, calltotals.total_params(record), calltotals.UPSERT_TOTAL)
+    else:
+        await writer.write(datasette, _params(record))
     return record.id
 
 

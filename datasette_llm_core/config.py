@@ -100,6 +100,10 @@ class Settings(BaseModel):
         description="Seconds after its last heartbeat before another server process "
         "takes a background run or index job for dead (default 45)",
     )
+    call_log_retention_days: float | None = Field(
+        90, ge=0,
+        description="Days llm_calls rows (and daily search totals) are kept; 0 or null keeps them all",
+    )
     permissions: dict[str, Any] = {}
     limits: dict[str, Any] = Field(
         {}, description="Spending limits per visitor and for the instance (limits.py)")

@@ -37,7 +37,11 @@ too (and can deny, e.g. ``llm-search: false`` on a database).
 The state database (``llm_newsroom``) holds the call log and everyone's runs:
 viewing or downloading it, its tables and queries, and running SQL against it
 are denied to actors without ``llm-view-log``; Datasette's write actions on it
-(insert-row, execute-write-sql, ...) are denied to everyone but root.
+(insert-row, execute-write-sql, ...) are denied to everyone but root. The same
+holds for the state database file served under any other name. A search-index
+sidecar served as a database (recognised by content, see guard.py) is readable
+only with an explicit ``llm-view-log`` grant in the plugin's config (root
+included) and writable by no one; through ``--crossdb`` neither can be read.
 """
 
 from __future__ import annotations
@@ -367,12 +371,38 @@ async def permission_allowed_065(datasette, actor, action, resource):
         return True if grant_covers(pairs, database, table) else None
     if action in STATE_DB_GUARDED:
         database = resource[0] if isinstance(resource, (tuple, list)) else resource
-        if database == STATE_DB_NAME:
-            if action in STATE_DB_WRITE:
-                return None if is_root(actor) else False
-            if not await datasette.permission_allowed(actor, "llm-view-log", default=False):
-                return False
+        if database is None:
+            return None
+        from .guard import suite_file
+
+        found = suite_file(datasette, database)
+        if found is None:
+            return None
+        if not await _may_touch_suite_file(datasette, actor, action, found.kind):
+            return False
     return None
+
+
+async def may_read_sidecar(datasette, actor) -> bool:
+    """A search index holds the text of every indexed row, private tables
+    included: only an explicit ``llm-view-log`` grant opens it (root too)."""
+    if granted_resources(grants_for(datasette), actor, "llm-view-log"):
+        return True
+    if is_root(actor):
+        return False
+    return await allowed(datasette, actor, "llm-view-log")
+
+
+async def _may_touch_suite_file(datasette, actor, action: str, kind: str) -> bool:
+    """Datasette's own ``action`` on a state database or sidecar it serves."""
+    from .suitefiles import STATE
+
+    if action in STATE_DB_WRITE:
+        # The call log is an audit trail; an index is written by the indexer only.
+        return kind == STATE and is_root(actor)
+    if kind == STATE:
+        return await allowed(datasette, actor, "llm-view-log")
+    return await may_read_sidecar(datasette, actor)
 
 
 _param_counter = 0
@@ -408,24 +438,37 @@ async def permission_resources_sql_v1(datasette, actor, action):
             )
         return PermissionSQL(sql="\nUNION ALL\n".join(selects), params=params, source=SOURCE)
     if action in STATE_DB_GUARDED:
-        if action in STATE_DB_WRITE:
-            if is_root(actor):
-                return None
-        elif await datasette.allowed(action="llm-view-log", actor=actor):
+        from .guard import suite_files
+
+        denied: list[tuple[str, str | None]] = []
+        answers: dict[str, bool] = {}
+        for name, found in suite_files(datasette).items():
+            if found.kind not in answers:
+                answers[found.kind] = await _may_touch_suite_file(datasette, actor, action, found.kind)
+            if answers[found.kind]:
+                continue
+            denied.append((name, None))
+            if action == "view-table":  # a table-level allow must not reopen it
+                denied.extend((name, table) for table in found.tables)
+        if not denied:
             return None
-        return PermissionSQL(
-            sql="SELECT :llmnr_state_db AS parent, NULL AS child, 0 AS allow, "
-            ":llmnr_state_reason AS reason",
-            params={
-                "llmnr_state_db": STATE_DB_NAME,
-                "llmnr_state_reason": (
-                    "the LLM state database is written by the suite only"
-                    if action in STATE_DB_WRITE
-                    else "the LLM state database needs llm-view-log"
-                ),
-            },
-            source=SOURCE,
+        _param_counter += 1
+        n = _param_counter
+        selects, params = [], {}
+        reason = (
+            "the suite's own files are written by the suite only"
+            if action in STATE_DB_WRITE
+            else "the LLM state database and search indexes need llm-view-log"
         )
+        params[f"llmnr_{n}_r"] = reason
+        for i, (db, table) in enumerate(denied):
+            params[f"llmnr_{n}_{i}_p"] = db
+            params[f"llmnr_{n}_{i}_c"] = table
+            selects.append(
+                f"SELECT :llmnr_{n}_{i}_p AS parent, :llmnr_{n}_{i}_c AS child, "
+                f"0 AS allow, :llmnr_{n}_r AS reason"
+            )
+        return PermissionSQL(sql="\nUNION ALL\n".join(selects), params=params, source=SOURCE)
     return None
 
 

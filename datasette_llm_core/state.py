@@ -40,6 +40,16 @@ def register_migrations(package: str, migrations: list[tuple[str, Migration]]) -
         _MIGRATIONS.append((package, name, fn))
 
 
+def _m_application_id(conn: sqlite3.Connection) -> None:
+    """Mark the file as the suite's state database (see suitefiles.py)."""
+    from .suitefiles import STATE_APPLICATION_ID
+
+    conn.execute(f"pragma application_id = {int(STATE_APPLICATION_ID)}")
+
+
+register_migrations("core", [("0000_application_id", _m_application_id)])
+
+
 def state_path(datasette) -> str:
     settings = plugin_settings(datasette)
     return settings.state_database or os.environ.get(ENV_STATE_PATH) or "llm_newsroom.db"

@@ -535,8 +535,10 @@ async def last_seq(db, run_id: str) -> int:
 # --- review outcome -------------------------------------------------------------
 
 async def record_review(db, run: dict, decisions: list[dict], provenance: list[dict],
-                        actor_id: str | None, status: str = "inserted") -> None:
-    """After a successful insert: decisions, provenance, examples, run status."""
+                        actor_id: str | None, status: str = "inserted",
+                        pk_columns: list[str] | None = None) -> None:
+    """After a successful insert: decisions, provenance, examples, run status, and
+    the pending-write plan removed (see ``begin_write``), in one transaction."""
     now = time.time()
 
     def fn(conn):
@@ -580,8 +582,11 @@ async def record_review(db, run: dict, decisions: list[dict], provenance: list[d
             ).fetchone()[0]
             conn.execute(
                 "update llm_extract_runs set status = ?, inserted_count = ?, inserted_at = ?,"
-                " inserted_by = ?, updated_at = ? where id = ?",
-                ("inserted" if inserted else status, inserted, now, actor_id, now, run["id"]),
+                " inserted_by = ?, updated_at = ?,"
+                " options_json = json_set(json_remove(coalesce(options_json, '{}'), '$.pending_write'),"
+                " '$.pk_columns', json(?)) where id = ?",
+                ("inserted" if inserted else status, inserted, now, actor_id, now,
+                 json.dumps(pk_columns or ["rowid"]), run["id"]),
             )
 
     await _write(db, fn)
@@ -600,6 +605,69 @@ async def claim(db, run_id: str, from_status: str, to_status: str) -> bool:
             return cur.rowcount == 1
 
     return await _write(db, fn)
+
+
+async def begin_write(db, run_id: str, from_status: str, to_status: str, plan: dict, worker: str) -> bool:
+    """Claim the run for an insert or undo (``claim``) and, in the same
+    transaction, store ``plan`` (what is about to be written to the target
+    table) under ``options.pending_write`` with this worker's heartbeat. Written
+    before the target table is touched, so a crash or a failed state write
+    after it leaves a run that ``settle`` can finish or roll back."""
+    now = time.time()
+
+    def fn(conn):
+        with conn:
+            cur = conn.execute(
+                "update llm_extract_runs set status = ?, updated_at = ?, worker_id = ?, heartbeat_at = ?,"
+                " options_json = json_set(coalesce(options_json, '{}'), '$.pending_write', json(?))"
+                " where id = ? and status = ?",
+                (to_status, now, worker, now, json.dumps(plan, default=str), run_id, from_status),
+            )
+            return cur.rowcount == 1
+
+    return await _write(db, fn)
+
+
+async def end_write(db, run_id: str, from_status: str, to_status: str) -> bool:
+    """Give a claimed run back (nothing reached the target table): ``to_status``, plan removed."""
+
+    def fn(conn):
+        with conn:
+            cur = conn.execute(
+                "update llm_extract_runs set status = ?, updated_at = ?,"
+                " options_json = json_remove(coalesce(options_json, '{}'), '$.pending_write')"
+                " where id = ? and status = ?",
+                (to_status, time.time(), run_id, from_status),
+            )
+            return cur.rowcount == 1
+
+    return await _write(db, fn)
+
+
+async def take_over(db, run: dict, worker: str) -> bool:
+    """Become the worker settling a stranded insert/undo, unless someone else did first."""
+    now = time.time()
+
+    def fn(conn):
+        with conn:
+            cur = conn.execute(
+                "update llm_extract_runs set worker_id = ?, heartbeat_at = ?, updated_at = ?"
+                " where id = ? and status = ? and worker_id is ? and heartbeat_at is ?",
+                (worker, now, now, run["id"], run["status"], run.get("worker_id"), run.get("heartbeat_at")),
+            )
+            return cur.rowcount == 1
+
+    return await _write(db, fn)
+
+
+async def inserted_values(db, run_id: str) -> dict[int, dict]:
+    """Row index -> the values that were inserted (accepted or edited rows)."""
+    rows = await db.execute(
+        "select row_idx, after_json from llm_extract_examples"
+        " where run_id = ? and after_json is not null order by id",
+        [run_id],
+    )
+    return {r["row_idx"]: json.loads(r["after_json"]) for r in rows.rows}
 
 
 async def provenance_for_run(db, run_id: str) -> list[dict]:
@@ -623,7 +691,8 @@ async def record_undo(db, run_id: str, actor_id: str | None) -> None:
             conn.execute("update llm_extract_rows set inserted_pk = null where run_id = ?", [run_id])
             conn.execute(
                 "update llm_extract_runs set status = 'undone', undone_at = ?, undone_by = ?,"
-                " updated_at = ? where id = ?",
+                " updated_at = ?, options_json = json_remove(coalesce(options_json, '{}'),"
+                " '$.pending_write') where id = ?",
                 (now, actor_id, now, run_id),
             )
 

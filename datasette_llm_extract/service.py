@@ -12,12 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from datasette_llm_core import calllog, permissions
+from datasette_llm_core import calllog, permissions, testpoints
 from datasette_llm_core.errors import BudgetError, CapabilityError, ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway, no_model_message
 from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import state_db
-from datasette_llm_core.workers import lease_for, worker_id
+from datasette_llm_core.workers import abandoned, lease_for, worker_id
 
 from . import runs, tasks
 from .documents import Document, InputError, load_upload
@@ -33,7 +33,7 @@ from .schema import (
     validate_table_spec,
 )
 from .settings import ExtractSettings, extract_settings
-from .writer import WriteError, delete_rows_fn, insert_rows_fn
+from .writer import SQLITE_ERRORS, WriteError, delete_run_rows_fn, find_run_rows_fn, insert_rows_fn
 
 MAX_EXISTING_KEYS = 200_000
 
@@ -103,6 +103,10 @@ async def run_for(datasette, actor, run_id: str, *, write: bool = False) -> dict
     if run is None or not is_owner_or_root(actor, run):
         raise NotFoundError()
     run = await tasks.check_alive(datasette, db, run)
+    try:
+        run = await settle(datasette, db, run)
+    except STATE_WRITE_ERRORS:
+        pass  # the state database is still unwritable: shown as it is, settled on a later visit
     database, table = run["database_name"], run["table_name"]
     if database not in datasette.databases:
         raise UserError(f"The database {database!r} of this run is no longer attached.", status=404)
@@ -467,47 +471,117 @@ async def insert_reviewed(datasette, actor, run: dict, decisions: dict[int, dict
     if not records:
         raise UserError("Accept or reject at least one row first.")
     settings = extract_settings(datasette)
-    result = {"inserted": [], "pk_columns": []}
-    if not await runs.claim(state, run["id"], run["status"], "inserting"):
-        raise UserError("This run is being inserted or was changed meanwhile: reload the page.", 409)
     creates = bool(run["new_table"])
     if run["status"] in ("inserted", "undone"):
         # the run created the table when it first inserted (unless it was dropped since)
         creates = creates and not await db.table_exists(run["table_name"])
+    plan = {"op": "insert", "from": run["status"], "records": records,
+            "accepted": [idx for idx, _ in accepted], "actor_id": _actor_id(actor)}
+    await _begin(state, run, "inserting", plan,
+                 "This run is being inserted or was changed meanwhile: reload the page.")
+    _WRITING.add(run["id"])
     try:
-        if accepted:
-            result = await db.execute_write_fn(
-                insert_rows_fn(run["table_name"], spec, creates, accepted, run["id"],
-                               settings.add_run_column),
-                block=True,
-            )
-    except WriteError as e:
-        await runs.claim(state, run["id"], "inserting", run["status"])
-        errors = {e.row: [str(e)]} if e.row is not None else {}
-        raise UserError(str(e), status=409, row_errors=errors) from None
-    except BaseException:
-        await runs.claim(state, run["id"], "inserting", run["status"])
-        raise
-    pks = dict(result["inserted"])
+        result = {"inserted": [], "pk_columns": []}
+        try:
+            if accepted:
+                result = await db.execute_write_fn(
+                    insert_rows_fn(run["table_name"], spec, creates, accepted, run["id"],
+                                   settings.add_run_column),
+                    block=True,
+                )
+        except WriteError as e:
+            await runs.end_write(state, run["id"], "inserting", run["status"])
+            errors = {e.row: [str(e)]} if e.row is not None else {}
+            raise UserError(str(e), status=409, row_errors=errors) from None
+        except BaseException:
+            # Nothing committed: give the run back (or leave it to settle() if even that fails).
+            await runs.end_write(state, run["id"], "inserting", run["status"])
+            raise
+        await testpoints.reached("after-target-insert")
+        pks = dict(result["inserted"])
+        try:
+            await _record_insert(datasette, state, run, records, pks, plan["actor_id"], bool(accepted),
+                                 result["pk_columns"], spec_to_dict(spec))
+        except STATE_WRITE_ERRORS as e:
+            raise UserError(
+                f"The rows were inserted, but recording the insert in the state database failed ({e}). "
+                "Nothing needs to be inserted again: once the state database can be written, reload "
+                "this run and it finishes recording it (it can then be undone).", status=503,
+            ) from None
+    finally:
+        _WRITING.discard(run["id"])
+    return {"inserted": len(accepted), "rejected": sum(1 for r in records if r["decision"] == "rejected"),
+            "pk_columns": result["pk_columns"], "pks": [pks[i] for i, _ in accepted]}
+
+
+#: Runs whose insert or undo this process is writing right now (settle() leaves them alone).
+_WRITING: set[str] = set()
+STATE_WRITE_ERRORS = (*SQLITE_ERRORS, OSError)
+
+
+async def _begin(state, run: dict, to_status: str, plan: dict, busy: str) -> None:
+    """Claim the run and store the plan before the target table is touched."""
+    try:
+        claimed = await runs.begin_write(state, run["id"], run["status"], to_status, plan, worker_id())
+    except STATE_WRITE_ERRORS as e:
+        raise UserError(
+            f"The state database could not be written ({e}), so nothing was changed: "
+            "free space for it (or fix its file) and try again.", status=503,
+        ) from None
+    if not claimed:
+        raise UserError(busy, 409)
+
+
+async def _record_insert(datasette, state, run, records, pks, actor_id, any_accepted, pk_columns, spec) -> None:
     for r in records:
         r["pk"] = pks.get(r["idx"])
     provenance = [
         {"idx": r["idx"], "pk": r["pk"], "quote": r["quote"]} for r in records if r["pk"] is not None
     ]
-    await runs.record_review(state, run, records, provenance, _actor_id(actor),
-                             status="inserted" if accepted else "reviewed")
-    if accepted:
-        await runs.store_table_spec(state, run["database_name"], run["table_name"], spec_to_dict(spec),
+    await runs.record_review(state, run, records, provenance, actor_id,
+                             status="inserted" if any_accepted else "reviewed", pk_columns=pk_columns)
+    if any_accepted:
+        await runs.store_table_spec(state, run["database_name"], run["table_name"], spec,
                                     instructions=run["instructions"] or "", run_id=run["id"],
-                                    actor_id=_actor_id(actor))
-        await _save_pk_columns(state, run, result["pk_columns"])
-    return {"inserted": len(accepted), "rejected": sum(1 for r in records if r["decision"] == "rejected"),
-            "pk_columns": result["pk_columns"], "pks": [pks[i] for i, _ in accepted]}
+                                    actor_id=actor_id)
 
 
-async def _save_pk_columns(state, run: dict, pk_columns: list[str]) -> None:
-    options = {**run["options"], "pk_columns": pk_columns}
-    await runs.update_run(state, run["id"], options_json=json.dumps(options))
+async def settle(datasette, state, run: dict) -> dict:
+    """A run left ``inserting`` or ``undoing`` by a crash or a failed state write:
+    look at the target table and finish or roll back what the plan says, so it
+    can be used again. Left alone while this or another live process writes it."""
+    if run["status"] not in ("inserting", "undoing") or run["id"] in _WRITING:
+        return run
+    if run.get("worker_id") != worker_id() and not abandoned(
+        run.get("worker_id"), run.get("heartbeat_at"), lease_for(datasette)
+    ):
+        return run
+    if not await runs.take_over(state, run, worker_id()):
+        return await runs.get_run(state, run["id"])
+    plan = run["options"].get("pending_write") or {}
+    db = datasette.databases.get(run["database_name"])
+    records = plan.get("records") or []
+    planned = [r["after"] for r in records if r.get("decision") == "accepted" and r.get("after") is not None]
+    planned += plan.get("values") or []
+    found = None
+    if db is not None:
+        found = await db.execute_fn(find_run_rows_fn(run["table_name"], run["id"], planned))
+    pk_columns, pks = found if found else (["rowid"], [])
+    if run["status"] == "undoing":
+        if pks:  # the delete never committed: the rows are still there
+            await runs.end_write(state, run["id"], "undoing", "inserted")
+        else:
+            await runs.record_undo(state, run["id"], plan.get("actor_id"))
+    elif pks and records:  # the insert committed; its record did not
+        by_idx = dict(zip(plan.get("accepted") or [], pks))
+        spec = run["schema"]
+        await _record_insert(datasette, state, run, records, by_idx, plan.get("actor_id"), True,
+                             pk_columns, spec)
+    elif pks:  # stranded before plans were recorded: the rows carry the run, so undo works
+        await runs.record_review(state, run, [], [], plan.get("actor_id"), pk_columns=pk_columns)
+    else:  # nothing reached the table
+        await runs.end_write(state, run["id"], "inserting", plan.get("from") or "done")
+    return await runs.get_run(state, run["id"])
 
 
 def _actor_id(actor) -> str | None:
@@ -528,28 +602,47 @@ async def insert_all_valid(datasette, actor, run_id: str) -> dict:
     return await insert_reviewed(datasette, actor, run, decisions)
 
 
-async def undo(datasette, actor, run: dict) -> int:
-    """Delete the rows this run inserted, in one transaction."""
+async def undo(datasette, actor, run: dict) -> dict:
+    """Delete the rows this run inserted that are still its own, in one transaction:
+    ``{"deleted": n, "skipped": m}`` (``skipped``: rows someone else deleted or changed)."""
     if run["status"] != "inserted":
         raise UserError("Only a run whose rows were inserted can be undone.", 409)
+    if not await can_write(datasette, actor, "delete-row", run["database_name"], run["table_name"]):
+        raise ForbiddenError("You do not have permission to delete rows from this table, so the insert "
+                             "cannot be undone: ask an administrator for delete-row.")
     state = await state_db(datasette)
     db = _check_database(datasette, run["database_name"])
     provenance = await runs.provenance_for_run(state, run["id"])
+    values = await runs.inserted_values(state, run["id"])
+    expected = [(p["pk"], values.get(p["row_idx"])) for p in provenance]
     pk_columns = run["options"].get("pk_columns") or ["rowid"]
-    if not await runs.claim(state, run["id"], "inserted", "undoing"):
-        raise UserError("This run is being undone already: reload the page.", 409)
+    # "values": how settle() finds the rows again in a table without _llm_run
+    await _begin(state, run, "undoing", {"op": "undo", "actor_id": _actor_id(actor),
+                                         "values": [v for _, v in expected if v]},
+                 "This run is being undone already: reload the page.")
+    _WRITING.add(run["id"])
     try:
-        deleted = await db.execute_write_fn(
-            delete_rows_fn(run["table_name"], pk_columns, [p["pk"] for p in provenance]), block=True
-        )
-    except WriteError as e:
-        await runs.claim(state, run["id"], "undoing", "inserted")
-        raise UserError(str(e), status=409) from None
-    except BaseException:
-        await runs.claim(state, run["id"], "undoing", "inserted")
-        raise
-    await runs.record_undo(state, run["id"], _actor_id(actor))
-    return deleted
+        try:
+            result = await db.execute_write_fn(
+                delete_run_rows_fn(run["table_name"], run["id"], pk_columns, expected), block=True
+            )
+        except WriteError as e:
+            await runs.end_write(state, run["id"], "undoing", "inserted")
+            raise UserError(str(e), status=409) from None
+        except BaseException:
+            await runs.end_write(state, run["id"], "undoing", "inserted")
+            raise
+        await testpoints.reached("after-target-delete")
+        try:
+            await runs.record_undo(state, run["id"], _actor_id(actor))
+        except STATE_WRITE_ERRORS as e:
+            raise UserError(
+                f"The rows were deleted, but recording the undo in the state database failed ({e}). "
+                "Once it can be written, reload this run and it finishes recording it.", status=503,
+            ) from None
+    finally:
+        _WRITING.discard(run["id"])
+    return result
 
 
 async def discard(datasette, actor, run: dict) -> None:

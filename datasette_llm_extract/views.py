@@ -550,7 +550,7 @@ async def _do_action(datasette, request, run: dict, action: str, decisions=None)
     if action == "undo":
         if not service.is_owner_or_root(actor, run):
             raise UserError("Only the person who ran this extraction (or root) can undo it.", 403)
-        return {"deleted": await service.undo(datasette, actor, run)}
+        return await service.undo(datasette, actor, run)
     if action == "resume":
         await service.resume(datasette, actor, run)
         return {"resumed": True}
@@ -594,6 +594,8 @@ async def run_action(datasette, request, receive):
             _apply_submitted(context, form)
         return await _render_run(datasette, request, context, status=e.status)
     message = _DONE_MESSAGES[action].format(**result) if action in _DONE_MESSAGES else ""
+    if action == "undo" and result.get("skipped"):
+        message += f" {result['skipped']} row(s) of this run were left alone: deleted or changed since."
     from urllib.parse import quote
 
     return Response.redirect(run_url(datasette, run["id"]) + "?message=" + quote(message))

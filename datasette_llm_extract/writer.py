@@ -131,24 +131,79 @@ def _insert(conn, table, spec, new_table, rows, run_id, add_run_column):
     return {"inserted": out, "pk_columns": pk_columns or ["rowid"], "run_column": with_run}
 
 
-def delete_rows_fn(table: str, pk_columns: list[str], pks: list[list]):
-    """A function for ``execute_write_fn`` deleting rows by primary key in one transaction."""
-
-    def fn(conn: sqlite3.Connection):
-        if not table_exists(conn, table):
-            raise WriteError(f"The table {table!r} no longer exists.")
-        where = " and ".join(f"{quote_identifier(c)} = ?" for c in pk_columns)
-        sql = f"delete from {quote_identifier(table)} where {where}"  # noqa: S608 - quoted names
-        deleted = 0
-        with conn:
-            for pk in pks:
-                deleted += conn.execute(sql, pk).rowcount
-        return deleted
-
-    return fn
-
-
 def pk_columns_of(conn: sqlite3.Connection, table: str) -> list[str]:
     columns = table_columns(conn, table)
     pks = [c["name"] for c in sorted((c for c in columns if c["pk"]), key=lambda c: c["pk"])]
     return pks or ["rowid"]
+
+
+def _select_pks(conn, table: str, pk_columns: list[str], match: dict) -> list[list]:
+    """Primary keys of the rows whose ``match`` columns hold these values (``is``), in rowid order."""
+    names = [n for n in match]
+    if not names:
+        return []
+    where = " and ".join(f"{quote_identifier(n)} is ?" for n in names)
+    sql = f"select {quote_identifiers(pk_columns)} from {quote_identifier(table)} where {where}"  # noqa: S608
+    params = [_sql_value(match[n]) for n in names]
+    try:
+        return [list(r) for r in conn.execute(sql + " order by rowid", params).fetchall()]
+    except SQLITE_ERRORS:  # a WITHOUT ROWID table has no rowid to order by
+        return [list(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def find_run_rows_fn(table: str, run_id: str, planned: list[dict]):
+    """For ``execute_fn``: ``(pk_columns, [pk, ...])`` of the rows a run's insert
+    left in ``table``, in insert order: the rows carrying ``run_id`` in
+    ``_llm_run``; without that column, the newest row matching each planned
+    row's values. ``None`` when the table is gone."""
+
+    def fn(conn: sqlite3.Connection):
+        if not table_exists(conn, table):
+            return None
+        names = {c["name"] for c in table_columns(conn, table)}
+        pk_columns = pk_columns_of(conn, table)
+        if RUN_COLUMN in names:
+            return pk_columns, _select_pks(conn, table, pk_columns, {RUN_COLUMN: run_id})
+        found = []
+        for values in planned:
+            rows = _select_pks(conn, table, pk_columns, {n: v for n, v in values.items() if n in names})
+            if rows:
+                found.append(rows[-1])
+        return pk_columns, found
+
+    return fn
+
+
+def delete_run_rows_fn(table: str, run_id: str, pk_columns: list[str], expected: list[tuple[list, dict | None]]):
+    """For ``execute_write_fn``: undo a run's insert in one transaction, deleting
+    only rows that are still that run's. With an ``_llm_run`` column: the rows
+    carrying ``run_id`` (wherever VACUUM moved them). Without one: a stored
+    primary key whose row still holds exactly the inserted values. Returns
+    ``{"deleted": n, "skipped": m}``: ``skipped`` rows of the run were deleted
+    or changed by someone else and were left alone."""
+
+    def fn(conn: sqlite3.Connection):
+        if not table_exists(conn, table):
+            raise WriteError(f"The table {table!r} no longer exists.")
+        names = {c["name"] for c in table_columns(conn, table)}
+        if not conn.in_transaction:  # Datasette 1.0 has begun one already
+            conn.execute("begin immediate")
+        try:
+            if RUN_COLUMN in names:
+                sql = f"delete from {quote_identifier(table)} where {quote_identifier(RUN_COLUMN)} = ?"  # noqa: S608
+                deleted = conn.execute(sql, [run_id]).rowcount
+            else:
+                deleted = 0
+                where = " and ".join(f"{quote_identifier(c)} = ?" for c in pk_columns)
+                for pk, values in expected:
+                    same = [n for n in (values or {}) if n in names]
+                    extra = "".join(f" and {quote_identifier(n)} is ?" for n in same)
+                    sql = f"delete from {quote_identifier(table)} where {where}" + extra  # noqa: S608
+                    deleted += conn.execute(sql, [*pk, *(_sql_value(values[n]) for n in same)]).rowcount
+            conn.execute("commit")
+        except BaseException:
+            conn.execute("rollback")
+            raise
+        return {"deleted": deleted, "skipped": max(0, len(expected) - deleted)}
+
+    return fn

@@ -588,21 +588,25 @@ async def verify(
     model_id: str | None = None,
     sidecar: str | None = None,
     immutable: bool = False,
+    tables: Sequence[str] | None = None,
 ) -> VerifyReport:
-    """Compare the sidecar with its source without changing either."""
+    """Compare the sidecar with its source without changing either (only ``tables``,
+    when given: their counts alone, for a reader who may not view the others)."""
     config = parse_rag_config(rag_config)
-    selected = _selected_tables(config, db_name, None)
+    selected = _selected_tables(config, db_name, tables)
     src, owned = _open_source_arg(source, immutable)
     src_path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
     path = sidecar or sidecar_path(src_path, db_name, config)
     side = open_sidecar(path, readonly=True)  # change nothing, not even an upgrade
     try:
         plans = [plan_table(src, db_name, t, config.databases[db_name].tables[t]) for t in selected]
-        work = _plan_work(src, side, plans, True, set(config.databases[db_name].tables))
+        work = _plan_work(src, side, plans, tables is None, set(config.databases[db_name].tables))
         meta = read_meta(side)
         configured = model_id or getattr(embedder, "model_id", None) or config.model_for(db_name)
+        only = "" if tables is None else " and tbl in ({})".format(",".join("?" * len(selected)))
+        args = [] if tables is None else selected
         no_vector = side.execute(
-            "select count(*) from entries where id not in (select entry_id from vectors)"
+            "select count(*) from entries where id not in (select entry_id from vectors)" + only, args
         ).fetchone()[0]
         report = VerifyReport(
             stale=len(work.changed),
@@ -610,7 +614,7 @@ async def verify(
             orphaned=len(work.gone) + no_vector,
             indexed_model=meta.get("embedding_model"),
             configured_model=configured,
-            entries=side.execute("select count(*) from entries").fetchone()[0],
+            entries=side.execute("select count(*) from entries where 1" + only, args).fetchone()[0],
         )
         report.model_ok = configured is None or meta.get("embedding_model") in (None, configured)
         if not report.model_ok:

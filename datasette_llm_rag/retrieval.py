@@ -60,6 +60,9 @@ class RowHit:
     fts_rank: int | None
     chunk: int = 0
     relevant: bool = True
+    #: The row changed since the index was refreshed: ``text`` and ``title``
+    #: are its current values, the ranking is from the indexed text.
+    stale: bool = False
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -213,7 +216,8 @@ def index_errors(database: str, fn, *args, **kwargs):
 
 async def embed_query(datasette, actor, text: str, model_id: str):
     gw = await llm_gateway(datasette)
-    vectors = await gw.embed([text], kind="query", purpose="embed", actor=actor, model_id=model_id)
+    # purpose "search": counted per day in llm_call_totals, not one call-log row per search
+    vectors = await gw.embed([text], kind="query", purpose="search", actor=actor, model_id=model_id)
     return vectors[0]
 
 
@@ -323,7 +327,8 @@ async def retrieve(
     hits = index_errors(
         database, index.search_hybrid, question, qvec, k * 2, tables=allowed, rrf_k=config.rrf_k
     )
-    rows = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))[:k]
+    rows = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))
+    rows = (await check_live(datasette, database, config, rows))[:k]
     # Rows relevant enough come first, weaker matches after them, each group
     # in fused order; numbers follow the order shown.
     rows.sort(key=lambda r: not r.relevant)
@@ -349,6 +354,45 @@ async def similar_rows(
         )
     index = open_index(datasette, database, config)
     index_errors(database, index.check_model, await embedding_model_id(datasette, database, config))
-    hits = index_errors(database, index.similar, table, pk, k, tables=allowed)
-    rows = _to_row_hits(datasette, database, hits, set(allowed), threshold=0.0)[:k]
+    if not await _row_is_live(datasette, database, config, table, pk):
+        raise RetrievalError(f"There is no such row in {table!r} (any more).", "not_found", 404)
+    hits = index_errors(database, index.similar, table, pk, k * 2, tables=allowed)
+    rows = _to_row_hits(datasette, database, hits, set(allowed), threshold=0.0)
+    rows = (await check_live(datasette, database, config, rows))[:k]
+    for n, row in enumerate(rows, 1):
+        row.n = n
     return rows, allowed
+
+
+async def _row_is_live(datasette, database: str, config: RagConfig, table: str, pk: list) -> bool:
+    from .livecheck import live_rows_fn
+
+    tables = config.database(database).tables
+    live = await datasette.databases[database].execute_fn(
+        live_rows_fn(database, {table: tables[table]}, {table: [list(pk)]})
+    )
+    return bool(live)  # one key asked (from the URL, as text: SQLite's affinity matches it)
+
+
+async def check_live(datasette, database: str, config: RagConfig, rows: list[RowHit]) -> list[RowHit]:
+    """Drop hits whose row is gone; show changed rows with their current text
+    and title, marked ``stale`` (see livecheck.py)."""
+    from .livecheck import live_rows_fn, pk_key, reconcile
+
+    if not rows:
+        return rows
+    tables = config.database(database).tables
+    wanted: dict[str, list[list]] = {}
+    for row in rows:
+        wanted.setdefault(row.table, []).append(row.pk_values)
+    live = await datasette.databases[database].execute_fn(
+        live_rows_fn(database, {t: tables[t] for t in wanted if t in tables}, wanted)
+    )
+    out = []
+    for row in rows:
+        shown = reconcile(row.text, row.title, row.chunk, live.get((row.table, pk_key(row.pk_values))))
+        if shown is None:
+            continue
+        row.text, row.title, row.stale = shown
+        out.append(row)
+    return out

@@ -31,6 +31,7 @@ import time
 from typing import Callable
 
 from datasette_llm_core.errors import ConfigError
+from datasette_llm_core.suitefiles import SIDECAR_APPLICATION_ID
 
 from .lexical import FTS5_TOKENIZER, TOKENIZER_VERSION, TermEncoder
 from .ragconfig import SECTION, RagConfig, parse_rag_config
@@ -209,6 +210,14 @@ def _upgrade_tokens(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _mark_application_id(conn: sqlite3.Connection) -> None:
+    """Mark the file as a search index, so Datasette serving it refuses it
+    (datasette_llm_core.suitefiles). Not a migration: older indexes stay
+    usable and get the mark the next time they are opened for writing."""
+    if conn.execute("pragma application_id").fetchone()[0] != SIDECAR_APPLICATION_ID:
+        conn.execute(f"pragma application_id = {int(SIDECAR_APPLICATION_ID)}")
+
+
 # ---------------------------------------------------------------- opening
 
 
@@ -300,6 +309,7 @@ def open_sidecar(path: str, *, create: bool = False, readonly: bool = False) -> 
         if not readonly:
             _apply_migrations(conn)
             _upgrade_tokens(conn)
+            _mark_application_id(conn)
         _check_schema(conn, path)
     except SidecarError:
         raise

@@ -638,8 +638,22 @@ async def _table_status(datasette, database: str, config) -> tuple[list[dict], d
     return out, info
 
 
-async def _verify(datasette, database: str, config) -> dict:
-    """Compare index and source row by row (the CLI's ``--verify``), off the event loop."""
+def _job_for_viewer(job: dict | None, visible: set[str], partial: bool) -> dict | None:
+    """The latest job as an actor who may not view every configured table sees it:
+    no counts, progress or messages of a job that covered a hidden table."""
+    if not job or not partial:
+        return job
+    asked = job.get("tables") if isinstance(job.get("tables"), list) else None
+    if asked is not None and set(asked) <= visible:
+        return job
+    return {**job, "tables": [t for t in asked or [] if t in visible] or None,
+            "current_table": job.get("current_table") if job.get("current_table") in visible else None,
+            "done": None, "total": None, "stats": None, "message": None}
+
+
+async def _verify(datasette, database: str, config, tables: list[str] | None = None) -> dict:
+    """Compare index and source row by row (the CLI's ``--verify``), off the event loop;
+    ``tables`` limits the comparison (and its counts) to those tables."""
     import asyncio
     import dataclasses
     import sqlite3
@@ -652,7 +666,7 @@ async def _verify(datasette, database: str, config) -> dict:
 
     def run():
         return asyncio.run(verify(db.path, database, config, model_id=model_id,
-                                  immutable=not db.is_mutable))
+                                  immutable=not db.is_mutable, tables=tables))
 
     try:
         report = await asyncio.to_thread(run)
@@ -739,10 +753,18 @@ async def _index_context(datasette, request, database: str) -> dict:
             "plugins: datasette-llm-newsroom: rag: databases:"), "tables": [], "info": {},
             "job": None}
     tables, info = await _table_status(datasette, database, config)
-    job = await jobs.latest_job(datasette, database)
+    # Only tables the actor may view are listed or counted (llm-index is not view-table).
+    visible = set(await permissions.viewable_tables(
+        datasette, request.actor, database, [t["table"] for t in tables]))
+    partial = len(visible) < len(tables)
+    tables = [t for t in tables if t["table"] in visible]
+    job = _job_for_viewer(await jobs.latest_job(datasette, database), visible, partial)
     verified = None
     if request.args.get("verify") and info.get("exists") and not (job and job["status"] in jobs.ACTIVE):
-        verified = await _verify(datasette, database, config)
+        if not partial:
+            verified = await _verify(datasette, database, config)
+        elif visible:
+            verified = await _verify(datasette, database, config, sorted(visible))
     configured_model = config.model_for(database)
     overall, overall_text = _overall(tables, info, configured_model, job)
     refreshed = info.get("refreshed")

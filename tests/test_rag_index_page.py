@@ -82,7 +82,10 @@ async def test_list_page_is_a_table_per_database_with_actions(ds):
     assert '<a href="/-/llm-rag/index/news">news</a>' in text
     # rows indexed per table, the model, when, and the status
     assert re.search(r'<a href="/news/articles">articles</a></td>\s*<td>4</td>\s*<td>4</td>', text)
-    assert "7 in 3 tables" in text and "hash-embed" in text
+    # the editor may not view memos: it is neither listed nor counted (#10.11)
+    assert "in 2 tables" in text and "memos" not in text and "hash-embed" in text
+    root_page = await ds.client.get("/-/llm-rag/index", cookies=cookies(ds, "root"))
+    assert "7 in 3 tables" in root_page.text
     assert re.search(r'<time datetime="\d{4}-\d\d-\d\dT[\d:]+Z" title="[^"]+ UTC">just now</time>',
                      text), text
     assert "Up to date (row counts match, no writes since the last refresh)" in text

@@ -77,12 +77,15 @@ async def test_index_job_from_page_then_search_links_rows(ds, hash_embedder):
     )
     assert {row["table"] for row in r.json()["rows"]} == {"places"}
 
-    # query embeddings go through the gateway and are logged as purpose embed
+    # query embeddings go through the gateway and are counted per day (purpose search),
+    # not logged one row each
     state = await state_db(ds)
-    logged = (await state.execute(
-        "select count(*) from llm_calls where kind = 'embed' and purpose = 'embed'"
+    counted = (await state.execute(
+        "select sum(calls) from llm_call_totals where kind = 'embed' and purpose = 'search'"
     )).single_value()
-    assert logged >= 2
+    assert counted >= 2
+    assert not (await state.execute(
+        "select count(*) from llm_calls where purpose = 'search'")).single_value()
 
 
 async def test_progress_is_live_and_survives_reload(tmp_path, fake_models):

@@ -13,7 +13,7 @@ import datetime as dt
 import email.utils
 from typing import Any
 
-from ..calllog import redact
+from ..calllog import redact, redact_url
 from ..errors import ConfigError, ModelError
 
 #: Retry-After values past this are ignored as nonsense (seconds).
@@ -217,7 +217,7 @@ def map_error(
         return make(f"{who} did not answer in time", retryable=True, error_class="timeout")
     if status is None:
         if "Connection" in kind:
-            where = f" at {base_url}" if base_url else ""
+            where = f" at {redact_url(base_url)}" if base_url else ""
             return make(
                 f"could not connect to {provider}{where} for {model_id!r}: check the network "
                 "and, for a local server, that it is running",

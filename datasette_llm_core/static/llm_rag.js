@@ -55,6 +55,12 @@
     var score = el("span", row.relevance || "", "llm-rag-score");
     if (row.relevance_detail) score.title = row.relevance_detail;
     li.appendChild(score);
+    if (row.stale) {
+      li.appendChild(document.createTextNode(" "));
+      var stale = el("span", "changed since the index was refreshed", "llm-rag-stale");
+      stale.title = "Matched on the text indexed before the row changed; shown as it is now.";
+      li.appendChild(stale);
+    }
     li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
     return li;
   }
