@@ -195,6 +195,8 @@ def test_large_anonymous_bodies_are_refused_before_they_are_read(world):
         if status == 413:
             assert "256 KB" in text, text  # the limit is in the message
     grown = world.rss_mb() - before
+    print(f"\n{len(ANONYMOUS_BODIES)} anonymous {BIG // MB} MB bodies refused; server RSS {before:.0f} -> "
+          f"{before + grown:.0f} MB")
     assert grown < 20, f"server memory grew by {grown:.0f} MB for {len(ANONYMOUS_BODIES)} refused bodies"
 
 
@@ -221,6 +223,7 @@ def test_signed_in_bodies_over_their_cap_get_413_with_the_limit(world):
     assert r.status == 413, r
     assert "4 MB" in r.json()["error"] and "big.txt" in r.json()["error"]
     grown = world.rss_mb() - before
+    print(f"\nsigned-in bodies over their caps refused; server RSS {before:.0f} -> {before + grown:.0f} MB")
     assert grown < 30, f"server memory grew by {grown:.0f} MB"
 
 
@@ -240,6 +243,7 @@ def test_a_form_in_20000_parts_stalls_nobody(world):
         assert "20,000 parts" in r.json()["error"]
         time.sleep(0.3)
     assert not latency.errors, latency.errors
+    print(f"\n20,000- and 25,000-part forms: slowest other request {latency.worst * 1000:.0f} ms")
     assert latency.worst < 1.5, f"a page took {latency.worst:.1f}s while the forms were posted"
 
 
@@ -257,6 +261,8 @@ def test_hostile_pdf_is_refused_at_its_time_budget_without_blocking_others(world
     message = r.json()["error"]
     assert "slow.pdf" in message and "3 seconds" in message and "limit" in message, message
     assert r.elapsed < 15, r.elapsed
+    print(f"\nhostile PDF refused after {r.elapsed:.1f}s; slowest other request meanwhile "
+          f"{latency.worst * 1000:.0f} ms ({len(latency.times)} requests)")
     assert not latency.errors, latency.errors
     assert len(latency.times) >= 5 and latency.worst < 1.0, (
         f"other requests waited up to {latency.worst:.1f}s while the PDF was parsed")

@@ -185,3 +185,22 @@ def test_signed_in_json_client_can_ask(world):
     r = world.request("POST", "/-/llm-rag/feedback.json", '{"answer_id": "x", "rating": "up"}',
                       actor="alice", content_type="text/plain")
     assert r.status == 415, r
+
+
+@pytest.mark.skipif(not V1, reason="API tokens exist on Datasette 1.0 only")
+def test_api_token_client_can_ask_and_extract(world):
+    """What the README tells API clients on 1.0: a token from ``datasette create-token``."""
+    import subprocess
+    import sys
+
+    from .sec_http_server import SECRET
+
+    token = subprocess.run([sys.executable, "-m", "datasette", "create-token", "alice", "--secret", SECRET],
+                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    assert token.startswith("dstok_")
+    auth = {"authorization": f"Bearer {token}"}
+    r = world.request("POST", "/-/llm-rag/news/ask.json", {"q": "road budgets"}, headers=auth)
+    assert r.status == 200 and r.json()["mode"] == "answer", r
+    r = world.request("POST", "/-/llm-extract/api/runs", {"database": "news", "table": "target",
+                      "text": "Tokenco paid 9 dollars.", "columns": ["name", "amount"]}, headers=auth)
+    assert r.status == 201 and r.json()["actor_id"] == "alice", r
