@@ -295,9 +295,12 @@ async def _templates_for(datasette, actor) -> list[dict]:
         for i, t in enumerate(settings.templates)
     ]
     state = await state_db(datasette)
-    for t in await runs.templates_for(state, str(actor.get("id")) if actor else None):
+    actor_id = str(actor.get("id")) if actor else None
+    for t in await runs.templates_for(state, actor_id):
+        mine = actor_id is not None and (t["owner_id"] == actor_id or permissions.is_root(actor))
         out.append({"id": str(t["id"]), "name": t["name"], "instructions": t["instructions"],
-                    "schema": t["schema"], "shared": bool(t["shared"]), "source": "saved"})
+                    "schema": t["schema"], "shared": bool(t["shared"]), "source": "saved",
+                    "delete_url": datasette.urls.path(f"{PREFIX}/templates/{t['id']}/delete") if mine else None})
     return out
 
 

@@ -121,3 +121,40 @@ def test_table_level_grant_reaches_the_extraction_pages(world):
     nobody = world.request("GET", "/-/llm-extract", actor="mallory")
     assert nobody.status == 403
     assert 'href="/-/llm-extract"' not in world.request("GET", "/", actor="mallory").text
+
+
+@pytest.mark.browser
+def test_owner_deletes_a_template_from_the_start_page(world):
+    from ..browser.conftest import CHROMIUM, CHROMIUM_ARGS, _skip_reason
+
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    r = world.request("POST", "/-/llm-extract/templates", _template("alice-doomed", shared=False), actor="alice")
+    assert r.status == 201, r
+    template_id = r.json()["id"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context()
+            context.add_cookies([{"name": "ds_actor", "value": world.actor_cookie_value("alice"),
+                                  "domain": "127.0.0.1", "path": "/", "sameSite": "Lax"}])
+            page = context.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(world.base_url + "/-/llm-extract/into/news/target")
+            delete = page.locator('[data-llm-action="delete-template"]')
+            page.select_option("#llm-template", str(template_id))
+            delete.click()
+            page.wait_for_selector("text=Template deleted.", timeout=10_000)
+            assert page.locator(f'#llm-template option[value="{template_id}"]').count() == 0
+            # someone else's shared template offers no delete button
+            shared = [o for o in page.locator("#llm-template option").all() if "(shared)" in o.text_content()]
+            if shared:
+                page.select_option("#llm-template", shared[0].get_attribute("value"))
+                assert delete.is_hidden()
+            context.close()
+        finally:
+            browser.close()
+    assert world.count("select count(*) from llm_extract_templates where id = ?", [template_id]) == 0

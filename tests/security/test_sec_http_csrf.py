@@ -95,6 +95,7 @@ def _run_status(server, run_id: str) -> str:
         conn.close()
 
 
+@pytest.mark.browser
 def test_cross_site_page_cannot_undo_or_start_runs_as_the_signed_in_user(world):
     reason = _skip_reason()
     if reason:
