@@ -81,7 +81,10 @@ async def _start_request_from_json(datasette, actor, data: dict) -> StartRequest
     new_table = bool(data.get("create"))
     # Permission before existence: a refused actor gets the same answer for a
     # table (or database) that exists and one that does not.
-    if not await permissions.allowed(datasette, actor, "llm-extract", database, None if new_table else table):
+    # A missing database answers like a private one, except to root, who sees every database.
+    if (database not in datasette.databases and not permissions.is_root(actor)) or not await permissions.allowed(
+        datasette, actor, "llm-extract", database, None if new_table else table
+    ):
         raise UserError(denied_message(actor, "llm-extract", database, None if new_table else table), 403)
     spec = data.get("schema")
     if spec is None and not new_table:

@@ -310,7 +310,10 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
     try:
         # Permission before existence: a refused visitor gets the same 403 for a
         # table that exists and one that does not (no existence oracle).
-        if not await permissions.allowed(datasette, actor, "llm-extract", database, table):
+        # (a missing database answers like a private one, except to root, who sees them all)
+        if (database not in datasette.databases and not permissions.is_root(actor)) or not await permissions.allowed(
+            datasette, actor, "llm-extract", database, table
+        ):
             raise Forbidden(denied_message(actor, "llm-extract", database, table))
         service._check_database(datasette, database)
         if not new_table and not await datasette.databases[database].table_exists(table):

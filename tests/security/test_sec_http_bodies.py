@@ -303,6 +303,13 @@ def test_private_tables_have_no_existence_oracle(world, actor):
              for t in ("payroll", "no_such_table")]
     assert pages[0].status == 403, pages[0]
     assert _same_answer(pages[0], pages[1], "payroll", "no_such_table"), pages
+    # nor for the private database itself against one that does not exist
+    answers = [world.request("POST", "/-/llm-extract/api/runs", {
+        "database": db, "table": "t", "text": "x", "create": True, "schema": {"columns": [{"name": "a"}]}},
+        actor=actor) for db in ("private", "no_such_db")]
+    assert _same_answer(answers[0], answers[1], "private", "no_such_db"), answers
+    pages = [world.request("GET", f"/-/llm-extract/new/{db}", actor=actor) for db in ("private", "no_such_db")]
+    assert pages[0].status == 403 and _same_answer(pages[0], pages[1], "private", "no_such_db"), pages
 
 
 # ----------------------------------------------------------------- item 13
