@@ -261,7 +261,7 @@ async def save_template(datasette, request, receive):
                 state, name[:100], str(actor.get("id")), bool(data.get("shared")),
                 spec.model_dump(), str(data.get("instructions") or ""))
         except runs.TemplateLimitError as e:
-            raise UserError(str(e), 413 if "bytes" in str(e) else 409) from None
+            raise UserError(str(e), e.status) from None
     except UserError as e:
         return _json_error(str(e), e.status)
     return Response.json({"ok": True, "id": template_id}, status=201)

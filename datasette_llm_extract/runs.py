@@ -653,7 +653,11 @@ MAX_SHARED_TEMPLATES_SHOWN = 50
 
 
 class TemplateLimitError(ValueError):
-    """A template over the size or count limits; the message says what to do."""
+    """A template over the size (status 413) or count (409) limits; the message says what to do."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 async def save_template(db, name: str, owner_id: str | None, shared: bool, schema: dict,
@@ -664,7 +668,7 @@ async def save_template(db, name: str, owner_id: str | None, shared: bool, schem
     if size > MAX_TEMPLATE_BYTES:
         raise TemplateLimitError(
             f"The template is {size:,} bytes; the limit is {MAX_TEMPLATE_BYTES:,}: "
-            "shorten its instructions or column descriptions."
+            "shorten its instructions or column descriptions.", 413
         )
 
     def fn(conn):
@@ -674,7 +678,7 @@ async def save_template(db, name: str, owner_id: str | None, shared: bool, schem
             ).fetchone()[0]
             if count >= MAX_TEMPLATES_PER_OWNER:
                 raise TemplateLimitError(
-                    f"You have {count} saved templates, the limit: delete one you no longer use first."
+                    f"You have {count} saved templates, the limit: delete one you no longer use first.", 409
                 )
             cur = conn.execute(
                 "insert into llm_extract_templates (name, owner_id, shared, schema_json, instructions, created_at)"
