@@ -559,7 +559,7 @@ async def examples_for_table(db, database: str, table: str, *, labels: Iterable[
     rows = await db.execute(
         "select e.* from llm_extract_examples e join llm_extract_runs run on run.id = e.run_id"  # noqa: S608
         " where e.database_name = ? and e.table_name = ?"
-        f" and e.label in ({', '.join('?' for _ in labels)}){clause} order by e.id desc limit ?",
+        f" and e.label in ({', '.join('?' for _ in labels)})" + clause + " order by e.id desc limit ?",
         [database, table, *labels, *params, limit],
     )
     out = []

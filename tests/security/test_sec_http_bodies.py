@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import select
+import selectors
 import socket
 import threading
 import time
@@ -85,7 +85,9 @@ def send_streamed(server, path: str, content_type: str, size: int, *, cookie: st
         except OSError:
             pass  # the server answered and closed: the rest was never wanted
 
-    ready, _, _ = select.select([sock], [], [], wait_before_body if declared else 0)
+    with selectors.DefaultSelector() as selector:  # (select() fails on descriptors over 1023)
+        selector.register(sock, selectors.EVENT_READ)
+        ready = selector.select(wait_before_body if declared else 0)
     sender = None
     if not ready:
         sender = threading.Thread(target=pump, daemon=True)
