@@ -621,14 +621,16 @@ async def set_share_examples(db, run_id: str, shared: bool) -> None:
     await _write(db, fn)
 
 
-def _m0003_shared_examples(conn: sqlite3.Connection) -> None:
+def _m0004_shared_examples(conn: sqlite3.Connection) -> None:
+    if any(r[1] == "share_examples" for r in conn.execute("pragma table_info(llm_extract_runs)")):
+        return  # (a development database that ran this under an earlier name)
     conn.execute(
         "alter table llm_extract_runs add column share_examples integer not null default 0"
         " /* 1: the owner shares this run's reviewed rows (and their documents) as examples */"
     )
 
 
-register_migrations("extract", [("0003_shared_examples", _m0003_shared_examples)])
+register_migrations("extract", [("0004_shared_examples", _m0004_shared_examples)])
 
 
 async def count_examples(db, database: str, table: str, *, actor_id: str | None = None,

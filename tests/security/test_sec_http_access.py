@@ -61,7 +61,7 @@ def test_run_page_shows_only_messages_the_server_set(world):
     assert "555-0100" not in r.text, "the page showed a message from the link"
     # a real action's message still shows, from the redirect the server made
     token = world.csrf_token("alice")
-    r = world.request("POST", f"/-/llm-extract/runs/{run_id}/undo", f"csrftoken={token}", actor="alice",
+    r = world.request("POST", f"/-/llm-extract/runs/{run_id}/undo", f"csrftoken={token}&confirm=yes", actor="alice",
                       csrf=token or None, content_type="application/x-www-form-urlencoded")
     assert r.status == 302, r
     location = r.headers["location"]

@@ -168,7 +168,7 @@ def test_forms_need_their_token(world):
     assert r.status == 403, r
     assert _run_status(world, run_id) == "inserted"
     token = world.csrf_token("alice")
-    r = world.request("POST", f"/-/llm-extract/runs/{run_id}/undo", f"csrftoken={token}", actor="alice",
+    r = world.request("POST", f"/-/llm-extract/runs/{run_id}/undo", f"csrftoken={token}&confirm=yes", actor="alice",
                       content_type="application/x-www-form-urlencoded", csrf=token)
     assert r.status == 302, r
     assert _run_status(world, run_id) == "undone"
@@ -197,7 +197,8 @@ def test_api_token_client_can_ask_and_extract(world):
     from .sec_http_server import SECRET
 
     token = subprocess.run([sys.executable, "-m", "datasette", "create-token", "alice", "--secret", SECRET],
-                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+                           capture_output=True, text=True, check=True, timeout=60,
+                           cwd=world.tmp_path).stdout.strip()
     assert token.startswith("dstok_")
     auth = {"authorization": f"Bearer {token}"}
     r = world.request("POST", "/-/llm-rag/news/ask.json", {"q": "road budgets"}, headers=auth)
