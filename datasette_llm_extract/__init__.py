@@ -60,11 +60,6 @@ def render_cell(value, column, datasette):
 
 
 @hookimpl
-def skip_csrf(datasette, scope):
-    return hooks.skip_csrf(scope)
-
-
-@hookimpl
 def register_commands(cli):
     hooks.register_commands(cli)
 

@@ -11,9 +11,9 @@ import re
 from datasette import Forbidden, NotFound, Response
 from datasette.utils import tilde_decode
 
-from datasette_llm_core import permissions
+from datasette_llm_core import bodies, permissions
 from datasette_llm_core.denied import denied_message
-from datasette_llm_core.state import STATE_DB_NAME, state_db
+from datasette_llm_core.state import state_db
 
 from . import runs, service
 from .schema import SchemaError, validate_table_spec
@@ -22,11 +22,12 @@ from .views import (
     PREFIX,
     _columns_from_form,
     _do_action,
-    _form_limit,
     _json_error,
+    _json_limit,
     _read_form,
     _read_json,
     _spec_from_columns,
+    may_extract_somewhere,
     run_url,
 )
 
@@ -36,10 +37,12 @@ async def estimate_view(datasette, request, receive):
     if request.method != "POST":
         return _json_error("POST the run's form or JSON here.", 405)
     actor = request.actor
+    form = None
     try:
-        if request.headers.get("content-type", "").startswith("application/json"):
-            data = await _read_json(request, receive, _form_limit(datasette))
-            req = await _start_request_from_json(datasette, data)
+        await _check_may_extract(datasette, actor)  # before reading a byte of the body
+        if bodies.media_type(request.headers.get("content-type")) == bodies.JSON_TYPE:
+            data = await _read_json(request, receive, _json_limit(datasette))
+            req = await _start_request_from_json(datasette, actor, data)
         else:
             form = await _read_form(datasette, request, receive)
             database = form.get("database")
@@ -55,16 +58,34 @@ async def estimate_view(datasette, request, receive):
         return Response.json({"ok": True, **await service.estimate_for(datasette, actor, req)})
     except UserError as e:
         return _json_error(str(e), e.status)
+    except Forbidden as e:  # the form's token
+        return _json_error(str(e), 403)
+    finally:
+        if form is not None:
+            form.close()
+
+
+async def _check_may_extract(datasette, actor) -> None:
+    """403 for an actor who may not extract anywhere: checked before a body is read."""
+    if not await may_extract_somewhere(datasette, actor):
+        raise UserError(denied_message(actor, "llm-extract"), 403)
 
 
 # --- JSON API ------------------------------------------------------------------------------
 
-async def _start_request_from_json(datasette, data: dict) -> StartRequest:
+async def _start_request_from_json(datasette, actor, data: dict) -> StartRequest:
     database = data.get("database")
     table = data.get("table")
     if not isinstance(database, str) or not isinstance(table, str):
         raise UserError('Give "database" and "table" as strings.')
     new_table = bool(data.get("create"))
+    # Permission before existence: a refused actor gets the same answer for a
+    # table (or database) that exists and one that does not.
+    # A missing database answers like a private one, except to root, who sees every database.
+    if (database not in datasette.databases and not permissions.is_root(actor)) or not await permissions.allowed(
+        datasette, actor, "llm-extract", database, None if new_table else table
+    ):
+        raise UserError(denied_message(actor, "llm-extract", database, None if new_table else table), 403)
     spec = data.get("schema")
     if spec is None and not new_table:
         if database not in datasette.databases:
@@ -131,8 +152,9 @@ async def api_start(datasette, request, receive):
     if request.method != "POST":
         return _json_error("POST a JSON object to start a run.", 405)
     try:
-        data = await _read_json(request, receive, _form_limit(datasette))
-        req = await _start_request_from_json(datasette, data)
+        await _check_may_extract(datasette, request.actor)  # before reading a byte of the body
+        data = await _read_json(request, receive, _json_limit(datasette))
+        req = await _start_request_from_json(datasette, request.actor, data)
         run_id = await service.start_run(datasette, request.actor, req)
     except UserError as e:
         return _json_error(str(e), e.status)
@@ -181,12 +203,14 @@ async def api_run_action(datasette, request, receive):
     try:
         run = await service.run_for(datasette, request.actor, request.url_vars["run_id"],
                                     write=action in ("insert", "resume", "undo"))
-        data = await _read_json(request, receive, _form_limit(datasette))
+        limit = bodies.REVIEW_JSON if action == "insert" else bodies.SMALL_JSON
+        data = await _read_json(request, receive, limit)
         decisions = None
         if action == "insert":
             state = await state_db(datasette)
             decisions = _decisions_from_json(data, await runs.get_rows(state, run["id"]))
-        result = await _do_action(datasette, request, run, action, decisions)
+        result = await _do_action(datasette, request, run, action, decisions,
+                                  share_examples=data.get("share_examples") is True)
     except UserError as e:
         return _json_error(str(e), e.status, row_errors={str(k): v for k, v in (e.row_errors or {}).items()})
     except (Forbidden, NotFound) as e:
@@ -205,7 +229,11 @@ async def examples_export(datasette, request):
     if not await permissions.allowed(datasette, request.actor, "llm-extract", database, table):
         raise Forbidden(denied_message(request.actor, "llm-extract", database, table))
     state = await state_db(datasette)
-    documents = await runs.gold_documents(state, database, table)
+    actor = request.actor
+    # The actor's own reviewed rows and those whose owners shared them; root gets all.
+    documents = await runs.gold_documents(state, database, table,
+                                          actor_id=str(actor.get("id")) if actor else None,
+                                          everyone=permissions.is_root(actor))
     body = "".join(json.dumps(d, ensure_ascii=False, default=str) + "\n" for d in documents)
     filename = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{database}-{table}-examples.jsonl")
     return Response(body, content_type="application/x-ndjson; charset=utf-8",
@@ -219,14 +247,8 @@ async def save_template(datasette, request, receive):
     try:
         if not actor:
             raise UserError("Sign in to save templates.", 403)
-        allowed_somewhere = False
-        for name in list(datasette.databases):
-            if name != STATE_DB_NAME and await permissions.allowed(datasette, actor, "llm-extract", name):
-                allowed_somewhere = True
-                break
-        if not allowed_somewhere:
-            raise UserError(denied_message(actor, "llm-extract"), 403)
-        data = await _read_json(request, receive, 1_000_000)
+        await _check_may_extract(datasette, actor)
+        data = await _read_json(request, receive, bodies.TEMPLATE_JSON)
         name = str(data.get("name") or "").strip()
         if not name:
             raise UserError("Give the template a name.")
@@ -235,8 +257,35 @@ async def save_template(datasette, request, receive):
         except SchemaError as e:
             raise UserError(str(e)) from None
         state = await state_db(datasette)
-        template_id = await runs.save_template(state, name[:100], str(actor.get("id")), bool(data.get("shared")),
-                                               spec.model_dump(), str(data.get("instructions") or ""))
+        try:
+            template_id = await runs.save_template(
+                state, name[:100], str(actor.get("id")), bool(data.get("shared")),
+                spec.model_dump(), str(data.get("instructions") or ""))
+        except runs.TemplateLimitError as e:
+            raise UserError(str(e), e.status) from None
     except UserError as e:
         return _json_error(str(e), e.status)
     return Response.json({"ok": True, "id": template_id}, status=201)
+
+
+async def delete_template(datasette, request, receive):
+    """``POST /-/llm-extract/templates/<id>/delete``: its owner, or root."""
+    if request.method != "POST":
+        return _json_error("POST to delete the template.", 405)
+    actor = request.actor
+    try:
+        if not actor:
+            raise UserError("Sign in to delete templates.", 403)
+        await _read_json(request, receive, bodies.SMALL_JSON)
+        state = await state_db(datasette)
+        template = await runs.get_template(state, int(request.url_vars["template_id"]))
+        visible = template is not None and (
+            template["shared"] or template["owner_id"] == str(actor.get("id")) or permissions.is_root(actor))
+        if not visible:
+            raise UserError("No such template.", 404)
+        if template["owner_id"] != str(actor.get("id")) and not permissions.is_root(actor):
+            raise UserError("Only the template's owner (or root) can delete it.", 403)
+        await runs.delete_template(state, template["id"])
+    except UserError as e:
+        return _json_error(str(e), e.status)
+    return Response.json({"ok": True, "deleted": template["id"]})

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from datasette_llm_core.types import ImagePart, Part, PdfPart, TextPart
@@ -155,26 +160,58 @@ def _check_image(data: bytes, media_type: str, name: str) -> tuple[int, int]:
     return width, height
 
 
-def pdf_text(data: bytes) -> tuple[str, int]:
-    """Text of every page (pages separated by form feeds) and the page count."""
-    from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+#: Seconds to read one PDF's text layer, and the page content it may decompress to.
+PDF_TIMEOUT = 20.0
+PDF_MAX_DECOMPRESSED = 64 * 1024 * 1024
+#: Address space of the child process that reads a PDF.
+PDF_CHILD_MEMORY = 2 * 1024 * 1024 * 1024
+#: PDFs read at the same time (each in its own process).
+_PDF_SLOTS = threading.BoundedSemaphore(2)
 
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
+
+
+def pdf_text(data: bytes, *, name: str = "The PDF", timeout: float = PDF_TIMEOUT,
+             max_decompressed: int = PDF_MAX_DECOMPRESSED) -> tuple[str, int]:
+    """Text of every page (pages separated by form feeds) and the page count.
+
+    pypdf runs in a child process (``pdf_worker.py``) that is killed after
+    ``timeout`` seconds and stops once the pages' content streams decompress
+    to more than ``max_decompressed`` bytes, so a hostile PDF costs at most
+    that much time and memory, and never blocks the caller's event loop
+    (call this from a thread). Raises ``InputError`` saying what to do.
+    """
+    worker = Path(__file__).with_name("pdf_worker.py")
+    cmd = [sys.executable, str(worker), str(max_decompressed), str(PDF_CHILD_MEMORY)]
+    with _PDF_SLOTS:
+        try:
+            done = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise InputError(
+                f"{name}: reading the PDF's text took longer than {timeout:g} seconds, the limit "
+                "(its pages are unusually complex). Print it to a new PDF or paste its text instead."
+            ) from None
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            try:
-                reader.decrypt("")
-            except Exception:
-                raise InputError("The PDF is password-protected: remove the password and upload it again.") from None
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except InputError:
-        raise
-    except (PdfReadError, Exception) as e:  # pypdf raises many kinds on broken files
+        result = json.loads(done.stdout or b"{}")
+    except ValueError:
+        result = {}
+    if result.get("ok"):
+        pages = [str(p) for p in result.get("pages", [])]
+        return canonical_text("\n\f\n".join(p.strip() for p in pages)), len(pages)
+    error = result.get("error")
+    if error == "encrypted":
+        raise InputError(f"{name} is password-protected: remove the password and upload it again.")
+    if error == "too_big" or done.returncode < 0 and not result:
         raise InputError(
-            f"The PDF could not be read ({type(e).__name__}). Re-save or print it to PDF and try again."
-        ) from None
-    return canonical_text("\n\f\n".join(p.strip() for p in pages)), len(pages)
+            f"{name}: the PDF's pages decompress to more than {_size(max_decompressed)}, the limit for one "
+            "document. Split it into smaller PDFs or paste its text instead."
+        )
+    detail = result.get("detail") or "unreadable"
+    raise InputError(
+        f"{name}: the PDF could not be read ({detail}). Re-save or print it to PDF and try again."
+    )
 
 
 def load_upload(
@@ -183,6 +220,8 @@ def load_upload(
     data: bytes,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    pdf_timeout: float = PDF_TIMEOUT,
+    pdf_max_decompressed: int = PDF_MAX_DECOMPRESSED,
 ) -> Document:
     """Check one uploaded file and return it as a ``Document``.
 
@@ -238,7 +277,7 @@ def load_upload(
         width, height = _check_image(data, sniffed, name)
         return Document(name=name, kind="image", data=data, media_type=sniffed, sha256=sha,
                         width=width, height=height)
-    text, pages = pdf_text(data)
+    text, pages = pdf_text(data, name=name, timeout=pdf_timeout, max_decompressed=pdf_max_decompressed)
     doc = Document(name=name, kind="pdf", text=text, data=data, media_type="application/pdf",
                    sha256=sha, pages=pages)
     if not text.strip():

@@ -119,14 +119,11 @@ def table_actions(datasette, actor, database, table):
 
 def menu_links(datasette, actor):
     async def inner():
-        if not actor:
+        from .views import may_extract_somewhere
+
+        if not actor or not await may_extract_somewhere(datasette, actor):
             return []
-        for name, db in list(datasette.databases.items()):
-            if name != STATE_DB_NAME and db.is_mutable and await permissions.allowed(
-                datasette, actor, "llm-extract", name
-            ):
-                return [{"href": datasette.urls.path(PREFIX), "label": "LLM extraction runs"}]
-        return []
+        return [{"href": datasette.urls.path(PREFIX), "label": "LLM extraction runs"}]
 
     return inner
 
@@ -138,23 +135,6 @@ def render_cell(value, column, datasette):
     return Markup('<a href="{}" title="Extraction run that produced this row">run {}</a>').format(
         escape(href), escape(value[:8])
     )
-
-
-def skip_csrf(scope):
-    """JSON requests to the plugin's routes skip the 0.65 form-token check:
-    browsers cannot send ``application/json`` cross-site without a CORS
-    preflight, which Datasette refuses. Forms (urlencoded/multipart) are checked."""
-    if scope.get("type") != "http" or not scope.get("path", "").startswith(f"{PREFIX}/"):
-        return None
-    headers = dict(scope.get("headers") or [])
-    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if content_type == b"application/json":
-        return True
-    if content_type == b"multipart/form-data":
-        # asgi-csrf's multipart parsing breaks with current python-multipart
-        # releases; views.check_form_token() does the same comparison itself.
-        return True
-    return None
 
 
 def register_commands(cli):

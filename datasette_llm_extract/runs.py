@@ -702,12 +702,14 @@ async def record_undo(db, run_id: str, actor_id: str | None) -> None:
 # --- examples -------------------------------------------------------------------
 
 async def examples_for_table(db, database: str, table: str, *, labels: Iterable[str] = ("accepted", "edited"),
-                             limit: int = 1000) -> list[dict]:
+                             limit: int = 1000, actor_id: str | None = None, everyone: bool = True) -> list[dict]:
     labels = list(labels)
+    clause, params = _sharing_clause(actor_id, everyone)
     rows = await db.execute(
-        "select * from llm_extract_examples where database_name = ? and table_name = ?"  # noqa: S608
-        f" and label in ({', '.join('?' for _ in labels)}) order by id desc limit ?",
-        [database, table, *labels, limit],
+        "select e.* from llm_extract_examples e join llm_extract_runs run on run.id = e.run_id"  # noqa: S608
+        " where e.database_name = ? and e.table_name = ?"
+        f" and e.label in ({', '.join('?' for _ in labels)})" + clause + " order by e.id desc limit ?",
+        [database, table, *labels, *params, limit],
     )
     out = []
     for r in rows.rows:
@@ -719,22 +721,34 @@ async def examples_for_table(db, database: str, table: str, *, labels: Iterable[
     return out
 
 
-async def gold_documents(db, database: str, table: str, limit: int = 10_000) -> list[dict]:
+def _sharing_clause(actor_id: str | None, everyone: bool) -> tuple[str, list]:
+    """SQL (on ``e`` examples joined to ``run`` runs) keeping the actor's own
+    reviewed rows and those whose run's owner shared them."""
+    if everyone:
+        return "", []
+    return (" and (e.actor_id = ? or run.actor_id = ? or run.share_examples = 1)", [actor_id, actor_id])
+
+
+async def gold_documents(db, database: str, table: str, limit: int = 10_000, *,
+                         actor_id: str | None = None, everyone: bool = False) -> list[dict]:
     """Reviewed rows grouped by source document, in the evaluate command's gold
     format: ``{"id", "text", "records": [...], "rejected": [...]}``, plus
     ``reviews``: for every reviewed row the model's values, the reviewer's final
     values (null when rejected) and the columns the reviewer changed, so that
     corrections are labelled data. Documents kept only as a hash (images) have no
-    text to evaluate on and are left out."""
+    text to evaluate on and are left out. Only rows ``actor_id`` reviewed or whose
+    owner shared them, unless ``everyone``."""
+    clause, params = _sharing_clause(actor_id, everyone)
     rows = await db.execute(
         "select e.run_id, e.row_idx, e.label, e.before_json, e.after_json, r.document,"
         " d.name as document_name, d.text as document_text"
         " from llm_extract_examples e"
+        " join llm_extract_runs run on run.id = e.run_id"
         " join llm_extract_rows r on r.run_id = e.run_id and r.idx = e.row_idx"
         " join llm_extract_documents d on d.run_id = r.run_id and d.idx = r.document"
-        " where e.database_name = ? and e.table_name = ? and d.text is not null"
+        " where e.database_name = ? and e.table_name = ? and d.text is not null" + clause +
         " order by e.run_id, r.document, e.row_idx limit ?",
-        [database, table, limit],
+        [database, table, *params, limit],
     )
     docs: dict[tuple[str, int], dict] = {}
     for r in rows.rows:
@@ -756,35 +770,108 @@ async def gold_documents(db, database: str, table: str, limit: int = 10_000) -> 
     return list(docs.values())
 
 
-async def count_examples(db, database: str, table: str) -> int:
+async def set_share_examples(db, run_id: str, shared: bool) -> None:
+    """Share (or stop sharing) a run's reviewed rows with others who extract into its table."""
+    def fn(conn):
+        with conn:
+            conn.execute("update llm_extract_runs set share_examples = ? where id = ?", [1 if shared else 0, run_id])
+
+    await _write(db, fn)
+
+
+def _m0004_shared_examples(conn: sqlite3.Connection) -> None:
+    if any(r[1] == "share_examples" for r in conn.execute("pragma table_info(llm_extract_runs)")):
+        return  # (a development database that ran this under an earlier name)
+    conn.execute(
+        "alter table llm_extract_runs add column share_examples integer not null default 0"
+        " /* 1: the owner shares this run's reviewed rows (and their documents) as examples */"
+    )
+
+
+register_migrations("extract", [("0004_shared_examples", _m0004_shared_examples)])
+
+
+async def count_examples(db, database: str, table: str, *, actor_id: str | None = None,
+                         everyone: bool = True) -> int:
+    clause, params = _sharing_clause(actor_id, everyone)
     rows = await db.execute(
-        "select count(*) from llm_extract_examples where database_name = ? and table_name = ?"
-        " and label in ('accepted', 'edited')",
-        [database, table],
+        "select count(*) from llm_extract_examples e join llm_extract_runs run on run.id = e.run_id"
+        " where e.database_name = ? and e.table_name = ? and e.label in ('accepted', 'edited')" + clause,
+        [database, table, *params],
     )
     return rows.first()[0]
 
 
 # --- templates and stored specs ---------------------------------------------------
 
+#: A saved template (columns + instructions as JSON) may hold this many bytes.
+MAX_TEMPLATE_BYTES = 32 * 1024
+#: Saved templates per owner.
+MAX_TEMPLATES_PER_OWNER = 50
+#: Shared templates of other people offered on a start page (newest first).
+MAX_SHARED_TEMPLATES_SHOWN = 50
+
+
+class TemplateLimitError(ValueError):
+    """A template over the size (status 413) or count (409) limits; the message says what to do."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 async def save_template(db, name: str, owner_id: str | None, shared: bool, schema: dict,
                         instructions: str) -> int:
+    """Store a template; ``TemplateLimitError`` when it is too large or its owner has too many."""
+    schema_json = json.dumps(schema)
+    size = len(schema_json.encode("utf-8")) + len(instructions.encode("utf-8", "replace"))
+    if size > MAX_TEMPLATE_BYTES:
+        raise TemplateLimitError(
+            f"The template is {size:,} bytes; the limit is {MAX_TEMPLATE_BYTES:,}: "
+            "shorten its instructions or column descriptions.", 413
+        )
+
     def fn(conn):
         with conn:
+            count = conn.execute(
+                "select count(*) from llm_extract_templates where owner_id is ?", [owner_id]
+            ).fetchone()[0]
+            if count >= MAX_TEMPLATES_PER_OWNER:
+                raise TemplateLimitError(
+                    f"You have {count} saved templates, the limit: delete one you no longer use first.", 409
+                )
             cur = conn.execute(
                 "insert into llm_extract_templates (name, owner_id, shared, schema_json, instructions, created_at)"
                 " values (?, ?, ?, ?, ?, ?)",
-                (name, owner_id, 1 if shared else 0, json.dumps(schema), instructions, time.time()),
+                (name, owner_id, 1 if shared else 0, schema_json, instructions, time.time()),
             )
             return cur.lastrowid
 
     return await _write(db, fn)
 
 
+async def get_template(db, template_id: int) -> dict | None:
+    rows = await db.execute("select id, name, owner_id, shared from llm_extract_templates where id = ?",
+                            [template_id])
+    row = rows.first()
+    return dict(row) if row else None
+
+
+async def delete_template(db, template_id: int) -> bool:
+    def fn(conn):
+        with conn:
+            return conn.execute("delete from llm_extract_templates where id = ?", [template_id]).rowcount == 1
+
+    return await _write(db, fn)
+
+
 async def templates_for(db, actor_id: str | None) -> list[dict]:
+    """The actor's own templates and the newest shared ones of other people."""
     rows = await db.execute(
-        "select * from llm_extract_templates where shared = 1 or owner_id = ? order by name",
-        [actor_id],
+        "select * from (select * from llm_extract_templates where owner_id = ?"
+        " union all select * from (select * from llm_extract_templates where shared = 1"
+        " and owner_id is not ? order by created_at desc limit ?)) order by name",
+        [actor_id, actor_id, MAX_SHARED_TEMPLATES_SHOWN],
     )
     out = []
     for r in rows.rows:

@@ -242,12 +242,22 @@ def _documents(req: StartRequest, settings: ExtractSettings) -> list[Document]:
         raise UserError(f"At most {settings.max_documents} documents per run: remove some files.")
     for filename, content_type, data in uploads:
         try:
-            docs.append(load_upload(filename, content_type, data, max_bytes=settings.max_upload_bytes))
+            docs.append(load_upload(filename, content_type, data, max_bytes=settings.max_upload_bytes,
+                                    pdf_timeout=settings.pdf_timeout,
+                                    pdf_max_decompressed=settings.pdf_max_decompressed_bytes))
         except InputError as e:
             raise UserError(str(e)) from None
     if not docs:
         raise UserError("Nothing to extract from: paste some text or add a file.")
     return docs
+
+
+async def _documents_off_loop(req: StartRequest, settings: ExtractSettings) -> list[Document]:
+    """``_documents`` in a thread: images are sniffed and PDFs read (in a child
+    process, see ``documents.pdf_text``) without blocking other requests."""
+    import asyncio
+
+    return await asyncio.to_thread(_documents, req, settings)
 
 
 async def _existing_keys(datasette, database: str, table: str, spec: TableSpec) -> list:
@@ -260,11 +270,13 @@ async def _existing_keys(datasette, database: str, table: str, spec: TableSpec) 
     return [tuple(r) for r in result.rows]
 
 
-async def _examples(datasette, database: str, table: str, spec: TableSpec, limit: int) -> list[dict]:
+async def _examples(datasette, database: str, table: str, spec: TableSpec, limit: int, actor=None) -> list[dict]:
     if limit <= 0:
         return []
     db = await state_db(datasette)
-    found = await runs.examples_for_table(db, database, table, limit=limit)
+    # only the actor's own reviewed rows and those their owners shared (see README)
+    found = await runs.examples_for_table(db, database, table, limit=limit, actor_id=_actor_id(actor),
+                                          everyone=permissions.is_root(actor))
     names = spec.column_names()
     out = []
     for ex in found:
@@ -307,7 +319,7 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
             "Inserting without review is switched off on this instance "
             "(extract: direct_insert: true enables it for trusted pipelines)."
         )
-    documents = _documents(req, settings)
+    documents = await _documents_off_loop(req, settings)
     try:
         gateway = await llm_gateway(datasette)
     except ConfigError as e:
@@ -320,7 +332,7 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
         raise UserError(str(e)) from None
     existing = [] if req.new_table else await _existing_keys(datasette, req.database, req.table, spec)
     examples = (
-        await _examples(datasette, req.database, req.table, spec, settings.max_examples)
+        await _examples(datasette, req.database, req.table, spec, settings.max_examples, actor)
         if req.use_examples else []
     )
     job = ExtractionJob(

@@ -17,6 +17,9 @@ All keys are optional::
           max_tokens_per_run: 500000  # falls back to budgets.max_tokens_per_run
           run_timeout: 1800           # seconds before a run is stopped
           max_examples: 5             # accepted examples offered to later runs
+          max_json_bytes: 33554432    # a JSON run request (api/runs, estimate), base64 files included
+          pdf_timeout: 20             # seconds to read one PDF's text layer
+          pdf_max_decompressed_bytes: 67108864  # page content one PDF may decompress to
           templates: [{name, instructions, columns, key_columns}]
 """
 
@@ -55,6 +58,9 @@ class ExtractSettings(BaseModel):
     max_tokens_per_run: int | None = None
     run_timeout: float = Field(1800.0, gt=0)
     max_examples: int = Field(5, ge=0, le=50)
+    max_json_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    pdf_timeout: float = Field(20.0, gt=0)
+    pdf_max_decompressed_bytes: int = Field(64 * 1024 * 1024, gt=0)
     templates: list[TemplateConfig] = []
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import time
 
 from datasette import Forbidden, NotFound, Response
 from datasette.utils import tilde_decode, tilde_encode
 
-from datasette_llm_core import permissions
+from datasette_llm_core import bodies, permissions
 from datasette_llm_core.denied import denied_message
 from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.gateway import llm_gateway, no_model_message
@@ -24,7 +23,7 @@ from datasette_llm_core.state import STATE_DB_NAME, state_db
 
 from . import review, runs, service, tasks
 from .documents import canonical_offset, canonical_text
-from .forms import BadForm, BodyTooLarge, parse_form, read_body
+from .forms import FormLimits, read_form
 from .prompts import PROMPT_VERSION
 from .schema import COLUMN_TYPES, QUOTE_FIELD, validate_table_spec
 from .service import StartRequest, UserError
@@ -56,6 +55,7 @@ def routes():
         (rf"^{PREFIX}/api/runs/{RUN_ID}/(?P<action>insert|cancel|undo|resume|discard)$", api.api_run_action),
         (rf"^{PREFIX}/examples/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})\.jsonl$", api.examples_export),
         (rf"^{PREFIX}/templates$", api.save_template),
+        (rf"^{PREFIX}/templates/(?P<template_id>[0-9]{{1,18}})/delete$", api.delete_template),
     ]
 
 
@@ -63,6 +63,51 @@ def routes():
 
 def run_url(datasette, run_id: str, suffix: str = "") -> str:
     return datasette.urls.path(f"{PREFIX}/runs/{run_id}{suffix}")
+
+
+async def extract_targets(datasette, actor, *, first_only: bool = False) -> tuple[list[str], list[tuple[str, str]]]:
+    """Where ``actor`` may extract: writable databases granted as a whole, and
+    tables granted on their own (a table-level ``llm-extract`` grant, in the
+    plugin's ``permissions:`` on both lines or natively on 1.0)."""
+    databases: list[str] = []
+    tables: list[tuple[str, str]] = []
+
+    def usable(name: str) -> bool:
+        db = datasette.databases.get(name)
+        return db is not None and name != STATE_DB_NAME and not name.startswith("_") and db.is_mutable
+
+    for name in list(datasette.databases):
+        if usable(name) and await permissions.allowed(datasette, actor, "llm-extract", name):
+            databases.append(name)
+            if first_only:
+                return databases, tables
+    candidates = [
+        (db, table) for db, table in permissions.granted_resources(
+            permissions.grants_for(datasette), actor, "llm-extract")
+        if db is not None and table is not None
+    ]
+    if permissions.IS_V1 and actor is not None:
+        page = await datasette.allowed_resources("llm-extract", actor, limit=1000)
+        async for resource in page.all():
+            if resource.parent and resource.child:
+                candidates.append((resource.parent, resource.child))
+    seen = set()
+    for db, table in candidates:
+        if (db, table) in seen or db in databases or not usable(db):
+            continue
+        seen.add((db, table))
+        if await datasette.databases[db].table_exists(table) and await permissions.allowed(
+            datasette, actor, "llm-extract", db, table
+        ):
+            tables.append((db, table))
+            if first_only:
+                break
+    return databases, tables
+
+
+async def may_extract_somewhere(datasette, actor) -> bool:
+    databases, tables = await extract_targets(datasette, actor, first_only=True)
+    return bool(databases or tables)
 
 
 def _json_error(message: str, status: int, **extra) -> Response:
@@ -76,48 +121,53 @@ def _raise_for(e: UserError):
         raise Forbidden(str(e))
 
 
-def _form_limit(datasette) -> int:
+def _form_limits(datasette) -> FormLimits:
+    """Caps of the start and review forms: files as configured, fields (pasted text
+    and the review grid's values) far below them."""
     settings = extract_settings(datasette)
-    return settings.max_upload_bytes * settings.max_documents + settings.max_text_chars * 4 + 1_000_000
+    fields = settings.max_text_chars * 4 + bodies.REVIEW_JSON
+    return FormLimits(
+        total=settings.max_upload_bytes * settings.max_documents + fields,
+        fields=fields, file=settings.max_upload_bytes, files=settings.max_documents,
+    )
+
+
+def _json_limit(datasette) -> int:
+    """Cap of a JSON run request (``api/runs``, ``estimate``): text plus base64 files."""
+    return extract_settings(datasette).max_json_bytes
 
 
 async def _read_form(datasette, request, receive):
+    """The form of a request whose permission was already checked (forms carry a token)."""
     try:
-        body = await read_body(receive, _form_limit(datasette))
-        form = parse_form(request.headers.get("content-type", ""), body)
-    except (BodyTooLarge, BadForm) as e:
-        raise UserError(str(e), status=413 if isinstance(e, BodyTooLarge) else 400) from None
-    check_form_token(request, form)
+        form = await read_form(receive, request.scope.get("headers") or [], _form_limits(datasette))
+    except bodies.BodyError as e:
+        raise UserError(str(e), status=e.status) from None
+    try:
+        check_form_token(request, form)
+    except Forbidden:
+        form.close()
+        raise
     return form
 
 
 def check_form_token(request, form) -> None:
-    """0.65: multipart forms skip asgi-csrf (see hooks.skip_csrf), so compare
-    the form's token with the CSRF cookie here, exactly as asgi-csrf would.
-    1.0 checks Sec-Fetch-Site/Origin itself before the view runs."""
+    """0.65: the suite's form routes skip asgi-csrf (``permissions.skip_csrf``:
+    asgi-csrf would read the whole body before any permission check), so the
+    form's token is compared with the CSRF cookie here, exactly as asgi-csrf
+    would. 1.0 checks Sec-Fetch-Site/Origin itself before the view runs."""
     if permissions.IS_V1:
         return
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        return  # urlencoded forms were checked by asgi-csrf
-    if not request.headers.get("cookie"):
-        return  # no ambient credentials to abuse (asgi-csrf skips these too)
-    expected = request.cookies.get("ds_csrftoken") or ""
-    given = form.get("csrftoken") or request.headers.get("x-csrftoken", "")
-    if not expected or not secrets.compare_digest(given.encode(), expected.encode()):
-        raise Forbidden("The form's security token is missing or out of date: reload the page and try again.")
+    if not bodies.form_token_ok(request.scope.get("headers") or [], request.cookies, form.get("csrftoken")):
+        raise Forbidden(bodies.FORM_TOKEN_MESSAGE)
 
 
 async def _read_json(request, receive, limit: int) -> dict:
+    """A JSON object body (only ``application/json``: 415 otherwise; 413 over ``limit``)."""
     try:
-        body = await read_body(receive, limit)
-        data = json.loads(body or b"{}")
-    except BodyTooLarge as e:
-        raise UserError(str(e), status=413) from None
-    except (ValueError, BadForm):
-        raise UserError("The request body is not valid JSON.") from None
-    if not isinstance(data, dict):
-        raise UserError("The request body must be a JSON object.")
-    return data
+        return await bodies.read_json(receive, request.scope.get("headers") or [], limit)
+    except bodies.BodyError as e:
+        raise UserError(str(e), status=e.status) from None
 
 
 def _csrf(request) -> str:
@@ -207,14 +257,8 @@ async def index(datasette, request):
             datasette, actor, "llm-extract", run["database_name"], None if run["new_table"] else run["table_name"]
         ):
             visible.append(run)
-    targets = []
-    for name, db in datasette.databases.items():
-        # Datasette's own databases (_internal, _memory) are no place for a newsroom's rows.
-        if name == STATE_DB_NAME or name.startswith("_") or not db.is_mutable:
-            continue
-        if await permissions.allowed(datasette, actor, "llm-extract", name):
-            targets.append(name)
-    if not visible and not targets:
+    targets, target_tables = await extract_targets(datasette, actor)
+    if not visible and not targets and not target_tables:
         raise Forbidden(denied_message(actor, "llm-extract"))
     counts = await runs.row_counts(state, [r["id"] for r in visible])
     for run in visible:
@@ -222,8 +266,10 @@ async def index(datasette, request):
         run["in_table"] = (counts.get(run["id"]) or {}).get("inserted", 0)  # 0 once undone
     return Response.html(await datasette.render_template(
         "llm_extract_index.html",
-        {"runs": visible, "targets": targets, "run_url": lambda r: run_url(datasette, r),
+        {"runs": visible, "targets": targets, "target_tables": target_tables,
+         "run_url": lambda r: run_url(datasette, r),
          "new_url": lambda db: datasette.urls.path(f"{PREFIX}/new/{tilde_encode(db)}"),
+         "into_url": lambda db, t: datasette.urls.path(f"{PREFIX}/into/{tilde_encode(db)}/{tilde_encode(t)}"),
          "fmt_time": _fmt_time},
         request=request,
     ))
@@ -254,9 +300,12 @@ async def _templates_for(datasette, actor) -> list[dict]:
         for i, t in enumerate(settings.templates)
     ]
     state = await state_db(datasette)
-    for t in await runs.templates_for(state, str(actor.get("id")) if actor else None):
+    actor_id = str(actor.get("id")) if actor else None
+    for t in await runs.templates_for(state, actor_id):
+        mine = actor_id is not None and (t["owner_id"] == actor_id or permissions.is_root(actor))
         out.append({"id": str(t["id"]), "name": t["name"], "instructions": t["instructions"],
-                    "schema": t["schema"], "shared": bool(t["shared"]), "source": "saved"})
+                    "schema": t["schema"], "shared": bool(t["shared"]), "source": "saved",
+                    "delete_url": datasette.urls.path(f"{PREFIX}/templates/{t['id']}/delete") if mine else None})
     return out
 
 
@@ -264,11 +313,16 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
     actor = request.actor
     new_table = table is None
     try:
+        # Permission before existence: a refused visitor gets the same 403 for a
+        # table that exists and one that does not (no existence oracle).
+        # (a missing database answers like a private one, except to root, who sees them all)
+        if (database not in datasette.databases and not permissions.is_root(actor)) or not await permissions.allowed(
+            datasette, actor, "llm-extract", database, table
+        ):
+            raise Forbidden(denied_message(actor, "llm-extract", database, table))
         service._check_database(datasette, database)
         if not new_table and not await datasette.databases[database].table_exists(table):
             raise UserError(f"There is no table called {table!r} in {database!r}.", status=404)
-        if not await permissions.allowed(datasette, actor, "llm-extract", database, table):
-            raise Forbidden(denied_message(actor, "llm-extract", database, table))
         await service.check_extract(datasette, actor, database, table, new_table)
     except UserError as e:
         _raise_for(e)
@@ -313,6 +367,7 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
                 use_examples=form.get("use_examples") == "on",
             )
             uploads = [(u.filename, u.content_type, u.data) for u in form.files.get("files", [])]
+            form.close()  # the temporary files
             req = StartRequest(
                 database=database, table=values["table"], new_table=new_table,
                 spec=_spec_from_columns(columns), text=values["text"], uploads=uploads,
@@ -323,10 +378,14 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
             if form.get("save_template") == "on" and form.get("template_name").strip():
                 # the spec passed validation when the run started
                 spec_obj = validate_table_spec(req.spec)
-                await runs.save_template(state, form.get("template_name").strip()[:100],
-                                         str(actor.get("id")) if actor else None,
-                                         form.get("template_shared") == "on", spec_obj.model_dump(),
-                                         req.instructions)
+                try:
+                    await runs.save_template(state, form.get("template_name").strip()[:100],
+                                             str(actor.get("id")) if actor else None,
+                                             form.get("template_shared") == "on", spec_obj.model_dump(),
+                                             req.instructions)
+                except runs.TemplateLimitError as e:
+                    return Response.redirect(run_url(datasette, run_id) + "?" + message_query(
+                        datasette, run_id, f"The run started, but the template was not saved: {e}"))
             return Response.redirect(run_url(datasette, run_id))
         except UserError as e:
             _raise_for(e)
@@ -342,7 +401,9 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
              "include": True}
             for _ in range(3 - len(columns) if new_table else 0)
         ]
-    examples_available = 0 if new_table else await runs.count_examples(state, database, table)
+    examples_available = 0 if new_table else await runs.count_examples(
+        state, database, table, actor_id=str(actor.get("id")) if actor else None,
+        everyone=permissions.is_root(actor))
     context = {
         "database": database, "table": table, "new_table": new_table, "columns": columns,
         "column_types": [(t, TYPE_LABELS[t]) for t in COLUMN_TYPES], "values": values,
@@ -442,7 +503,7 @@ async def run_page(datasette, request):
         "database_url": datasette.urls.database(run["database_name"]),
         "table_url": datasette.urls.table(run["database_name"], run["table_name"]),
         "provenance": provenance, "can_undo": can_undo, "fmt_time": _fmt_time,
-        "message": request.args.get("message"), "error": None, "row_errors": {},
+        "message": message_from(datasette, request, run["id"]), "error": None, "row_errors": {},
         "examples_url": datasette.urls.path(
             f"{PREFIX}/examples/{tilde_encode(run['database_name'])}/{tilde_encode(run['table_name'])}.jsonl"),
         "index_url": datasette.urls.path(PREFIX), "direct_insert_allowed": settings.direct_insert,
@@ -540,10 +601,13 @@ def _decisions_from_form(form, names: list[str]) -> dict[int, dict]:
     return decisions
 
 
-async def _do_action(datasette, request, run: dict, action: str, decisions=None) -> dict:
+async def _do_action(datasette, request, run: dict, action: str, decisions=None, share_examples=False) -> dict:
     actor = request.actor
     if action == "insert":
-        return await service.insert_reviewed(datasette, actor, run, decisions or {})
+        result = await service.insert_reviewed(datasette, actor, run, decisions or {})
+        if share_examples:
+            await runs.set_share_examples(await state_db(datasette), run["id"], True)
+        return result
     if action == "cancel":
         await service.cancel(datasette, actor, run)
         return {"cancelled": True}
@@ -584,7 +648,8 @@ async def run_action(datasette, request, receive):
             context["confirm_undo"] = True
             return await _render_run(datasette, request, context)
         decisions = _decisions_from_form(form, names) if action == "insert" else None
-        result = await _do_action(datasette, request, run, action, decisions)
+        result = await _do_action(datasette, request, run, action, decisions,
+                                  share_examples=form.get("share_examples") == "on")
     except UserError as e:
         _raise_for(e)
         context = await run_page(datasette, request)
@@ -596,9 +661,32 @@ async def run_action(datasette, request, receive):
     message = _DONE_MESSAGES[action].format(**result) if action in _DONE_MESSAGES else ""
     if action == "undo" and result.get("skipped"):
         message += f" {result['skipped']} row(s) of this run were left alone: deleted or changed since."
+    return Response.redirect(run_url(datasette, run["id"]) + "?" + message_query(datasette, run["id"], message))
+
+
+MESSAGE_NAMESPACE = "llm-extract-message"
+
+
+def message_query(datasette, run_id: str, text: str) -> str:
+    """``message=...`` for a run page URL: the text signed with the instance's
+    secret and bound to the run, so a link made elsewhere cannot put words on the page."""
     from urllib.parse import quote
 
-    return Response.redirect(run_url(datasette, run["id"]) + "?message=" + quote(message))
+    return "message=" + quote(datasette.sign({"r": run_id, "m": text}, MESSAGE_NAMESPACE))
+
+
+def message_from(datasette, request, run_id: str) -> str | None:
+    """The status notice of a run page: only a message this server signed for this run."""
+    value = request.args.get("message")
+    if not value:
+        return None
+    try:
+        data = datasette.unsign(value, MESSAGE_NAMESPACE)
+    except Exception:  # noqa: BLE001 - itsdangerous.BadSignature and malformed values
+        return None
+    if not isinstance(data, dict) or data.get("r") != run_id or not isinstance(data.get("m"), str):
+        return None
+    return data["m"]
 
 
 def _apply_submitted(context: dict, form) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlencode
 from datasette.utils import tilde_decode
 from datasette.utils.asgi import AsgiStream, Response
 
-from datasette_llm_core import permissions
+from datasette_llm_core import bodies, permissions
 from datasette_llm_core.config import PLUGIN_NAME
 from datasette_llm_core.denied import denied_message
 from datasette_llm_core.errors import ConfigError, LLMSuiteError
@@ -112,20 +112,32 @@ async def _check(datasette, request, action, database, *, as_json: bool):
     raise Forbidden(message)
 
 
-async def _read_body(request) -> dict:
-    """JSON body, or a urlencoded form (repeated keys become lists)."""
-    body = await request.post_body()
-    ctype = (request.headers.get("content-type") or "").split(";")[0].strip()
-    if ctype == "application/json":
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError:
-            raise RetrievalError("The request body is not valid JSON.", "bad_request") from None
-        if not isinstance(data, dict):
-            raise RetrievalError("The JSON body must be an object.", "bad_request")
-        return data
+async def _read_json_body(request) -> dict:
+    """A JSON object body: only ``application/json`` (415), at most 256 KB (413),
+    valid UTF-8 JSON without lone surrogates (400). Read after the permission check."""
+    try:
+        return await bodies.read_json(request.receive, request.scope.get("headers") or [], bodies.SMALL_JSON)
+    except bodies.BodyError as e:
+        kind = {413: "too_large", 415: "unsupported_media_type"}.get(e.status, "bad_request")
+        raise RetrievalError(str(e), kind, e.status) from None
+
+
+async def _read_form_body(request) -> dict:
+    """The index page's body: JSON, or an urlencoded form (repeated keys become
+    lists) whose token is checked on 0.65."""
+    if bodies.media_type(request.headers.get("content-type")) == bodies.JSON_TYPE:
+        return await _read_json_body(request)
+    try:
+        body = await bodies.read_limited(request.receive, bodies.SMALL_FORM,
+                                         bodies.declared_length(request.scope.get("headers") or []))
+    except bodies.BodyError as e:
+        raise RetrievalError(str(e), "bad_request", e.status) from None
     form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     data = {k: (v if len(v) > 1 or k in ("table", "tables") else v[0]) for k, v in form.items()}
+    if not permissions.IS_V1 and not bodies.form_token_ok(
+        request.scope.get("headers") or [], request.cookies, form.get("csrftoken", [""])[0]
+    ):
+        raise RetrievalError(bodies.FORM_TOKEN_MESSAGE, "forbidden", 403)
     return data
 
 
@@ -386,9 +398,9 @@ async def ask_api(datasette, request):
     if denied:
         return denied
     try:
-        body = await _read_body(request)
+        body = await _read_json_body(request)
     except RetrievalError as e:
-        return json_error(str(e), 400, e.kind)
+        return json_error(str(e), e.status or 400, e.kind)
     question = body.get("q") or body.get("question") or ""
     if not isinstance(question, str):
         return json_error("q must be a string.", 400, "bad_request")
@@ -454,9 +466,9 @@ async def feedback_api(datasette, request):
     if request.method != "POST":
         return json_error("Use POST.", 405, "method")
     try:
-        body = await _read_body(request)
+        body = await _read_json_body(request)
     except RetrievalError as e:
-        return json_error(str(e), 400, e.kind)
+        return json_error(str(e), e.status or 400, e.kind)
     answer_id = str(body.get("answer_id") or "")
     raw_rating = body.get("rating")
     rating = (
@@ -826,7 +838,15 @@ async def index_page(datasette, request):
     database = _db_name(request)
     await _check(datasette, request, "llm-index", database, as_json=False)
     if request.method == "POST":
-        body = await _read_body(request)
+        try:
+            body = await _read_form_body(request)
+        except RetrievalError as e:
+            from datasette import Forbidden
+
+            if e.status == 403:
+                raise Forbidden(str(e)) from None
+            datasette.add_message(request, str(e), datasette.ERROR)
+            return Response.redirect(rag_url(datasette, "index", database))
         refused = _read_only_refusal(datasette, database)
         if refused:
             if (request.headers.get("accept") or "").startswith("application/json"):

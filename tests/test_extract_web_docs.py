@@ -31,7 +31,7 @@ def test_documented_routes_exist():
     paths = re.findall(r"`(?:GET |POST )?(/-/[^` ?(]+)", SECTION)
     assert len(paths) >= 10
     compiled = [re.compile(pattern) for pattern, _view in routes()]
-    examples = {"<db>": "news", "<table>": "donors", "<run>": "0123456789abcdef"}
+    examples = {"<db>": "news", "<table>": "donors", "<run>": "0123456789abcdef", "<id>": "12"}
     for path in paths:
         for key, value in examples.items():
             path = path.replace(key, value)

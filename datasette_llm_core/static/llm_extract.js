@@ -26,7 +26,36 @@
 
   /* ---------------------------------------------------------------- start page */
 
+  function initTemplateDelete(root) {
+    var select = root.querySelector("#llm-template");
+    var button = root.querySelector('[data-llm-action="delete-template"]');
+    var status = root.querySelector("#llm-template-status");
+    if (!select || !button) { return; }
+    function update() {
+      var option = select.options[select.selectedIndex];
+      button.hidden = !(option && option.getAttribute("data-delete-url"));
+    }
+    select.addEventListener("change", update);
+    update();
+    button.addEventListener("click", function () {
+      var option = select.options[select.selectedIndex];
+      var url = option && option.getAttribute("data-delete-url");
+      if (!url || !window.confirm("Delete the template “" + option.textContent + "”?")) { return; }
+      fetch(url, {method: "POST", credentials: "same-origin", headers: {"content-type": "application/json"},
+                  body: "{}"})
+        .then(function (r) { return r.json(); })
+        .then(function (info) {
+          if (!info.ok) { if (status) { status.textContent = info.error; } return; }
+          option.remove();
+          update();
+          if (status) { status.textContent = "Template deleted."; }
+        })
+        .catch(function () { if (status) { status.textContent = "The template could not be deleted."; } });
+    });
+  }
+
   function initStart(root) {
+    initTemplateDelete(root);
     var form = root.querySelector("#llm-extract-form");
     var tbody = root.querySelector("#llm-columns tbody");
     var addButton = root.querySelector('[data-llm-action="add-column"]');
