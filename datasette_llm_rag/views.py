@@ -147,6 +147,16 @@ def _k_param(value) -> int:
         return DEFAULT_K
 
 
+def _rerank_param(datasette, database: str, value) -> bool:
+    """``?rerank=1/0`` for search.json, else the database's ``rerank: search`` setting."""
+    if value not in (None, ""):
+        return _truthy(value)
+    try:
+        return rag_settings(datasette).rerank_for(database).search
+    except ConfigError:
+        return False
+
+
 def _truthy(value) -> bool:
     return str(value).lower() in ("1", "true", "yes", "on") if value is not None else False
 
@@ -301,6 +311,7 @@ async def search_json(datasette, request):
             request.args.get("q", ""),
             tables=request.args.getlist("table") or None,
             k=_k_param(request.args.get("k")),
+            rerank=_rerank_param(datasette, database, request.args.get("rerank")),
         )
     except RetrievalError as e:
         return json_error(str(e), e.status, e.kind)
@@ -624,8 +635,10 @@ async def _verify(datasette, database: str, config) -> dict:
     from .indexer import verify
 
     db = datasette.databases[database]
+    from .modelchoice import gateway_choice
+
     gw = await llm_gateway(datasette)
-    model_id = gw.get_embedding_model(config.model_for(database)).model_id
+    model_id = gateway_choice(gw, config, database, sidecar_for(datasette, database, config))
 
     def run():
         return asyncio.run(verify(db.path, database, config, model_id=model_id,

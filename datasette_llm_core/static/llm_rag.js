@@ -49,7 +49,7 @@
     var score = el("span", row.relevance || "", "llm-rag-score");
     if (row.relevance_detail) score.title = row.relevance_detail;
     li.appendChild(score);
-    li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
+    li.appendChild(el("p", String(row.snippet || row.text || "").slice(0, 400), "llm-rag-snippet"));
     return li;
   }
   function showRows(rows, heading, numbered) {
@@ -119,7 +119,7 @@
       li.appendChild(rowLink(row));
       li.appendChild(document.createTextNode(" "));
       li.appendChild(el("span", "in " + (row.table_title || row.table), "llm-rag-source"));
-      li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
+      li.appendChild(el("p", String(row.snippet || row.text || "").slice(0, 400), "llm-rag-snippet"));
       citedList.appendChild(li);
     });
   }
