@@ -83,6 +83,10 @@ class RerankConfig(BaseModel):
     min_relevance: float = Field(
         0.2, ge=0.0, le=1.0, description="Calibrated score from which a reranked row is relevant"
     )
+    vector_weight: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="Weight of the question-row cosine added to the reranker's logit",
+    )
 
 
 class DatabaseConfig(BaseModel):

@@ -38,12 +38,32 @@ DEFAULT_MIN_RELEVANCE = 0.2
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
 
 
+#: Weight of the question-row cosine similarity added to the cross-encoder's
+#: logit, around ``VECTOR_CENTER`` (benchmarks/bench_multitable.py).
+DEFAULT_VECTOR_WEIGHT = 0.0
+VECTOR_CENTER = 0.5
+
+
 @dataclass
 class RerankSettings:
     depth: int = DEFAULT_DEPTH
     max_tokens: int = DEFAULT_TOKENS
     passage_chars: int = PASSAGE_CHARS
     min_relevance: float = DEFAULT_MIN_RELEVANCE
+    vector_weight: float = DEFAULT_VECTOR_WEIGHT
+
+
+def combined_logit(logit: float, cosine: float | None, weight: float) -> float:
+    """The cross-encoder's logit plus ``weight`` x (cosine - ``VECTOR_CENTER``).
+
+    The cross-encoder reads question and passage together but knows less
+    than the embedding model about terse rows ("Issue: DACA"); the cosine of
+    the same embedding space for every table adds that knowledge, on one
+    scale for all tables.
+    """
+    if not weight or cosine is None:
+        return float(logit)
+    return float(logit) + weight * (float(cosine) - VECTOR_CENTER)
 
 
 def sentences(text: str) -> list[tuple[int, int]]:
@@ -120,14 +140,17 @@ def rerank(
     settings: RerankSettings = RerankSettings(),
     *,
     text_of: Callable[[Any], str] = lambda h: h.text,
+    cosine_of: Callable[[Any], float | None] = lambda h: getattr(h, "vector_score", None),
 ) -> list[tuple[Any, float | None, str]]:
     """``(hit, calibrated score or None, passage)`` with the top ``depth`` hits
-    reordered by ``score(question, passages)`` (logits), the rest after them
-    in their given order. Ties keep the given order."""
+    reordered by ``score(question, passages)`` (logits, combined with the
+    cosine when ``vector_weight`` is set), the rest after them in their given
+    order. Ties keep the given order."""
     head = list(hits[: max(0, settings.depth)])
     tail = list(hits[max(0, settings.depth):])
     passages = [best_passage(question, text_of(h), settings.passage_chars) for h in hits]
     logits = list(score(question, passages[: len(head)])) if head else []
+    logits = [combined_logit(x, cosine_of(h), settings.vector_weight) for x, h in zip(logits, head)]
     order = sorted(range(len(head)), key=lambda i: -logits[i])
     out = [(head[i], calibrated(logits[i]), passages[i]) for i in order]
     out += [(h, None, passages[len(head) + n]) for n, h in enumerate(tail)]

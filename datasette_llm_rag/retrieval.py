@@ -231,7 +231,8 @@ async def embedding_model_id(datasette, database: str, config: RagConfig, index=
     gw = await llm_gateway(datasette)
     recorded = None
     if index is not None:
-        recorded = index_errors(database, lambda: index.model_id)
+        # a bound method of the index, so that errors name its file, not its folder
+        recorded = index_errors(database, index._current).meta.get("embedding_model")
     return gateway_choice(gw, config, database, None, recorded=recorded or "")
 
 
@@ -377,7 +378,8 @@ async def rerank_rows(question: str, rows: list[RowHit], settings) -> list[RowHi
 
     encoder = CrossEncoder()
     rsettings = RerankSettings(depth=settings.depth, max_tokens=settings.max_tokens,
-                               min_relevance=settings.min_relevance)
+                               min_relevance=settings.min_relevance,
+                               vector_weight=settings.vector_weight)
 
     def run():
         return rerank(question, rows,

@@ -721,6 +721,7 @@ async def _index_context(datasette, request, database: str) -> dict:
     db_title = await _database_title(datasette, database)
     return {"database": database, "database_title": db_title, "tables": tables, "info": info,
             "job": job, "error": None, "configured_model": configured_model,
+            "default_model": await _default_embedding_model(datasette),
             "verify": verified, "overall": overall, "overall_text": overall_text,
             "refreshed_relative": relative_time(refreshed) if refreshed else None,
             "refreshed_absolute": format_time(refreshed) if refreshed else None,
@@ -731,6 +732,14 @@ async def _index_context(datasette, request, database: str) -> dict:
             "page_url": rag_url(datasette, "index", database),
             "ask_url": ask_url(datasette, database),
             "database_url": datasette.urls.database(database)}
+
+
+async def _default_embedding_model(datasette) -> str | None:
+    """The model a rebuilt index would use when none is configured."""
+    try:
+        return (await llm_gateway(datasette)).get_embedding_model(None).model_id
+    except ConfigError:
+        return None
 
 
 async def _database_title(datasette, database: str) -> str:

@@ -203,6 +203,8 @@ class _Server:
         flag = "-c" if P.IS_V1 else "-m"
         cmd = [sys.executable, "-m", "datasette", "serve", str(tmp_path / "docs.db"), flag, config,
                "-h", "127.0.0.1", "-p", str(self.port), "--secret", SECRET]
+        if P.IS_V1:
+            cmd.append("--root")
         self.log = tmp_path / f"server-{self.port}.log"
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, cwd=REPO)
         self.cookie = "ds_actor=" + URLSafeSerializer(SECRET, "actor").dumps({"a": {"id": "root"}})
@@ -298,6 +300,9 @@ def test_index_built_with_minilm_keeps_working_and_rebuild_switches(tmp_path):
     try:
         rows = _search(server, QUESTION, rerank=1)
         assert rows and rows[0]["table"] == "lawsuits"
+        status, page = server.get("/-/llm-rag/index/docs")
+        assert status == 200
+        assert "this index keeps all-MiniLM-L6-v2 until you rebuild it" in html.unescape(page)
     finally:
         server.stop()
     side = tmp_path / "sidecars" / "docs.llm-rag.db"

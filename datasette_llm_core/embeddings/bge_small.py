@@ -45,7 +45,7 @@ class BgeSmall(LocalMiniLM):
     max_tokens = MAX_TOKENS
     query_prefix = QUERY_PREFIX
     batch_size = 32
-    token_budget = 8192
+    token_budget = 2048
 
     def __init__(self, *, threads: int | None = None, batch_size: int = 32,
                  token_budget: int | None = None, sort_by_length: bool = True) -> None:
@@ -73,6 +73,6 @@ class BgeSmall(LocalMiniLM):
             runtime = local_minilm._runtimes.get(key)
             if runtime is None:
                 runtime = _Runtime(str(model), self.threads, tokenizer_file=tokenizer,
-                                   max_tokens=MAX_TOKENS, pooling="cls")
+                                   max_tokens=MAX_TOKENS, pooling="cls", arena=self.memory_arena)
                 local_minilm._runtimes[key] = runtime
         return runtime

@@ -105,7 +105,7 @@ def verify_model_file(path: str | os.PathLike, expected: str = EXPECTED_SHA256) 
     _verified.add(key)
 
 
-def session_options(ort, threads: int):
+def session_options(ort, threads: int, *, arena: bool = False):
     """onnxruntime settings for the suite's local models.
 
     The CPU memory arena is off: with batches of varying shapes it keeps every
@@ -117,8 +117,8 @@ def session_options(ort, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = False
-    options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = arena  # True only for benchmarks' baseline
+    options.enable_mem_pattern = arena
     return options
 
 
@@ -133,11 +133,12 @@ class _Runtime:
         tokenizer_file: str | os.PathLike = TOKENIZER_DIR / "tokenizer.json",
         max_tokens: int = MAX_TOKENS,
         pooling: str = "mean",
+        arena: bool = False,
     ) -> None:
         ort = importlib.import_module("onnxruntime")
         tokenizers = importlib.import_module("tokenizers")
         self.session = ort.InferenceSession(
-            model_path, sess_options=session_options(ort, threads),
+            model_path, sess_options=session_options(ort, threads, arena=arena),
             providers=["CPUExecutionProvider"],
         )
         self.input_names = {i.name for i in self.session.get_inputs()}
@@ -207,7 +208,10 @@ class LocalMiniLM(EmbeddingModel):
     #: Prepended to queries (not documents); MiniLM is symmetric.
     query_prefix = ""
     #: Word pieces in one padded sub-batch at most (bounds the model's memory).
-    token_budget = 8192
+    token_budget = 2048
+    #: onnxruntime's CPU memory arena: off (see session_options); benchmarks'
+    #: baseline turns it on to show what it cost.
+    memory_arena = False
 
     def __init__(
         self,
@@ -243,7 +247,7 @@ class LocalMiniLM(EmbeddingModel):
             runtime = _runtimes.get(key)
             if runtime is None:
                 verify_model_file(key, self.expected_sha256)
-                runtime = _Runtime(key, self.threads)
+                runtime = _Runtime(key, self.threads, arena=self.memory_arena)
                 _runtimes[key] = runtime
         return runtime
 
