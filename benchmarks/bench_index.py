@@ -14,9 +14,8 @@
    batch size, then ``refresh_index`` throughput on the same texts.
 4. ``--memory N``: peak memory (the process's maximum resident set) of
    ``refresh_index`` over N SciFact abstracts with a local model (``--model``),
-   each run in a fresh process: as shipped (no onnxruntime memory arena,
-   sub-batches bounded by padded word pieces) and as before (arena on, fixed
-   batches of 64). Skips parts 1-3.
+   each run in a fresh process: as shipped (sub-batches bounded by padded
+   word pieces) and as before (fixed batches of 64). Skips parts 1-3.
 
     python benchmarks/bench_index.py --memory 1024 --model all-MiniLM-L6-v2
 """
@@ -214,7 +213,6 @@ def memory_child(args) -> None:
 
     model = local_model(args.model)
     if args.child == "before":
-        model.memory_arena = True
         model.token_budget = 10**9  # fixed batches of batch_size, as before
         model.batch_size = 64
     texts, _src = long_texts(args.memory)

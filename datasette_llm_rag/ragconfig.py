@@ -81,10 +81,10 @@ class RerankConfig(BaseModel):
     depth: int = Field(12, ge=1, le=100, description="Candidates reranked (cost grows with it)")
     max_tokens: int = Field(96, ge=32, le=512, description="Word pieces per question + passage pair")
     min_relevance: float = Field(
-        0.2, ge=0.0, le=1.0, description="Calibrated score from which a reranked row is relevant"
+        0.5, ge=0.0, le=1.0, description="Calibrated score from which a reranked row is relevant"
     )
     vector_weight: float = Field(
-        0.0, ge=0.0, le=100.0,
+        10.0, ge=0.0, le=100.0,
         description="Weight of the question-row cosine added to the reranker's logit",
     )
 

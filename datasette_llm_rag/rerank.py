@@ -33,14 +33,14 @@ DEFAULT_TOKENS = 96
 PASSAGE_CHARS = 400
 #: A reranked row is "relevant" from this calibrated score up
 #: (benchmarks/bench_multitable.py).
-DEFAULT_MIN_RELEVANCE = 0.2
+DEFAULT_MIN_RELEVANCE = 0.5
 
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
 
 
 #: Weight of the question-row cosine similarity added to the cross-encoder's
 #: logit, around ``VECTOR_CENTER`` (benchmarks/bench_multitable.py).
-DEFAULT_VECTOR_WEIGHT = 0.0
+DEFAULT_VECTOR_WEIGHT = 10.0
 VECTOR_CENTER = 0.5
 
 

