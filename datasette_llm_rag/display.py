@@ -4,7 +4,9 @@ Retrieval returns table names, primary keys, an optional stored title and
 scores. Pages show instead the table's metadata title (falling back to its
 name), the row's label (the title the index stored from ``title_column``,
 else the table's ``label_column`` as Datasette picks it, else "Row <key>")
-and the similarity in words; the raw numbers stay available as a tooltip.
+and how relevant it is: the reranker's score when the list was reranked
+(the number that orders it), else words only; the raw numbers stay available
+as a tooltip.
 """
 
 from __future__ import annotations
