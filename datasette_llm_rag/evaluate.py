@@ -216,10 +216,15 @@ class CachingEmbedder:
         return sum(1 for t in texts if self._key(t, kind) not in self.cache)
 
     def _model_embed(self, texts: list[str], kind: str) -> np.ndarray:
+        import inspect
+
         try:
+            takes_kind = "kind" in inspect.signature(self.model.embed_sync).parameters
+        except (TypeError, ValueError):
+            takes_kind = False
+        if takes_kind:
             return self.model.embed_sync(texts, kind=kind)
-        except TypeError:  # a model without kinds (symmetric)
-            return self.model.embed_sync(texts)
+        return self.model.embed_sync(texts)  # a model without kinds (symmetric)
 
     def embed_sync(self, texts: list[str], kind: str = "document") -> np.ndarray:
         keys = [self._key(t, kind) for t in texts]
