@@ -79,7 +79,7 @@ class RerankConfig(BaseModel):
     answers: bool = Field(True, description="Rerank the rows of the question box and written answers")
     search: bool = Field(False, description="Rerank search.json results (?rerank=1 asks per request)")
     depth: int = Field(12, ge=1, le=100, description="Candidates reranked (cost grows with it)")
-    max_tokens: int = Field(96, ge=32, le=512, description="Word pieces per question + passage pair")
+    max_tokens: int = Field(64, ge=32, le=512, description="Word pieces per question + passage pair")
     min_relevance: float = Field(
         0.5, ge=0.0, le=1.0, description="Calibrated score from which a reranked row is relevant"
     )

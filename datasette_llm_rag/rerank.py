@@ -28,7 +28,7 @@ from .lexical import query_tokens, tokenize
 #: Candidates reranked by default, and the longest pair (question + passage)
 #: in word pieces: the cost is about depth x tokens (docs/rag-benchmarks.md).
 DEFAULT_DEPTH = 12
-DEFAULT_TOKENS = 96
+DEFAULT_TOKENS = 64
 #: Characters of a row given to the reranker and shown as its snippet.
 PASSAGE_CHARS = 400
 #: A reranked row is "relevant" from this calibrated score up
