@@ -287,6 +287,8 @@ def main() -> None:
                 precision = tp / max(1, pred.sum())
                 recall = tp / max(1, labels.sum())
                 f1 = 2 * precision * recall / max(1e-9, precision + recall)
+                print(f"    w={w} min_relevance {threshold}: precision {precision:.2f} "
+                      f"recall {recall:.2f} F1 {f1:.2f}")
                 if best is None or f1 > best[1]:
                     best = (threshold, f1, precision, recall)
             best_by_w[w] = best
