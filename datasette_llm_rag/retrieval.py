@@ -411,7 +411,8 @@ async def similar_rows(
             404,
         )
     index = open_index(datasette, database, config)
-    index_errors(database, index.check_model, await embedding_model_id(datasette, database, config))
+    model_id = await embedding_model_id(datasette, database, config, index)
+    index_errors(database, index.check_model, model_id)
     hits = index_errors(database, index.similar, table, pk, k, tables=allowed)
     rows = _to_row_hits(datasette, database, hits, set(allowed), threshold=0.0)[:k]
     return rows, allowed

@@ -319,6 +319,10 @@ def test_index_built_with_minilm_keeps_working_and_rebuild_switches(tmp_path):
     try:
         rows = _search(server, QUESTION, rerank=1)
         assert rows and rows[0]["table"] == "lawsuits"
+        from datasette.utils import tilde_encode
+
+        status, body = server.get(f"/-/llm-rag/similar/docs/lawsuits/{tilde_encode(rows[0]['pk'])}.json")
+        assert status == 200, body  # similar rows use the index's model too
         status, page = server.get("/-/llm-rag/index/docs")
         assert status == 200
         assert "this index keeps all-MiniLM-L6-v2 until you rebuild it" in html.unescape(page)
