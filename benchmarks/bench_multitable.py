@@ -36,7 +36,6 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "demo_data"))
 
 from datasette_llm_rag.evaluate import CachingEmbedder, ndcg_at  # noqa: E402
 from datasette_llm_rag.rerank import RerankSettings, best_passage, rerank  # noqa: E402
@@ -108,7 +107,12 @@ def _csv(name: str, file: str) -> list[dict]:
 
 
 def build(path: str) -> dict[str, list[dict]]:
-    from build import split_passages  # demo_data/build.py
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_build", os.path.join(ROOT, "demo_data", "build.py"))
+    demo_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_build)
+    split_passages = demo_build.split_passages
 
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + suffix):

@@ -151,8 +151,10 @@ def _real_rows():
     2013-2017 that mention immigration (the demo's data: the failure's setting)."""
     import csv
 
-    sys.path.insert(0, str(REPO / "demo_data"))
-    from build import split_passages
+    spec = importlib.util.spec_from_file_location("demo_build", REPO / "demo_data" / "build.py")
+    demo_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_build)
+    split_passages = demo_build.split_passages
 
     with open(RAW / "fivethirtyeight" / "trump-lawsuits" / "trump-lawsuits.csv", encoding="utf-8") as f:
         lawsuits = {r["docketNumber"]: r for r in csv.DictReader(f)}
