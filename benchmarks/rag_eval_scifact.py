@@ -1,9 +1,12 @@
 """Retrieval quality of vector, FTS and hybrid search on SciFact (BEIR format).
 
     python benchmarks/rag_eval_scifact.py [--data ../shared/data/scifact-dev] [--limit N] [--sweep] [--split]
+    python benchmarks/rag_eval_scifact.py --model bge-small-en-v1.5 --rerank [--rerank-depth 12 --rerank-tokens 96]
 
-Embeddings come from the shipped local model (all-MiniLM-L6-v2, int8 ONNX) and
-are cached in benchmarks/results/ so a second run takes seconds. ``--sweep``
+Embeddings come from a shipped local model (``--model``: all-MiniLM-L6-v2 or
+bge-small-en-v1.5, int8 ONNX) and are cached (incrementally) in
+benchmarks/results/scifact-<model>.npz so a second run takes seconds.
+``--rerank`` adds hybrid + cross-encoder rerank as the question box runs it. ``--sweep``
 also tries other fusion settings (rrf_k, depth, weights) and prints them all.
 ``--split`` checks the shipped fusion settings without the optimism of tuning
 on the queries they are scored on: the sweep runs on the even-numbered judged
@@ -30,15 +33,36 @@ def main() -> None:
     parser.add_argument("--limit", type=int)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--split", action="store_true", help="tune on half the claims, score on the other half")
-    parser.add_argument("--cache", default=os.path.join(HERE, "results", "scifact-minilm.npz"))
+    parser.add_argument("--model", default="bge-small-en-v1.5", help="local embedding model id")
+    parser.add_argument("--cache", help="embedding cache (default: results/scifact-<model>.npz)")
+    parser.add_argument("--rerank", action="store_true", help="also score hybrid + rerank")
+    parser.add_argument("--rerank-depth", type=int, default=None)
+    parser.add_argument("--rerank-tokens", type=int, default=None)
     args = parser.parse_args()
     corpus = os.path.join(args.data, "corpus.jsonl")
     if not os.path.exists(corpus):
         print(f"SciFact not found under {args.data}: skipping")
         return
-    from datasette_llm_core.embeddings.local_minilm import LocalMiniLM
+    from datasette_llm_core.embeddings import local_model
+    from datasette_llm_rag.rerank import RerankSettings
 
-    embedder = CachingEmbedder(LocalMiniLM(), args.cache)
+    model = local_model(args.model)
+    cache = args.cache or os.path.join(HERE, "results", f"scifact-{model.model_id}.npz")
+    embedder = CachingEmbedder(model, cache)
+    reranker = None
+    rsettings = RerankSettings()
+    if args.rerank:
+        from datasette_llm_core.embeddings.cross_encoder import CrossEncoder
+
+        reranker = CrossEncoder()
+        rsettings = RerankSettings(depth=args.rerank_depth or rsettings.depth,
+                                   max_tokens=args.rerank_tokens or rsettings.max_tokens)
+    print(f"model {model.model_id}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+          flush=True)
+
+    def progress(stage, done, total):
+        if total and (done == total or done % 500 == 0 or stage == "searching" and done % 50 == 0):
+            print(f"  {stage}: {done}/{total} ({time.perf_counter() - started:.0f}s)", flush=True)
     settings = [EvalSettings()]
     if args.sweep or args.split:
         settings += [
@@ -53,11 +77,17 @@ def main() -> None:
         split(files, embedder, settings, args.limit)
         embedder.save()
         return
-    results = evaluate(*files, embedder, limit=args.limit, settings_list=settings)
+    results = evaluate(*files, embedder, limit=args.limit, settings_list=settings, progress=progress,
+                       reranker=reranker, rerank_settings=rsettings)
     embedder.save()
     print(f"{results[0].documents} documents, {results[0].queries} judged queries, "
           f"{embedder.embedded} texts embedded this run ({embedder.seconds:.1f}s), "
           f"total {time.perf_counter() - started:.1f}s")
+    print(results[0].read.summary())
+    if reranker is not None:
+        print(f"rerank: depth {rsettings.depth}, {rsettings.max_tokens} word pieces per pair, "
+              f"passages of {rsettings.passage_chars} characters")
+    print(f"load average after the run: {os.getloadavg()[0]:.1f}")
     print(f"default settings (rrf_k={settings[0].rrf_k}, depth={settings[0].depth}, weights={settings[0].weights}):")
     print(format_table(results[0]))
     if args.sweep:

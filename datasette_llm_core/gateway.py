@@ -36,7 +36,7 @@ from .types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta,
 
 __all__ = ["Gateway", "Budget", "estimate", "llm_gateway", "no_model_message"]
 
-DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_EMBEDDING_MODEL = "bge-small-en-v1.5"  # see datasette_llm_core/embeddings
 
 Sleep = Callable[[float], Awaitable[None]]
 

@@ -57,9 +57,14 @@ async def _run_index(db_path, db_name, tables, rebuild, verify_only, metadata, c
 
     ds = _make_datasette(db_path, metadata, config, immutable)
     await ds.invoke_startup()
+    from .indexer import sidecar_path
+    from .modelchoice import gateway_choice
+
     rag = rag_config_for(ds)
     gw = await llm_gateway(ds)
-    model = gw.get_embedding_model(rag.model_for(db_name))
+    # An index built with the previous default model keeps it until --rebuild.
+    side = sidecar or sidecar_path(db_path, db_name, rag)
+    model = gw.get_embedding_model(gateway_choice(gw, rag, db_name, side, rebuild=rebuild))
     if verify_only:
         return await verify(db_path, db_name, rag, model, sidecar=sidecar, immutable=immutable)
     embed = functools.partial(gw.embed, purpose="embed", model_id=model.model_id, ref=f"index:{db_name}")
@@ -142,29 +147,66 @@ def register(cli: click.Group) -> None:
     @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
     @click.argument("qrels", type=click.Path(exists=True, dir_okay=False))
     @click.option("--limit", type=int, help="Only the first N judged queries")
-    @click.option("--cache", type=click.Path(dir_okay=False), help="Embedding cache file (.npz)")
+    @click.option("--cache", type=click.Path(dir_okay=False),
+                  help="Embedding cache file (.npz), written as it goes")
+    @click.option("--model", "model_id", help="Local embedding model (default: the default for new indexes)")
+    @click.option("--rerank/--no-rerank", default=True, show_default=True,
+                  help="Also score hybrid + cross-encoder rerank")
+    @click.option("--rerank-depth", type=int, default=12, show_default=True)
     @click.option("--rrf-k", type=int, default=10, show_default=True)
     @click.option("--fts-weight", type=float, default=1.5, show_default=True,
                   help="Weight of the full-text ranking in the fusion (vector: 1)")
     @click.option("--depth", type=int, default=100, show_default=True, help="Results per method fused")
-    def evaluate_cmd(corpus, queries, qrels, limit, cache, rrf_k, fts_weight, depth):
-        "Retrieval quality (nDCG@10, recall@10/100, MRR@10) on a BEIR-format data set"
-        from datasette_llm_core.embeddings.local_minilm import LocalMiniLM
+    def evaluate_cmd(corpus, queries, qrels, limit, cache, model_id, rerank, rerank_depth, rrf_k,
+                     fts_weight, depth):
+        """Retrieval quality (nDCG@10, recall@10/100, MRR@10) on a BEIR-format data set
 
-        from .evaluate import CachingEmbedder, EvalSettings, evaluate, format_table
+        QRELS may be separated by tabs or spaces, with or without a header line:
+        3 columns (query-id corpus-id score) or TREC's 4 (query-id 0 corpus-id score).
+        """
+        from datasette_llm_core.embeddings import local_model
+
+        from .evaluate import CachingEmbedder, EvalSettings, evaluate, format_table, read_dataset
+        from .rerank import RerankSettings
+
+        err = click.get_text_stream("stderr")
+        state: dict = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if state.get("stage") != stage:
+                state.update(stage=stage, shown=-1)
+            step = max(1, total // 20)
+            if total and (done == total or done - state["shown"] >= step):
+                state["shown"] = done
+                click.echo(f"  {stage}: {done:,}/{total:,}", file=err)
 
         try:
-            embedder = CachingEmbedder(LocalMiniLM(), cache)
+            _c, _q, _r, read = read_dataset(corpus, queries, qrels)
+            click.echo(f"Read {read.summary()}")
+            model = local_model(model_id)
+            embedder = CachingEmbedder(model, cache)
+            if cache:
+                click.echo(f"{model.model_id}: {embedder.cached_at_start:,} vectors in the cache {cache}")
+            reranker = None
+            if rerank:
+                from datasette_llm_core.embeddings.cross_encoder import CrossEncoder
+
+                reranker = CrossEncoder()
+                reranker.ensure_ready()
             [result] = evaluate(
-                corpus, queries, qrels, embedder, limit=limit,
+                corpus, queries, qrels, embedder, limit=limit, progress=progress,
                 settings_list=[EvalSettings(rrf_k=rrf_k, depth=depth, weights=(1.0, fts_weight))],
+                reranker=reranker, rerank_settings=RerankSettings(depth=rerank_depth),
             )
-            embedder.save()
         except LLMSuiteError as e:
             raise click.ClickException(str(e)) from None
+        finally:
+            if "embedder" in locals():
+                embedder.save()
         click.echo(
-            f"{result.documents} documents, {result.queries} queries; "
-            f"rrf_k={rrf_k} fts weight={fts_weight} depth={depth}; indexed in {result.index_seconds:.1f}s "
-            f"({embedder.embedded} texts embedded)"
+            f"{result.documents:,} documents, {result.queries:,} queries scored; model {model.model_id}; "
+            f"rrf_k={rrf_k} fts weight={fts_weight} depth={depth}"
+            f"{f'; rerank depth {rerank_depth}' if rerank else ''}; indexed in {result.index_seconds:.1f}s "
+            f"({embedder.embedded:,} texts embedded)"
         )
         click.echo(format_table(result))

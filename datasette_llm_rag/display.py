@@ -4,7 +4,9 @@ Retrieval returns table names, primary keys, an optional stored title and
 scores. Pages show instead the table's metadata title (falling back to its
 name), the row's label (the title the index stored from ``title_column``,
 else the table's ``label_column`` as Datasette picks it, else "Row <key>")
-and the similarity in words; the raw numbers stay available as a tooltip.
+and how relevant it is: the reranker's score when the list was reranked
+(the number that orders it), else words only; the raw numbers stay available
+as a tooltip.
 """
 
 from __future__ import annotations
@@ -17,21 +19,32 @@ from datasette_llm_core.sql import quote_identifier
 
 # ------------------------------------------------------------------ relevance (pure)
 def relevance(vector_score: float | None, fts_rank: int | None,
-              score: float | None = None) -> tuple[str, str]:
-    """(plain words shown on the page, the numbers for a tooltip)."""
+              score: float | None = None, reranked: float | None = None) -> tuple[str, str]:
+    """(plain words shown on the page, the numbers for a tooltip).
+
+    A reranked hit shows its calibrated reranker score ("relevance 87%"),
+    the score that orders the list, so the numbers read down in order. Other
+    hits show words only: their cosine similarity does not order the list
+    (the fusion does), so it stays in the tooltip.
+    """
     parts = []
-    if vector_score is not None:
-        parts.append(f"similarity {round(max(0.0, float(vector_score)) * 100)}%")
+    if reranked is not None:
+        parts.append(f"relevance {round(max(0.0, min(1.0, float(reranked))) * 100)}%")
+    elif vector_score is not None:
+        parts.append("close in meaning")
     if fts_rank is not None:
         parts.append("contains your words")
     shown = " · ".join(parts) or "matched"
     numbers = []
+    if reranked is not None:
+        numbers.append(f"reranker score {float(reranked):.3f} (orders the list)")
     if vector_score is not None:
         numbers.append(f"cosine similarity {float(vector_score):.3f}")
     if fts_rank is not None:
         numbers.append(f"keyword rank {int(fts_rank)}")
     if score is not None:
-        numbers.append(f"fused rank score {float(score):.4f} (orders the list)")
+        numbers.append(f"fused rank score {float(score):.4f}"
+                       + ("" if reranked is not None else " (orders the list)"))
     return shown, "; ".join(numbers)
 
 
@@ -151,7 +164,8 @@ class Labeller:
     async def describe(self, row: dict) -> dict:
         """A hit as JSON (``RowHit.as_json()``) plus ``label``, ``table_title``,
         ``relevance`` (words) and ``relevance_detail`` (the numbers)."""
-        words, numbers = relevance(row.get("vector_score"), row.get("fts_rank"), row.get("score"))
+        words, numbers = relevance(row.get("vector_score"), row.get("fts_rank"), row.get("score"),
+                                   row.get("rerank_score"))
         return {
             **row,
             "label": await self.label(row["table"], row.get("pk_values") or [row.get("pk")],

@@ -270,9 +270,14 @@ def _stats_json(stats: Any) -> dict:
 async def _index(datasette, database, actor, config, tables, rebuild, progress):
     """Run the same refresh as the CLI, embedding through the gateway (logged)."""
     from .indexer import refresh_index
+    from .modelchoice import gateway_choice
+    from .retrieval import sidecar_for
 
     gw = await llm_gateway(datasette)
-    embedder = gw.get_embedding_model(config.model_for(database))
+    # An index built with the previous default model keeps it until rebuilt.
+    embedder = gw.get_embedding_model(
+        gateway_choice(gw, config, database, sidecar_for(datasette, database, config),
+                       rebuild=rebuild))
     source_db = datasette.databases[database]
 
     async def embed(texts, kind="document"):

@@ -8,6 +8,10 @@ Example (metadata.yml on Datasette 0.65, datasette.yaml on 1.0)::
           embedding_model: all-MiniLM-L6-v2   # optional, else the gateway default
           sidecar_dir: null                   # optional folder for every sidecar
           full_text: memory                   # or sqlite: rank with FTS5's bm25() in SQLite
+          rerank:                             # cross-encoder reranking (per database too)
+            answers: true                     # question box and written answers
+            search: false                     # search.json (?rerank=1 per request)
+            depth: 12                         # candidates reranked
           databases:
             congress:
               sidecar: congress.llm-rag.db    # optional explicit sidecar path
@@ -67,11 +71,30 @@ class TableConfig(BaseModel):
         return list(self.columns) if self.columns is not None else None
 
 
+class RerankConfig(BaseModel):
+    """Cross-encoder reranking of the fused candidates (rerank.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answers: bool = Field(True, description="Rerank the rows of the question box and written answers")
+    search: bool = Field(False, description="Rerank search.json results (?rerank=1 asks per request)")
+    depth: int = Field(12, ge=1, le=100, description="Candidates reranked (cost grows with it)")
+    max_tokens: int = Field(64, ge=32, le=512, description="Word pieces per question + passage pair")
+    min_relevance: float = Field(
+        0.5, ge=0.0, le=1.0, description="Calibrated score from which a reranked row is relevant"
+    )
+    vector_weight: float = Field(
+        10.0, ge=0.0, le=100.0,
+        description="Weight of the question-row cosine added to the reranker's logit",
+    )
+
+
 class DatabaseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sidecar: str | None = Field(None, description="Path of this database's sidecar index")
     embedding_model: str | None = None
+    rerank: RerankConfig | None = Field(None, description="Overrides the rag section's rerank")
     tables: dict[str, TableConfig] = {}
 
     @field_validator("tables", mode="before")
@@ -100,6 +123,7 @@ class RagConfig(BaseModel):
         "memory, fast) or 'sqlite' (FTS5's bm25() in SQLite: no postings in memory, slower on "
         "large tables)",
     )
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
     databases: dict[str, DatabaseConfig] = {}
 
     @field_validator("databases", mode="before")
@@ -133,6 +157,11 @@ class RagConfig(BaseModel):
         if db is not None and db.embedding_model:
             return db.embedding_model
         return self.embedding_model
+
+    def rerank_for(self, db_name: str) -> RerankConfig:
+        """Rerank settings of a database (its own section, else the rag section's)."""
+        db = self.databases.get(db_name)
+        return db.rerank if db is not None and db.rerank is not None else self.rerank
 
     def database(self, db_name: str) -> DatabaseConfig:
         """The config of ``db_name`` or a ``ConfigError`` naming the configured ones."""

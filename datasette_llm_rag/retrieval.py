@@ -63,6 +63,11 @@ class RowHit:
     #: The row changed since the index was refreshed: ``text`` and ``title``
     #: are its current values, the ranking is from the indexed text.
     stale: bool = False
+    #: the reranker's calibrated score (0-1) when the hit was reranked; it
+    #: orders the list and is the number the reader sees
+    rerank_score: float | None = None
+    #: the passage of ``text`` that matched the question (shown as the snippet)
+    snippet: str | None = None
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -221,10 +226,18 @@ async def embed_query(datasette, actor, text: str, model_id: str):
     return vectors[0]
 
 
-async def embedding_model_id(datasette, database: str, config: RagConfig) -> str:
-    """The configured embedding model's id (the gateway's default when not set)."""
+async def embedding_model_id(datasette, database: str, config: RagConfig, index=None) -> str:
+    """The configured embedding model's id; when none is configured, the model
+    the index was built with if still registered, else the gateway's default
+    (see modelchoice.py: an index built with the previous default keeps working)."""
+    from .modelchoice import gateway_choice
+
     gw = await llm_gateway(datasette)
-    return gw.get_embedding_model(config.model_for(database)).model_id
+    recorded = None
+    if index is not None:
+        # a bound method of the index, so that errors name its file, not its folder
+        recorded = index_errors(database, index._current).meta.get("embedding_model")
+    return gateway_choice(gw, config, database, None, recorded=recorded or "")
 
 
 # ------------------------------------------------------------------ rows
@@ -311,8 +324,13 @@ async def retrieve(
     tables: list[str] | None = None,
     k: int = DEFAULT_K,
     config: RagConfig | None = None,
+    rerank: bool | None = None,
 ) -> Retrieval:
-    """Hybrid search over the tables ``actor`` may view (optionally narrowed)."""
+    """Hybrid search over the tables ``actor`` may view (optionally narrowed).
+
+    ``rerank`` (default: the database's ``rerank: answers`` setting) reorders
+    the top candidates with the cross-encoder; see ``rerank_rows``.
+    """
     config = config or rag_settings(datasette)
     question = clean_question(question, config)
     k = max(1, min(int(k), MAX_K))
@@ -320,22 +338,67 @@ async def retrieve(
     result = Retrieval(database=database, question=question, tables=allowed)
     if not allowed:
         return result
+    settings = config.rerank_for(database)
+    use_rerank = settings.answers if rerank is None else bool(rerank)
     index = open_index(datasette, database, config)
-    model_id = await embedding_model_id(datasette, database, config)
+    model_id = await embedding_model_id(datasette, database, config, index)
     index_errors(database, index.check_model, model_id)
     qvec = await embed_query(datasette, actor, question, model_id)
+    wanted = max(k * 2, settings.depth) if use_rerank else k * 2
     hits = index_errors(
-        database, index.search_hybrid, question, qvec, k * 2, tables=allowed, rrf_k=config.rrf_k
+        database, index.search_hybrid, question, qvec, wanted, tables=allowed, rrf_k=config.rrf_k
     )
     rows = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))
-    rows = (await check_live(datasette, database, config, rows))[:k]
-    # Rows relevant enough come first, weaker matches after them, each group
-    # in fused order; numbers follow the order shown.
-    rows.sort(key=lambda r: not r.relevant)
+    rows = await check_live(datasette, database, config, rows)
+    if use_rerank:
+        rows = (await rerank_rows(question, rows, settings))[:k]
+    else:
+        rows = rows[:k]
+        for row in rows:
+            row.snippet = _passage(question, row.text)
+        # Rows relevant enough come first, weaker matches after them, each
+        # group in fused order; numbers follow the order shown.
+        rows.sort(key=lambda r: not r.relevant)
     for n, row in enumerate(rows, 1):
         row.n = n
     result.hits = rows
     return result
+
+
+def _passage(question: str, text: str) -> str:
+    from .rerank import best_passage
+
+    return best_passage(question, text)
+
+
+async def rerank_rows(question: str, rows: list[RowHit], settings) -> list[RowHit]:
+    """``rows`` with the first ``settings.depth`` reordered by the cross-encoder:
+    its calibrated score becomes ``rerank_score`` and decides ``relevant``
+    (``min_relevance``); rows past the depth follow, unscored and weaker."""
+    import asyncio
+
+    from datasette_llm_core.embeddings.cross_encoder import CrossEncoder
+
+    from .rerank import RerankSettings, rerank
+
+    encoder = CrossEncoder()
+    rsettings = RerankSettings(depth=settings.depth, max_tokens=settings.max_tokens,
+                               min_relevance=settings.min_relevance,
+                               vector_weight=settings.vector_weight)
+
+    def run():
+        return rerank(question, rows,
+                      lambda q, p: encoder.score(q, p, max_tokens=rsettings.max_tokens),
+                      rsettings)
+
+    ranked = await asyncio.to_thread(run)
+    out = []
+    for row, score, passage in ranked:
+        row.rerank_score = score
+        row.snippet = passage
+        row.relevant = score is not None and score >= rsettings.min_relevance
+        out.append(row)
+    return out
 
 
 async def similar_rows(
@@ -353,7 +416,8 @@ async def similar_rows(
             404,
         )
     index = open_index(datasette, database, config)
-    index_errors(database, index.check_model, await embedding_model_id(datasette, database, config))
+    model_id = await embedding_model_id(datasette, database, config, index)
+    index_errors(database, index.check_model, model_id)
     if not await _row_is_live(datasette, database, config, table, pk):
         raise RetrievalError(f"There is no such row in {table!r} (any more).", "not_found", 404)
     hits = index_errors(database, index.similar, table, pk, k * 2, tables=allowed)

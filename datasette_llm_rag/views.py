@@ -168,6 +168,14 @@ def _client_address(datasette, request) -> str:
     except ConfigError:
         hops = 0
     return limits.client_address(request.scope, request.headers, hops)
+def _rerank_param(datasette, database: str, value) -> bool:
+    """``?rerank=1/0`` for search.json, else the database's ``rerank: search`` setting."""
+    if value not in (None, ""):
+        return _truthy(value)
+    try:
+        return rag_settings(datasette).rerank_for(database).search
+    except ConfigError:
+        return False
 
 
 def _truthy(value) -> bool:
@@ -332,6 +340,7 @@ async def search_json(datasette, request):
             request.args.get("q", ""),
             tables=request.args.getlist("table") or None,
             k=_k_param(request.args.get("k")),
+            rerank=_rerank_param(datasette, database, request.args.get("rerank")),
         )
     except RetrievalError as e:
         return json_error(str(e), e.status, e.kind)
@@ -673,8 +682,10 @@ async def _verify(datasette, database: str, config, tables: list[str] | None = N
     from .indexer import verify
 
     db = datasette.databases[database]
+    from .modelchoice import gateway_choice
+
     gw = await llm_gateway(datasette)
-    model_id = gw.get_embedding_model(config.model_for(database)).model_id
+    model_id = gateway_choice(gw, config, database, sidecar_for(datasette, database, config))
 
     def run():
         return asyncio.run(verify(db.path, database, config, model_id=model_id,
@@ -783,6 +794,7 @@ async def _index_context(datasette, request, database: str) -> dict:
     db_title = await _database_title(datasette, database)
     return {"database": database, "database_title": db_title, "tables": tables, "info": info,
             "job": job, "error": None, "configured_model": configured_model,
+            "default_model": await _default_embedding_model(datasette),
             "verify": verified, "overall": overall, "overall_text": overall_text,
             "read_only_note": READ_ONLY_NOTE if info.get("read_only") else None,
             "refreshed_relative": relative_time(refreshed) if refreshed else None,
@@ -794,6 +806,14 @@ async def _index_context(datasette, request, database: str) -> dict:
             "page_url": rag_url(datasette, "index", database),
             "ask_url": ask_url(datasette, database),
             "database_url": datasette.urls.database(database)}
+
+
+async def _default_embedding_model(datasette) -> str | None:
+    """The model a rebuilt index would use when none is configured."""
+    try:
+        return (await llm_gateway(datasette)).get_embedding_model(None).model_id
+    except ConfigError:
+        return None
 
 
 async def _database_title(datasette, database: str) -> str:

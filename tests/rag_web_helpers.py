@@ -46,9 +46,12 @@ def make_source(path) -> str:
 
 
 def rag_section(tmp_path, **extra) -> dict:
+    # These tests use hash embeddings and check permissions, citations and
+    # jobs; the cross-encoder rerank has its own tests (test_rag_rerank.py).
     return {
         "sidecar_dir": str(tmp_path / "sidecars"),
         "min_score": 0.3,
+        "rerank": {"answers": False},
         "databases": {
             "news": {
                 "tables": {

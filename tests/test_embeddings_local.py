@@ -174,7 +174,8 @@ async def test_registered_through_the_hook_as_default_embedder(tmp_path):
             "select model_id, input_tokens, outcome from llm_calls"
         )
     ).rows
-    assert [(r[0], r[2]) for r in rows] == [("all-MiniLM-L6-v2", "ok")]
+    # bge-small-en-v1.5 is the default for new indexes since issue #13
+    assert [(r[0], r[2]) for r in rows] == [("bge-small-en-v1.5", "ok")]
     assert rows[0][1] == 5 + 4  # word pieces actually used, not an estimate
 
 

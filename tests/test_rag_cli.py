@@ -97,12 +97,13 @@ def test_sidecar_option_and_rebuild(tmp_path, cli, fake_models):
 
 
 def test_evaluate_command_runs(tmp_path, cli, monkeypatch):
-    from datasette_llm_core.embeddings import local_minilm
+    import datasette_llm_core.embeddings as embeddings
 
     from .fakes import HashEmbeddingModel
 
-    monkeypatch.setattr(local_minilm, "LocalMiniLM", lambda: HashEmbeddingModel())
+    monkeypatch.setattr(embeddings, "local_model", lambda model_id=None: HashEmbeddingModel())
     corpus, queries, qrels = _write_beir(tmp_path)
-    result = CliRunner().invoke(cli, ["llm-rag", "evaluate", corpus, queries, qrels, "--limit", "3"])
+    result = CliRunner().invoke(cli, ["llm-rag", "evaluate", corpus, queries, qrels, "--limit", "3",
+                                      "--no-rerank"])
     assert result.exit_code == 0, result.output
     assert "10 documents, 3 queries" in result.output and "| hybrid (RRF) |" in result.output

@@ -67,11 +67,13 @@ async def ds(tmp_path, fake_models):
 
 
 def test_relevance_words_and_numbers():
+    # not reranked: the cosine does not order the list, so it is not shown as a number
     words, numbers = relevance(0.7234, 3, 0.0328)
-    assert words == "similarity 72% · contains your words"
+    assert words == "close in meaning · contains your words"
     assert "0.723" in numbers and "keyword rank 3" in numbers and "0.0328" in numbers
     assert relevance(None, 1)[0] == "contains your words"
-    assert relevance(-0.2, None)[0] == "similarity 0%"
+    # reranked: the calibrated score orders the list and is shown
+    assert relevance(-0.2, None, 0.01, 0.004)[0] == "relevance 0%"
     strong, weak = split_strong_weak([{"n": 1, "relevant": False}, {"n": 2, "relevant": True},
                                       {"n": 3, "relevant": False}])
     assert [r["n"] for r in strong] == [2] and [r["n"] for r in weak] == [1, 3]
@@ -92,8 +94,9 @@ async def test_search_page_shows_titles_labels_and_plain_similarity(ds):
     # internal scores are not shown as text, only in the tooltip
     visible = re.sub(r'title="[^"]*"', "", results)
     assert not re.search(r"score \d", visible) and "0.0" not in visible
-    assert "similarity " in visible and "%" in visible
-    assert re.search(r'title="cosine similarity [0-9.]+[^"]*fused rank score', results)
+    # the question box reranks: the reranker's calibrated score is what is shown
+    assert "relevance " in visible and "%" in visible
+    assert re.search(r'title="reranker score [0-9.]+ \(orders the list\); cosine similarity', results)
     # no "articles: ..." raw table names as labels
     assert "articles:" not in visible
     # the table filter uses titles too
@@ -107,7 +110,8 @@ async def test_search_json_rows_are_described(ds):
     assert rows["places"]["table_title"] == "Places in town"
     assert rows["memos"]["table_title"] == "memos"  # no metadata title: the name
     assert rows["memos"]["label"].startswith("Secret")  # the index's stored title
-    assert rows["places"]["relevance"].startswith("similarity")
+    # search.json does not rerank by default: words, the numbers in the detail
+    assert rows["places"]["relevance"] in ("close in meaning", "close in meaning · contains your words")
     assert "fused rank score" in rows["places"]["relevance_detail"]
 
 

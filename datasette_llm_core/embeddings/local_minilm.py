@@ -12,7 +12,10 @@ for this model: mean over the real (unpadded) tokens, then L2 normalisation.
 Texts are cut at 256 word pieces, the model's trained maximum.
 
 Within one call texts are sorted by token count so each sub-batch is padded
-only to its own longest text; results come back in the caller's order.
+only to its own longest text, and a sub-batch holds at most ``token_budget``
+padded word pieces, so memory stays flat whatever the texts; results come
+back in the caller's order. ``bge_small.py`` reuses this class for
+bge-small-en-v1.5.
 """
 
 from __future__ import annotations
@@ -102,24 +105,49 @@ def verify_model_file(path: str | os.PathLike, expected: str = EXPECTED_SHA256) 
     _verified.add(key)
 
 
+def session_options(ort, threads: int, *, arena: bool = True):
+    """onnxruntime settings for the suite's local models.
+
+    The CPU memory arena and memory pattern stay on: they reuse buffers
+    between the graph's steps (turning them off raised the peak, measured
+    with benchmarks/bench_index.py --memory). What bounds memory is the size
+    of each sub-batch (``token_budget``): the arena grows to the largest
+    batch it has served, so no batch may be large.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = arena
+    return options
+
+
 class _Runtime:
     """One ONNX session and tokenizer, shared by every model object of a path."""
 
-    def __init__(self, model_path: str, threads: int) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        threads: int,
+        *,
+        tokenizer_file: str | os.PathLike = TOKENIZER_DIR / "tokenizer.json",
+        max_tokens: int = MAX_TOKENS,
+        pooling: str = "mean",
+        arena: bool = True,
+    ) -> None:
         ort = importlib.import_module("onnxruntime")
         tokenizers = importlib.import_module("tokenizers")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(
-            model_path, sess_options=options, providers=["CPUExecutionProvider"]
+            model_path, sess_options=session_options(ort, threads, arena=arena),
+            providers=["CPUExecutionProvider"],
         )
         self.input_names = {i.name for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
         self.output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
-        tok = tokenizers.Tokenizer.from_file(str(TOKENIZER_DIR / "tokenizer.json"))
-        tok.enable_truncation(max_length=MAX_TOKENS)
+        self.pooling = pooling
+        tok = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        tok.enable_truncation(max_length=max_tokens)
         tok.no_padding()  # padding is done per sub-batch below
         self.tokenizer = tok
 
@@ -137,12 +165,35 @@ class _Runtime:
         hidden = self.session.run([self.output], feed)[0]
         if hidden.ndim == 2:  # a graph that already pools
             vectors = hidden.astype(np.float32)
+        elif self.pooling == "cls":
+            vectors = hidden[:, 0, :].astype(np.float32)
         else:
             weights = mask[:, :, None].astype(np.float32)
             summed = (hidden * weights).sum(axis=1)
             vectors = summed / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def token_batches(lengths: list[int], batch_size: int, token_budget: int) -> list[list[int]]:
+    """Indexes of texts grouped into sub-batches, shortest texts first.
+
+    A sub-batch holds at most ``batch_size`` texts and, padded to its longest
+    text, at most ``token_budget`` word pieces (at least one text), so the
+    memory one model call needs is bounded whatever the texts look like.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = lengths[i]  # sorted: the newest text is the longest
+        if current and (len(current) >= batch_size or (len(current) + 1) * width > token_budget):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 class LocalMiniLM(EmbeddingModel):
@@ -155,6 +206,13 @@ class LocalMiniLM(EmbeddingModel):
     batch_size = 64
     input_cost_per_mtok = 0.0
     max_tokens = MAX_TOKENS
+    #: Prepended to queries (not documents); MiniLM is symmetric.
+    query_prefix = ""
+    #: Word pieces in one padded sub-batch at most: bounds the model's memory
+    #: (about 0.2 MB per word piece of a batch here, kept by the arena).
+    token_budget = 1024
+    #: onnxruntime's CPU memory arena (see session_options).
+    memory_arena = True
 
     def __init__(
         self,
@@ -164,12 +222,15 @@ class LocalMiniLM(EmbeddingModel):
         batch_size: int = 64,
         expected_sha256: str = EXPECTED_SHA256,
         sort_by_length: bool = True,
+        token_budget: int | None = None,
     ) -> None:
         self._model_path = str(model_path) if model_path is not None else None
         self.threads = threads or os.cpu_count() or 1
         self.batch_size = batch_size
         self.expected_sha256 = expected_sha256
         self.sort_by_length = sort_by_length  # False only for benchmarks' baseline
+        if token_budget:
+            self.token_budget = token_budget
 
     # The gateway calls this before logging a call: a missing package is an
     # operator mistake, reported with the install command.
@@ -187,7 +248,7 @@ class LocalMiniLM(EmbeddingModel):
             runtime = _runtimes.get(key)
             if runtime is None:
                 verify_model_file(key, self.expected_sha256)
-                runtime = _Runtime(key, self.threads)
+                runtime = _Runtime(key, self.threads, arena=self.memory_arena)
                 _runtimes[key] = runtime
         return runtime
 
@@ -195,37 +256,43 @@ class LocalMiniLM(EmbeddingModel):
         encodings = self._runtime().tokenizer.encode_batch(list(texts))
         return [e.ids for e in encodings]
 
-    def embed_sync_with_usage(self, texts: list[str]) -> tuple[np.ndarray, int]:
+    def embed_sync_with_usage(
+        self, texts: list[str], kind: Literal["query", "document"] = "document"
+    ) -> tuple[np.ndarray, int]:
         """Vectors for ``texts`` (caller's order) and the word pieces used."""
+        _check_kind(kind)
         texts = [t if isinstance(t, str) else str(t) for t in texts]
         if not texts:
-            return np.zeros((0, DIMENSIONS), dtype=np.float32), 0
+            return np.zeros((0, self.dimensions), dtype=np.float32), 0
+        if kind == "query" and self.query_prefix:
+            texts = [self.query_prefix + t for t in texts]
         runtime = self._runtime()
         ids = [e.ids for e in runtime.tokenizer.encode_batch(texts)]
-        order = list(range(len(ids)))
-        if self.sort_by_length:
-            order.sort(key=lambda i: len(ids[i]))
-        out = np.empty((len(ids), DIMENSIONS), dtype=np.float32)
+        out = np.empty((len(ids), self.dimensions), dtype=np.float32)
         step = max(1, self.batch_size)
-        for start in range(0, len(order), step):
-            chunk = order[start : start + step]
+        if self.sort_by_length:
+            batches = token_batches([len(x) for x in ids], step, self.token_budget)
+        else:
+            batches = [list(range(s, min(s + step, len(ids)))) for s in range(0, len(ids), step)]
+        for chunk in batches:
             out[chunk] = runtime.run([ids[i] for i in chunk])
         return out, sum(len(x) for x in ids)
 
-    def embed_sync(self, texts: list[str]) -> np.ndarray:
+    def embed_sync(
+        self, texts: list[str], kind: Literal["query", "document"] = "document"
+    ) -> np.ndarray:
         """Blocking version for the CLI and benchmarks."""
-        return self.embed_sync_with_usage(texts)[0]
+        return self.embed_sync_with_usage(texts, kind)[0]
 
     async def embed_with_usage(
         self, texts: list[str], *, kind: Literal["query", "document"] = "document"
     ) -> tuple[np.ndarray, int]:
         _check_kind(kind)
-        return await asyncio.to_thread(self.embed_sync_with_usage, list(texts))
+        return await asyncio.to_thread(self.embed_sync_with_usage, list(texts), kind)
 
     async def embed(
         self, texts: list[str], *, kind: Literal["query", "document"] = "document"
     ) -> np.ndarray:
-        # MiniLM is symmetric: queries and documents are embedded alike.
         return (await self.embed_with_usage(texts, kind=kind))[0]
 
 

@@ -61,7 +61,7 @@
       stale.title = "Matched on the text indexed before the row changed; shown as it is now.";
       li.appendChild(stale);
     }
-    li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
+    li.appendChild(el("p", String(row.snippet || row.text || "").slice(0, 400), "llm-rag-snippet"));
     return li;
   }
   function showRows(rows, heading, numbered) {
@@ -131,7 +131,7 @@
       li.appendChild(rowLink(row, true));
       li.appendChild(document.createTextNode(" "));
       li.appendChild(el("span", "in " + (row.table_title || row.table), "llm-rag-source"));
-      li.appendChild(el("p", String(row.text || "").slice(0, 300), "llm-rag-snippet"));
+      li.appendChild(el("p", String(row.snippet || row.text || "").slice(0, 400), "llm-rag-snippet"));
       citedList.appendChild(li);
     });
   }

@@ -1,0 +1,157 @@
+"""Reranking fused candidates with a cross-encoder, and the passage of a row that matched.
+
+Hybrid search fuses ranks, and its numbers (RRF scores, cosine similarities)
+are not comparable across tables: a long speech passage that mentions
+"lawsuits" and "Trump" can sit above the lawsuit rows themselves. The
+cross-encoder reads the question with each candidate's best passage and gives
+one score on one scale, so the top ``depth`` candidates are reordered by it
+and the reader sees ``sigmoid(logit)`` as "relevance NN%": the numbers shown
+follow the order shown. Candidates below ``depth`` keep their fused order
+after the reranked ones and are shown without a percentage.
+
+``best_passage`` picks the run of whole sentences (at most ``chars``
+characters) that holds most of the question's words, so long rows are judged
+and shown by the part that matched, not by their first lines.
+
+Nothing here imports Datasette.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from .lexical import query_tokens, tokenize
+
+#: Candidates reranked by default, and the longest pair (question + passage)
+#: in word pieces: the cost is about depth x tokens (docs/rag-benchmarks.md).
+DEFAULT_DEPTH = 12
+DEFAULT_TOKENS = 64
+#: Characters of a row given to the reranker and shown as its snippet.
+PASSAGE_CHARS = 400
+#: A reranked row is "relevant" from this calibrated score up
+#: (benchmarks/bench_multitable.py).
+DEFAULT_MIN_RELEVANCE = 0.5
+
+_SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
+
+
+#: Weight of the question-row cosine similarity added to the cross-encoder's
+#: logit, around ``VECTOR_CENTER`` (benchmarks/bench_multitable.py).
+DEFAULT_VECTOR_WEIGHT = 10.0
+VECTOR_CENTER = 0.5
+
+
+@dataclass
+class RerankSettings:
+    depth: int = DEFAULT_DEPTH
+    max_tokens: int = DEFAULT_TOKENS
+    passage_chars: int = PASSAGE_CHARS
+    min_relevance: float = DEFAULT_MIN_RELEVANCE
+    vector_weight: float = DEFAULT_VECTOR_WEIGHT
+
+
+def combined_logit(logit: float, cosine: float | None, weight: float) -> float:
+    """The cross-encoder's logit plus ``weight`` x (cosine - ``VECTOR_CENTER``).
+
+    The cross-encoder reads question and passage together but knows less
+    than the embedding model about terse rows ("Issue: DACA"); the cosine of
+    the same embedding space for every table adds that knowledge, on one
+    scale for all tables.
+    """
+    if not weight or cosine is None:
+        return float(logit)
+    return float(logit) + weight * (float(cosine) - VECTOR_CENTER)
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the sentences (or lines) of ``text``."""
+    spans = []
+    at = 0
+    for m in _SENTENCE.finditer(text):
+        if m.start() > at:
+            spans.append((at, m.start()))
+        at = m.end()
+    if at < len(text):
+        spans.append((at, len(text)))
+    return spans
+
+
+def best_passage(question: str, text: str, chars: int = PASSAGE_CHARS) -> str:
+    """The run of whole sentences of ``text`` (at most ``chars`` characters)
+    holding the most distinct words of ``question``; the start of the text
+    when none matches. A sentence longer than ``chars`` is cut around its
+    first matching word."""
+    text = text or ""
+    if len(text) <= chars:
+        return text
+    wanted = set(query_tokens(question))
+    spans = sentences(text)
+    if not spans:
+        return text[:chars]
+    found = [set(tokenize(text[a:b])) & wanted for a, b in spans]
+    best, best_key = (0, 0), (0, 0)
+    for i in range(len(spans)):
+        if not found[i]:  # a passage starts at a sentence that matched
+            continue
+        seen: set[str] = set()
+        j = i
+        while j < len(spans) and spans[j][1] - spans[i][0] <= chars:
+            seen |= found[j]
+            j += 1
+        if j == i:  # one sentence longer than the window
+            seen = found[i]
+            j = i + 1
+        key = (len(seen), -i)
+        if best_key == (0, 0) or key > best_key:
+            best_key, best = key, (i, j)
+    if best_key == (0, 0):  # nothing matched: whole sentences from the start
+        j = 0
+        while j < len(spans) and spans[j][1] <= chars:
+            j += 1
+        best = (0, max(1, j))
+    i, j = best
+    start, end = spans[i][0], spans[j - 1][1]
+    if end - start > chars:  # a single long sentence: centre on its first match
+        piece = text[start:end]
+        lower = piece.lower()
+        hits = [lower.find(w) for w in _words_of(question) if lower.find(w) >= 0]
+        centre = min(hits) if hits else 0
+        lo = max(0, min(centre - chars // 3, len(piece) - chars))
+        return piece[lo : lo + chars].strip()
+    return text[start:end].strip()
+
+
+def _words_of(question: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"\w{3,}", question)]
+
+
+def calibrated(logit: float) -> float:
+    """The cross-encoder's logit as a 0-1 score (its training activation)."""
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, float(logit)))))
+
+
+def rerank(
+    question: str,
+    hits: Sequence[Any],
+    score: Callable[[str, list[str]], Sequence[float]],
+    settings: RerankSettings = RerankSettings(),
+    *,
+    text_of: Callable[[Any], str] = lambda h: h.text,
+    cosine_of: Callable[[Any], float | None] = lambda h: getattr(h, "vector_score", None),
+) -> list[tuple[Any, float | None, str]]:
+    """``(hit, calibrated score or None, passage)`` with the top ``depth`` hits
+    reordered by ``score(question, passages)`` (logits, combined with the
+    cosine when ``vector_weight`` is set), the rest after them in their given
+    order. Ties keep the given order."""
+    head = list(hits[: max(0, settings.depth)])
+    tail = list(hits[max(0, settings.depth):])
+    passages = [best_passage(question, text_of(h), settings.passage_chars) for h in hits]
+    logits = list(score(question, passages[: len(head)])) if head else []
+    logits = [combined_logit(x, cosine_of(h), settings.vector_weight) for x, h in zip(logits, head)]
+    order = sorted(range(len(head)), key=lambda i: -logits[i])
+    out = [(head[i], calibrated(logits[i]), passages[i]) for i in order]
+    out += [(h, None, passages[len(head) + n]) for n, h in enumerate(tail)]
+    return out
