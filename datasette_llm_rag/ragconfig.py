@@ -83,9 +83,11 @@ class RerankConfig(BaseModel):
     min_relevance: float = Field(
         0.5, ge=0.0, le=1.0, description="Calibrated score from which a reranked row is relevant"
     )
-    vector_weight: float = Field(
-        10.0, ge=0.0, le=100.0,
-        description="Weight of the question-row cosine added to the reranker's logit",
+    vector_weight: float | None = Field(
+        None, ge=0.0, le=100.0,
+        description="Weight of the question-row cosine added to the reranker's logit (default: "
+        "10 for the local embedding models it was tuned on, 0 for any other model, whose cosines "
+        "live on another scale)",
     )
 
 

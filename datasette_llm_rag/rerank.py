@@ -42,6 +42,18 @@ _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
 #: logit, around ``VECTOR_CENTER`` (benchmarks/bench_multitable.py).
 DEFAULT_VECTOR_WEIGHT = 10.0
 VECTOR_CENTER = 0.5
+#: The embedding models that weight and centre were measured with. Another
+#: model's cosines sit on another scale (a hosted model's relevant rows may
+#: score 0.3), so its cosine gets no weight unless the operator sets one.
+TUNED_VECTOR_MODELS = frozenset({"bge-small-en-v1.5", "all-MiniLM-L6-v2"})
+
+
+def vector_weight_for(model_id: str | None, configured: float | None) -> float:
+    """The cosine weight to use: the configured one, else the default for a
+    model it was tuned on, else 0 (the cross-encoder alone)."""
+    if configured is not None:
+        return float(configured)
+    return DEFAULT_VECTOR_WEIGHT if model_id in TUNED_VECTOR_MODELS else 0.0
 
 
 @dataclass

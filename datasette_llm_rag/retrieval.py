@@ -351,7 +351,7 @@ async def retrieve(
     rows = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))
     rows = await check_live(datasette, database, config, rows)
     if use_rerank:
-        rows = (await rerank_rows(question, rows, settings))[:k]
+        rows = (await rerank_rows(question, rows, settings, model_id))[:k]
     else:
         rows = rows[:k]
         for row in rows:
@@ -371,7 +371,7 @@ def _passage(question: str, text: str) -> str:
     return best_passage(question, text)
 
 
-async def rerank_rows(question: str, rows: list[RowHit], settings) -> list[RowHit]:
+async def rerank_rows(question: str, rows: list[RowHit], settings, model_id: str | None = None) -> list[RowHit]:
     """``rows`` with the first ``settings.depth`` reordered by the cross-encoder:
     its calibrated score becomes ``rerank_score`` and decides ``relevant``
     (``min_relevance``); rows past the depth follow, unscored and weaker."""
@@ -379,12 +379,12 @@ async def rerank_rows(question: str, rows: list[RowHit], settings) -> list[RowHi
 
     from datasette_llm_core.embeddings.cross_encoder import CrossEncoder
 
-    from .rerank import RerankSettings, rerank
+    from .rerank import RerankSettings, rerank, vector_weight_for
 
     encoder = CrossEncoder()
     rsettings = RerankSettings(depth=settings.depth, max_tokens=settings.max_tokens,
                                min_relevance=settings.min_relevance,
-                               vector_weight=settings.vector_weight)
+                               vector_weight=vector_weight_for(model_id, settings.vector_weight))
 
     def run():
         return rerank(question, rows,

@@ -38,7 +38,9 @@ def world(tmp_path_factory):
             "defaults": {"answer": "fake", "embed": "fake-embed"},
             "permissions": {"databases": {"news": {"llm-ask": True}}},
             "limits": {"questions_per_minute": 1, "trusted_proxies": 1},
+            # hash embeddings and short made-up rows: the cross-encoder is tested in test_rag_rerank.py
             "rag": {"embedding_model": "fake-embed", "min_score": -1, "cache_answers": True,
+                    "rerank": {"answers": False},
                     "databases": {"news": {"tables": {
                         "articles": {"columns": ["title", "body"], "title_column": "title"},
                         "memos": {"columns": ["title", "body"], "title_column": "title"}}}}},
