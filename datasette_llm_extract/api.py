@@ -50,7 +50,7 @@ async def estimate_view(datasette, request, receive):
                 spec=_spec_from_columns(_columns_from_form(form)), text=form.get("text"),
                 uploads=[(u.filename, u.content_type, u.data) for u in form.files.get("files", [])],
                 instructions=form.get("instructions"), model_id=form.get("model") or None,
-                use_examples=form.get("use_examples") == "on",
+                use_examples=form.get("use_examples") == "on", read_as=form.get("read_as") or "auto",
             )
         return Response.json({"ok": True, **await service.estimate_for(datasette, actor, req)})
     except UserError as e:
@@ -84,6 +84,7 @@ async def _start_request_from_json(datasette, data: dict) -> StartRequest:
         uploads=_json_files(data.get("files")),
         instructions=str(data.get("instructions") or ""), model_id=data.get("model") or None,
         use_examples=bool(data.get("use_examples")), direct_insert=bool(data.get("direct_insert")),
+        read_as=str(data.get("read_as") or "auto"),
     )
 
 

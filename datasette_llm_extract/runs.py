@@ -387,6 +387,11 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
                         json.dumps(row.get("errors") or []), row.get("duplicate") or None,
                     ),
                 )
+                if row.get("quote_page") is not None:  # kept.py's columns: the quote's page and boxes
+                    conn.execute(
+                        "update llm_extract_rows set quote_page = ?, quote_boxes_json = ? where run_id = ? and idx = ?",
+                        (row["quote_page"], json.dumps(row.get("quote_boxes") or []), run_id, idx),
+                    )
                 # the stored event carries the row number used by review forms
                 data_with_idx = {**data, "row": idx}
                 conn.execute(
@@ -444,6 +449,9 @@ def _row_out(r) -> dict:
     d["valid"] = bool(d["valid"])
     d["duplicate"] = d["duplicate"] or None
     d["quote_found"] = None if d["quote_found"] is None else bool(d["quote_found"])
+    if "quote_boxes_json" in d:
+        boxes = d.pop("quote_boxes_json")
+        d["quote_boxes"] = json.loads(boxes) if boxes else None
     return d
 
 

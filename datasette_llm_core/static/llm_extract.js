@@ -78,7 +78,10 @@
       if (!files || !modelSelect) { return; }
       var option = modelSelect.options[modelSelect.selectedIndex];
       var needsImages = false;
-      Array.prototype.forEach.call(files.files || [], function (f) { if (/^image\//.test(f.type)) { needsImages = true; } });
+      // a text model reads scans through local OCR unless the scan itself is to be sent
+      var readAs = root.querySelector("#llm-read-as");
+      var sendScan = readAs && (readAs.value === "vision" || readAs.value === "both");
+      Array.prototype.forEach.call(files.files || [], function (f) { if (sendScan && /^image\//.test(f.type)) { needsImages = true; } });
       Array.prototype.forEach.call(modelSelect.options, function (o) {
         o.disabled = needsImages && o.getAttribute("data-images") !== "1";
       });
@@ -88,6 +91,8 @@
       }
     }
     if (files) { files.addEventListener("change", checkModel); }
+    var readAsSelect = root.querySelector("#llm-read-as");
+    if (readAsSelect) { readAsSelect.addEventListener("change", checkModel); }
   }
 
   /* ---------------------------------------------------------------- run page */
@@ -192,6 +197,12 @@
 
     var url = root.getAttribute("data-events-url") + "?after=" + encodeURIComponent(root.getAttribute("data-last-seq") || "0");
     var source = new EventSource(url);
+    // other scripts of the page (llm_extract_pages.js) follow these through DOM events
+    ["RowExtracted", "PageRead", "DocumentRead"].forEach(function (type) {
+      source.addEventListener(type, function (e) {
+        root.dispatchEvent(new CustomEvent("llm-extract:" + type, { detail: JSON.parse(e.data) }));
+      });
+    });
     source.addEventListener("RunStarted", function (e) {
       var data = JSON.parse(e.data);
       total = done + failed + (data.chunks_total || 0);
