@@ -121,7 +121,7 @@ def _run_json(datasette, run: dict, rows: list[dict] | None = None) -> dict:
             {"idx": r["idx"], "values": r["values"], "edited": r["edited"], "source_quote": r["source_quote"],
              "quote_found": r["quote_found"], "valid": r["valid"], "errors": r["errors"],
              "duplicate": r["duplicate"], "decision": r["decision"], "inserted_pk": r["inserted_pk"],
-             "document": r["document"]}
+             "document": r["document"], "quote_page": r.get("quote_page"), "quote_boxes": r.get("quote_boxes")}
             for r in rows
         ]
     return out

@@ -41,6 +41,7 @@ from .reading import (
     OcrLimits,
     PageRead,
     mode_for,
+    pages_to_ocr,
     read_documents,
 )
 from .schema import QUOTE_FIELD, TableSpec, row_model, validate_row
@@ -236,7 +237,10 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
                     "or read the PDF as text (OCR for scanned pages)."
                 )
             hint = doc.text if mode == "both" and doc.text.strip() else None
-            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name, hint=hint))
+            # "both" before OCR ran (an estimate): count the OCR text to come
+            pending = len(pages_to_ocr(doc, mode)) if mode == "both" and doc.layout is None else 0
+            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name, hint=hint,
+                                  pending_pages=pending))
             continue
         if mode == "ocr" and doc.layout is None and (
             doc.kind == "image" or any(not t.strip() for t in _page_texts(doc))
@@ -311,7 +315,7 @@ def _estimate_units(job: ExtractionJob, model: ChatModel, units: list[WorkUnit])
         if unit.native and unit.hint:
             tokens += len(unit.hint) // 4
         if unit.pending_pages:  # OCR text not read yet: a page's worth each, plus any text layer
-            tokens += OCR_PAGE_TOKENS * unit.pending_pages + len(doc.text) // 4
+            tokens += OCR_PAGE_TOKENS * unit.pending_pages + (0 if unit.native else len(doc.text) // 4)
         input_tokens += tokens
         content = tokens if unit.chunk is None else len(unit.chunk.text) // 4
         output_tokens += min(job.max_output_tokens, max(200, content // 2))

@@ -295,15 +295,17 @@ async def load_descriptions(datasette) -> None:
 
 
 def get_metadata(datasette, database, table) -> dict:
-    """0.65: descriptions as metadata, for columns the operator's metadata does not describe."""
-    if not database or not table:
-        return {}
-    described = _DESCRIPTIONS.get(datasette, {}).get((database, table))
-    if not described:
-        return {}
-    own = (((datasette._metadata_local or {}).get("databases") or {}).get(database) or {})
-    own_columns = ((own.get("tables") or {}).get(table) or {}).get("columns") or {}
-    columns = {k: v for k, v in described.items() if k not in own_columns}
-    if not columns:
-        return {}
-    return {"databases": {database: {"tables": {table: {"columns": columns}}}}}
+    """0.65: descriptions as metadata (asked for with or without a database and table),
+    for columns the operator's own metadata does not describe."""
+    cached = _DESCRIPTIONS.get(datasette) or {}
+    own = (getattr(datasette, "_metadata_local", None) or {}).get("databases") or {}
+    out: dict = {}
+    for (db_name, table_name), described in cached.items():
+        if (database and db_name != database) or (table and table_name != table) or not described:
+            continue
+        own_columns = (((own.get(db_name) or {}).get("tables") or {}).get(table_name) or {}).get("columns") or {}
+        columns = {k: v for k, v in described.items() if k not in own_columns}
+        if columns:
+            tables = out.setdefault("databases", {}).setdefault(db_name, {}).setdefault("tables", {})
+            tables[table_name] = {"columns": columns}
+    return out

@@ -390,7 +390,7 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
                 if row.get("quote_page") is not None:  # kept.py's columns: the quote's page and boxes
                     conn.execute(
                         "update llm_extract_rows set quote_page = ?, quote_boxes_json = ? where run_id = ? and idx = ?",
-                        (row["quote_page"], json.dumps(row.get("quote_boxes") or []), run_id, idx),
+                        (row["quote_page"], json.dumps(row["quote_boxes"]) if row.get("quote_boxes") else None, run_id, idx),
                     )
                 # the stored event carries the row number used by review forms
                 data_with_idx = {**data, "row": idx}
