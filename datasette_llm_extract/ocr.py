@@ -20,6 +20,12 @@ INSTALL = 'pip install "rapidocr-onnxruntime==1.4.4"'
 #: Longest side, in pixels, an image is scaled down to before OCR.
 MAX_SIDE = 2000
 
+#: Detection on the page at up to 1280 px on its longest side (RapidOCR's default scales the
+#: short side up to 736 px, which costs a receipt about half again as much CPU); no 180-degree
+#: line classifier (scans come upright; it cost a fifth of the time). Chosen with
+#: benchmarks/bench_ocr.py on the shared receipts.
+ENGINE_OPTIONS = {"use_cls": False, "det_limit_type": "max", "det_limit_side_len": 1280}
+
 _engine = None
 _engine_lock = threading.Lock()
 OCR_LOCK = threading.Lock()
@@ -43,9 +49,25 @@ def engine():
         if _engine is None:
             try:
                 from rapidocr_onnxruntime import RapidOCR
+                from rapidocr_onnxruntime.utils import infer_engine
             except Exception as e:
                 raise OcrUnavailable(f"Local OCR is not installed ({type(e).__name__}): {INSTALL}") from None
-            _engine = RapidOCR(print_verbose=False)
+            # onnxruntime's worker threads spin while waiting by default: on a server that
+            # shares its cores with Datasette that burns CPU the web requests need
+            sessions = infer_engine.OrtInferSession
+            original = sessions.__dict__["_init_sess_opts"]
+
+            def no_spinning(config):
+                options = original.__func__(config)
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+                return options
+
+            sessions._init_sess_opts = staticmethod(no_spinning)
+            try:
+                _engine = RapidOCR(print_verbose=False, **ENGINE_OPTIONS)
+            finally:
+                sessions._init_sess_opts = original
         return _engine
 
 
