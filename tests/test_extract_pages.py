@@ -360,3 +360,48 @@ async def test_column_descriptions_show_on_the_table_page(tmp_path, fake_models,
     await again.invoke_startup()
     assert "Who issued it" in (await again.client.get("/news/receipts")).text
     assert await news_rows(again, "select company from receipts") == [("Acme",)]
+
+
+# --- OCR limits -----------------------------------------------------------------------------------
+
+async def test_ocr_page_cap_and_time_limits_skip_pages_with_a_reason(monkeypatch):
+    import time as time_mod
+
+    from datasette_llm_extract import ocr
+    from datasette_llm_extract.documents import load_upload
+    from datasette_llm_extract.pages import Line, PageLayout
+    from datasette_llm_extract.reading import DocumentRead, OcrLimits, PageRead, read_documents
+
+    calls = []
+
+    def fake_ocr(source, page=0):
+        calls.append(page)
+        if page == 1:
+            time_mod.sleep(4.0)  # a page far slower than its limit
+        text = f"text of page {page + 1}"
+        line = Line(text, [0.1, 0.1, 0.9, 0.2], 0, len(text))
+        return PageLayout(page=page, width=10, height=10, source="ocr", lines=[line]), text
+
+    monkeypatch.setattr(ocr, "ocr_image", fake_ocr)
+    two_pages = io.BytesIO()
+    first, second = (Image.new("RGB", (60, 80), "white") for _ in range(2))
+    first.save(two_pages, "PDF", save_all=True, append_images=[second])
+    doc = load_upload("scan.pdf", "application/pdf", two_pages.getvalue())
+    assert doc.pages == 2 and not doc.text.strip()
+    events = [e async for e in read_documents([doc], ["ocr"], OcrLimits(page_timeout=1.5))]
+    reads = [e for e in events if isinstance(e, PageRead)]
+    assert [(e.page, e.source) for e in reads] == [(0, "ocr"), (1, "skipped")], reads
+    assert "took longer than 2 seconds" in reads[1].error, reads
+    done = events[-1]
+    assert isinstance(done, DocumentRead) and done.skipped == [1] and done.ocr_pages == 1
+    assert doc.text == "text of page 1" + PAGE_BREAK  # page 2 stays empty, page offsets hold
+
+    doc = load_upload("scan.pdf", "application/pdf", two_pages.getvalue())
+    events = [e async for e in read_documents([doc], ["ocr"], OcrLimits(max_pages=1))]
+    skipped = [e for e in events if isinstance(e, PageRead) and e.source == "skipped"]
+    assert [e.page for e in skipped] == [1] and "limit of 1 OCR pages per run" in skipped[0].error
+    # a document that needs no OCR (a text model reads the text layer; vision sends the file) is not read
+    text_doc = load_upload("t.pdf", "application/pdf", text_pdf([["Hello"]]))
+    calls.clear()
+    events = [e async for e in read_documents([text_doc], ["ocr"], OcrLimits())]
+    assert calls == [] and [e.source for e in events if isinstance(e, PageRead)] == ["text"]
