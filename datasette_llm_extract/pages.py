@@ -21,6 +21,8 @@ PAGE_BREAK = "\n\f\n"
 PDFIUM_LOCK = threading.Lock()
 #: Width in pixels page images are rendered at (before the scale caps below).
 RENDER_WIDTH = 1100
+#: Longest side of any rendered page, in pixels (OCR reads at most 2000 px anyway).
+MAX_RENDER_SIDE = 2400
 
 
 @dataclass
@@ -91,7 +93,8 @@ def pdf_page_count(data: bytes) -> int:
 
 
 def render_pdf_page(data: bytes, page: int, width: int = RENDER_WIDTH) -> tuple[bytes, int, int]:
-    """PNG of one page, about ``width`` pixels wide (scale kept between 0.5 and 3)."""
+    """PNG of one page, about ``width`` pixels wide (at most 3x, and never more than
+    ``MAX_RENDER_SIDE`` pixels on a side: a PDF page may claim to be 200 inches wide)."""
     pdfium = _pdfium()
     with PDFIUM_LOCK:
         pdf = pdfium.PdfDocument(data)
@@ -99,12 +102,17 @@ def render_pdf_page(data: bytes, page: int, width: int = RENDER_WIDTH) -> tuple[
             if page < 0 or page >= len(pdf):
                 raise IndexError(f"the PDF has {len(pdf)} page(s)")
             p = pdf[page]
-            scale = max(0.5, min(3.0, width / max(1.0, p.get_width())))
+            scale = _scale(p, min(3.0, width / max(1.0, p.get_width())))
             image = p.render(scale=scale).to_pil()
             p.close()
         finally:
             pdf.close()
     return png_bytes(image), image.width, image.height
+
+
+def _scale(page, wanted: float) -> float:
+    longest = max(1.0, page.get_width(), page.get_height())
+    return max(0.01, min(wanted, MAX_RENDER_SIDE / longest))
 
 
 def png_bytes(image) -> bytes:
@@ -114,13 +122,13 @@ def png_bytes(image) -> bytes:
 
 
 def pdf_page_image(data: bytes, page: int, scale: float = 2.0):
-    """One page as a PIL image (for OCR)."""
+    """One page as a PIL image (for OCR), ``scale`` pixels per point, capped like ``render_pdf_page``."""
     pdfium = _pdfium()
     with PDFIUM_LOCK:
         pdf = pdfium.PdfDocument(data)
         try:
             p = pdf[page]
-            image = p.render(scale=scale).to_pil()
+            image = p.render(scale=_scale(p, scale)).to_pil()
             p.close()
         finally:
             pdf.close()

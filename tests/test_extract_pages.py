@@ -405,3 +405,12 @@ async def test_ocr_page_cap_and_time_limits_skip_pages_with_a_reason(monkeypatch
     calls.clear()
     events = [e async for e in read_documents([text_doc], ["ocr"], OcrLimits())]
     assert calls == [] and [e.source for e in events if isinstance(e, PageRead)] == ["text"]
+
+
+def test_a_huge_pdf_page_is_rendered_within_bounds():
+    from datasette_llm_extract.pages import MAX_RENDER_SIDE, pdf_page_image, render_pdf_page
+
+    pdf = text_pdf([["tiny"]]).replace(b"/MediaBox [0 0 612 792]", b"/MediaBox [0 0 14400 14400]")
+    png, width, height = render_pdf_page(pdf, 0)
+    assert max(width, height) <= MAX_RENDER_SIDE and png.startswith(b"\x89PNG")
+    assert max(pdf_page_image(pdf, 0, 2.0).size) <= MAX_RENDER_SIDE
