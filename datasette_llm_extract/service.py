@@ -24,7 +24,7 @@ from .documents import Document, InputError, load_upload
 from .engine import ExtractionJob, check_budget, estimate, plan_units, unit_key
 from .pages import PageLayout
 from .prompts import PROMPT_VERSION
-from .reading import READ_MODES, OcrLimits
+from .reading import READ_MODES, OcrLimits, mode_for, pages_to_ocr
 from .schema import (
     QUOTE_FIELD,
     SchemaError,
@@ -392,9 +392,12 @@ async def start_run(datasette, actor, req: StartRequest) -> str:
 async def estimate_for(datasette, actor, req: StartRequest) -> dict:
     prepared = await prepare(datasette, actor, req)
     settings = prepared.settings
+    modes = [mode_for(d, req.read_as, prepared.model) for d in prepared.documents]
     return {
         **prepared.estimate,
-        "documents": [d.summary() for d in prepared.documents],
+        "documents": [{**d.summary(), "read_as": m, "ocr_pages": len(pages_to_ocr(d, m))}
+                      for d, m in zip(prepared.documents, modes, strict=True)],
+        "ocr_pages": sum(len(pages_to_ocr(d, m)) for d, m in zip(prepared.documents, modes, strict=True)),
         "max_cost_per_run": settings.max_cost_per_run,
         "max_tokens_per_run": settings.max_tokens_per_run,
         "examples": len(prepared.job.examples),

@@ -217,7 +217,10 @@ async def test_read_as_both_sends_the_scan_with_its_ocr_text_and_the_estimate_fo
             "model": "scripted", "read_as": read_as}, cookies=jar)
         return r
 
-    tokens = {m: (await estimate(m)).json()["input_tokens"] for m in ("vision", "ocr", "both")}
+    answers = {m: (await estimate(m)).json() for m in ("vision", "ocr", "both")}
+    tokens = {m: a["input_tokens"] for m, a in answers.items()}
+    assert [answers[m]["ocr_pages"] for m in ("vision", "ocr", "both")] == [0, 1, 1]
+    assert answers["ocr"]["documents"][0]["read_as"] == "ocr"
     from datasette_llm_extract.engine import IMAGE_TOKENS
     from datasette_llm_extract.reading import OCR_PAGE_TOKENS
 

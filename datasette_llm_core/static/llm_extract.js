@@ -68,6 +68,7 @@
           var text = "About " + (info.input_tokens + info.output_tokens).toLocaleString() + " tokens in " +
             info.chunks + " request(s) to " + info.model_id;
           text += info.cost === null ? " (this model has no price configured)." : ", roughly $" + info.cost.toFixed(4) + ".";
+          if (info.ocr_pages) { text += " " + info.ocr_pages + " scanned page(s) are read by local OCR first (free)."; }
           result.textContent = text;
         }).catch(function () { result.textContent = "The estimate could not be fetched."; });
       });
