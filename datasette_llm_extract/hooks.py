@@ -137,6 +137,23 @@ def menu_links(datasette, actor):
     return inner
 
 
+_PKS: dict = {}  # (database, table) -> (monotonic time, primary keys): one lookup per page, not per cell
+
+
+async def _primary_keys(db, database: str, table: str) -> list[str]:
+    import time
+
+    key = (id(db), database, table)
+    cached = _PKS.get(key)
+    if cached is not None and time.monotonic() - cached[0] < 5.0:
+        return cached[1]
+    pks = await db.primary_keys(table)
+    if len(_PKS) > 1000:
+        _PKS.clear()
+    _PKS[key] = (time.monotonic(), pks)
+    return pks
+
+
 def render_cell(row, value, column, table, database, datasette):
     """``_llm_run`` cells link to the row's provenance card (which anyone who may
     view the row may open); outside a table (SQL results) to the run page."""
@@ -152,7 +169,7 @@ def render_cell(row, value, column, table, database, datasette):
         href = None
         if db is not None and table and row is not None:
             try:
-                pks = await db.primary_keys(table)
+                pks = await _primary_keys(db, database, table)
                 href = card_url(datasette, database, table, path_from_row_pks(row, pks, not pks))
             except (KeyError, IndexError, TypeError):
                 href = None
