@@ -90,7 +90,7 @@ def ocr_all(items: list[dict]) -> dict:
     started = time.perf_counter()
     ocr.engine()
     load_seconds = time.perf_counter() - started
-    seconds, cpu, cer, cer_nospace = [], [], [], []
+    seconds, cpu, cer, cer_nospace, misses = [], [], [], [], []
     hits = {f: [0, 0, 0] for f in FIELDS}  # in OCR text, in OCR text ignoring spaces, in gold OCR text
     for item in items:
         t, c = time.perf_counter(), time.process_time()
@@ -102,11 +102,15 @@ def ocr_all(items: list[dict]) -> dict:
         cer_nospace.append(edit_distance(nospace(text), nospace(gold_text)) / max(1, len(nospace(gold_text))))
         for f in FIELDS:
             exact, spaceless = found(item["gold"][f], text)
+            if not exact and f != "company":
+                misses.append(f"{item['id']} {f} {item['gold'][f]!r}: OCR lines "
+                              + repr([ln for ln in text.splitlines() if any(ch.isdigit() for ch in ln)][:6]))
             hits[f][0] += exact
             hits[f][1] += spaceless
             hits[f][2] += found(item["gold"][f], gold_text)[0]
         print(f"  {item['id']}: {seconds[-1]:.2f} s, CER {cer[-1]:.3f}", flush=True)
     return {"n": len(items), "load_seconds": load_seconds, "seconds": seconds, "cpu": cpu, "cer": cer,
+            "misses": misses,
             "cer_nospace": cer_nospace, "hits": hits}
 
 
@@ -195,6 +199,8 @@ def main() -> None:
         goal = "  (goal >= 90%)" if f in ("date", "total") else ""
         print(f"    {f:8s} {ocr_hits:3d}/{n} {ocr_hits / n:6.1%} | {spaceless:3d}/{n} {spaceless / n:6.1%} | "
               f"{baseline:3d}/{n} {baseline / n:6.1%}  ratio to baseline {ocr_hits / max(1, baseline):.2f}{goal}")
+    for miss in r["misses"]:
+        print("  not found verbatim:", miss)
     if args.skip_evaluate:
         return
     print("\ndatasette llm-extract evaluate, scripted model copying what it is shown:")

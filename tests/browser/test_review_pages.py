@@ -107,7 +107,7 @@ def test_a_scan_read_by_ocr_is_shown_beside_its_rows_and_a_reader_opens_the_card
     grid_box = page.locator("#llm-grid").bounding_box()
     viewer_box = viewer.bounding_box()
     assert viewer_box["x"] > grid_box["x"], "the page is not beside the rows at 1280 px"
-    shots(page, "review-scan", full_page=True)
+    shots(page, "review-scan", readme=True)
 
     # 2. insert it; the run page is not for readers
     page.locator("#llm-insert").click()
