@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import asdict, dataclass
 
 from .documents import Document
@@ -35,6 +36,19 @@ READ_MODE_LABELS = {
 OCR_PAGE_TOKENS = 700
 #: Longest PDF sent natively in "auto" when it has a text layer (engine uses the same cap).
 MAX_NATIVE_PDF_PAGES = 20
+
+
+#: One OCR page at a time per event loop (the engine uses every core): a page's time limit
+#: starts when its turn comes, not while it waits behind another run's page.
+_GATES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]" = weakref.WeakKeyDictionary()
+
+
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _GATES.get(loop)
+    if gate is None:
+        gate = _GATES[loop] = asyncio.Semaphore(1)
+    return gate
 
 
 @dataclass
@@ -162,19 +176,30 @@ async def read_documents(documents: list[Document], modes: list[str], limits: Oc
                 ocr_budget -= 1
             call = _read_image if doc.kind == "image" else _read_pdf_page
             args = (doc,) if doc.kind == "image" else (doc, page, ocr, limits.scale)
-            timeout = max(0.1, min(limits.page_timeout, deadline - time.monotonic())) if ocr else None
+            held = False
+            result = error = None
             try:
-                layout, text = await asyncio.wait_for(asyncio.to_thread(call, *args), timeout)
+                if ocr:
+                    await _gate().acquire()
+                    held = True
+                timeout = min(limits.page_timeout, deadline - time.monotonic()) if ocr else None
+                if timeout is not None and timeout <= 0:
+                    raise asyncio.TimeoutError  # the run's OCR time ran out while this page waited
+                result = await asyncio.wait_for(asyncio.to_thread(call, *args), timeout)
             except asyncio.TimeoutError:
-                skipped.append(page)
-                yield PageRead(d, page, len(texts), "skipped", error=(
-                    f"Page {page + 1} was not read: OCR took longer than {timeout:.0f} seconds."))
-                continue
+                error = f"Page {page + 1} was not read: " + (
+                    f"OCR took longer than {timeout:.0f} seconds." if timeout and timeout > 0
+                    else f"OCR took longer than {limits.timeout:.0f} seconds in all.")
             except Exception as e:  # a damaged page: say so, read the others
+                error = f"Page {page + 1} could not be read ({type(e).__name__})."
+            finally:
+                if held:
+                    _gate().release()
+            if result is None:
                 skipped.append(page)
-                yield PageRead(d, page, len(texts), "skipped",
-                               error=f"Page {page + 1} could not be read ({type(e).__name__}).")
+                yield PageRead(d, page, len(texts), "skipped", error=error)
                 continue
+            layout, text = result
             if ocr:
                 texts[page] = text
                 ocr_pages += 1 if text.strip() else 0

@@ -417,3 +417,29 @@ def test_a_huge_pdf_page_is_rendered_within_bounds():
     png, width, height = render_pdf_page(pdf, 0)
     assert max(width, height) <= MAX_RENDER_SIDE and png.startswith(b"\x89PNG")
     assert max(pdf_page_image(pdf, 0, 2.0).size) <= MAX_RENDER_SIDE
+
+
+async def test_a_page_waiting_for_the_ocr_engine_is_not_timed_out(monkeypatch):
+    """Two runs OCR at once: the second page's time limit starts when the engine is free."""
+    import asyncio
+    import time as time_mod
+
+    from datasette_llm_extract import ocr
+    from datasette_llm_extract.documents import Document
+    from datasette_llm_extract.pages import Line, PageLayout
+    from datasette_llm_extract.reading import OcrLimits, PageRead, read_documents
+
+    def slow_ocr(source, page=0):
+        with ocr.OCR_LOCK:  # the engine takes one page at a time
+            time_mod.sleep(1.0)
+        return PageLayout(page=0, width=1, height=1, source="ocr", lines=[Line("x", [0, 0, 1, 1], 0, 1)]), "x"
+
+    monkeypatch.setattr(ocr, "ocr_image", slow_ocr)
+
+    async def read(name):
+        doc = Document(name=name, kind="image", data=b"png", media_type="image/png")
+        return [e async for e in read_documents([doc], ["ocr"], OcrLimits(page_timeout=1.6))]
+
+    first, second = await asyncio.gather(read("a.png"), read("b.png"))
+    for events in (first, second):
+        assert [e.source for e in events if isinstance(e, PageRead)] == ["ocr"], events
