@@ -443,3 +443,22 @@ async def test_a_page_waiting_for_the_ocr_engine_is_not_timed_out(monkeypatch):
     first, second = await asyncio.gather(read("a.png"), read("b.png"))
     for events in (first, second):
         assert [e.source for e in events if isinstance(e, PageRead)] == ["ocr"], events
+
+
+async def test_a_failed_run_on_a_kept_image_can_be_resumed(ds, scripted_model):
+    """Before files were kept, an unfinished image could not be resumed ("only its hash was kept")."""
+    from datasette_llm_core.errors import ModelError
+    from tests.fakes import Scripted
+
+    png = scan_png(["A"], size=(80, 50))
+    scripted_model.enqueue(Scripted(error=ModelError("overloaded", status=400, retryable=False)))
+    run_id, run = await start(ds, [file_json("photo.png", "image/png", png)], read_as="vision")
+    assert run["status"] == "failed" and run["rows"] == []
+    scripted_model.enqueue(rows_json({"company": "Acme", "total": 2, "source_quote": "A"}))
+    jar = cookies(ds, "root")
+    r = await ds.client.post(f"/-/llm-extract/api/runs/{run_id}/resume", json={}, cookies=jar)
+    assert r.status_code == 200, r.text
+    run = await wait_run(ds, run_id, jar)
+    assert run["status"] == "done" and run["rows"][0]["values"]["company"] == "Acme"
+    parts = [p for m in scripted_model.requests[-1].messages for p in m.parts]
+    assert any(isinstance(p, ImagePart) and p.data == png for p in parts)  # the kept file itself
