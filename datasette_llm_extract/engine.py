@@ -41,6 +41,7 @@ from .reading import (
     OcrLimits,
     PageRead,
     mode_for,
+    page_texts,
     pages_to_ocr,
     read_documents,
 )
@@ -243,10 +244,10 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
                                   pending_pages=pending))
             continue
         if mode == "ocr" and doc.layout is None and (
-            doc.kind == "image" or any(not t.strip() for t in _page_texts(doc))
+            doc.kind == "image" or any(not t.strip() for t in page_texts(doc))
         ):
             # an estimate before OCR ran: one placeholder for the pages still to read
-            pending = 1 if doc.kind == "image" else sum(1 for t in _page_texts(doc) if not t.strip())
+            pending = 1 if doc.kind == "image" else sum(1 for t in page_texts(doc) if not t.strip())
             units.append(WorkUnit(len(units), d, None, note=doc.name, pending_pages=pending))
             continue
         if mode == "ocr" and not doc.text.strip():
@@ -266,12 +267,6 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
             note = doc.name if len(chunks) == 1 else f"part {c.index + 1} of {len(chunks)} of {doc.name}"
             units.append(WorkUnit(len(units), d, c, note=note))
     return units
-
-
-def _page_texts(doc: Document) -> list[str]:
-    from .reading import page_texts
-
-    return page_texts(doc)
 
 
 def unit_key(unit: WorkUnit) -> tuple[int, int | None]:

@@ -176,9 +176,9 @@ async def card_data(datasette, request) -> dict:
     if level == "off":
         raise NotFound("The provenance of this row is not published on this instance "
                        "(public_provenance: off).")
-    found = await state.execute(
-        "select * from llm_extract_rows where run_id = ? and idx = ?", [run["id"], record["row_idx"]])
-    row = runs._row_out(found.first()) if found.first() is not None else None
+    found = (await state.execute(
+        "select * from llm_extract_rows where run_id = ? and idx = ?", [run["id"], record["row_idx"]])).first()
+    row = runs._row_out(found) if found is not None else None  # this row only: the others stay private
     docs = {d["idx"]: d for d in await runs.get_documents(state, run["id"])}
     document = docs.get(row["document"]) if row else None
     settings = extract_settings(datasette)
