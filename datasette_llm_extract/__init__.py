@@ -55,8 +55,16 @@ def menu_links(datasette, actor):
 
 
 @hookimpl
-def render_cell(value, column, datasette):
-    return hooks.render_cell(value, column, datasette)
+def render_cell(row, value, column, table, database, datasette):
+    return hooks.render_cell(row, value, column, table, database, datasette)
+
+
+@hookimpl
+def get_metadata(datasette, key, database, table):
+    # Datasette 0.65 only (1.0 has no such hook): column descriptions from the column builder
+    from . import pageviews
+
+    return pageviews.get_metadata(datasette, database, table)
 
 
 @hookimpl

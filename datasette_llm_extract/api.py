@@ -53,7 +53,7 @@ async def estimate_view(datasette, request, receive):
                 spec=_spec_from_columns(_columns_from_form(form)), text=form.get("text"),
                 uploads=[(u.filename, u.content_type, u.data) for u in form.files.get("files", [])],
                 instructions=form.get("instructions"), model_id=form.get("model") or None,
-                use_examples=form.get("use_examples") == "on",
+                use_examples=form.get("use_examples") == "on", read_as=form.get("read_as") or "auto",
             )
         return Response.json({"ok": True, **await service.estimate_for(datasette, actor, req)})
     except UserError as e:
@@ -105,6 +105,7 @@ async def _start_request_from_json(datasette, actor, data: dict) -> StartRequest
         uploads=_json_files(data.get("files")),
         instructions=str(data.get("instructions") or ""), model_id=data.get("model") or None,
         use_examples=bool(data.get("use_examples")), direct_insert=bool(data.get("direct_insert")),
+        read_as=str(data.get("read_as") or "auto"),
     )
 
 
@@ -142,7 +143,8 @@ def _run_json(datasette, run: dict, rows: list[dict] | None = None) -> dict:
              "quote_found": r["quote_found"], "valid": r["valid"], "errors": r["errors"],
              "duplicate": r["duplicate"], "decision": r["decision"], "inserted_pk": r["inserted_pk"],
              "document": r["document"], "reask": r.get("reask"), "replaced": r.get("replaced"),
-             "reask_note": r.get("reask_note")}
+             "reask_note": r.get("reask_note"), "quote_page": r.get("quote_page"),
+             "quote_boxes": r.get("quote_boxes")}
             for r in rows
         ]
     return out

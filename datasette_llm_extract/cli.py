@@ -453,14 +453,18 @@ def register(cli) -> None:
     @click.option("--images", "use_images", is_flag=True,
                   help="Send each document's image (its \"image\" path) instead of its text; "
                   "documents without a readable image are left out")
+    @click.option("--ocr", "use_ocr", is_flag=True,
+                  help="Read each document's image with local OCR and send the text (implies --images): "
+                  "any text model can then be evaluated on scans")
     @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON")
     def evaluate_command(gold, schema, model, instructions, config, limit, concurrency, date_order,
-                         use_images, as_json):
+                         use_images, use_ocr, as_json):
         """Score extraction against GOLD.jsonl: per-field precision, recall, F1 and exact match."""
         from .evaluate import evaluate, infer_spec, load_gold
 
         docs = load_gold(gold, limit=limit)
         sources = None
+        use_images = use_images or use_ocr
         if use_images:
             docs, sources = _image_documents(Path(gold), docs)
         if not docs:
@@ -482,7 +486,8 @@ def register(cli) -> None:
                 with click.progressbar(length=len(docs), label="Evaluating", show_pos=True) as bar:
                     return await evaluate(gateway, spec, docs, model_id=model, instructions=instructions,
                                           concurrency=concurrency, actor={"id": "cli"},
-                                          date_order=date_order, progress=bar.update, documents=sources)
+                                          date_order=date_order, progress=bar.update, documents=sources,
+                                          read_as="ocr" if use_ocr else "auto")
 
             report = asyncio.run(go())
         except (SchemaError, LLMSuiteError) as e:

@@ -68,6 +68,8 @@ class Document:
     height: int = 0
     #: Set for PDFs whose text layer was empty (scans): they need a PDF-capable model.
     warnings: list[str] = field(default_factory=list)
+    #: Pages read before the run (``pages.PageLayout``: OCR or text-layer lines with boxes).
+    layout: list | None = None
 
     @classmethod
     def from_text(cls, text: str, name: str = "pasted text", *, canonical: bool = True) -> "Document":
@@ -282,7 +284,7 @@ def load_upload(
                    sha256=sha, pages=pages)
     if not text.strip():
         doc.warnings.append(
-            "This PDF has no text layer (probably a scan): pick a model that reads PDFs or images, "
-            "or run OCR on it first."
+            "This PDF has no text layer (probably a scan): its pages are read by local OCR, "
+            "or pick a model that reads PDFs."
         )
     return doc

@@ -3,7 +3,12 @@
 ``run_extraction(gateway, job, actor=...)`` is an async generator of small
 event dataclasses (each with ``to_dict()`` for JSON / server-sent events):
 
-    RunStarted -> (ChunkStarted, (RowExtracted | RowCorrected)..., ChunkDone | ChunkFailed)* -> RunFinished
+    RunStarted -> (PageRead..., DocumentRead)* -> [RunStarted again if reading changed the plan]
+        -> (ChunkStarted, (RowExtracted | RowCorrected)..., ChunkDone | ChunkFailed)* -> RunFinished
+
+Scans are read first (``reading.py``: local OCR, text-layer positions), so
+any text model can extract from them and every row knows its quote's page
+and boxes.
 
 Chunks run concurrently (bounded by ``job.concurrency``); their events are
 merged through one queue so rows reach the caller as soon as the model closes
@@ -31,12 +36,23 @@ from datasette_llm_core.types import ChatRequest, StreamEnd, TextDelta, Usage
 from .chunking import DEFAULT_CHUNK_CHARS, Chunk, chunk_chars_for_model, chunk_text, locate_quote
 from .documents import Document
 from .merge import Deduplicator
+from .pages import quote_place
 from .prompts import (
     PROMPT_VERSION,
     build_continue_request,
     build_reask_request,
     build_request,
     reask_ids,
+)
+from .reading import (
+    OCR_PAGE_TOKENS,
+    DocumentRead,
+    OcrLimits,
+    PageRead,
+    mode_for,
+    page_texts,
+    pages_to_ocr,
+    read_documents,
 )
 from .reask import match_corrections
 from .schema import QUOTE_FIELD, TableSpec, row_model, validate_row
@@ -45,7 +61,6 @@ from .streamparse import RowStreamParser
 PURPOSE = "extract"
 IMAGE_TOKENS = 1_500  # rough input tokens per image, for estimates
 PDF_PAGE_TOKENS = 1_800  # rough input tokens per natively read PDF page
-MAX_NATIVE_PDF_PAGES = 20  # longer PDFs with a text layer are sent as text chunks
 
 
 @dataclass
@@ -89,6 +104,10 @@ class ExtractionJob:
     #: Tokens and USD the earlier attempts spent: they count against ``max_tokens``/``max_cost``.
     spent_tokens: int = 0
     spent_cost: float = 0.0
+    #: How images and PDFs reach the model: "auto", "vision", "ocr" or "both" (see reading.py).
+    read_as: str = "auto"
+    #: Page, per-page time and total time limits of local OCR (reading.OcrLimits).
+    ocr_limits: Any = None
 
 
 @dataclass
@@ -100,6 +119,12 @@ class WorkUnit:
     chunk: Chunk | None
     native: bool = False
     note: str | None = None
+    #: Pages of a scan still to be read by OCR (estimates before the run: no text yet).
+    pending_pages: int = 0
+    #: The unit cannot be sent (e.g. OCR found no text): reported as a failed chunk.
+    error: str | None = None
+    #: Text sent next to a native file ("both"): the OCR text or text layer.
+    hint: str | None = None
 
     def to_dict(self, documents: list[Document]) -> dict:
         doc = documents[self.document]
@@ -151,6 +176,10 @@ class RowEvent(Event):
     reasked: bool = False
     #: False for images: there is no text to check the quote against.
     quote_checked: bool = True
+    #: Page of the document the quote is on (0-based), and its boxes there
+    #: ([x0, y0, x1, y1] in fractions of the page) when OCR or a text layer gave positions.
+    quote_page: int | None = None
+    quote_boxes: list | None = None
     #: The row failed validation and was sent back to the model: a ``RowCorrected``
     #: event with the same index follows (only with ``ExtractionJob.stream_invalid``).
     reask_pending: bool = False
@@ -198,7 +227,8 @@ class RunFinished(Event):
     cancelled: bool = False
 
 
-ExtractionEvent = Union[RunStarted, ChunkStarted, RowExtracted, RowCorrected, ChunkDone, ChunkFailed, RunFinished]
+ExtractionEvent = Union[RunStarted, ChunkStarted, RowExtracted, RowCorrected, ChunkDone, ChunkFailed,
+                        RunFinished, PageRead, DocumentRead]
 
 
 # --- planning -----------------------------------------------------------------
@@ -227,23 +257,36 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
             # read whole by an earlier attempt (an image or a native PDF): nothing to check
             units.append(WorkUnit(len(units), d, None, native=True, note=doc.name))
             continue
-        if doc.kind == "image":
-            if not model.supports_images:
+        mode = mode_for(doc, job.read_as, model, job.native_pdfs)
+        if mode in ("vision", "both"):
+            if doc.kind == "image" and not model.supports_images:
                 raise CapabilityError(
                     f"{doc.name} is an image but model {model.model_id!r} cannot read images: "
-                    "pick a model with image input, or paste the document's text instead."
+                    "pick a model with image input, or read the scan as text (OCR)."
                 )
-            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name))
+            if doc.kind == "pdf" and not model.supports_pdfs:
+                raise CapabilityError(
+                    f"Model {model.model_id!r} cannot read PDFs: pick one that does, "
+                    "or read the PDF as text (OCR for scanned pages)."
+                )
+            hint = doc.text if mode == "both" and doc.text.strip() else None
+            # "both" before OCR ran (an estimate): count the OCR text to come
+            pending = len(pages_to_ocr(doc, mode)) if mode == "both" and doc.layout is None else 0
+            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name, hint=hint,
+                                  pending_pages=pending))
             continue
-        native_pdf = doc.kind == "pdf" and (
-            job.native_pdfs if job.native_pdfs is not None
-            # long PDFs with a text layer are chunked: one request could not hold them
-            else bool(model.supports_pdfs) and (doc.pages <= MAX_NATIVE_PDF_PAGES or not doc.text.strip())
-        )
-        if doc.kind == "pdf" and native_pdf:
-            if not model.supports_pdfs:
-                raise CapabilityError(f"Model {model.model_id!r} cannot read PDFs: pick one that does.")
-            units.append(WorkUnit(len(units), d, None, native=True, note=doc.name))
+        if mode == "ocr" and doc.layout is None and (
+            doc.kind == "image" or any(not t.strip() for t in page_texts(doc))
+        ):
+            # an estimate before OCR ran: one placeholder for the pages still to read
+            pending = 1 if doc.kind == "image" else sum(1 for t in page_texts(doc) if not t.strip())
+            units.append(WorkUnit(len(units), d, None, note=doc.name, pending_pages=pending))
+            continue
+        if mode == "ocr" and not doc.text.strip():
+            units.append(WorkUnit(len(units), d, None, note=doc.name, error=(
+                f"OCR found no text in {doc.name}: check the scan, or pick a model that reads "
+                + ("images." if doc.kind == "image" else "PDFs.")
+            )))
             continue
         if not doc.text.strip():
             raise CapabilityError(
@@ -273,8 +316,13 @@ def _request_for(job: ExtractionJob, unit: WorkUnit, structured: bool = True) ->
     (the prompt alone then asks for the JSON shape, and the parser is lenient)."""
     doc = job.documents[unit.document]
     if unit.native:
-        request = build_request(job.spec, job.instructions, None, parts=doc.parts(native=True),
-                                examples=job.examples, note=unit.note, max_tokens=job.max_output_tokens)
+        note = unit.note + (" (the text below was read from the file and may contain errors)"
+                            if unit.hint else "")
+        request = build_request(job.spec, job.instructions, unit.hint, parts=doc.parts(native=True),
+                                examples=job.examples, note=note, max_tokens=job.max_output_tokens)
+    elif unit.chunk is None:  # not read yet (estimate) or nothing to send
+        request = build_request(job.spec, job.instructions, "", examples=job.examples,
+                                note=unit.note, max_tokens=job.max_output_tokens)
     else:
         request = build_request(job.spec, job.instructions, unit.chunk.text, examples=job.examples,
                                 note=unit.note, max_tokens=job.max_output_tokens)
@@ -291,8 +339,12 @@ def _estimate_units(job: ExtractionJob, model: ChatModel, units: list[WorkUnit])
         doc = job.documents[unit.document]
         if unit.native:
             tokens += IMAGE_TOKENS if doc.kind == "image" else PDF_PAGE_TOKENS * max(1, doc.pages)
+        if unit.native and unit.hint:
+            tokens += len(unit.hint) // 4
+        if unit.pending_pages:  # OCR text not read yet: a page's worth each, plus any text layer
+            tokens += OCR_PAGE_TOKENS * unit.pending_pages + (0 if unit.native else len(doc.text) // 4)
         input_tokens += tokens
-        content = tokens if unit.native else len(unit.chunk.text) // 4
+        content = tokens if unit.chunk is None else len(unit.chunk.text) // 4
         output_tokens += min(job.max_output_tokens, max(200, content // 2))
     cost = model.estimate_cost(input_tokens, output_tokens)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens,
@@ -396,7 +448,7 @@ class _Run:
         quote = quote.strip() if isinstance(quote, str) and quote.strip() else None
         doc = self.job.documents[unit.document]
         span = None
-        checked = doc.kind != "image"
+        checked = doc.kind != "image" or bool(doc.text.strip())
         if quote and checked:
             if unit.chunk is not None:
                 local = locate_quote(unit.chunk.text, quote)
@@ -404,6 +456,8 @@ class _Run:
                     span = (local[0] + unit.chunk.start, local[1] + unit.chunk.start)
             if span is None:
                 span = locate_quote(doc.text, quote)
+        page, boxes = quote_place(doc.text, doc.layout, span[0] if span else None,
+                                  span[1] if span else None, quote, doc.kind)
         if index is None:
             index = self.next_index
             self.next_index += 1
@@ -417,7 +471,7 @@ class _Run:
             quote_span=list(span) if span else None, document=unit.document, chunk=unit.index,
             valid=not errors, errors=errors, duplicate=duplicate_reason is not None,
             duplicate_reason=duplicate_reason, duplicate_of=duplicate_of, reasked=reasked,
-            quote_checked=checked, **extra,
+            quote_checked=checked, quote_page=page, quote_boxes=boxes or None, **extra,
         )
 
     def _original_values(self, raw: dict) -> dict:
@@ -430,6 +484,9 @@ class _Run:
                 await self.queue.put(ChunkFailed(self._unit_dict(unit),
                                                  "Skipped: the run reached its token or cost limit.",
                                                  "BudgetError"))
+                return
+            if unit.error:
+                await self.queue.put(ChunkFailed(self._unit_dict(unit), unit.error, "OcrError"))
                 return
             await self.queue.put(ChunkStarted(self._unit_dict(unit)))
             emitted = 0
@@ -596,8 +653,18 @@ async def run_extraction(gateway, job: ExtractionJob, *, actor: dict | None = No
     units = pending_units(job, model)
     est = _estimate_units(job, model, units)
     check_budget(job, est)
-    run = _Run(gateway, job, model, units, actor, ref)
     yield RunStarted(chunks_total=len(units), estimate=est, model_id=model.model_id)
+    modes = [mode_for(doc, job.read_as, model, job.native_pdfs) for doc in job.documents]
+    read_any = False
+    async for event in read_documents(job.documents, modes, job.ocr_limits or OcrLimits()):
+        read_any = True
+        yield event
+    if read_any:  # OCR text is planned like any text: the number of parts may change
+        planned = len(units)
+        units = pending_units(job, model)
+        if len(units) != planned:
+            yield RunStarted(chunks_total=len(units), estimate=est, model_id=model.model_id)
+    run = _Run(gateway, job, model, units, actor, ref)
     semaphore = asyncio.Semaphore(max(1, int(job.concurrency)))
     tasks = [asyncio.create_task(run.run_unit(u, semaphore), name=f"extract-chunk-{u.index}") for u in units]
     remaining = set(tasks)

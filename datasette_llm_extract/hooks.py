@@ -19,7 +19,13 @@ RUN_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 def startup(datasette):
     async def inner():
+        from datasette_llm_core.state import state_db
+
+        from . import kept, pageviews
+
         await tasks.recover_interrupted(datasette)
+        await kept.purge_expired(await state_db(datasette))
+        await pageviews.load_descriptions(datasette)
 
     return inner
 
@@ -128,13 +134,50 @@ def menu_links(datasette, actor):
     return inner
 
 
-def render_cell(value, column, datasette):
+_PKS: dict = {}  # (database, table) -> (monotonic time, primary keys): one lookup per page, not per cell
+
+
+async def _primary_keys(db, database: str, table: str) -> list[str]:
+    import time
+
+    key = (id(db), database, table)
+    cached = _PKS.get(key)
+    if cached is not None and time.monotonic() - cached[0] < 5.0:
+        return cached[1]
+    pks = await db.primary_keys(table)
+    if len(_PKS) > 1000:
+        _PKS.clear()
+    _PKS[key] = (time.monotonic(), pks)
+    return pks
+
+
+def render_cell(row, value, column, table, database, datasette):
+    """``_llm_run`` cells link to the row's provenance card (which anyone who may
+    view the row may open); outside a table (SQL results) to the run page."""
     if column != RUN_COLUMN or not isinstance(value, str) or not RUN_ID_RE.match(value):
         return None
-    href = datasette.urls.path(f"{PREFIX}/runs/{value}")
-    return Markup('<a href="{}" title="Extraction run that produced this row">run {}</a>').format(
-        escape(href), escape(value[:8])
-    )
+
+    async def inner():
+        from datasette.utils import path_from_row_pks
+
+        from .pageviews import card_url
+
+        db = datasette.databases.get(database) if database else None
+        href = None
+        if db is not None and table and row is not None:
+            try:
+                pks = await _primary_keys(db, database, table)
+                href = card_url(datasette, database, table, path_from_row_pks(row, pks, not pks))
+            except (KeyError, IndexError, TypeError):
+                href = None
+        if href is None:
+            href = datasette.urls.path(f"{PREFIX}/runs/{value}")
+            return Markup('<a href="{}" title="Extraction run that produced this row">run {}</a>').format(
+                escape(href), escape(value[:8]))
+        return Markup('<a href="{}" title="Where this row came from: document, page, quote, model">'
+                      'source · run {}</a>').format(escape(href), escape(value[:8]))
+
+    return inner
 
 
 def register_commands(cli):

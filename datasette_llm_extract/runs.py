@@ -442,6 +442,11 @@ async def record_event(db, run_id: str, etype: str, data: dict, row: dict | None
                         *_reask_fields(row),
                     ),
                 )
+                if row.get("quote_page") is not None:  # kept.py's columns: the quote's page and boxes
+                    conn.execute(
+                        "update llm_extract_rows set quote_page = ?, quote_boxes_json = ? where run_id = ? and idx = ?",
+                        (row["quote_page"], json.dumps(row["quote_boxes"]) if row.get("quote_boxes") else None, run_id, idx),
+                    )
                 # the stored event carries the row number used by review forms
                 data_with_idx = {**data, "row": idx}
                 conn.execute(
@@ -501,6 +506,9 @@ def _row_out(r) -> dict:
     d["quote_found"] = None if d["quote_found"] is None else bool(d["quote_found"])
     first = d.pop("first_values_json", None)
     d["replaced"] = json.loads(first) if first else None
+    if "quote_boxes_json" in d:
+        boxes = d.pop("quote_boxes_json")
+        d["quote_boxes"] = json.loads(boxes) if boxes else None
     return d
 
 

@@ -19,10 +19,12 @@ from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import state_db
 from datasette_llm_core.workers import abandoned, lease_for, worker_id
 
-from . import runs, tasks
+from . import kept, runs, tasks
 from .documents import Document, InputError, load_upload
 from .engine import ExtractionJob, check_budget, estimate, plan_units, unit_key
+from .pages import PageLayout
 from .prompts import PROMPT_VERSION
+from .reading import READ_MODES, OcrLimits, mode_for, pages_to_ocr
 from .schema import (
     QUOTE_FIELD,
     SchemaError,
@@ -214,6 +216,8 @@ class StartRequest:
     model_id: str | None = None
     use_examples: bool = False
     direct_insert: bool = False
+    #: How images and PDFs reach the model: auto, vision, ocr or both (reading.py).
+    read_as: str = "auto"
 
 
 @dataclass
@@ -320,6 +324,8 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
             "(extract: direct_insert: true enables it for trusted pipelines)."
         )
     documents = await _documents_off_loop(req, settings)
+    if req.read_as not in READ_MODES:
+        raise UserError(f"Choose how scans are read: one of {', '.join(READ_MODES)}.")
     try:
         gateway = await llm_gateway(datasette)
     except ConfigError as e:
@@ -340,6 +346,7 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
         examples=examples, concurrency=settings.concurrency, chunk_chars=settings.chunk_chars,
         overlap=settings.overlap, existing_keys=existing, max_cost=settings.max_cost_per_run,
         max_tokens=settings.max_tokens_per_run, stream_invalid=True,
+        read_as=req.read_as, ocr_limits=_ocr_limits(settings),
     )
     try:
         est = estimate(job, model)
@@ -347,6 +354,11 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
     except (CapabilityError, BudgetError, ValueError) as e:
         raise UserError(str(e)) from None
     return Prepared(req, spec, job, model, est, settings, documents)
+
+
+def _ocr_limits(settings: ExtractSettings) -> OcrLimits:
+    return OcrLimits(max_pages=settings.ocr.max_pages, page_timeout=settings.ocr.page_timeout,
+                     timeout=settings.ocr.timeout)
 
 
 def _document_record(doc: Document) -> dict:
@@ -369,6 +381,7 @@ async def start_run(datasette, actor, req: StartRequest) -> str:
         "direct_insert": req.direct_insert, "estimate": prepared.estimate,
         "chunk_chars": prepared.job.chunk_chars, "overlap": prepared.job.overlap,
         "max_cost": prepared.job.max_cost, "max_tokens": prepared.job.max_tokens,
+        "read_as": req.read_as,
     }
     await runs.create_run(
         db,
@@ -383,6 +396,14 @@ async def start_run(datasette, actor, req: StartRequest) -> str:
         },
         [_document_record(d) for d in prepared.documents],
     )
+    settings = prepared.settings
+    not_kept = await kept.keep_files(
+        db, run_id, [(i, d.media_type, d.data) for i, d in enumerate(prepared.documents) if d.data],
+        days=settings.keep_documents_days, max_bytes=settings.keep_documents_max_bytes,
+        folder=settings.documents_folder)
+    if not_kept:
+        options["files_not_kept"] = {str(i): why for i, why in not_kept.items()}
+        await runs.update_run(db, run_id, options_json=json.dumps(options))
     after = None
     if req.direct_insert:
         async def after():
@@ -394,9 +415,12 @@ async def start_run(datasette, actor, req: StartRequest) -> str:
 async def estimate_for(datasette, actor, req: StartRequest) -> dict:
     prepared = await prepare(datasette, actor, req)
     settings = prepared.settings
+    modes = [mode_for(d, req.read_as, prepared.model) for d in prepared.documents]
     return {
         **prepared.estimate,
-        "documents": [d.summary() for d in prepared.documents],
+        "documents": [{**d.summary(), "read_as": m, "ocr_pages": len(pages_to_ocr(d, m))}
+                      for d, m in zip(prepared.documents, modes, strict=True)],
+        "ocr_pages": sum(len(pages_to_ocr(d, m)) for d, m in zip(prepared.documents, modes, strict=True)),
         "max_cost_per_run": settings.max_cost_per_run,
         "max_tokens_per_run": settings.max_tokens_per_run,
         "examples": len(prepared.job.examples),
@@ -556,6 +580,9 @@ async def _record_insert(datasette, state, run, records, pks, actor_id, any_acce
         await runs.store_table_spec(state, run["database_name"], run["table_name"], spec,
                                     instructions=run["instructions"] or "", run_id=run["id"],
                                     actor_id=actor_id)
+        from .pageviews import publish_descriptions
+
+        await publish_descriptions(datasette, run["database_name"], run["table_name"], spec)
 
 
 async def settle(datasette, state, run: dict) -> dict:
@@ -713,8 +740,12 @@ async def resume(datasette, actor, run: dict) -> None:
         raise UserError(str(e)) from None
     done = {(d[0], d[1]) for d in run["done_chunks"]}
     documents: list[Document] = []
+    read_pages = await kept.pages_of_run(state, run["id"])
     for i, d in enumerate(stored_docs):
-        if d["text"] is not None:
+        restored = await _restored_document(state, run, i, d, read_pages.get(i))
+        if restored is not None:
+            documents.append(restored)
+        elif d["text"] is not None:
             # exactly as stored: the first attempt planned its chunks on this text
             documents.append(Document.from_text(d["text"], name=d["name"], canonical=False))
         elif (i, None) in done:  # read whole and finished: a stand-in that is never sent
@@ -731,6 +762,7 @@ async def resume(datasette, actor, run: dict) -> None:
         max_cost=settings.max_cost_per_run, max_tokens=settings.max_tokens_per_run,
         done_units=done, spent_tokens=spent_in + spent_out, spent_cost=spent_cost or 0.0,
         stream_invalid=True,
+        read_as=run["options"].get("read_as") or "auto", ocr_limits=_ocr_limits(settings),
     )
     try:
         units = plan_units(job, model)
@@ -774,3 +806,24 @@ async def resume(datasette, actor, run: dict) -> None:
         "rows_kept": len(rows) - len(removed), "rows_removed": removed,
     })
     tasks.start(datasette, run["id"], job, actor, timeout=settings.run_timeout, progress=progress)
+
+
+async def _restored_document(state, run: dict, idx: int, stored: dict,
+                             layouts: list[PageLayout] | None) -> Document | None:
+    """An image or PDF of the run as it was read, from its kept file (None when not kept)."""
+    if stored["kind"] not in ("image", "pdf"):
+        return None
+    found = await kept.get_file(state, run["id"], idx)
+    if found is None:
+        return None
+    media_type, data = found
+    pages = len(stored["text"].split("\n\f\n")) if stored["kind"] == "pdf" and stored["text"] else 1
+    if stored["kind"] == "pdf":
+        from .pages import pdf_page_count
+
+        try:
+            pages = pdf_page_count(data)
+        except Exception:
+            pass
+    return Document(name=stored["name"], kind=stored["kind"], text=stored["text"] or "", data=data,
+                    media_type=media_type, sha256=stored["sha256"], pages=pages, layout=layouts)

@@ -21,13 +21,19 @@ All keys are optional::
           pdf_timeout: 20             # seconds to read one PDF's text layer
           pdf_max_decompressed_bytes: 67108864  # page content one PDF may decompress to
           templates: [{name, instructions, columns, key_columns}]
+          keep_documents_days: 30     # uploaded images/PDFs kept for review (0: keep none)
+          keep_documents_max_bytes: 500000000  # all kept files together; oldest go first
+          documents_folder: null      # keep them in this folder instead of the state database
+          public_provenance: quote    # off | quote | document: what readers of a row may see
+          public_provenance_actors: false  # show who extracted/reviewed on provenance cards
+          ocr: {max_pages: 50, page_timeout: 60, timeout: 600}
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from datasette_llm_core.config import PLUGIN_NAME, plugin_settings
 from datasette_llm_core.errors import ConfigError
@@ -41,6 +47,14 @@ class TemplateConfig(BaseModel):
     columns: list[Any]
     key_columns: list[str] = []
     description: str = ""
+
+
+class OcrSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_pages: int = Field(50, ge=0)  # OCR pages per run
+    page_timeout: float = Field(60.0, gt=0)  # seconds per page
+    timeout: float = Field(600.0, gt=0)  # seconds of OCR per run
 
 
 class ExtractSettings(BaseModel):
@@ -62,6 +76,18 @@ class ExtractSettings(BaseModel):
     pdf_timeout: float = Field(20.0, gt=0)
     pdf_max_decompressed_bytes: int = Field(64 * 1024 * 1024, gt=0)
     templates: list[TemplateConfig] = []
+    keep_documents_days: float = Field(30.0, ge=0)
+    keep_documents_max_bytes: int = Field(500_000_000, ge=0)
+    documents_folder: str | None = None
+    public_provenance: Literal["off", "quote", "document"] = "quote"
+    public_provenance_actors: bool = False
+    ocr: OcrSettings = OcrSettings()
+
+    @field_validator("public_provenance", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML reads a bare `off` as false
+        return "off" if value is False else value
 
 
 def extract_settings(datasette) -> ExtractSettings:

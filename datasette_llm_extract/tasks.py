@@ -33,7 +33,7 @@ from datasette_llm_core.workers import (
     worker_id,
 )
 
-from . import runs
+from . import kept, runs
 from .documents import InputError
 from .engine import ExtractionJob, run_extraction
 
@@ -105,14 +105,23 @@ def _row_from_event(data: dict, doc_map: list[int] | None) -> dict:
                   else "uncorrected" if data.get("reasked") else None),
         "replaced": data.get("replaced"),
         "reask_note": data.get("reask_note"),
+        "quote_page": data.get("quote_page"),
+        "quote_boxes": data.get("quote_boxes"),
     }
 
 
-async def _record(db, run_id: str, event, progress: _Progress, doc_map: list[int] | None) -> None:
+async def _record(db, run_id: str, event, progress: _Progress, doc_map: list[int] | None,
+                  documents: list | None = None) -> None:
     data = event.to_dict()
     etype = data.get("type") or type(event).__name__
     row = None
     fields: dict = {}
+    if etype in ("PageRead", "DocumentRead") and doc_map is not None:
+        data["document"] = doc_map[data["document"]]
+    if etype == "DocumentRead" and documents is not None:
+        # the document's text now includes its OCR pages: keep it, with the pages' lines
+        doc = documents[event.document]
+        await kept.store_reading(db, run_id, data["document"], doc.text, doc.layout or [])
     if etype == "RunStarted":
         fields = {"model_id": data.get("model_id"), "prompt_version": data.get("prompt_version")}
         fields["chunks_total"] = progress.chunks_done + (data.get("chunks_total") or 0)
@@ -170,7 +179,7 @@ async def _execute(datasette, run_id: str, job: ExtractionJob, actor: dict | Non
 
         async def consume():
             async for event in run_extraction(gateway, job, actor=actor, ref=run_id):
-                await _record(db, run_id, event, progress, doc_map)
+                await _record(db, run_id, event, progress, doc_map, job.documents)
                 handle.notify()
 
         await asyncio.wait_for(consume(), timeout)

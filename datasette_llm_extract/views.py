@@ -25,6 +25,7 @@ from . import review, runs, service, tasks
 from .documents import canonical_offset, canonical_text
 from .forms import FormLimits, read_form
 from .prompts import PROMPT_VERSION
+from .reading import READ_MODE_LABELS
 from .schema import COLUMN_TYPES, QUOTE_FIELD, validate_table_spec
 from .service import StartRequest, UserError
 from .settings import extract_settings
@@ -40,7 +41,7 @@ TYPE_LABELS = {
 
 
 def routes():
-    from . import api
+    from . import api, pageviews
 
     return [
         (rf"^{PREFIX}/?$", index),
@@ -56,6 +57,11 @@ def routes():
         (rf"^{PREFIX}/examples/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})\.jsonl$", api.examples_export),
         (rf"^{PREFIX}/templates$", api.save_template),
         (rf"^{PREFIX}/templates/(?P<template_id>[0-9]{{1,18}})/delete$", api.delete_template),
+        (rf"^{PREFIX}/runs/{RUN_ID}/documents/(?P<document>\d+)/pages/(?P<page>\d+)$", pageviews.run_page_image),
+        (rf"^{PREFIX}/provenance/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})/(?P<pks>[^/]+?)(\.(?P<format>json))?$",
+         pageviews.provenance_card),
+        (rf"^{PREFIX}/provenance/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})/(?P<pks>[^/]+)/page$",
+         pageviews.provenance_page_image),
     ]
 
 
@@ -332,7 +338,7 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
     settings = extract_settings(datasette)
     templates = await _templates_for(datasette, actor)
     state = await state_db(datasette)
-    values = {"table": "", "instructions": "", "text": "", "model": "", "use_examples": False}
+    values = {"table": "", "instructions": "", "text": "", "model": "", "use_examples": False, "read_as": "auto"}
     columns: list[dict]
     remembered = None
     if new_table:
@@ -364,7 +370,7 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
             values.update(
                 table=form.get("table") if new_table else table,
                 instructions=form.get("instructions"), text=form.get("text"), model=form.get("model"),
-                use_examples=form.get("use_examples") == "on",
+                use_examples=form.get("use_examples") == "on", read_as=form.get("read_as") or "auto",
             )
             uploads = [(u.filename, u.content_type, u.data) for u in form.files.get("files", [])]
             form.close()  # the temporary files
@@ -373,6 +379,7 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
                 spec=_spec_from_columns(columns), text=values["text"], uploads=uploads,
                 instructions=values["instructions"], model_id=values["model"] or None,
                 use_examples=values["use_examples"], direct_insert=form.get("direct_insert") == "on",
+                read_as=values["read_as"],
             )
             run_id = await service.start_run(datasette, actor, req)
             if form.get("save_template") == "on" and form.get("template_name").strip():
@@ -416,6 +423,7 @@ async def _start_page(datasette, request, receive, database: str, table: str | N
         "table_url": datasette.urls.table(database, table) if table else None,
         "accept": "text/*,.txt,.md,.csv,.json,.html,image/jpeg,image/png,image/webp,image/gif,application/pdf,.pdf",
         "row_errors": row_errors, "remembered": remembered if request.method != "POST" else None,
+        "read_modes": list(READ_MODE_LABELS.items()),
     }
     return Response.html(
         await datasette.render_template("llm_extract_start.html", context, request=request),
@@ -509,6 +517,9 @@ async def run_page(datasette, request):
         "index_url": datasette.urls.path(PREFIX), "direct_insert_allowed": settings.direct_insert,
         "prompt_version": run["prompt_version"] or PROMPT_VERSION, "quote_field": QUOTE_FIELD,
     }
+    from .pageviews import pages_context
+
+    context.update(await pages_context(datasette, run, documents))
     return context
 
 

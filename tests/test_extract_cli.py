@@ -174,6 +174,25 @@ def test_evaluate_with_images(setup):
     assert any(isinstance(p, ImagePart) for p in model.requests[0].messages[-1].parts)
 
 
+def test_evaluate_with_local_ocr_scores_a_text_model_on_scans(setup):
+    from .test_extract_pages import scan_png
+
+    tmp_path, folder, config, schema, model = setup
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "ann.png").write_bytes(scan_png(["Ann is 40 years old"], size=(560, 120)))
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"id": "ann", "image": "scans/ann.png", "text": "",
+                                "gold": {"name": "Ann", "age": 40}}) + "\n")
+    model.supports_images = model.supports_pdfs = False  # a text-only model
+    model.responder = people_responder  # copies "<name> is <age> years old" from what it is shown
+    result = invoke("evaluate", gold, "--schema", schema, "-c", config, "--ocr", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["fields"]["name"]["f1"] == 1.0 and report["fields"]["age"]["f1"] == 1.0, report
+    assert report["quotes_found"] == 1
+    assert "Ann is 40 years old" in document_text(model.requests[0])  # the OCR text, as text
+
+
 def test_files_run_side_by_side_within_the_limit(setup):
     tmp_path, folder, config, schema, model = setup
     for i in range(8):

@@ -244,8 +244,9 @@ async def test_images_native_and_capability_checked(gateway, scripted_model):
     row = [e for e in events if isinstance(e, RowExtracted)][0]
     assert row.quote_checked is False and row.valid
     scripted_model.supports_images = False
+    # asked to send the scan itself (a text model reads it through OCR by default)
     with pytest.raises(CapabilityError, match="cannot read images"):
-        await collect(gateway, ExtractionJob(spec=SPEC, documents=[image]))
+        await collect(gateway, ExtractionJob(spec=SPEC, documents=[image], read_as="vision"))
 
 
 async def test_pdf_text_used_when_model_lacks_pdf_support(gateway, scripted_model):

@@ -118,9 +118,11 @@ async def test_builder_run_review_insert_provenance_undo(ds, tmp_path, scripted_
     docs = await state_rows(ds, "select name, kind, text, sha256 from llm_extract_documents where run_id = ?", [run_id])
     assert docs[0][1] == "text" and docs[0][2] == BUILDER["text"] and len(docs[0][3]) == 64
 
-    # the _llm_run cell links to the run page
+    # the _llm_run cell links to the row's provenance card, which links to the run for its owner
     table_page = await ds.client.get("/news/people", cookies=jar)
-    assert f'href="/-/llm-extract/runs/{run_id}"' in table_page.text
+    assert 'href="/-/llm-extract/provenance/news/people/1"' in table_page.text
+    card = await ds.client.get("/-/llm-extract/provenance/news/people/1", cookies=jar)
+    assert f'href="/-/llm-extract/runs/{run_id}"' in card.text
 
     # undo asks first, changing nothing; confirmed, it deletes the inserted rows in one go
     r = await post_form(ds, f"/-/llm-extract/runs/{run_id}/undo", {}, jar, token_page=f"/-/llm-extract/runs/{run_id}")

@@ -252,6 +252,14 @@ MATRIX: list[Cell] = [
     # extractor holds a table-level grant: enough to save templates (issue 10, item 17)
     Cell(rf"^{X}/templates$", "POST", f"{X}/templates", "403 403 403 201 201", {"name": "t", "schema": {"columns": [{"name": "a"}]}}),
     Cell(rf"^{X}/templates/(?P<template_id>[0-9]{{1,18}})/delete$", "POST", f"{X}/templates/999999/delete", "403 404 404 404 404", {}),
+    # a text document has no page image; rows of target were not extracted: no provenance card
+    # (tests/test_extract_pages.py covers these routes with images, PDFs and inserted rows)
+    Cell(rf"^{X}/runs/{RUN}/documents/(?P<document>\d+)/pages/(?P<page>\d+)$", "GET",
+         f"{X}/runs/{{run}}/documents/0/pages/0", "404 404 404 404 404"),
+    Cell(rf"^{X}/provenance/(?P<database>{SEG})/(?P<table>{SEG})/(?P<pks>[^/]+?)(\.(?P<format>json))?$", "GET",
+         f"{X}/provenance/news/target/1", "404 404 404 404 404"),
+    Cell(rf"^{X}/provenance/(?P<database>{SEG})/(?P<table>{SEG})/(?P<pks>[^/]+)/page$", "GET",
+         f"{X}/provenance/news/target/1/page", "404 404 404 404 404"),
     Cell(r"^/-/llm-ask$", "GET", "/-/llm-ask", "200 200 200 200 200"),
     Cell(r"^/-/llm-ask/(?P<database>[^/]+)$", "GET", "/-/llm-ask/news", "403 403 200 200 200"),
     Cell(r"^/-/llm-ask/(?P<database>[^/]+)$", "GET", "/-/llm-ask/news?q=budget", "403 403 200 200 200"),

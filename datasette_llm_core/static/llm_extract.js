@@ -97,6 +97,7 @@
           var text = "About " + (info.input_tokens + info.output_tokens).toLocaleString() + " tokens in " +
             info.chunks + " request(s) to " + info.model_id;
           text += info.cost === null ? " (this model has no price configured)." : ", roughly $" + info.cost.toFixed(4) + ".";
+          if (info.ocr_pages) { text += " " + info.ocr_pages + " scanned page(s) are read by local OCR first (free)."; }
           result.textContent = text;
         }).catch(function () { result.textContent = "The estimate could not be fetched."; });
       });
@@ -107,7 +108,10 @@
       if (!files || !modelSelect) { return; }
       var option = modelSelect.options[modelSelect.selectedIndex];
       var needsImages = false;
-      Array.prototype.forEach.call(files.files || [], function (f) { if (/^image\//.test(f.type)) { needsImages = true; } });
+      // a text model reads scans through local OCR unless the scan itself is to be sent
+      var readAs = root.querySelector("#llm-read-as");
+      var sendScan = readAs && (readAs.value === "vision" || readAs.value === "both");
+      Array.prototype.forEach.call(files.files || [], function (f) { if (sendScan && /^image\//.test(f.type)) { needsImages = true; } });
       Array.prototype.forEach.call(modelSelect.options, function (o) {
         o.disabled = needsImages && o.getAttribute("data-images") !== "1";
       });
@@ -117,6 +121,8 @@
       }
     }
     if (files) { files.addEventListener("change", checkModel); }
+    var readAsSelect = root.querySelector("#llm-read-as");
+    if (readAsSelect) { readAsSelect.addEventListener("change", checkModel); }
   }
 
   /* ---------------------------------------------------------------- run page */
@@ -401,6 +407,12 @@
 
     var url = root.getAttribute("data-events-url") + "?after=" + encodeURIComponent(root.getAttribute("data-last-seq") || "0");
     var source = new EventSource(url);
+    // other scripts of the page (llm_extract_pages.js) follow these through DOM events
+    ["RowExtracted", "PageRead", "DocumentRead"].forEach(function (type) {
+      source.addEventListener(type, function (e) {
+        root.dispatchEvent(new CustomEvent("llm-extract:" + type, { detail: JSON.parse(e.data) }));
+      });
+    });
     source.addEventListener("RunStarted", function (e) {
       var data = JSON.parse(e.data);
       total = done + failed + (data.chunks_total || 0);

@@ -163,9 +163,12 @@ def test_extract_review_insert_undo(root_page, datasette_server, fake_llm, shots
     expect(table).to_contain_text(rows[1]["name"])
     expect(table).not_to_contain_text(rows[2]["name"])
     expect(table).to_contain_text("2016-08-03")
-    run_link = table.locator(f'a[href*="{run_id}"]').first
-    expect(run_link).to_be_visible()
-    run_link.click()
+    # the _llm_run cell opens the row's provenance card; for the run's owner it links to the run
+    card_link = table.locator('a[title^="Where this row came from"]').first
+    expect(card_link).to_be_visible()
+    card_link.click()
+    expect(page.locator("h1")).to_contain_text("Where this row came from")
+    page.locator(f'a[href*="{run_id}"]').click()
     expect(page.locator("h1")).to_contain_text("clemency_grants")
 
     # 5. Undo the run: the rows are gone
