@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, AsyncIterator, Union
 
@@ -145,6 +146,8 @@ class ChunkDone(Event):
     rows: int
     truncated: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: Follow-up model calls (re-ask, continuation) that failed: rows are missing or unchecked.
+    failed_calls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -152,6 +155,8 @@ class ChunkFailed(Event):
     chunk: dict
     error: str
     error_class: str = ""
+    #: The start of the model's answer when it was not the requested JSON (for the log).
+    answer: str | None = None
 
 
 @dataclass
@@ -327,6 +332,8 @@ class _Run:
         self.usage = Usage()
         self.next_index = job.first_row_index
         self.budget_hit = False
+        #: Unit index -> messages of its follow-up calls that failed.
+        self.failed_calls: dict[int, list[str]] = {}
 
     def _unit_dict(self, unit: WorkUnit) -> dict:
         return unit.to_dict(self.job.documents)
@@ -429,11 +436,14 @@ class _Run:
             if finish == "length" and not result.truncated:
                 warnings.append("the model stopped at its output limit")
             if not result.rows and not parser.complete:
+                # Not the requested JSON object (prose, a fragment, nothing): a failure with
+                # what the model said, never an answer with no rows.
                 await self._flush_invalid(unit, invalid, "")
                 await self.queue.put(ChunkFailed(
                     self._unit_dict(unit),
                     "The model's answer could not be read as rows: " + "; ".join(warnings)
-                    + ". Try again, or pick another model.", "OutputError"))
+                    + f". It answered: {_excerpt(parser.head)}. Try again, or pick another model.",
+                    "OutputError", answer=parser.head))
                 return
             continued = 0
             seen = list(result.rows)
@@ -447,6 +457,7 @@ class _Run:
                     raise
                 except Exception as e:
                     warnings.append(f"continuing after the output limit failed: {_error_message(e)}")
+                    self.failed_calls.setdefault(unit.index, []).append(warnings[-1])
                     break
                 more = parser.finish()
                 seen += more.rows
@@ -460,7 +471,8 @@ class _Run:
                 )
             if invalid:
                 emitted += await self._reask(unit, invalid)
-            await self.queue.put(ChunkDone(self._unit_dict(unit), emitted, truncated, warnings))
+            await self.queue.put(ChunkDone(self._unit_dict(unit), emitted, truncated, warnings,
+                                           self.failed_calls.pop(unit.index, [])))
 
     def _continue_request(self, unit: WorkUnit, seen: list[dict]) -> ChatRequest:
         doc = self.job.documents[unit.document]
@@ -501,6 +513,7 @@ class _Run:
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            self.failed_calls.setdefault(unit.index, []).append(f"the re-ask failed: {_error_message(e)}")
             await self._flush_invalid(unit, invalid, f"the re-ask failed ({_error_message(e)})")
             return len(invalid)
         count = 0
@@ -517,6 +530,13 @@ class _Run:
             await self.queue.put(row)
             count += 1
         return count
+
+
+def _excerpt(text: str, limit: int = 300) -> str:
+    text = " ".join((text or "").split())
+    if not text:
+        return "nothing"
+    return json.dumps(text[:limit] + ("…" if len(text) > limit else ""), ensure_ascii=False)
 
 
 def _error_message(e: BaseException) -> str:
