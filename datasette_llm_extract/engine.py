@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, AsyncIterator, Union
 
 from datasette_llm_core.errors import BudgetError, CapabilityError, LLMSuiteError
-from datasette_llm_core.models import ChatModel
+from datasette_llm_core.models import ChatModel, output_tokens_for
 from datasette_llm_core.types import ChatRequest, StreamEnd, TextDelta, Usage
 
 from .chunking import DEFAULT_CHUNK_CHARS, Chunk, chunk_chars_for_model, chunk_text, locate_quote
@@ -55,8 +55,9 @@ class ExtractionJob:
     #: Per-run caps: refuse to start when the estimate is over, stop starting chunks once reached.
     max_cost: float | None = None
     max_tokens: int | None = None
-    #: Output tokens allowed per request.
-    max_output_tokens: int = 4096
+    #: Output tokens asked for per request; None: the model's ``max_output_tokens``, else sized
+    #: from its context (``output_tokens_for``). The gateway also fits each request to the context.
+    max_output_tokens: int | None = None
     reask: bool = True
     #: Follow-up requests when an answer is cut off by the output limit (0 disables).
     max_continuations: int = 2
@@ -191,6 +192,8 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
     """Split the job's documents into work units, checking the model can read them."""
     if not job.documents:
         raise ValueError("Nothing to extract from: paste some text or add a file.")
+    if job.max_output_tokens is None:
+        job.max_output_tokens = output_tokens_for(model)
     fits = chunk_chars_for_model(getattr(model, "context_tokens", 0) or 0, output_tokens=job.max_output_tokens)
     # a configured size never overflows a small-context model
     chunk_chars = min(job.chunk_chars, fits) if job.chunk_chars else (fits or DEFAULT_CHUNK_CHARS)
@@ -266,7 +269,7 @@ def _estimate_units(job: ExtractionJob, model: ChatModel, units: list[WorkUnit])
             tokens += IMAGE_TOKENS if doc.kind == "image" else PDF_PAGE_TOKENS * max(1, doc.pages)
         input_tokens += tokens
         content = tokens if unit.native else len(unit.chunk.text) // 4
-        output_tokens += min(job.max_output_tokens, max(200, content // 2))
+        output_tokens += min(job.max_output_tokens or output_tokens_for(model), max(200, content // 2))
     cost = model.estimate_cost(input_tokens, output_tokens)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens,
             "cost": None if cost is None else round(cost, 6), "chunks": len(units),

@@ -251,3 +251,80 @@ def test_cli_exits_non_zero_and_says_why_when_the_context_is_too_small(tmp_path,
         assert files_done(tmp_path) == {}
     finally:
         small.stop()
+
+
+# --- 10. Anthropic-format servers that ignore the output tool or output_config ------------
+# llama-server's /v1/messages answers a forced tool call with a plain text block, and ignores
+# output_config. Replayed through the real anthropic SDK with an httpx2 transport.
+
+ANTHROPIC_SCHEMA = {"type": "object", "properties": {"rows": {"type": "array", "items": {"type": "object"}}},
+                    "required": ["rows"]}
+
+
+@pytest.fixture
+def anthropic_server(monkeypatch, fake_api_keys):
+    from datasette_llm_core.providers import builtin
+
+    from .vendor_payloads import VendorServer
+
+    vendor = VendorServer("anthropic")
+    monkeypatch.setattr(builtin, "make_http_client", lambda config: vendor.client())
+    return vendor
+
+
+def claude_ds(**extra) -> Datasette:
+    model = {"id": "claude", "provider": "anthropic", "model": "smollm", "base_url": "http://127.0.0.1:9",
+             "api_key_env": "ANTHROPIC_API_KEY", **extra}
+    config = {"state_database": ":memory:", "models": [model], "retries": {"max_attempts": 1}}
+    return Datasette(memory=True, metadata={"plugins": {"datasette-llm-newsroom": config}})
+
+
+def schema_request():
+    return ChatRequest([Message.user("Ann is 40.")], json_schema=ANTHROPIC_SCHEMA, schema_name="rows")
+
+
+async def test_tool_mode_reads_json_from_a_text_block(anthropic_server):
+    from .vendor_payloads import Reply as VendorReply
+    from .vendor_payloads import anthropic_message, anthropic_sse, anthropic_text_block
+
+    said = 'Here are the rows:\n```json\n{"rows": [{"name": "Ann"}]}\n```'
+    anthropic_server.queue(VendorReply(sse=anthropic_sse([said[:20], said[20:]])))
+    anthropic_server.queue(VendorReply(json=anthropic_message([anthropic_text_block(said)])))
+    ds = claude_ds()
+    gw = await gateway(ds)
+    text, end = await stream_text(gw, schema_request())
+    assert json.loads(text) == {"rows": [{"name": "Ann"}]} and end.finish_reason == "stop"
+    response = await gw.complete(schema_request(), purpose="extract", prompt_version="t")
+    assert response.json() == {"rows": [{"name": "Ann"}]}
+
+
+async def test_tool_mode_says_the_model_ignored_the_tool(anthropic_server):
+    from .vendor_payloads import Reply as VendorReply
+    from .vendor_payloads import anthropic_sse
+
+    anthropic_server.queue(VendorReply(sse=anthropic_sse(["I could not find ", "any people."])))
+    ds = claude_ds()
+    gw = await gateway(ds)
+    with pytest.raises(ModelError) as info:
+        await stream_text(gw, schema_request())
+    message = str(info.value)
+    assert "ignored the output tool" in message and "I could not find any people." in message
+    assert "output limit" not in message
+    (row,) = await call_log(ds)
+    assert row["error_class"] == "ignored_tool"
+
+
+async def test_native_structured_output_ignored_by_the_server_is_detected(anthropic_server):
+    from .vendor_payloads import Reply as VendorReply
+    from .vendor_payloads import anthropic_sse
+
+    anthropic_server.queue(VendorReply(sse=anthropic_sse(["Sure! Ann ", "is 40 years old."])))
+    ds = claude_ds(structured_output="native")
+    gw = await gateway(ds)
+    with pytest.raises(ModelError) as info:
+        await stream_text(gw, schema_request())
+    message = str(info.value)
+    assert "output_config" in message and "structured_output: tool" in message
+    assert anthropic_server.requests[0].body["output_config"]["format"]["type"] == "json_schema"
+    (row,) = await call_log(ds)
+    assert row["error_class"] == "structured_output_ignored"
