@@ -139,6 +139,12 @@
       statusBox.textContent = data.dropped && data.dropped.length ?
         "Removed citations that did not match a retrieved row: " + data.dropped.join(", ") : "";
       metaBox.textContent = "Model " + data.model + ", prompt " + data.prompt_version + ". Check every cited row before using this answer.";
+      if (data.notice && data.notice.kind === "uncited") {
+        // Nothing backs this answer: say so, and offer the rows as plain search results.
+        section.classList.add("llm-rag-uncited");
+        statusBox.textContent = data.notice.message;
+        showRows(data.search_rows || [], "Search results (the answer cites none of them)", false);
+      }
       feedback.hidden = false;
     } else if (eventName === "notice") {
       statusBox.textContent = data.message;
