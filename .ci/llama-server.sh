@@ -29,9 +29,22 @@ reuse() {
 }
 reuse
 
+missing=""
 for tool in cmake make c++; do
-    command -v "$tool" >/dev/null || { echo "llama-server.sh: needs $tool (apt-get install cmake build-essential)" >&2; exit 1; }
+    command -v "$tool" >/dev/null || missing="$missing $tool"
 done
+if [ -n "$missing" ]; then
+    # Same rule as browser-deps.sh: install from Debian when we may, else say what to run.
+    if [ "$(id -u)" != "0" ] && ! command -v sudo >/dev/null 2>&1; then
+        echo "llama-server.sh: needs$missing: run 'apt-get install cmake build-essential' as root." >&2
+        exit 1
+    fi
+    SUDO=""
+    [ "$(id -u)" = "0" ] || SUDO=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq >&2
+    $SUDO apt-get install -y -qq cmake build-essential >/dev/null
+fi
 
 mkdir -p "$CACHE"
 # One build at a time: a second caller waits for the first, then reuses its binary.

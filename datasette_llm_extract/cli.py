@@ -224,7 +224,8 @@ def _estimate_folder(conn, table, spec, folder: Path, chat, instructions, max_by
     done = _done_files(conn, table) if conn.execute(
         "select 1 from sqlite_master where name = ?", [FILES_TABLE]).fetchone() else set()
     totals = {"estimate": True, "files": 0, "skipped": 0, "input_tokens": 0, "output_tokens": 0,
-              "cost": 0.0, "cost_known": True, "problems": []}
+              "cost": 0.0,
+                   "cost_known": chat.estimate_cost(1, 1) is not None, "problems": []}
     for path in _folder_files(folder):
         data = path.read_bytes()
         rel = str(path.relative_to(folder))
@@ -295,7 +296,8 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
         files = _folder_files(Path(folder))
         done = _done_files(conn, table)
         summary = {"run_id": run_id, "files": len(files), "skipped": 0, "done": 0, "failed": 0,
-                   "refused": 0, "rows": 0, "invalid_rows": 0, "cost": 0.0, "cost_known": True,
+                   "refused": 0, "rows": 0, "invalid_rows": 0, "cost": 0.0,
+                   "cost_known": chat.estimate_cost(1, 1) is not None,
                    "model_id": chat.model_id, "problems": []}
         actor = {"id": "cli"}
         # The model's own limit (its server's slots) unless --concurrency says otherwise.
@@ -336,8 +338,7 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
                         failures.extend(event.failed_calls)  # a re-ask or continuation that failed
                     elif isinstance(event, RunFinished):
                         if event.cost is None:
-                            if event.usage.get("input_tokens") or event.usage.get("output_tokens"):
-                                summary["cost_known"] = False
+                            summary["cost_known"] = False
                         else:
                             summary["cost"] += event.cost
             except (LLMSuiteError, ValueError) as e:
