@@ -328,3 +328,26 @@ async def test_native_structured_output_ignored_by_the_server_is_detected(anthro
     assert anthropic_server.requests[0].body["output_config"]["format"]["type"] == "json_schema"
     (row,) = await call_log(ds)
     assert row["error_class"] == "structured_output_ignored"
+
+
+def test_cli_says_why_invalid_rows_were_not_written(tmp_path, server):
+    bad = json.dumps({"rows": [{"name": "Ann", "age": "forty", "source_quote": "Ann is forty"}]})
+    server.default = Reply(bad)  # the re-ask gets the same invalid row back
+    folder, config, schema = cli_setup(tmp_path, server, {"a.txt": "Ann is forty years old."})
+    result = run_cli(tmp_path, folder, config, schema)
+    assert result.exit_code == 0, result.output
+    assert "(1 invalid rows not written)" in result.output
+    assert "a.txt: 1 invalid row(s) not written: 1 x " in result.output and "age" in result.output
+
+
+def test_cli_fails_the_file_when_the_re_ask_fails(tmp_path, server):
+    # The real case: the re-ask was refused by the server (context), and the CLI said
+    # "1 rows written (19 invalid rows not written)" and exited 0.
+    bad = json.dumps({"rows": [{"name": "Ann", "age": "forty", "source_quote": "Ann is forty"}]})
+    server.enqueue(Reply(bad))
+    server.default = Reply(status=500, error_message="slot unavailable")
+    folder, config, schema = cli_setup(tmp_path, server, {"a.txt": "Ann is forty years old."})
+    result = run_cli(tmp_path, folder, config, schema)
+    assert result.exit_code == 1, result.output
+    assert "1 failed" in result.output and "re-ask failed" in result.output
+    assert files_done(tmp_path) == {}
