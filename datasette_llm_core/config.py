@@ -88,7 +88,7 @@ class Settings(BaseModel):
     first_byte_timeout: float | None = Field(
         None, gt=0,
         description="Seconds a streamed answer may take to start (connecting, waiting in the "
-        "server's queue, reading the prompt); default 300, and never less than timeout",
+        "server's queue, reading the prompt); default 300 s, or timeout if that is longer",
     )
     budgets: BudgetConfig = BudgetConfig()
     auto_models: bool = Field(
