@@ -351,3 +351,32 @@ def test_cli_fails_the_file_when_the_re_ask_fails(tmp_path, server):
     assert result.exit_code == 1, result.output
     assert "1 failed" in result.output and "re-ask failed" in result.output
     assert files_done(tmp_path) == {}
+
+
+async def test_anthropic_stream_that_breaks_off_is_not_reported_as_unreachable(monkeypatch, fake_api_keys):
+    import httpx2
+
+    from datasette_llm_core.providers import builtin
+
+    from .vendor_payloads import anthropic_sse
+
+    whole = anthropic_sse(["one ", "two ", "three ", "four"])
+    cut = whole[: whole.index(b"three")]
+
+    async def body():
+        yield cut
+        raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    def handler(request):
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    monkeypatch.setattr(builtin, "make_http_client",
+                        lambda config: httpx2.AsyncClient(transport=httpx2.MockTransport(handler)))
+    ds = claude_ds()
+    gw = await gateway(ds)
+    with pytest.raises(ModelError) as info:
+        await stream_text(gw, ChatRequest([Message.user("count")]))
+    message = str(info.value)
+    assert "could not connect" not in message and "in the middle of the answer" in message
+    (row,) = await call_log(ds)
+    assert row["error_class"] == "connection_lost"
