@@ -65,7 +65,9 @@ test-real: real-deps
 	$(STABLE)/bin/python -m pytest -q -p no:cacheprovider -m llama tests/real_server $(PYTEST_ARGS)
 	$(ALPHA)/bin/python -m pytest -q -p no:cacheprovider -m llama tests/real_server $(PYTEST_ARGS)
 
-test: browser-deps $(STABLE)/.installed $(ALPHA)/.installed
+# real-deps: the llama-server build (cached; ~15 CPU-minutes the first time) and the SmolLM2
+# file, so tests/real_server runs here too (about 80 s per line).
+test: browser-deps real-deps $(STABLE)/.installed $(ALPHA)/.installed
 	$(STABLE)/bin/ruff check datasette_llm_core datasette_llm_extract datasette_llm_rag tests benchmarks demo_data
 	@echo "=== Datasette stable: $$($(STABLE)/bin/python -c 'import datasette.version as v; print(v.__version__)')"
 	$(STABLE)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
