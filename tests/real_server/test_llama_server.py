@@ -318,8 +318,8 @@ def test_cli_with_the_context_left_at_its_default_says_what_to_set(tmp_path, sma
 
 @pytest.mark.parametrize("api", APIS)
 def test_cli_with_the_context_set_fits_its_requests(tmp_path, small_llama, api):
-    docs = {"long.txt": PEOPLE * 20}
-    folder, config, schema = cli_files(tmp_path, small_llama, api, docs, max_output_tokens=200)
+    docs = {"long.txt": PEOPLE * 12}  # longer than one chunk at this context
+    folder, config, schema = cli_files(tmp_path, small_llama, api, docs, max_output_tokens=120)
     result, db = run_cli(tmp_path, api, folder, config, schema)
     assert "exceeds the available context" not in result.output
     assert "context_exceeded" not in result.output
