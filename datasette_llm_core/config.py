@@ -45,8 +45,20 @@ class ModelConfig(BaseModel):
     supports: list[Literal["streaming", "schema", "images", "pdfs"]] | None = None
     input_cost_per_mtok: float | None = None
     output_cost_per_mtok: float | None = None
-    context_tokens: int | None = None
+    context_tokens: int | None = Field(
+        None, ge=256, description="Context window in tokens (for a llama.cpp server: its per-slot n_ctx)"
+    )
+    max_output_tokens: int | None = Field(
+        None, ge=16, description="Output tokens asked for per request (default: from the context)"
+    )
+    concurrency: int | None = Field(
+        None, ge=1, le=256, description="Requests this model may have in flight at once "
+        "(a llama.cpp server: its number of slots, -np)",
+    )
     timeout: float | None = None
+    first_byte_timeout: float | None = Field(
+        None, gt=0, description="Seconds to wait for the first token (connect, queue, prompt reading)"
+    )
     dimensions: int | None = None  # embedding models only
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = Field(
         None, description="OpenAI-format models: which parameter carries max_tokens"
@@ -84,6 +96,11 @@ class Settings(BaseModel):
     fallback: dict[str, list[str]] | list[str] = {}
     retries: RetryConfig = RetryConfig()
     timeout: float = Field(60.0, gt=0)
+    first_byte_timeout: float | None = Field(
+        None, gt=0,
+        description="Seconds a streamed answer may take to start (connecting, waiting in the "
+        "server's queue, reading the prompt); default 300 s, or timeout if that is longer",
+    )
     budgets: BudgetConfig = BudgetConfig()
     auto_models: bool = Field(
         True,

@@ -10,8 +10,14 @@ attempts of a call and logs each; ``calllog.py`` stores the rows).
 Plugins never call a model directly.
 
 Timeouts: ``complete`` and ``embed`` bound each attempt as a whole; ``stream``
-bounds the wait for each event (first delta included), so a long answer that
-keeps streaming is never cut, but a stalled one is.
+bounds the wait for each event after the first with ``timeout``, so a long
+answer that keeps streaming is never cut, but a stalled one is. The first
+event (connecting, waiting in the server's queue, reading the prompt) has
+its own, longer ``first_byte_timeout``; when it runs out the server is
+taken to be queueing: the model's limiter (``limiter.py``) lowers how many
+requests it sends at once and the attempt is retried after the backoff.
+Each model's ``concurrency`` caps its requests in flight; waiting for a
+free place is not timed. ``max_tokens`` is fitted to the model's context.
 
 Streams fall back to the next model only while nothing has been emitted;
 after the first delta an error ends the stream with ``ModelError``.
@@ -31,12 +37,15 @@ from .budget import Budget, estimate, estimate_embedding, text_tokens
 from .calllog import redact, secret_values
 from .config import Settings, plugin_settings
 from .errors import CapabilityError, ConfigError, ModelError
-from .models import ChatModel, EmbeddingModel
+from .limiter import limiter_for
+from .models import ChatModel, EmbeddingModel, fit_to_context
 from .types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, Usage
 
 __all__ = ["Gateway", "Budget", "estimate", "llm_gateway", "no_model_message"]
 
 DEFAULT_EMBEDDING_MODEL = "bge-small-en-v1.5"  # see datasette_llm_core/embeddings
+#: Seconds a stream may take to start when neither the model nor the settings say.
+DEFAULT_FIRST_BYTE_TIMEOUT = 300.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -149,6 +158,15 @@ class Gateway:
     def _timeout(self, model, timeout: float | None) -> float:
         return timeout or getattr(model, "timeout", None) or self.settings.timeout
 
+    def _first_byte_timeout(self, model, timeout: float | None, limit: float) -> float:
+        """The wait for a stream's first event: the model's or the settings'
+        ``first_byte_timeout``, else 300 s (never less than ``limit``). A timeout passed
+        for this one call bounds it too."""
+        if timeout:
+            return limit
+        configured = getattr(model, "first_byte_timeout", None) or self.settings.first_byte_timeout
+        return configured or max(limit, DEFAULT_FIRST_BYTE_TIMEOUT)
+
     def _retry_delay(self, error: BaseException, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None when not worth retrying."""
         retries = self.settings.retries
@@ -228,30 +246,44 @@ class Gateway:
         )
         for attempt in attempts:
             model, limit = attempt.model, attempt.limit
+            first_limit = self._first_byte_timeout(model, timeout, limit)
+            limiter = limiter_for(model)
             end: StreamEnd | None = None
-            async with attempt:
-                events = (
-                    model.stream(request, timeout=limit)
-                    if model.supports_streaming
-                    else _whole_as_stream(model, request, limit)
-                )
-                try:
-                    while True:
-                        try:
-                            async with asyncio.timeout(limit):
-                                event = await events.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        if isinstance(event, TextDelta):
-                            if event.text:
-                                attempt.saw_text(event.text)
-                                yield event
-                        elif isinstance(event, StreamEnd):
-                            end = event
-                finally:
-                    await events.aclose()
+            async with limiter.slot():  # waiting for a place is not timed
+                async with attempt:
+                    send = fit_to_context(request, model)
+                    events = (
+                        model.stream(send, timeout=max(first_limit, limit))
+                        if model.supports_streaming
+                        else _whole_as_stream(model, send, limit)
+                    )
+                    # The first event of a stream has its own wait (queue, prompt reading).
+                    first_phase = model.supports_streaming and not timeout
+                    wait = first_limit if first_phase else limit
+                    try:
+                        while True:
+                            try:
+                                async with asyncio.timeout(wait):
+                                    event = await events.__anext__()
+                            except StopAsyncIteration:
+                                break
+                            except (TimeoutError, ModelError) as e:
+                                if first_phase and end is None and not attempt.emitted and _is_timeout(e):
+                                    limiter.queued()
+                                    raise _no_first_token(model, wait) from e
+                                raise
+                            wait, first_phase = limit, False
+                            if isinstance(event, TextDelta):
+                                if event.text:
+                                    attempt.saw_text(event.text)
+                                    yield event
+                            elif isinstance(event, StreamEnd):
+                                end = event
+                    finally:
+                        await events.aclose()
             if attempt.failed:
                 continue
+            limiter.succeeded()
             end = end or StreamEnd()
             usage = end.usage or Usage()
             estimated = not (usage.input_tokens or usage.output_tokens)
@@ -280,8 +312,10 @@ class Gateway:
             request, purpose, prompt_version, actor, model_id, ref, budget, timeout, streamed=False
         )
         for attempt in attempts:
-            async with attempt, asyncio.timeout(attempt.limit):
-                response = await attempt.model.complete(request, timeout=attempt.limit)
+            async with limiter_for(attempt.model).slot():
+                async with attempt, asyncio.timeout(attempt.limit):
+                    response = await attempt.model.complete(
+                        fit_to_context(request, attempt.model), timeout=attempt.limit)
             if attempt.failed:
                 continue
             usage = response.usage or Usage()
@@ -351,6 +385,22 @@ async def _whole_as_stream(model, request: ChatRequest, timeout: float) -> Async
     if response.text:
         yield TextDelta(response.text)
     yield StreamEnd(usage=response.usage, finish_reason=response.finish_reason)
+
+
+def _is_timeout(error: BaseException) -> bool:
+    return isinstance(error, TimeoutError) or getattr(error, "error_class", None) == "timeout"
+
+
+def _no_first_token(model, seconds: float) -> ModelError:
+    return ModelError(
+        f"{model.model_id} did not start answering within {seconds:g} s: its server is probably "
+        "busy with other requests (queued) or still reading a long prompt. Sending fewer at once "
+        "and retrying; if it keeps happening set this model's concurrency to the server's "
+        "slots, or raise first_byte_timeout.",
+        retryable=True,
+        error_class="first_byte_timeout",
+        model_id=model.model_id,
+    )
 
 
 def _ensure_ready(model) -> None:

@@ -8,11 +8,13 @@ method (``stream`` for chat, ``embed`` for embeddings).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import AsyncIterator, ClassVar, Literal
 
 import numpy as np
 
-from .errors import CapabilityError
+from .errors import CapabilityError, ModelError
 from .types import ChatRequest, ChatResponse, StreamEnd, StreamEvent, TextDelta, Usage
 
 CAPABILITY_LABELS = {
@@ -39,8 +41,14 @@ class ChatModel:
     #: USD per million input / output tokens, for estimates; None if unknown.
     input_cost_per_mtok: float | None = None
     output_cost_per_mtok: float | None = None
-    #: Context window in tokens (used to size chunks).
+    #: Context window in tokens (used to size chunks and ``max_tokens``).
     context_tokens: int = 128_000
+    #: Output tokens to ask for per request; None sizes it from ``context_tokens``.
+    max_output_tokens: int | None = None
+    #: Requests allowed in flight at once (None: no limit of our own).
+    concurrency: int | None = None
+    #: Seconds a stream may take to start (None: the gateway's default).
+    first_byte_timeout: float | None = None
 
     def capabilities(self) -> set[str]:
         caps = set()
@@ -103,6 +111,61 @@ class ChatModel:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_id}>"
+
+
+DEFAULT_OUTPUT_TOKENS = 4096
+MIN_OUTPUT_TOKENS = 256
+
+
+def output_tokens_for(model) -> int:
+    """Output tokens to ask ``model`` for: its ``max_output_tokens``, else a quarter of its
+    context (at most 4,096), so prompt and answer fit a small local model's window."""
+    configured = getattr(model, "max_output_tokens", None)
+    if configured:
+        return int(configured)
+    context = getattr(model, "context_tokens", 0) or 0
+    if not context:
+        return DEFAULT_OUTPUT_TOKENS
+    return max(MIN_OUTPUT_TOKENS, min(DEFAULT_OUTPUT_TOKENS, context // 4))
+
+
+#: Prompt tokens are estimated as characters / 4; local tokenizers (and JSON) need more.
+PROMPT_SAFETY = 1.25
+#: A request that leaves less than this for the answer is refused before it is sent.
+MIN_ROOM_TOKENS = 64
+
+
+def prompt_tokens_estimate(request: ChatRequest) -> int:
+    """A generous estimate of the tokens ``request`` takes in a model's context."""
+    return math.ceil(request.text_length() / 4 * PROMPT_SAFETY) + 16 * (len(request.messages) + 1)
+
+
+def fit_to_context(request: ChatRequest, model) -> ChatRequest:
+    """``request`` with ``max_tokens`` no larger than the model's ``max_output_tokens`` and than
+    what its context has left after the prompt; ``ModelError`` (``context_exceeded``, not
+    retryable) when the prompt alone leaves no room, so nothing doomed is sent."""
+    want = request.max_tokens
+    cap = getattr(model, "max_output_tokens", None)
+    if cap:
+        want = min(want, int(cap))
+    context = getattr(model, "context_tokens", 0) or 0
+    if context:
+        prompt = prompt_tokens_estimate(request)
+        room = context - prompt
+        if room < MIN_ROOM_TOKENS:
+            raise ModelError(
+                f"The prompt (about {prompt:,} tokens) does not fit the context of model "
+                f"{model.model_id!r} ({context:,} tokens). Send less text at once (a smaller "
+                "chunk_chars, fewer rows), or if the server's context is larger, set "
+                "context_tokens for this model.",
+                retryable=False,
+                error_class="context_exceeded",
+                model_id=model.model_id,
+            )
+        want = min(want, room)
+    if want == request.max_tokens:
+        return request
+    return dataclasses.replace(request, max_tokens=max(1, want))
 
 
 class EmbeddingModel:

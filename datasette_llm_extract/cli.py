@@ -35,6 +35,7 @@ FILES_TABLE = "_llm_extract_files"
 RUNS_TABLE = "_llm_extract_cli_runs"
 QUOTES_TABLE = "_llm_extract_quotes"
 RUN_COLUMN = "_llm_run"
+DEFAULT_CONCURRENCY = 4
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -223,7 +224,8 @@ def _estimate_folder(conn, table, spec, folder: Path, chat, instructions, max_by
     done = _done_files(conn, table) if conn.execute(
         "select 1 from sqlite_master where name = ?", [FILES_TABLE]).fetchone() else set()
     totals = {"estimate": True, "files": 0, "skipped": 0, "input_tokens": 0, "output_tokens": 0,
-              "cost": 0.0, "cost_known": True, "problems": []}
+              "cost": 0.0,
+                   "cost_known": chat.estimate_cost(1, 1) is not None, "problems": []}
     for path in _folder_files(folder):
         data = path.read_bytes()
         rel = str(path.relative_to(folder))
@@ -251,7 +253,14 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
                max_bytes, echo, estimate_only: bool = False) -> dict:
     from datasette_llm_core.gateway import llm_gateway
 
-    from .engine import ChunkFailed, ExtractionJob, RowExtracted, RunFinished, run_extraction
+    from .engine import (
+        ChunkDone,
+        ChunkFailed,
+        ExtractionJob,
+        RowExtracted,
+        RunFinished,
+        run_extraction,
+    )
     from .prompts import PROMPT_VERSION
 
     ds = build_datasette(config)
@@ -287,8 +296,12 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
         files = _folder_files(Path(folder))
         done = _done_files(conn, table)
         summary = {"run_id": run_id, "files": len(files), "skipped": 0, "done": 0, "failed": 0,
-                   "refused": 0, "rows": 0, "invalid_rows": 0, "cost": 0.0, "problems": []}
+                   "refused": 0, "rows": 0, "invalid_rows": 0, "cost": 0.0,
+                   "cost_known": chat.estimate_cost(1, 1) is not None,
+                   "model_id": chat.model_id, "problems": []}
         actor = {"id": "cli"}
+        # The model's own limit (its server's slots) unless --concurrency says otherwise.
+        concurrency = concurrency or getattr(chat, "concurrency", None) or DEFAULT_CONCURRENCY
         limited = _LimitedGateway(gateway, concurrency)
 
         async def one_file(path: Path) -> None:
@@ -310,24 +323,34 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
                                 existing_keys=_existing_keys(conn, table, spec),
                                 chunk_chars=caps.get("chunk_chars"), overlap=caps.get("overlap") or 300,
                                 max_cost=caps.get("max_cost"), max_tokens=caps.get("max_tokens"))
-            rows, failures = [], []
+            rows, failures, invalid = [], [], {}
             try:
                 async for event in run_extraction(limited, job, actor=actor, ref=f"cli:{run_id}"):
                     if isinstance(event, RowExtracted):
                         if event.valid and not event.duplicate:
                             rows.append(event)
                         elif not event.valid:
-                            summary["invalid_rows"] += 1
+                            reason = "; ".join(event.errors) or "invalid"
+                            invalid[reason] = invalid.get(reason, 0) + 1
                     elif isinstance(event, ChunkFailed):
                         failures.append(event.error)
+                    elif isinstance(event, ChunkDone):
+                        failures.extend(event.failed_calls)  # a re-ask or continuation that failed
                     elif isinstance(event, RunFinished):
-                        summary["cost"] += event.cost or 0.0
+                        if event.cost is None:
+                            summary["cost_known"] = False
+                        else:
+                            summary["cost"] += event.cost
             except (LLMSuiteError, ValueError) as e:
                 failures.append(str(e))
             if failures:
                 summary["failed"] += 1
                 summary["problems"].append(f"{rel}: {failures[0]} (will be retried on the next run)")
                 return
+            if invalid:
+                summary["invalid_rows"] += sum(invalid.values())
+                reasons = "; ".join(f"{n} x {reason}" for reason, n in sorted(invalid.items(), key=lambda r: -r[1])[:3])
+                summary["problems"].append(f"{rel}: {sum(invalid.values())} invalid row(s) not written: {reasons}")
             summary["rows"] += _write_file(conn, table, spec, run_id, rel, sha, rows)
             summary["done"] += 1
 
@@ -397,8 +420,8 @@ def register(cli) -> None:
     @click.option("--instructions", default="", help="Extra instructions for the model")
     @click.option("-c", "--config", "config", type=click.Path(exists=True, dir_okay=False),
                   help="datasette.yaml / metadata.yml with the plugin configuration")
-    @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 32),
-                  help="Chunks of one file sent to the model at once")
+    @click.option("--concurrency", default=None, type=click.IntRange(1, 32),
+                  help="Model calls in flight at once [default: the model's concurrency setting, else 4]")
     @click.option("--max-bytes", default=DEFAULT_MAX_BYTES, show_default=True, type=int,
                   help="Largest file accepted")
     @click.option("--estimate", "estimate_only", is_flag=True,
@@ -427,11 +450,16 @@ def register(cli) -> None:
             for problem in summary["problems"]:
                 click.echo(f"  {problem}", err=True)
             return
+        if summary["cost_known"]:
+            cost = f"cost ${summary['cost']:.4f}"
+        else:  # the call log has NULL cost: never print a made-up $0
+            cost = (f"cost unknown (no prices for model {summary['model_id']}: set input_cost_per_mtok "
+                    "and output_cost_per_mtok)")
         click.echo(
             f"{summary['done']} file(s) extracted, {summary['skipped']} already done, "
             f"{summary['failed']} failed, {summary['refused']} refused; {summary['rows']} rows written "
             f"({summary['invalid_rows']} invalid rows not written) in {time.monotonic() - started:.1f}s, "
-            f"cost ${summary['cost']:.4f}. Run id {summary['run_id']}."
+            f"{cost}. Run id {summary['run_id']}."
         )
         for problem in summary["problems"]:
             click.echo(f"  {problem}", err=True)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, AsyncIterator, Union
 
 from datasette_llm_core.errors import BudgetError, CapabilityError, LLMSuiteError
-from datasette_llm_core.models import ChatModel
+from datasette_llm_core.models import ChatModel, output_tokens_for
 from datasette_llm_core.types import ChatRequest, StreamEnd, TextDelta, Usage
 
 from .chunking import DEFAULT_CHUNK_CHARS, Chunk, chunk_chars_for_model, chunk_text, locate_quote
@@ -79,8 +80,9 @@ class ExtractionJob:
     #: Per-run caps: refuse to start when the estimate is over, stop starting chunks once reached.
     max_cost: float | None = None
     max_tokens: int | None = None
-    #: Output tokens allowed per request.
-    max_output_tokens: int = 4096
+    #: Output tokens asked for per request; None: the model's ``max_output_tokens``, else sized
+    #: from its context (``output_tokens_for``). The gateway also fits each request to the context.
+    max_output_tokens: int | None = None
     reask: bool = True
     #: Emit rows that fail validation at once (flagged, ``reask_pending``) and their
     #: corrections later as ``RowCorrected`` events; False holds them back until the
@@ -206,6 +208,8 @@ class ChunkDone(Event):
     rows: int
     truncated: bool = False
     warnings: list[str] = field(default_factory=list)
+    #: Follow-up model calls (re-ask, continuation) that failed: rows are missing or unchecked.
+    failed_calls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -213,6 +217,8 @@ class ChunkFailed(Event):
     chunk: dict
     error: str
     error_class: str = ""
+    #: The start of the model's answer when it was not the requested JSON (for the log).
+    answer: str | None = None
 
 
 @dataclass
@@ -248,6 +254,8 @@ def plan_units(job: ExtractionJob, model: ChatModel) -> list[WorkUnit]:
     """Split the job's documents into work units, checking the model can read them."""
     if not job.documents:
         raise ValueError("Nothing to extract from: paste some text or add a file.")
+    if job.max_output_tokens is None:
+        job.max_output_tokens = output_tokens_for(model)
     fits = chunk_chars_for_model(getattr(model, "context_tokens", 0) or 0, output_tokens=job.max_output_tokens)
     # a configured size never overflows a small-context model
     chunk_chars = min(job.chunk_chars, fits) if job.chunk_chars else (fits or DEFAULT_CHUNK_CHARS)
@@ -345,7 +353,7 @@ def _estimate_units(job: ExtractionJob, model: ChatModel, units: list[WorkUnit])
             tokens += OCR_PAGE_TOKENS * unit.pending_pages + (0 if unit.native else len(doc.text) // 4)
         input_tokens += tokens
         content = tokens if unit.chunk is None else len(unit.chunk.text) // 4
-        output_tokens += min(job.max_output_tokens, max(200, content // 2))
+        output_tokens += min(job.max_output_tokens or output_tokens_for(model), max(200, content // 2))
     cost = model.estimate_cost(input_tokens, output_tokens)
     return {"input_tokens": input_tokens, "output_tokens": output_tokens,
             "cost": None if cost is None else round(cost, 6), "chunks": len(units),
@@ -411,6 +419,8 @@ class _Run:
         self.usage = Usage()
         self.next_index = job.first_row_index
         self.budget_hit = False
+        #: Unit index -> messages of its follow-up calls that failed.
+        self.failed_calls: dict[int, list[str]] = {}
 
     def _unit_dict(self, unit: WorkUnit) -> dict:
         return unit.to_dict(self.job.documents)
@@ -531,11 +541,14 @@ class _Run:
             if finish == "length" and not result.truncated:
                 warnings.append("the model stopped at its output limit")
             if not result.rows and not parser.complete:
+                # Not the requested JSON object (prose, a fragment, nothing): a failure with
+                # what the model said, never an answer with no rows.
                 await self._flush_invalid(unit, invalid, "")
                 await self.queue.put(ChunkFailed(
                     self._unit_dict(unit),
                     "The model's answer could not be read as rows: " + "; ".join(warnings)
-                    + ". Try again, or pick another model.", "OutputError"))
+                    + f". It answered: {_excerpt(parser.head)}. Try again, or pick another model.",
+                    "OutputError", answer=parser.head))
                 return
             continued = 0
             seen = list(result.rows)
@@ -549,6 +562,7 @@ class _Run:
                     raise
                 except Exception as e:
                     warnings.append(f"continuing after the output limit failed: {_error_message(e)}")
+                    self.failed_calls.setdefault(unit.index, []).append(warnings[-1])
                     break
                 more = parser.finish()
                 seen += more.rows
@@ -562,7 +576,8 @@ class _Run:
                 )
             if invalid:
                 emitted += await self._reask(unit, invalid, warnings)
-            await self.queue.put(ChunkDone(self._unit_dict(unit), emitted, truncated, warnings))
+            await self.queue.put(ChunkDone(self._unit_dict(unit), emitted, truncated, warnings,
+                                           self.failed_calls.pop(unit.index, [])))
 
     def _continue_request(self, unit: WorkUnit, seen: list[dict]) -> ChatRequest:
         doc = self.job.documents[unit.document]
@@ -624,6 +639,7 @@ class _Run:
             raise
         except Exception as e:
             count = sum(1 for *_, index in invalid if index is None)
+            self.failed_calls.setdefault(unit.index, []).append(f"the re-ask failed: {_error_message(e)}")
             await self._flush_invalid(unit, invalid, f"the re-ask failed ({_error_message(e)})")
             return count
         outcomes, problems = match_corrections([raw for raw, _, _ in invalid], corrected,
@@ -633,6 +649,13 @@ class _Run:
         for (raw, errors, index), outcome in zip(invalid, outcomes):
             count += await self._settle(unit, raw, errors, index, outcome.fixed, outcome.note)
         return count
+
+
+def _excerpt(text: str, limit: int = 300) -> str:
+    text = " ".join((text or "").split())
+    if not text:
+        return "nothing"
+    return json.dumps(text[:limit] + ("…" if len(text) > limit else ""), ensure_ascii=False)
 
 
 def _error_message(e: BaseException) -> str:

@@ -5,12 +5,23 @@ as its closing brace is seen, so the page can show rows while the model is
 still writing. Strings (with braces, quotes and escapes inside), whitespace,
 Markdown code fences and a bare top-level array are handled. ``finish()``
 reports a stream that ended before the JSON was complete.
+
+Only the requested shape counts as an answer: an object with the rows list,
+or a bare array of row objects. A fragment inside prose (``see ["a"]``, or
+an empty ``[]`` after some words) is not an answer with no rows: the parser
+keeps looking, and ``finish()`` reports that no JSON object was found. The
+first ``HEAD_CHARS`` characters of the answer are kept (``head``) so the
+caller can show what the model said instead.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+
+HEAD_CHARS = 2000
+_FENCE = re.compile(r"```[A-Za-z]*")
 
 
 @dataclass
@@ -42,13 +53,30 @@ class RowStreamParser:
         self.errors: list[str] = []
         self._skipped_items = 0
         self._saw_json = False  # a JSON value without rows was seen and skipped
+        self._before: list[str] = []  # text before the current JSON value (prose, fences)
+        self._head: list[str] = []
+        self._head_len = 0
+
+    @property
+    def head(self) -> str:
+        """The start of everything fed so far (up to ``HEAD_CHARS`` characters)."""
+        return "".join(self._head)
+
+    def _prose_before(self) -> bool:
+        return bool(_FENCE.sub("", "".join(self._before)).strip())
 
     # The row object is captured character by character between its braces.
     def feed(self, delta: str) -> list[dict]:
         out: list[dict] = []
+        if self._head_len < HEAD_CHARS:
+            piece = delta[: HEAD_CHARS - self._head_len]
+            self._head.append(piece)
+            self._head_len += len(piece)
         for ch in delta:
             if self._done:
                 break
+            if not self._started and ch not in "{[" and len(self._before) < HEAD_CHARS:
+                self._before.append(ch)
             if self._capturing:
                 self._buf.append(ch)
             if self._in_string:
@@ -66,6 +94,8 @@ class RowStreamParser:
             if ch == '"':
                 if not self._started:
                     continue  # prose before the JSON
+                if self._rows_depth is not None and len(self._stack) == self._rows_depth:
+                    self._skipped_items += 1  # a string where a row object belongs
                 self._in_string = True
                 self._string_chars = []
                 continue
@@ -105,8 +135,10 @@ class RowStreamParser:
                         self.rows.append(row)
                         out.append(row)
                 if not self._stack:
-                    if not self.rows and (self._rows_depth is None or self._skipped_items):
-                        self._restart()  # prose like "{note}" or "[1]" before the real JSON
+                    bare_in_prose = self._rows_depth == 1 and self._prose_before()
+                    if not self.rows and (self._rows_depth is None or self._skipped_items or bare_in_prose):
+                        # prose like "{note}", "[1]", 'see ["a"]' or "an empty [] list": not the answer
+                        self._restart()
                     else:
                         self._done = True
                 continue
@@ -134,6 +166,7 @@ class RowStreamParser:
         self._expect_value = False
         self._skipped_items = 0
         self._saw_json = True
+        self._before.append("x")  # what came before the next JSON value is prose
 
     def _parse_row(self, text: str) -> dict | None:
         try:
@@ -155,8 +188,8 @@ class RowStreamParser:
         errors = list(self.errors)
         truncated = False
         if not self._started:
-            errors.append(f"the answer had no {self.rows_key!r} list" if self._saw_json
-                          else "the answer contained no JSON object")
+            errors.append(f"the answer had no {self.rows_key!r} list (no JSON object of the requested shape)"
+                          if self._saw_json else "the answer contained no JSON object")
         elif not self._done:
             truncated = True
             errors.append(

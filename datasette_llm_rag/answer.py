@@ -45,6 +45,11 @@ NO_MODEL_NOTE = (
     "(any OpenAI-compatible server works, e.g. a local Ollama with provider: "
     "openai-compatible and base_url: http://127.0.0.1:11434/v1)."
 )
+UNCITED = (
+    "This answer cites none of the rows it was given, so nothing in it is backed by your data: "
+    "do not use it as it is. The rows the search found are listed below as search results; "
+    "read them, or ask again in other words."
+)
 NOTHING_RELEVANT = (
     "None of the indexed rows you can see is relevant enough to answer this question, "
     "so no answer was generated. Try other words, or check that the table you expect "
@@ -259,10 +264,18 @@ async def ask_events(
     check = validate_citations("".join(pieces), allowed)
     blocks = answer_structure(check.text, allowed)
     by_n = {h.n: h for h in hits}
+    uncited = not check.cited
+    # status "uncited": an answer that cites no row is recorded (and shown) as unsupported
     await _record_end(
-        datasette, answer_id, "ok", check.text, check.cited, check.dropped, call_id=call_id
+        datasette, answer_id, "uncited" if uncited else "ok", check.text, check.cited, check.dropped,
+        call_id=call_id,
     )
-    await answer_cache.remember(datasette, answer_id, key)
+    if not uncited:  # an answer backed by no row is not served again from the cache
+        await answer_cache.remember(datasette, answer_id, key)
+    extra: dict = {}
+    if uncited:
+        extra = {"notice": {"kind": "uncited", "message": UNCITED},
+                 "search_rows": [h.as_json() for h in hits]}
     yield {
         "event": "done",
         "answer_id": answer_id,
@@ -278,6 +291,8 @@ async def ask_events(
         "finish_reason": finish_reason,
         "cached": False,
         "permalink": permalink_url(datasette, answer_id),
+        "uncited": uncited,
+        **extra,
     }
 
 

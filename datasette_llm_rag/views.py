@@ -233,8 +233,10 @@ async def _described_event(labeller: Labeller, event: dict) -> dict:
     """A server-sent event with its rows described for people (labels, titles)."""
     if event.get("event") == "sources" and event.get("rows"):
         return {**event, "rows": await _describe(labeller, event["rows"])}
-    if event.get("event") == "done" and event.get("cited_rows"):
-        return {**event, "cited_rows": await _describe(labeller, event["cited_rows"])}
+    if event.get("event") == "done":
+        for key in ("cited_rows", "search_rows"):
+            if event.get(key):
+                event = {**event, key: await _describe(labeller, event[key])}
     return event
 
 
@@ -429,7 +431,7 @@ async def ask_api(datasette, request):
                    "message": wording.search_only_note(request.actor, can_configure)}
     if not stream:
         out, status = await ask_json(datasette, request.actor, database, question, **kwargs)
-        for key in ("rows", "cited_rows"):
+        for key in ("rows", "cited_rows", "search_rows"):
             if out.get(key):
                 out[key] = await _describe(labeller, out[key])
         if not want_answer:

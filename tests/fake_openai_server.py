@@ -25,6 +25,12 @@ As a process (so a real Datasette server can use it as provider
 
     python -m tests.fake_openai_server --port 8555 --script script.json
 
+Shaped like llama.cpp's ``llama-server`` when asked: ``slots=N`` serves at
+most N chat requests at once and holds the others in a queue without sending
+a byte (``max_in_flight`` records the most served at once); ``n_ctx=N``
+refuses a prompt of N tokens or more with llama-server's 400
+``exceed_context_size_error`` body.
+
 where script.json is ``{"rules": [reply...], "queue": [reply...], "default":
 reply, "token_delay": 0.02, "ttft": 0.2}`` and each reply is an object with
 the fields of ``Reply``. While running, ``GET /_fake/requests`` lists the
@@ -194,6 +200,8 @@ class FakeOpenAIServer:
         handler: Handler | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        slots: int | None = None,
+        n_ctx: int | None = None,
     ):
         self.token_delay = token_delay
         self.ttft = ttft
@@ -202,6 +210,10 @@ class FakeOpenAIServer:
         self.embedding_dimensions = embedding_dimensions
         self.api_key = api_key
         self.handler = handler
+        self.n_ctx = n_ctx
+        self._slots = threading.Semaphore(slots) if slots else None
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.rules: list[Reply] = []
         self.queue: list[Reply] = []
         self.requests: list[dict] = []
@@ -403,8 +415,30 @@ class _RequestHandler(BaseHTTPRequestHandler):
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def _chat(self, body: dict) -> None:
+        fake = self.fake
+        if fake._slots is None:
+            return self._chat_in_slot(body)
+        with fake._slots:  # like llama-server: queued requests get no byte until a slot frees
+            with fake._lock:
+                fake.in_flight += 1
+                fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+            try:
+                return self._chat_in_slot(body)
+            finally:
+                with fake._lock:
+                    fake.in_flight -= 1
+
+    def _chat_in_slot(self, body: dict) -> None:
         if not body.get("messages"):
             return self._send_error(400, "messages is required.")
+        prompt_tokens = count_tokens(all_text(body))
+        if self.fake.n_ctx and prompt_tokens >= self.fake.n_ctx:
+            # llama-server's body for a prompt larger than a slot's context
+            return self._send_json(400, {"error": {
+                "code": 400, "type": "exceed_context_size_error",
+                "message": f"request ({prompt_tokens} tokens) exceeds the available context size "
+                           f"({self.fake.n_ctx} tokens), try increasing it",
+                "n_prompt_tokens": prompt_tokens, "n_ctx": self.fake.n_ctx}})
         reply = self.fake.choose(body)
         ttft = reply.ttft if reply.ttft is not None else self.fake.ttft
         if reply.status != 200:

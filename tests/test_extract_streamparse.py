@@ -110,3 +110,20 @@ def test_prose_with_braces_before_the_json():
     result = parse_rows(text)
     assert result.rows == [{"a": 1}] and result.errors == []
     assert parse_rows('{"rows": []}').errors == []
+
+
+def test_fragment_inside_prose_is_not_an_answer_with_no_rows():
+    # Issue 16: a real model answered in prose quoting row["record"]; the parser took
+    # the bracketed fragment for a complete answer holding zero rows.
+    for prose in ('see ["a"]', 'The row["record"] field holds it.', "There are [] rows here.",
+                  'I found ["Ann", "Bob"] in the text.'):
+        parser = RowStreamParser()
+        assert parser.feed(prose) == []
+        assert not parser.complete, prose
+        result = parser.finish()
+        assert result.rows == [] and result.errors, prose
+        assert parser.head == prose
+    # the requested shapes still count, also after prose or a fence
+    assert parse_rows('```json\n[]\n```').errors == []
+    assert parse_rows('Sure:\n{"rows": []}').errors == []
+    assert parse_rows('Sure: [{"a": 1}]').rows == [{"a": 1}]

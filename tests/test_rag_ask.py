@@ -224,3 +224,23 @@ async def test_page_config_urls_work_and_autostart_only_from_this_site(ds, scrip
     assert fb.status_code == 200
     s = await ds.client.get(config["search"] + "?q=bridge", cookies=alice)
     assert s.status_code == 200 and s.json()["rows"]
+
+
+async def test_answer_citing_no_rows_says_so_and_shows_the_rows_as_results(ds, scripted_model):
+    # Issue 16: a small real model answered without a single [n]; the answer looked like any other.
+    scripted_model.enqueue("The bridge repairs were delayed because of the weather.")
+    r = await post_json(ds, ASK, {"q": "Why were the bridge repairs delayed?", "stream": True}, "alice")
+    events = parse_sse(r.text)
+    done = next(e for e in events if e["event"] == "done")
+    assert done["cited"] == [] and done["uncited"] is True
+    assert done["notice"]["kind"] == "uncited" and "cites none" in done["notice"]["message"]
+    assert done["search_rows"] and done["search_rows"][0]["url"] == "/news/articles/1"
+    state = await state_db(ds)
+    status = (await state.execute("select status from rag_answers where id = ?", [done["answer_id"]])).first()[0]
+    assert status == "uncited"
+    scripted_model.enqueue("No citations here either.")
+    body = (await post_json(ds, ASK, {"q": "bridge repairs delayed"}, "alice")).json()
+    assert body["ok"] and body["notice"]["kind"] == "uncited" and body["search_rows"]
+    scripted_model.enqueue("Repairs were delayed [1].")
+    body = (await post_json(ds, ASK, {"q": "bridge repairs delayed"}, "alice")).json()
+    assert "notice" not in body and body["uncited"] is False

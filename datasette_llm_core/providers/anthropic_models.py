@@ -8,6 +8,13 @@ same as with OpenAI. A model configured with ``structured_output: native``
 uses the Messages API's ``output_config`` JSON-schema format instead (the
 JSON then streams as ordinary text). Images go as base64 image blocks, PDFs
 as base64 document blocks.
+
+Anthropic-compatible servers (llama.cpp's ``/v1/messages``) may answer a
+forced tool call with a plain text block, and may ignore ``output_config``.
+A text block holding a JSON object is then used as the output; a text block
+without one is an ``ignored_tool`` error quoting what the model said; native
+output that does not start as a JSON object is a ``structured_output_ignored``
+error raised before any of it is passed on.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from typing import Any, AsyncIterator
 
 from ..errors import CapabilityError, OutputError
@@ -29,7 +37,7 @@ from ..types import (
     TextDelta,
     Usage,
 )
-from .base import Provider
+from .base import Provider, connection_lost
 from .base import timeout_kwargs as _timeout
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
@@ -62,6 +70,27 @@ def _input_tokens(usage) -> int:
         + (getattr(usage, "cache_creation_input_tokens", None) or 0)
         + (getattr(usage, "cache_read_input_tokens", None) or 0)
     )
+
+
+def json_in_text(text: str) -> str | None:
+    """The first JSON object inside ``text`` (prose, Markdown fences around it), re-serialised."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(value, dict):
+            return json.dumps(value, ensure_ascii=False)
+        start = text.find("{", start + 1)
+    return None
+
+
+def _said(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return json.dumps(text[:limit] + ("…" if len(text) > limit else ""), ensure_ascii=False)
 
 
 def tool_name(name: str) -> str:
@@ -184,13 +213,20 @@ class AnthropicChatModel(ChatModel):
         client = self.connection.client(self.model_id)
         # Native structured output arrives as ordinary text deltas.
         structured = request.json_schema is not None and self.structured_output == "tool"
+        native = request.json_schema is not None and self.structured_output == "native"
         input_tokens = output_tokens = 0
         stop_reason = None
         in_tool = False
+        tool_seen = False
+        held: list[str] = []  # text blocks of a tool-mode answer; native output before its first character
+        checked = not native
+        opened = None
+        chars = 0
         try:
             stream = await client.messages.create(
                 **self.params(request), stream=True, **_timeout(timeout or self.timeout)
             )
+            opened = time.monotonic()
             try:
                 async for event in stream:
                     kind = event.type
@@ -200,12 +236,27 @@ class AnthropicChatModel(ChatModel):
                         output_tokens = usage.output_tokens or 0
                     elif kind == "content_block_start":
                         in_tool = event.content_block.type == "tool_use"
+                        tool_seen = tool_seen or in_tool
                     elif kind == "content_block_delta":
                         delta = event.delta
-                        if delta.type == "text_delta" and not structured and delta.text:
-                            yield TextDelta(delta.text)
+                        if delta.type == "text_delta" and delta.text:
+                            chars += len(delta.text)
+                            if structured:
+                                held.append(delta.text)  # the tool was ignored, or a preamble
+                            elif not checked:
+                                held.append(delta.text)
+                                said = "".join(held)
+                                if said.strip():
+                                    if not said.lstrip().startswith("{"):
+                                        raise self._native_ignored(said)
+                                    checked = True
+                                    held.clear()
+                                    yield TextDelta(said)
+                            else:
+                                yield TextDelta(delta.text)
                         elif delta.type == "input_json_delta" and structured and in_tool:
                             if delta.partial_json:
+                                chars += len(delta.partial_json)
                                 yield TextDelta(delta.partial_json)
                     elif kind == "content_block_stop":
                         in_tool = False
@@ -219,10 +270,46 @@ class AnthropicChatModel(ChatModel):
             finally:
                 await stream.close()
         except anthropic.APIError as e:
+            if opened is not None and type(e) is anthropic.APIConnectionError:
+                raise connection_lost(self.connection, self.model_id, e, seconds=time.monotonic() - opened,
+                                      chars=chars) from e
             raise self.connection.model_error(e, self.model_id) from e
+        if structured and not tool_seen:
+            yield TextDelta(self._json_from_text("".join(held)))
+        elif held and "".join(held).strip():
+            raise self._native_ignored("".join(held))
         yield StreamEnd(
             usage=Usage(input_tokens, output_tokens),
             finish_reason=FINISH.get(stop_reason, stop_reason),
+        )
+
+    def _json_from_text(self, text: str) -> str:
+        """A forced tool call answered with a text block: its JSON object, else an error."""
+        found = json_in_text(text)
+        if found is not None:
+            return found
+        return self._raise_ignored_tool(text)
+
+    def _raise_ignored_tool(self, text: str):
+        said = f": it said {_said(text)}" if text.strip() else " and said nothing"
+        raise OutputError(
+            f"{self.model_id} ignored the output tool it was told to use and answered in plain "
+            f"text with no JSON object{said}. The server may not support forced tool calls "
+            "(tool_choice): pick another model, or for a server that follows a JSON schema set "
+            "structured_output: native.",
+            retryable=False,
+            error_class="ignored_tool",
+            model_id=self.model_id,
+        )
+
+    def _native_ignored(self, text: str) -> OutputError:
+        return OutputError(
+            f"{self.model_id} did not follow the JSON schema sent as output_config (native "
+            f"structured output): it answered {_said(text)}. The server probably ignores "
+            "output_config: set structured_output: tool for this model (or remove the setting).",
+            retryable=False,
+            error_class="structured_output_ignored",
+            model_id=self.model_id,
         )
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> ChatResponse:
@@ -235,18 +322,17 @@ class AnthropicChatModel(ChatModel):
             )
         except anthropic.APIError as e:
             raise self.connection.model_error(e, self.model_id) from e
+        said = "".join(b.text for b in message.content if b.type == "text")
         if request.json_schema is not None and self.structured_output == "tool":
             tool_inputs = [b.input for b in message.content if b.type == "tool_use"]
-            if not tool_inputs:
-                raise OutputError(
-                    f"{self.model_id} answered without the structured output that was asked for",
-                    retryable=True,
-                    error_class="no_structured_output",
-                    model_id=self.model_id,
-                )
-            text = json.dumps(tool_inputs[0], ensure_ascii=False)
+            if tool_inputs:
+                text = json.dumps(tool_inputs[0], ensure_ascii=False)
+            else:
+                text = self._json_from_text(said)
         else:
-            text = "".join(b.text for b in message.content if b.type == "text")
+            text = said
+            if request.json_schema is not None and text.strip() and not text.lstrip().startswith("{"):
+                raise self._native_ignored(text)
         return ChatResponse(
             text=text,
             usage=Usage(_input_tokens(message.usage), message.usage.output_tokens or 0),

@@ -127,6 +127,25 @@ class Provider:
                          secrets=self.secrets(), base_url=self.base_url)
 
 
+def connection_lost(provider: Provider, model_id: str, error: Exception, *, seconds: float,
+                    chars: int) -> ModelError:
+    """A connection that broke after the answer had started: the server stopped or crashed
+    (it was reached, so "could not connect" would send the reader the wrong way)."""
+    where = f" at {provider.base_url}" if provider.base_url else ""
+    return ModelError(
+        redact(
+            f"The connection to {provider.name}{where} closed in the middle of the answer from "
+            f"{model_id!r} ({seconds:.0f} s and {chars:,} characters in): the server stopped, "
+            f"crashed or dropped the request. Check the server (its log, whether it is still "
+            f"running) and run it again. ({type(error).__name__})",
+            provider.secrets(),
+        ),
+        retryable=True,
+        error_class="connection_lost",
+        model_id=model_id,
+    )
+
+
 def timeout_kwargs(timeout: float | None) -> dict:
     """``{"timeout": t}`` for an SDK call, or nothing (an explicit None disables timeouts)."""
     return {"timeout": timeout} if timeout else {}
@@ -228,7 +247,20 @@ def map_error(
         return make(f"{who} returned something unexpected ({detail})", retryable=False,
                     error_class="invalid_response")
 
-    message, err_type, code = _vendor_detail(getattr(error, "body", None))
+    body = getattr(error, "body", None)
+    message, err_type, code = _vendor_detail(body)
+    if err_type == "exceed_context_size_error" or code == "context_length_exceeded":
+        inner = body.get("error", body) if isinstance(body, dict) else {}
+        n_ctx = inner.get("n_ctx") if isinstance(inner, dict) else None
+        size = f" of {n_ctx:,} tokens" if isinstance(n_ctx, int) else ""
+        hint = f"context_tokens: {n_ctx}" if isinstance(n_ctx, int) else "context_tokens"
+        return make(
+            f"{who} refused the request: the prompt is larger than its context{size} ({status}). "
+            f"Set {hint} for this model (a llama.cpp server: its per-slot context) so requests "
+            "are sized to fit, or send less text at once",
+            retryable=False,
+            error_class="context_exceeded",
+        )
     if 200 <= status < 300 and err_type in _TYPE_STATUS:
         status = _TYPE_STATUS[err_type]
     headers = getattr(response, "headers", None)

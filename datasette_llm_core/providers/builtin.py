@@ -10,8 +10,10 @@ defaults from the environment:
 - ``ANTHROPIC_API_KEY`` -> ``claude-haiku-4-5``
 - ``DATASETTE_LLM_BASE_URL`` (+ ``DATASETTE_LLM_MODEL``, optional
   ``DATASETTE_LLM_API_KEY`` and ``DATASETTE_LLM_SUPPORTS``, a comma list
-  such as ``streaming,schema,images``) -> an OpenAI-compatible model for a
-  local Ollama, llama.cpp server or vLLM.
+  such as ``streaming,schema,images``; ``DATASETTE_LLM_CONTEXT_TOKENS``,
+  ``DATASETTE_LLM_MAX_OUTPUT_TOKENS`` and ``DATASETTE_LLM_CONCURRENCY``
+  for a small local server) -> an OpenAI-compatible model for a local
+  Ollama, llama.cpp server or vLLM.
 
 Built models are cached per Datasette instance (weakly) and rebuilt when
 the configuration or those environment variables change.
@@ -39,7 +41,16 @@ ENV_VARS = (
     "DATASETTE_LLM_MODEL",
     "DATASETTE_LLM_API_KEY",
     "DATASETTE_LLM_SUPPORTS",
+    "DATASETTE_LLM_CONTEXT_TOKENS",
+    "DATASETTE_LLM_MAX_OUTPUT_TOKENS",
+    "DATASETTE_LLM_CONCURRENCY",
 )
+#: Whole-number settings of the environment route, and the model field each sets.
+ENV_NUMBERS = {
+    "DATASETTE_LLM_CONTEXT_TOKENS": "context_tokens",
+    "DATASETTE_LLM_MAX_OUTPUT_TOKENS": "max_output_tokens",
+    "DATASETTE_LLM_CONCURRENCY": "concurrency",
+}
 DEFAULT_LOCAL_MODEL = "llama3.2"
 
 
@@ -65,6 +76,14 @@ def default_model_configs(environ) -> list[ModelConfig]:
             for s in (environ.get("DATASETTE_LLM_SUPPORTS") or "streaming,schema").split(",")
             if s.strip()
         ]
+        numbers = {}
+        for name, field in ENV_NUMBERS.items():
+            value = (environ.get(name) or "").strip()
+            if value:
+                try:
+                    numbers[field] = int(value)
+                except ValueError:
+                    raise ConfigError(f"{name} must be a whole number (got {value!r}).") from None
         try:
             configs.append(
                 ModelConfig(
@@ -75,7 +94,13 @@ def default_model_configs(environ) -> list[ModelConfig]:
                     supports=supports,
                 )
             )
+            configs[-1] = ModelConfig.model_validate({**configs[-1].model_dump(exclude_unset=True), **numbers})
         except ValueError as e:
+            if numbers and "supports" not in str(e):
+                raise ConfigError(
+                    "DATASETTE_LLM_CONTEXT_TOKENS (256 or more), DATASETTE_LLM_MAX_OUTPUT_TOKENS (16 or "
+                    f"more) or DATASETTE_LLM_CONCURRENCY (1-256) is out of range: {e}"
+                ) from e
             raise ConfigError(
                 "DATASETTE_LLM_SUPPORTS may list only streaming, schema, images, pdfs "
                 f"(got {environ.get('DATASETTE_LLM_SUPPORTS')!r})."
@@ -143,8 +168,13 @@ def build_chat_model(config: ModelConfig, environ=None, default_timeout: float |
         timeout=config.timeout,
     )
     if config.provider == "anthropic":
-        return AnthropicChatModel(config.id, structured_output=config.structured_output, **common)
-    return OpenAIChatModel(config.id, max_tokens_param=config.max_tokens_param, **common)
+        model = AnthropicChatModel(config.id, structured_output=config.structured_output, **common)
+    else:
+        model = OpenAIChatModel(config.id, max_tokens_param=config.max_tokens_param, **common)
+    model.max_output_tokens = config.max_output_tokens
+    model.concurrency = config.concurrency
+    model.first_byte_timeout = config.first_byte_timeout
+    return model
 
 
 def build_embedding_model(
@@ -193,7 +223,8 @@ _cache: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 def _fingerprint(settings: Settings, environ) -> str:
     return json.dumps(
         [
-            settings.model_dump(include={"models", "embedding_models", "auto_models", "timeout"}),
+            settings.model_dump(include={"models", "embedding_models", "auto_models", "timeout",
+                                         "first_byte_timeout"}),
             [environ.get(name) for name in ENV_VARS],
             [environ.get(c.api_key_env) for c in settings.models + settings.embedding_models if c.api_key_env],
             id(make_http_client),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from typing import Any, AsyncIterator
 
 from ..errors import OutputError
@@ -28,7 +29,7 @@ from ..types import (
     TextDelta,
     Usage,
 )
-from .base import Provider
+from .base import Provider, connection_lost
 from .base import timeout_kwargs as _timeout
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
@@ -100,7 +101,9 @@ def to_openai_messages(request: ChatRequest) -> list[dict]:
         if message.role == "assistant" or all(
             not isinstance(p, (ImagePart, PdfPart)) for p in message.parts
         ):
-            text = "".join(getattr(p, "text", "") for p in message.parts)
+            # Parts are separate paragraphs (task, document, reply format): a
+            # blank line between them, never glued ("...it.Document to...").
+            text = "\n\n".join(t for t in (getattr(p, "text", "") for p in message.parts) if t)
             messages.append({"role": message.role, "content": text})
             continue
         content = []
@@ -206,6 +209,8 @@ class OpenAIChatModel(ChatModel):
         finish = None
         refusal = []
         produced = False
+        opened = None  # when the server answered: later connection errors are a broken stream
+        chars = 0
         try:
             stream = await client.chat.completions.create(
                 **self.params(request),
@@ -213,6 +218,7 @@ class OpenAIChatModel(ChatModel):
                 stream_options={"include_usage": True},
                 **_timeout(timeout or self.timeout),
             )
+            opened = time.monotonic()
             try:
                 async for chunk in stream:
                     if chunk.usage is not None:
@@ -223,6 +229,7 @@ class OpenAIChatModel(ChatModel):
                         delta = choice.delta
                         if delta is not None and delta.content:
                             produced = True
+                            chars += len(delta.content)
                             yield TextDelta(delta.content)
                         if delta is not None and getattr(delta, "refusal", None):
                             refusal.append(delta.refusal)
@@ -231,6 +238,9 @@ class OpenAIChatModel(ChatModel):
             finally:
                 await stream.close()
         except openai.APIError as e:
+            if opened is not None and type(e) is openai.APIConnectionError:
+                raise connection_lost(self.connection, self.model_id, e, seconds=time.monotonic() - opened,
+                                      chars=chars) from e
             raise self.connection.model_error(e, self.model_id) from e
         if refusal and not produced:
             raise self._refused("".join(refusal))

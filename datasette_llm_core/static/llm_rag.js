@@ -157,6 +157,12 @@
         link.href = data.permalink;
         metaBox.appendChild(link);
       }
+      if (data.notice && data.notice.kind === "uncited") {
+        // Nothing backs this answer: say so, and offer the rows as plain search results.
+        section.classList.add("llm-rag-uncited");
+        statusBox.textContent = data.notice.message;
+        showRows(data.search_rows || [], "Search results (the answer cites none of them)", false);
+      }
       feedback.hidden = false;
     } else if (eventName === "notice") {
       statusBox.textContent = data.message;

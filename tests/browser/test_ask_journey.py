@@ -98,6 +98,27 @@ def test_ask_streams_a_cited_answer_and_citation_opens_the_row(
     expect(page.locator(".llm-rag-question")).to_contain_text(QUESTION)
 
 
+def test_answer_citing_no_rows_is_flagged_and_rows_shown_as_search_results(
+    root_page, datasette_server, fake_llm
+):
+    # Issue 16: a small real model answered without a single [n]; the page showed it as an answer.
+    page = root_page
+    fake_llm.handler = lambda request: Reply(content="Stephanie Clifford sued someone at some point.")
+    try:
+        page.goto(datasette_server.url("/-/llm-ask/documents"))
+        page.locator("#llm-rag-q").fill(QUESTION)
+        page.get_by_role("button", name="Ask").click()
+        status = page.locator("#llm-rag-answer .llm-rag-status")
+        expect(status).to_contain_text("cites none of the rows", timeout=EXPECT_TIMEOUT)
+        expect(page.locator("#llm-rag-answer")).to_have_class(re.compile("llm-rag-uncited"))
+        results = page.locator("#llm-rag-results")
+        expect(results.locator("h2")).to_contain_text("Search results (the answer cites none of them)")
+        expect(results).to_contain_text(CASE)
+        expect(page.locator(".llm-rag-cited li")).to_have_count(0)
+    finally:
+        fake_llm.handler = None
+
+
 def test_semantic_search_without_any_model(anon_page, search_only_server, fake_llm, shots):
     page = anon_page
     page.goto(search_only_server.url("/-/llm-ask/documents"))
