@@ -313,7 +313,9 @@ async def test_a_signed_out_reader_opens_the_provenance_card(ds, scripted_model)
 
     card = await ds.client.get(link.group(1))
     assert card.status_code == 200
-    for shown in ("pasted text", "Acme Ltd paid 12.50", "scripted", "extract-v1", "Changed by the reviewer",
+    from datasette_llm_extract.prompts import PROMPT_VERSION
+
+    for shown in ("pasted text", "Acme Ltd paid 12.50", "scripted", PROMPT_VERSION, "Changed by the reviewer",
                   "company (the model said “Acme Ltd”)"):
         assert shown in card.text, shown
     data = (await ds.client.get(link.group(1) + ".json")).json()

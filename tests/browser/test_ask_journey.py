@@ -75,7 +75,8 @@ def test_ask_streams_a_cited_answer_and_citation_opens_the_row(
     results = page.locator("#llm-rag-results")
     expect(results).to_contain_text("in Lawsuits involving Donald Trump")
     assert not re.search(r"score \d", results.inner_text())
-    assert "similarity" in results.locator(".llm-rag-score").first.inner_text()
+    # the question box reranks: the number shown is the reranker's, and it orders the list
+    assert "relevance" in results.locator(".llm-rag-score").first.inner_text()
     assert "fused rank score" in (results.locator(".llm-rag-score").first.get_attribute("title") or "")
     expect(page.locator("#llm-rag-answer .llm-rag-meta")).to_contain_text("Check every cited row")
     assert_labelled(page, "#llm-rag-answer")
@@ -129,7 +130,7 @@ def test_semantic_search_without_any_model(anon_page, search_only_server, fake_l
     search.click()
     hits = page.locator("#llm-rag-results li")
     expect(hits.first).to_be_visible(timeout=EXPECT_TIMEOUT)
-    expect(page.locator("#llm-rag-results")).to_contain_text("similarity")
+    expect(page.locator("#llm-rag-results")).to_contain_text("relevance")
     expect(page.locator("#llm-rag-results")).to_contain_text("in Lawsuits involving Donald Trump")
     assert_labelled(page, "main, .content, body")
     shots(page, "semantic-search")
