@@ -110,6 +110,7 @@ def test_a_scan_read_by_ocr_is_shown_beside_its_rows_and_a_reader_opens_the_card
     shots(page, "review-scan", readme=True)
 
     # 2. insert it; the run page is not for readers
+    page.get_by_role("button", name="Accept all valid rows").click()  # rows start undecided
     page.locator("#llm-insert").click()
     expect(page.locator("#llm-status")).to_have_text("inserted", timeout=SLOW)
     assert _status(anon_page, datasette_server.url(f"/-/llm-extract/runs/{run_id}")) == 404
