@@ -77,7 +77,11 @@ def assert_usage_logged(rows: list[dict]) -> None:
     ok = [r for r in rows if r["outcome"] == "ok"]
     assert ok, rows
     for row in ok:
-        assert row["input_tokens"] > 0 and row["output_tokens"] > 0, row
+        # input 0 is what llama-server reports over /v1/messages when the whole prompt came from
+        # its prompt cache (seen in one of six queued identical-prefix calls); it is still the
+        # server's count, not a guess, so only output must be positive
+        assert row["input_tokens"] is not None and row["input_tokens"] >= 0, row
+        assert row["output_tokens"] > 0, row
         assert row["tokens_estimated"] == 0, row  # from the server's usage, not guessed
         assert row["cost_usd"] is None  # no prices for a local model: unknown, never $0
 
