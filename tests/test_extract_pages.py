@@ -28,6 +28,7 @@ from .extract_web_helpers import (
     state_rows,
     wait_run,
 )
+from .test_extract_documents import pdf_bytes
 
 SCHEMA = {"columns": [{"name": "company", "description": "Who issued it"},
                       {"name": "total", "type": "number", "description": "Amount paid"}]}
@@ -68,18 +69,7 @@ def text_pdf(pages: list[list[str]]) -> bytes:
         objects.append(b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream")
     objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(pages)} >>".encode()
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for i, obj in enumerate(objects, 1):
-        offsets.append(out.tell())
-        out.write(f"{i} 0 obj\n".encode() + obj + b"\nendobj\n")
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    for off in offsets:
-        out.write(f"{off:010d} 00000 n \n".encode())
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-    return out.getvalue()
+    return pdf_bytes(objects)
 
 
 def file_json(name: str, content_type: str, data: bytes) -> dict:

@@ -8,13 +8,13 @@ mark exactly that quote in the source shown on the page.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
 import pytest
 
 from ..fake_openai_server import all_text
+from ..test_extract_documents import pdf_bytes
 from .conftest import EXPECT_TIMEOUT
 
 pytestmark = pytest.mark.browser
@@ -62,18 +62,7 @@ def make_pdf(pages: list[list[str]]) -> bytes:
     font = str(len(objects)).encode()
     objects = [o.replace(b"FONT", font) for o in objects]
     objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>".encode()
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for i, obj in enumerate(objects, 1):
-        offsets.append(out.tell())
-        out.write(f"{i} 0 obj\n".encode() + obj + b"\nendobj\n")
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    for off in offsets:
-        out.write(f"{off:010d} 00000 n \n".encode())
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode())
-    return out.getvalue()
+    return pdf_bytes(objects)
 
 
 def quoting_model(request):
