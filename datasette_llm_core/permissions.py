@@ -36,12 +36,13 @@ too (and can deny, e.g. ``llm-search: false`` on a database).
 
 The state database (``llm_newsroom``) holds the call log and everyone's runs:
 viewing or downloading it, its tables and queries, and running SQL against it
-are denied to actors without ``llm-view-log``; Datasette's write actions on it
-(insert-row, execute-write-sql, ...) are denied to everyone but root. The same
-holds for the state database file served under any other name. A search-index
-sidecar served as a database (recognised by content, see guard.py) is readable
-only with an explicit ``llm-view-log`` grant in the plugin's config (root
-included) and writable by no one; through ``--crossdb`` neither can be read.
+are readable only with an explicit ``llm-view-log`` grant in the plugin's
+config (root included: root needs the grant too); Datasette's write actions on
+it (insert-row, execute-write-sql, ...) are denied to everyone but root. The
+same holds for the state database file served under any other name. A
+search-index sidecar served as a database (recognised by content, see
+guard.py) is readable under the same rule and writable by no one; through
+``--crossdb`` neither can be read.
 """
 
 from __future__ import annotations
@@ -383,9 +384,11 @@ async def permission_allowed_065(datasette, actor, action, resource):
     return None
 
 
-async def may_read_sidecar(datasette, actor) -> bool:
+async def may_read_suite_file(datasette, actor) -> bool:
     """A search index holds the text of every indexed row, private tables
-    included: only an explicit ``llm-view-log`` grant opens it (root too)."""
+    included, and the state database holds every user's pasted documents and
+    prompts: only an explicit ``llm-view-log`` grant opens either (root too:
+    being root is not a grant to read everyone's documents)."""
     if granted_resources(grants_for(datasette), actor, "llm-view-log"):
         return True
     if is_root(actor):
@@ -400,9 +403,7 @@ async def _may_touch_suite_file(datasette, actor, action: str, kind: str) -> boo
     if action in STATE_DB_WRITE:
         # The call log is an audit trail; an index is written by the indexer only.
         return kind == STATE and is_root(actor)
-    if kind == STATE:
-        return await allowed(datasette, actor, "llm-view-log")
-    return await may_read_sidecar(datasette, actor)
+    return await may_read_suite_file(datasette, actor)
 
 
 _param_counter = 0
@@ -477,10 +478,13 @@ async def menu_links_body(datasette, actor) -> list[dict]:
         return []
     if not await allowed(datasette, actor, "llm-view-log"):
         return []
-    # Newest calls first: the table's primary key is a random id.
-    href = datasette.urls.table(STATE_DB_NAME, "llm_calls") + "?_sort_desc=started_at"
-    return [{"href": href, "label": "LLM call log"},
-            {"href": datasette.urls.path("/-/llm-models"), "label": "LLM models"}]
+    links = []
+    if await may_read_suite_file(datasette, actor):
+        # Newest calls first: the table's primary key is a random id.
+        href = datasette.urls.table(STATE_DB_NAME, "llm_calls") + "?_sort_desc=started_at"
+        links.append({"href": href, "label": "LLM call log"})
+    links.append({"href": datasette.urls.path("/-/llm-models"), "label": "LLM models"})
+    return links
 
 
 # --------------------------------------------------------------------------

@@ -343,7 +343,8 @@ ASK = "/-/llm-rag/news/ask.json"
 # (id, method, path, json body or raw bytes, expected status, [phrases in the error])
 WEB_CASES = [
     ("extract-unknown-database", "POST", RUNS, {**TARGET_JSON, "database": "nope"}, 404, ["no database called 'nope'"]),
-    ("extract-state-database", "POST", RUNS, {**TARGET_JSON, "database": "llm_newsroom"}, 404, ["no table"]),
+    # root may not even view the state database without an explicit llm-view-log grant (#10.3)
+    ("extract-state-database", "POST", RUNS, {**TARGET_JSON, "database": "llm_newsroom"}, 403, ["llm_newsroom"]),
     ("extract-unknown-table", "POST", RUNS, {**TARGET_JSON, "table": "nope"}, 404, ["nope"]),
     ("extract-unknown-model", "POST", RUNS, {**TARGET_JSON, "model": "gpt-9-ultra"}, 400, ["gpt-9-ultra", "available"]),
     ("extract-empty-text", "POST", RUNS, {**TARGET_JSON, "text": ""}, 400, ["paste some text"]),

@@ -92,7 +92,9 @@ async def test_json_refusals_say_the_same(ds):
 async def test_allowed_actors_still_get_in(ds):
     root = cookies(ds, "root")
     for path in ("/-/llm-rag/index/news", "/-/llm-ask/news", "/-/llm-extract/new/news",
-                 "/llm_newsroom"):
+                 "/-/llm-models"):
         assert (await ds.client.get(path, cookies=root)).status_code == 200, path
+    # The state database needs an explicit llm-view-log grant, root included.
+    assert (await ds.client.get("/llm_newsroom", cookies=root)).status_code == 403
     # alice may view news: search is allowed by default
     assert (await ds.client.get("/-/llm-ask/news", cookies=cookies(ds, "alice"))).status_code == 200

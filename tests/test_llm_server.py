@@ -47,7 +47,8 @@ def server(tmp_path_factory):
     script.write_text("[]")
     settings = {"state_database": str(tmp / "state.db"), "auto_models": False, "llm_models": True,
                 "models": [{"id": "gemini-flash", "provider": "llm", "model": "scripted-sync"}],
-                "retries": {"max_attempts": 1}}
+                "retries": {"max_attempts": 1},
+                "permissions": {"llm-view-log": {"id": "root"}}}  # root reads the call log by grant only
     config = tmp / ("datasette.yaml" if IS_V1 else "metadata.yml")
     config.write_text(yaml.safe_dump({"plugins": {"datasette-llm-newsroom": settings}}))
     port = _free_port()

@@ -291,12 +291,13 @@ MATRIX: list[Cell] = [
     Cell(r"^/-/llm-models$", "GET", "/-/llm-models", "403 403 403 403 200"),
     Cell(r"^/-/llm-models/test$", "POST", "/-/llm-models/test", "403 403 403 403 200", {"model_id": "scripted"}),
     # Datasette's own pages over the state database: call log, runs, answers, feedback.
-    Cell("", "GET", "/llm_newsroom", "403 403 403 403 200"),
-    Cell("", "GET", "/llm_newsroom/llm_calls.json", "403 403 403 403 200"),
-    Cell("", "GET", "/llm_newsroom/llm_feedback.json", "403 403 403 403 200"),
-    Cell("", "GET", "/llm_newsroom/llm_extract_runs.json", "403 403 403 403 200"),
+    # Everyone's pasted documents live there: root too needs an explicit llm-view-log grant (#10.3).
+    Cell("", "GET", "/llm_newsroom", "403 403 403 403 403"),
+    Cell("", "GET", "/llm_newsroom/llm_calls.json", "403 403 403 403 403"),
+    Cell("", "GET", "/llm_newsroom/llm_feedback.json", "403 403 403 403 403"),
+    Cell("", "GET", "/llm_newsroom/llm_extract_runs.json", "403 403 403 403 403"),
     Cell("", "GET", ("/llm_newsroom/-/query.json" if V1 else "/llm_newsroom.json") + "?sql=select+*+from+llm_calls",
-         "403 403 403 403 200"),
+         "403 403 403 403 403"),
     Cell("", "GET", "/news/secret.json", "403 403 403 403 200"),
 ]
 

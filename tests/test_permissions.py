@@ -230,16 +230,36 @@ async def test_state_database_hidden_over_http(ds, name):
     assert "LLM call log" not in html
 
 
-@pytest.mark.parametrize("name", ["editor", "root"])
-async def test_state_database_visible_to_log_viewers(ds, name):
-    c = cookies(ds, ACTORS[name])
+async def test_state_database_visible_to_log_viewers(ds):
+    c = cookies(ds, ACTORS["editor"])
     for path in ("/llm_newsroom", "/llm_newsroom/llm_calls.json"):
         response = await ds.client.get(path, cookies=c)
         assert response.status_code == 200, (path, response.status_code)
     html = (await ds.client.get("/", cookies=c)).text
     assert "LLM call log" in html
     assert ds.urls.table(P.STATE_DB_NAME, "llm_calls") in html
-    assert await P.can_view(ds, ACTORS[name], P.STATE_DB_NAME, "llm_calls")
+    assert await P.can_view(ds, ACTORS["editor"], P.STATE_DB_NAME, "llm_calls")
+
+
+async def test_root_reads_the_state_database_only_by_explicit_grant(tmp_path):
+    # The state database holds every user's pasted documents and prompts:
+    # being root is not a grant to read them (issue #10.3, "root included only by grant").
+    for grants, want in ((GRANTS, 403), ({**GRANTS, "llm-view-log": {"id": ["editor", "root"]}}, 200)):
+        (tmp_path / str(want)).mkdir()
+        ds = make_datasette(tmp_path / str(want), grants=grants)
+        await ds.invoke_startup()
+        await ds.databases[P.STATE_DB_NAME].execute_write("create table if not exists llm_calls (id text primary key)")
+        c = cookies(ds, ACTORS["root"])
+        for path in ("/llm_newsroom", "/llm_newsroom/llm_calls.json",
+                     "/llm_newsroom.json?sql=select+*+from+llm_calls"):
+            response = await ds.client.get(path, cookies=c)
+            if response.status_code in (301, 302):
+                response = await ds.client.get(response.headers["location"], cookies=c)
+            assert response.status_code == want, (grants, path, response.status_code)
+        html = (await ds.client.get("/", cookies=c)).text
+        assert ("LLM call log" in html) is (want == 200)
+        assert "/-/llm-models" in html  # root still operates the models page
+        assert await P.can_view(ds, ACTORS["root"], P.STATE_DB_NAME, "llm_calls") is (want == 200)
 
 
 async def test_plain_datasette_state_db_guard_only_touches_state_db(ds):
@@ -307,13 +327,14 @@ async def test_native_permissions_blocks_on_v1(tmp_path):
 
 
 @pytest.mark.skipif(not V1, reason="--root is a Datasette 1.0 switch here")
-async def test_root_enabled_on_v1_sees_state_db(tmp_path):
+async def test_root_enabled_on_v1_still_needs_a_grant_for_the_state_db(tmp_path):
     ds = make_datasette(tmp_path, grants={})
     ds.root_enabled = True
     await ds.invoke_startup()
-    assert await P.allowed(ds, {"id": "root"}, "llm-view-log")
+    assert await P.allowed(ds, {"id": "root"}, "llm-view-log")  # operates models, sees runs
     c = cookies(ds, {"id": "root"})
-    assert (await ds.client.get("/llm_newsroom.json", cookies=c)).status_code == 200
+    # ...but `--root` is not a grant to read everyone's pasted documents.
+    assert (await ds.client.get("/llm_newsroom.json", cookies=c)).status_code == 403
 
 
 def test_grant_covers_matches_tables_like_sqlite():

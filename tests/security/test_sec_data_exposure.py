@@ -143,14 +143,15 @@ def test_served_sidecar_is_readable_with_an_explicit_grant(world, db):
 
 @pytest.mark.parametrize("name", ["llm_newsroom", "state"])
 def test_state_database_needs_llm_view_log_under_any_name(world, name):
-    for actor in (ANON, EDITOR):
+    # Root included: the state database holds every user's pasted documents, and
+    # only an explicit llm-view-log grant opens it (#10.3), as for the sidecars.
+    for actor in (ANON, EDITOR, ROOT):
         for path in (sql_url(name, "select text from llm_extract_documents"),
                      f"/{name}/llm_extract_documents.json?_shape=array", f"/{name}.db"):
             status, text, _ = world.get(path, actor=actor)
             assert CANARY_DOC not in text and status in (403, 404), (actor, path, status)
-    for actor in (ROOT, AUDITOR):
-        status, text, _ = world.get(sql_url(name, "select text from llm_extract_documents"), actor=actor)
-        assert status == 200 and CANARY_DOC in text, (actor, status, text[:300])
+    status, text, _ = world.get(sql_url(name, "select text from llm_extract_documents"), actor=AUDITOR)
+    assert status == 200 and CANARY_DOC in text, (status, text[:300])
 
 
 def test_suite_files_carry_their_marks(world):

@@ -33,6 +33,7 @@ def world(tmp_path_factory):
            "DATASETTE_LLM_MODEL": "local-model"}
     config = {"plugins": {"datasette-llm-newsroom": {
         "state_database": str(tmp / "state.db"), "retries": {"max_attempts": 1},
+        "permissions": {"llm-view-log": {"id": "root"}},  # so root's call-log page is really checked
     }}}
     server = Server(tmp, [db], config, env=env).start()
     try:
@@ -59,6 +60,7 @@ def test_model_url_credentials_stay_out_of_pages_and_logs(world):
              server.get(f"/-/llm-extract/runs/{run['id']}", actor=root)[1],
              server.get(f"/-/llm-extract/runs/{run['id']}/events", actor=root)[1],
              server.get("/llm_newsroom/llm_calls.json?_shape=array", actor=root)[1]]
+    assert "127.0.0.1" in pages[-1], pages[-1][:300]  # the call log page was served, not refused
     state = sqlite3.connect(tmp / "state.db")
     calls = state.execute("select error_message from llm_calls").fetchall()
     dumped = "\n".join("\t".join(map(str, row)) for table in ("llm_calls", "llm_extract_runs", "llm_extract_events")
