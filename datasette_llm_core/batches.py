@@ -145,18 +145,22 @@ def _vendor_errors(provider_name: str) -> tuple[type[BaseException], ...]:
 
 async def _call(provider, config: ModelConfig, what: str, fn: Callable[[], Awaitable[Any]], *,
                 retries: int = RETRIES, backoff: float = BACKOFF, sleep: Sleep | None = None,
-                on_retry: Callable[[ModelError], None] | None = None) -> Any:
-    """``await fn()``, retried on 429/5xx/timeouts; other failures as ``ModelError``."""
-    sleep = sleep or asyncio.sleep
+                on_retry: Callable[[ModelError], None] | None = None,
+                retry_if: Callable[[ModelError], bool] | None = None, advice: str = "") -> Any:
+    """``await fn()``, retried on 429/5xx/timeouts (those ``retry_if`` allows); other
+    failures as ``ModelError`` saying what was being done (and ``advice``)."""
+    sleep = asyncio.sleep if sleep is None else sleep
     errors = _vendor_errors(config.provider)
     for attempt in range(1, retries + 1):
         try:
             return await fn()
         except errors as e:
             error = provider.model_error(e, config.id)
-            if not error.retryable or attempt == retries:
+            again = error.retryable and (retry_if is None or retry_if(error))
+            if not again or attempt == retries:
                 tries = f" (after {attempt} attempts)" if attempt > 1 else ""
-                raise ModelError(f"{what}{tries}: {error}", status=error.status, retryable=error.retryable,
+                raise ModelError(f"{what}{tries}: {error}{advice if error.retryable else ''}",
+                                 status=error.status, retryable=error.retryable,
                                  retry_after=error.retry_after, error_class=error.error_class,
                                  model_id=config.id) from e
             if on_retry is not None:
@@ -286,9 +290,22 @@ async def _submit_openai(provider, client, config, data: bytes, token: str, labe
     return {"batch_id": batch.id, "input_file_id": upload.id}
 
 
+#: Failures that say the request was not taken (safe to send again).
+_NOT_TAKEN = ("rate_limit", "overloaded")
+
+
 async def _submit_anthropic(provider, client, config, items: list[dict], **kw) -> dict:
-    batch = await _call(provider, config, "Creating the Anthropic message batch",
-                        lambda: client.messages.batches.create(requests=items), **kw)
+    # Message batches carry no metadata to find one by, so a create call that may
+    # have worked (5xx, timeout, dropped connection) is not sent again.
+    batch = await _call(
+        provider, config, "Creating the Anthropic message batch",
+        lambda: client.messages.batches.create(requests=items),
+        retry_if=lambda error: error.error_class in _NOT_TAKEN,
+        advice=(". The batch may have been created all the same: check the Message Batches page "
+                "of the Anthropic console and cancel it there before submitting again, or it "
+                "runs (and is billed) twice"),
+        **kw,
+    )
     return {"batch_id": batch.id, "input_file_id": None}
 
 
@@ -303,6 +320,7 @@ def _parts(handle: dict) -> list[dict]:
 
 
 def _check_handle(provider_config: dict, handle: dict) -> ModelConfig:
+    _parts(handle)
     config = _config(provider_config, handle.get("model_id") or handle.get("model"))
     if config.provider != handle.get("provider"):
         raise ConfigError(
@@ -337,10 +355,10 @@ def _part_status(config: ModelConfig, batch, expected: int) -> dict:
     state = "in_progress"
     if batch.processing_status == "ended":
         state = "ended"
-        if total and counts.expired == total:
-            state = "expired"
-        elif batch.cancel_initiated_at is not None:
+        if batch.cancel_initiated_at is not None:
             state = "cancelled"
+        elif counts.expired:  # requests expire only when the batch's 24 h run out
+            state = "expired"
     return {
         "batch_id": batch.id, "state": state, "vendor_status": batch.processing_status,
         "done": counts.succeeded, "failed": counts.errored + counts.canceled + counts.expired,

@@ -183,7 +183,10 @@ class FakeBatchAPI:
     def _auth(self, headers: dict, anthropic: bool):
         if self.api_key is None:
             return None
-        given = headers.get("x-api-key") if anthropic else headers.get("authorization", "")[7:]
+        bearer = headers.get("authorization", "")
+        given = bearer[7:] if bearer.startswith("Bearer ") else None
+        if anthropic and headers.get("x-api-key"):  # the Anthropic SDK sends one or the other
+            given = headers["x-api-key"]
         if given == self.api_key:
             return None
         return self._error(401, "invalid x-api-key" if anthropic else "Incorrect API key provided.", anthropic)
