@@ -429,25 +429,18 @@ async def fetch_batch_results(provider_config: dict, handle: dict, *, datasette=
             plain = set(part.get("plain_ids") or [])
             pending = dict.fromkeys(expected)
             secrets = provider.secrets()
-            if config.provider == "openai":
-                lines = _openai_lines(provider, client, config, batch, **kw)
-                async for line in lines:
-                    custom_id = line.get("custom_id")
-                    if custom_id in pending:
-                        del pending[custom_id]
-                        result = parse_openai_line(line, structured=custom_id not in plain, secrets=secrets)
-                        yield log.add(result, batch.id)
-            elif status["state"] != "failed":
+            if status["state"] != "failed":
                 mode = handle.get("structured") or _structured(config)
-                stream = await _call(provider, config, f"Reading the results of batch {batch.id}",
-                                     lambda bid=batch.id: client.messages.batches.results(bid), **kw)
-                async for item in stream:
-                    if item.custom_id in pending:
-                        del pending[item.custom_id]
+                async for custom_id, line in _result_lines(provider, client, config, batch, set(pending), **kw):
+                    if custom_id not in pending:
+                        continue  # not ours, or already given before a download broke off
+                    del pending[custom_id]
+                    if config.provider == "openai":
+                        result = parse_openai_line(line, structured=custom_id not in plain, secrets=secrets)
+                    else:
                         result = parse_anthropic_result(
-                            item.custom_id, item.result.to_dict(),
-                            structured=None if item.custom_id in plain else mode, secrets=secrets)
-                        yield log.add(result, batch.id)
+                            custom_id, line, structured=None if custom_id in plain else mode, secrets=secrets)
+                    yield log.add(result, batch.id)
             why, error_class = _missing_reason(status)
             for result in missing(list(pending), why, error_class):
                 yield log.add(result, batch.id)
@@ -467,29 +460,80 @@ def _missing_reason(status: dict) -> tuple[str, str]:
             "returned none): run it again"), "missing"
 
 
-async def _openai_lines(provider, client, config, batch, **kw) -> AsyncIterator[dict]:
-    """The lines of the output file, then the error file (streamed, never held whole)."""
+async def _result_lines(provider, client, config, batch, wanted: set[str], *, retries: int = RETRIES,
+                        backoff: float = BACKOFF, sleep: Sleep | None = None) -> AsyncIterator[tuple[str, dict]]:
+    """``(custom_id, line)`` for each result of a vendor batch, streamed, never held whole:
+    OpenAI's output file then its error file (``line`` the whole line), Anthropic's results
+    (``line`` the ``result`` object). A download that breaks off is opened again, up to
+    ``retries`` times; results already given are skipped by the caller."""
+    import httpx2
+
+    sleep = asyncio.sleep if sleep is None else sleep
+    kw = dict(retries=retries, backoff=backoff, sleep=sleep)
+    broken = (httpx2.HTTPError, *_vendor_errors(config.provider))
+    if config.provider == "openai":
+        sources = [(f"batch file {fid}", lambda fid=fid: client.files.with_streaming_response.content(fid))
+                   for fid in (batch.output_file_id, batch.error_file_id) if fid]
+    else:
+        sources = [(f"the results of message batch {batch.id}",
+                    lambda: _Opened(client.messages.batches.results(batch.id)))]
+    for what, opener in sources:
+        for attempt in range(1, retries + 1):
+            # Entering the SDK's streamed response sends the request (and raises on an error status).
+            async def open_stream(opener=opener):
+                manager = opener()
+                return manager, await manager.__aenter__()
+
+            manager, response = await _call(provider, config, f"Downloading {what}", open_stream, **kw)
+            try:
+                async for custom_id, line in _parse_stream(config, response):
+                    if custom_id in wanted:
+                        yield custom_id, line
+                break
+            except broken as e:
+                if attempt == retries:
+                    raise ModelError(
+                        f"Downloading {what} broke off {retries} times ({type(e).__name__}): fetch the "
+                        "results again later; results already read are given again and can be "
+                        "matched by custom_id.", retryable=True, error_class="connection_lost",
+                        model_id=config.id) from e
+                await sleep(min(MAX_BACKOFF, backoff * 2 ** (attempt - 1)))
+            finally:
+                await manager.__aexit__(None, None, None)
+
+
+class _Opened:
+    """Anthropic's ``results()`` (an awaitable JSONL decoder) as an async context manager."""
+
+    def __init__(self, awaitable) -> None:
+        self.awaitable = awaitable
+        self.decoder = None
+
+    async def __aenter__(self):
+        self.decoder = await self.awaitable
+        return self.decoder
+
+    async def __aexit__(self, *exc) -> None:
+        if self.decoder is not None:
+            await self.decoder.close()
+
+
+async def _parse_stream(config, response) -> AsyncIterator[tuple[str, dict]]:
     import json
 
-    for file_id in (batch.output_file_id, batch.error_file_id):
-        if not file_id:
+    if config.provider == "anthropic":
+        async for item in response:
+            yield item.custom_id, item.result.to_dict()
+        return
+    async for raw in response.iter_lines():
+        if not raw.strip():
             continue
-        # Entering the SDK's streamed response sends the request (and raises on an error status).
-        opened = await _call(provider, config, f"Downloading batch file {file_id}",
-                             lambda fid=file_id: client.files.with_streaming_response.content(fid).__aenter__(),
-                             **kw)
         try:
-            async for raw in opened.iter_lines():
-                if not raw.strip():
-                    continue
-                try:
-                    line = json.loads(raw)
-                except ValueError:
-                    continue  # a broken line: its custom_id is reported missing
-                if isinstance(line, dict):
-                    yield line
-        finally:
-            await opened.close()
+            line = json.loads(raw)
+        except ValueError:
+            continue  # a broken line: its custom_id is reported missing
+        if isinstance(line, dict) and isinstance(line.get("custom_id"), str):
+            yield line["custom_id"], line
 
 
 async def _input_ids(provider, client, config, part, batch, **kw) -> list[str]:

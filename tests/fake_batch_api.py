@@ -25,7 +25,7 @@ decides each request (default: a JSON object echoing the id);
 makes the next batch ``"expire"`` (the first ``expire_after`` requests are
 answered, the rest expire) or ``"fail_validation"``. ``fail_next(...)``
 queues HTTP faults (429 with Retry-After, 5xx, a 500 sent *after* the
-batch was created). Results are written in a shuffled order. The vendors'
+batch was created, a download cut off halfway: ``truncate=True``, HTTP only). Results are written in a shuffled order. The vendors'
 own limits are enforced: a batch over them is refused as the vendor would.
 """
 
@@ -38,6 +38,7 @@ import email.policy
 import json
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -76,6 +77,7 @@ class Fault:
     status: int
     retry_after: float | None = None
     after: bool = False  # do the work, then answer with the error (an ambiguous failure)
+    truncate: bool = False  # answer normally but break the connection halfway through the body
 
 
 def _now() -> int:
@@ -106,9 +108,9 @@ class FakeBatchAPI:
 
     # ------------------------------------------------------------ scripting
     def fail_next(self, method: str, path: str, status: int, *, retry_after: float | None = None,
-                  times: int = 1, after: bool = False) -> None:
+                  times: int = 1, after: bool = False, truncate: bool = False) -> None:
         for _ in range(times):
-            self.faults.append(Fault(method, path, status, retry_after, after))
+            self.faults.append(Fault(method, path, status, retry_after, after, truncate))
 
     def calls(self, method: str, path_regex: str) -> int:
         return sum(1 for m, p, _ in self.log if m == method and re.fullmatch(path_regex, p))
@@ -171,6 +173,11 @@ class FakeBatchAPI:
                 fault = next((f for f in self.faults if f.method == method and re.fullmatch(f.path, path)), None)
                 if fault is not None:
                     self.faults.remove(fault)
+                    if fault.truncate:
+                        reply = self._route(method, path, query, headers, body)
+                        reply[1]["x-fake-truncate"] = "1"
+                        self.log.append((method, path, reply[0]))
+                        return reply
                     if fault.after:
                         self._route(method, path, query, headers, body)
                     reply = self._error(fault.status, "Scripted fault from the fake batch API.",
@@ -548,11 +555,18 @@ class _HTTPHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, out_headers, payload = self.fake.handle(self.command, self.path, headers, body)
+        truncate = out_headers.pop("x-fake-truncate", None)
         self.send_response(status)
         for name, value in out_headers.items():
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
+        if truncate:  # half the body, then the connection drops
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.wfile.write(payload)
 
     do_GET = do_POST = do_DELETE = _serve

@@ -366,6 +366,23 @@ async def test_cancel_keeps_the_answers_and_reports_the_rest(fake, vendor):
     await cancel_batch(config, handle)  # a finished batch: nothing to do, no error
 
 
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_download_that_breaks_off_is_resumed_without_repeats(fake, vendor):
+    config = config_for(fake, vendor)
+    handle = await submit_batch(config, config["id"], requests_for(40))
+    await run_to_end(config, handle)
+    path = r"/v1/files/[^/]+/content" if vendor == "openai" else r"/v1/messages/batches/[^/]+/results"
+    fake.fail_next("GET", path, 200, truncate=True)
+    sleeps = Sleeps()
+    results = await fetch_all(config, handle, sleep=sleeps)  # fails on a repeated custom_id
+    assert sorted(results) == sorted(f"row-{i}" for i in range(40))
+    assert all(r.error is None for r in results.values()) and len(sleeps) == 1
+    assert fake.calls("GET", path) == 2
+    fake.fail_next("GET", path, 200, truncate=True, times=3)
+    with pytest.raises(ModelError, match="broke off 3 times"):
+        await fetch_all(config, handle, sleep=sleeps, retries=3)
+
+
 # ------------------------------------------------------------------ configuration, keys
 def test_supports_batch():
     assert supports_batch({"provider": "openai"}) and supports_batch({"provider": "anthropic"})
