@@ -149,6 +149,22 @@ def batch_cost(provider_config: dict, model_name: str, input_tokens: int,
     return (input_tokens * inp + output_tokens * (out or 0.0)) / 1_000_000 * BATCH_DISCOUNT
 
 
+def estimate_batch(provider_config: dict, model_name: str,
+                   requests: Iterable[BatchRequest]) -> tuple[int, int, float | None]:
+    """``(input_tokens, output_tokens_guess, cost_usd or None)`` for a batch, guessed as
+    ``budget.estimate`` guesses one live call, priced at the batch price."""
+    from .budget import MIN_OUTPUT_GUESS, text_tokens
+
+    input_total = output_total = 0
+    for request in requests:
+        tokens = text_tokens(request.system or "") + text_tokens(request.user) + 16
+        if request.json_schema is not None:
+            tokens += text_tokens(str(request.json_schema))
+        input_total += tokens
+        output_total += min(request.max_tokens, max(MIN_OUTPUT_GUESS, tokens))
+    return input_total, output_total, batch_cost(provider_config, model_name, input_total, output_total)
+
+
 # ------------------------------------------------------------------ results
 def _quote(text: str) -> str:
     text = " ".join(text.split())

@@ -25,6 +25,7 @@ from datasette_llm_core.batches import (
     BatchResult,
     batch_cost,
     cancel_batch,
+    estimate_batch,
     fetch_batch_results,
     poll_batch,
     submit_batch,
@@ -428,6 +429,22 @@ def test_batch_cost_is_half_the_list_price():
     assert batch_cost({"provider": "openai", "input_cost_per_mtok": 2.0, "output_cost_per_mtok": 4.0},
                       "local-thing", 1_000_000, 500_000) == pytest.approx(2.0)
     assert batch_cost({"provider": "openai"}, "unknown-model", 10, 10) is None
+
+
+def test_estimate_is_the_live_estimate_at_half_price():
+    from datasette_llm_core.budget import estimate
+    from datasette_llm_core.config import ModelConfig
+    from datasette_llm_core.providers.builtin import build_chat_model
+    from datasette_llm_core.types import ChatRequest, Message
+
+    model = build_chat_model(ModelConfig(id="gpt-4.1-mini", provider="openai", api_key="x" * 20))
+    requests = requests_for(3) + [BatchRequest("long", "Extract.", "word " * 4000, SCHEMA, 500)]
+    live = [estimate(ChatRequest([Message.user(r.user)], system=r.system, json_schema=r.json_schema,
+                                 max_tokens=r.max_tokens), model) for r in requests]
+    tokens_in, tokens_out, cost = estimate_batch({"provider": "openai"}, "gpt-4.1-mini", requests)
+    assert tokens_out == sum(x[1] for x in live)
+    assert abs(tokens_in - sum(x[0] for x in live)) <= 16 * len(requests)
+    assert cost == pytest.approx(sum(x[2] for x in live) / 2, rel=0.05)
 
 
 # ------------------------------------------------------------------ transports, call log
