@@ -54,6 +54,7 @@ from .batchformat import (
     openai_line,
     parse_anthropic_result,
     parse_openai_line,
+    prices,
     split,
 )
 from .config import ModelConfig
@@ -172,11 +173,8 @@ async def _call(provider, config: ModelConfig, what: str, fn: Callable[[], Await
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _params(config: ModelConfig, model_name: str, provider, request: BatchRequest) -> dict:
-    """The request body, built by the suite's own model classes (same JSON approach as live calls)."""
-    chat = ChatRequest(messages=[Message.user(request.user)], system=request.system or None,
-                       json_schema=request.json_schema, schema_name=request.schema_name,
-                       max_tokens=request.max_tokens)
+def _body_builder(config: ModelConfig, model_name: str, provider) -> Callable[[BatchRequest], dict]:
+    """Request bodies built by the suite's own model classes (the same JSON approach as live calls)."""
     if config.provider == "anthropic":
         from .providers.anthropic_models import AnthropicChatModel
 
@@ -187,7 +185,14 @@ def _params(config: ModelConfig, model_name: str, provider, request: BatchReques
 
         model = OpenAIChatModel(config.id, connection=provider, model_name=model_name,
                                 max_tokens_param=config.max_tokens_param)
-    return model.params(chat)
+
+    def body(request: BatchRequest) -> dict:
+        return model.params(ChatRequest(
+            messages=[Message.user(request.user)], system=request.system or None,
+            json_schema=request.json_schema, schema_name=request.schema_name,
+            max_tokens=request.max_tokens))
+
+    return body
 
 
 def _structured(config: ModelConfig) -> str:
@@ -217,12 +222,12 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
     token = uuid.uuid4().hex
     parts: list[dict] = []
     async with _client(config) as (provider, client):
-        bodies = [_params(config, model_name, provider, r) for r in requests]
+        body = _body_builder(config, model_name, provider)
         if config.provider == "openai":
-            lines = [openai_line(r.custom_id, b) for r, b in zip(requests, bodies)]
+            lines = [openai_line(r.custom_id, body(r)) for r in requests]
             sizes = [len(line) for line in lines]
         else:
-            items = [anthropic_item(r.custom_id, b) for r, b in zip(requests, bodies)]
+            items = [anthropic_item(r.custom_id, body(r)) for r in requests]
             sizes = [size for _, size in items]
         ranges = split(sizes, limit_requests, limit_bytes)
         try:
@@ -599,13 +604,14 @@ class _Logger:
         self.ref, self.purpose = ref, purpose
         self.actor_id = str(actor["id"]) if actor and actor.get("id") is not None else None
         self.submitted_at = handle.get("submitted_at")
-        self.price_config = config.model_dump()
+        self.input_price, self.output_price = prices(config.model_dump(), self.model)
 
     def add(self, result: BatchResult, batch_id: str) -> BatchResult:
-        from dataclasses import replace
-
-        cost = batch_cost(self.price_config, self.model, result.input_tokens, result.output_tokens)
-        result = replace(result, cost_usd=cost)
+        cost = None
+        if self.input_price is not None:
+            cost = (result.input_tokens * self.input_price + result.output_tokens * (self.output_price or 0.0)
+                    ) / 1_000_000 * BATCH_DISCOUNT
+        object.__setattr__(result, "cost_usd", cost)  # a result of ours, not yet handed out
         if self.datasette is not None:
             from .calllog import CallRecord, write_call_soon
 

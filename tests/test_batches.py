@@ -259,6 +259,25 @@ async def test_large_batch_is_split_and_read_back_as_one(fake, vendor):
     assert len(handle["parts"]) > 1
 
 
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_the_fake_refuses_a_batch_over_the_limit_as_the_vendor_does(fake, vendor, monkeypatch):
+    from . import fake_batch_api
+
+    monkeypatch.setattr(fake_batch_api, "OPENAI_MAX_REQUESTS", 5)
+    monkeypatch.setattr(fake_batch_api, "ANTHROPIC_MAX_REQUESTS", 5)
+    config = config_for(fake, vendor)
+    if vendor == "openai":  # refused when validating the input file
+        handle = await submit_batch(config, config["id"], requests_for(6))
+        status = await run_to_end(config, handle)
+        assert status["state"] == "failed" and "more than 5 requests" in status["errors"][0]
+    else:  # refused at once
+        with pytest.raises(ModelError, match="at most 5 requests"):
+            await submit_batch(config, config["id"], requests_for(6))
+    handle = await submit_batch(config, config["id"], requests_for(6), max_requests=5)
+    assert (await run_to_end(config, handle))["state"] == "ended"
+    assert len(await fetch_all(config, handle)) == 6
+
+
 async def test_one_part_refused_cancels_the_parts_already_submitted(fake, monkeypatch):
     config = config_for(fake, "openai")
     create = fake._openai_create
