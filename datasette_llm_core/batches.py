@@ -431,17 +431,26 @@ async def fetch_batch_results(provider_config: dict, handle: dict, *, datasette=
                     retryable=True, error_class="batch_in_progress", model_id=config.id,
                 )
             expected = part.get("custom_ids")
-            if expected is None:
-                expected = await _input_ids(provider, client, config, part, batch, **kw)
             plain = set(part.get("plain_ids") or [])
-            pending = dict.fromkeys(expected)
+            if expected is None and config.provider == "openai":  # a handle without them
+                expected, plain = await _input_ids(provider, client, config, part, batch, **kw)
+            # An Anthropic handle without custom_ids: every result counts, none can be missed.
+            open_ended = expected is None
+            pending = dict.fromkeys(expected or [])
+            seen: set[str] = set()
             secrets = provider.secrets()
             if status["state"] != "failed":
                 mode = handle.get("structured") or _structured(config)
-                async for custom_id, line in _result_lines(provider, client, config, batch, set(pending), **kw):
-                    if custom_id not in pending:
+                wanted = None if open_ended else set(pending)
+                async for custom_id, line in _result_lines(provider, client, config, batch, wanted, **kw):
+                    if open_ended:
+                        if custom_id in seen:
+                            continue
+                        seen.add(custom_id)
+                    elif custom_id not in pending:
                         continue  # not ours, or already given before a download broke off
-                    del pending[custom_id]
+                    else:
+                        del pending[custom_id]
                     if config.provider == "openai":
                         result = parse_openai_line(line, structured=custom_id not in plain, secrets=secrets)
                     else:
@@ -467,7 +476,7 @@ def _missing_reason(status: dict) -> tuple[str, str]:
             "returned none): run it again"), "missing"
 
 
-async def _result_lines(provider, client, config, batch, wanted: set[str], *, retries: int = RETRIES,
+async def _result_lines(provider, client, config, batch, wanted: set[str] | None, *, retries: int = RETRIES,
                         backoff: float = BACKOFF, sleep: Sleep | None = None) -> AsyncIterator[tuple[str, dict]]:
     """``(custom_id, line)`` for each result of a vendor batch, streamed, never held whole:
     OpenAI's output file then its error file (``line`` the whole line), Anthropic's results
@@ -494,7 +503,7 @@ async def _result_lines(provider, client, config, batch, wanted: set[str], *, re
             manager, response = await _call(provider, config, f"Downloading {what}", open_stream, **kw)
             try:
                 async for custom_id, line in _parse_stream(config, response):
-                    if custom_id in wanted:
+                    if wanted is None or custom_id in wanted:
                         yield custom_id, line
                 break
             except broken as e:
@@ -543,20 +552,22 @@ async def _parse_stream(config, response) -> AsyncIterator[tuple[str, dict]]:
             yield line["custom_id"], line
 
 
-async def _input_ids(provider, client, config, part, batch, **kw) -> list[str]:
-    """The custom_ids of a part from its input file (a handle without them)."""
+async def _input_ids(provider, client, config, part, batch, **kw) -> tuple[list[str], set[str]]:
+    """The custom_ids of an OpenAI part, and those sent without a schema, from its input file
+    (for a handle stored without them)."""
     import json
 
-    if config.provider != "openai":
-        return []
     file_id = part.get("input_file_id") or batch.input_file_id
     content = await _call(provider, config, f"Downloading batch input file {file_id}",
                           lambda: client.files.content(file_id), **kw)
-    ids = []
+    ids, plain = [], set()
     for raw in content.text.splitlines():
         if raw.strip():
-            ids.append(json.loads(raw)["custom_id"])
-    return ids
+            line = json.loads(raw)
+            ids.append(line["custom_id"])
+            if "response_format" not in (line.get("body") or {}):
+                plain.add(line["custom_id"])
+    return ids, plain
 
 
 # ------------------------------------------------------------------ cancel

@@ -368,6 +368,25 @@ async def test_poll_and_fetch_after_a_process_restart_with_only_the_handle(fake,
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_handle_with_only_provider_and_batch_id(fake, vendor):
+    """The smallest handle the interface promises: {"provider", "batch_id", "input_file_id"}."""
+    fake.outcomes["row-2"] = Outcome("missing")
+    config = config_for(fake, vendor)
+    requests = requests_for(3) + [BatchRequest("plain-1", "", "Say hello.", None, 64)]
+    full = await submit_batch(config, config["id"], requests)
+    handle = {k: full[k] for k in ("provider", "batch_id", "input_file_id")}
+    await run_to_end(config, handle)
+    results = await fetch_all(config, handle)
+    assert json.loads(results["row-0"].text) == {"id": "row-0", "ok": True}
+    if vendor == "openai":  # the ids come from the input file: the missing one is reported
+        assert sorted(results) == ["plain-1", "row-0", "row-1", "row-2"]
+        assert results["row-2"].error_class == "missing"
+        assert results["plain-1"].error is None  # sent without a schema: plain text is fine
+    else:  # nothing to know the ids by: every result given, a missing one cannot be told
+        assert sorted(results) == ["plain-1", "row-0", "row-1"]
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
 async def test_cancel_keeps_the_answers_and_reports_the_rest(fake, vendor):
     fake.polls_to_finish = 10
     config = config_for(fake, vendor)
