@@ -69,6 +69,7 @@ __all__ = [
     "cancel_batch",
     "estimate_batch",
     "fetch_batch_results",
+    "find_batch",
     "poll_batch",
     "submit_batch",
     "supports_batch",
@@ -201,6 +202,7 @@ def _structured(config: ModelConfig) -> str:
 
 # ------------------------------------------------------------------ submit
 async def submit_batch(provider_config: dict, model: str, requests: list[BatchRequest], *,
+                       submission_id: str | None = None,
                        max_requests: int | None = None, max_bytes: int | None = None,
                        retries: int = RETRIES, backoff: float = BACKOFF,
                        sleep: Sleep | None = None) -> dict:
@@ -211,6 +213,10 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
     another: ``{"provider", "batch_id", "input_file_id", "model", "total",
     "parts": [{"batch_id", "input_file_id", "custom_ids", "plain_ids"}]}``
     (``plain_ids``: requests sent without a schema).
+
+    ``submission_id`` (default: a new random one) is written into each OpenAI
+    batch's metadata: store it before submitting, and if the process dies
+    before the handle is stored, ``find_batch`` finds the batch again.
     """
     config = _config(provider_config, model)
     check_requests(requests)
@@ -219,7 +225,9 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
     limit_requests = min(limit_requests, max_requests or limit_requests)
     limit_bytes = min(limit_bytes, max_bytes or limit_bytes)
     kw = dict(retries=retries, backoff=backoff, sleep=sleep)
-    token = uuid.uuid4().hex
+    token = submission_id or uuid.uuid4().hex
+    if len(token) > 400 or ":" in token:
+        raise ValueError("submission_id must be at most 400 characters, without ':'.")
     parts: list[dict] = []
     async with _client(config) as (provider, client):
         body = _body_builder(config, model_name, provider)
@@ -261,6 +269,7 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
         "input_file_id": parts[0]["input_file_id"],
         "model": model_name,
         "model_id": config.id,
+        "submission_id": token,
         "structured": _structured(config),
         "total": len(requests),
         "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -284,9 +293,8 @@ async def _submit_openai(provider, client, config, data: bytes, token: str, labe
 
     async def create():
         if ambiguous:
-            page = await client.batches.list(limit=100)
-            for batch in page.data:
-                if (batch.metadata or {}).get(SUBMISSION_KEY) == f"{token}:{label}":
+            for batch in await _listed(client, token):
+                if batch.metadata[SUBMISSION_KEY] == f"{token}:{label}":
                     return batch
         return await client.batches.create(
             input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
@@ -314,6 +322,68 @@ async def _submit_anthropic(provider, client, config, items: list[dict], **kw) -
         **kw,
     )
     return {"batch_id": batch.id, "input_file_id": None}
+
+
+#: How many of the account's most recent OpenAI batches ``find_batch`` looks through.
+FIND_LIMIT = 1_000
+
+
+async def _listed(client, token: str) -> list:
+    """The account's recent OpenAI batches whose metadata carries submission ``token``."""
+    found = []
+    seen = 0
+    async for batch in client.batches.list(limit=100):
+        seen += 1
+        if str((batch.metadata or {}).get(SUBMISSION_KEY, "")).partition(":")[0] == token:
+            found.append(batch)
+        if seen >= FIND_LIMIT:
+            break
+    return found
+
+
+async def find_batch(provider_config: dict, model: str, submission_id: str, *, retries: int = RETRIES,
+                     backoff: float = BACKOFF, sleep: Sleep | None = None) -> dict | None:
+    """The handle of the OpenAI batch submitted with ``submission_id``, None if there is none
+    (for a process that died between submitting and storing the handle).
+
+    Its ``parts`` are those found; ``parts_expected`` says how many were meant
+    (fewer were found when the process died between two parts: cancel those
+    and submit again). Anthropic batches carry no metadata to be found by:
+    ``ConfigError``.
+    """
+    config = _config(provider_config, model)
+    if config.provider != "openai":
+        raise ConfigError(
+            "Anthropic message batches cannot be found again by a submission id (they carry no "
+            "metadata): look for the batch on the Message Batches page of the Anthropic console."
+        )
+    kw = dict(retries=retries, backoff=backoff, sleep=sleep)
+    async with _client(config) as (provider, client):
+        batches = await _call(provider, config, "Listing OpenAI batches",
+                              lambda: _listed(client, submission_id), **kw)
+        if not batches:
+            return None
+        by_part: dict[int, object] = {}
+        expected = 1
+        for batch in batches:
+            label = batch.metadata[SUBMISSION_KEY].partition(":")[2]
+            number, _, total = label.partition("/")
+            by_part.setdefault(int(number), batch)
+            expected = int(total)
+        parts = []
+        for number in sorted(by_part):
+            batch = by_part[number]
+            part = {"batch_id": batch.id, "input_file_id": batch.input_file_id}
+            ids, plain = await _input_ids(provider, client, config, part, batch, **kw)
+            parts.append({**part, "custom_ids": ids, "plain_ids": sorted(plain)})
+        first = by_part[min(by_part)]
+    return {
+        "provider": "openai", "batch_id": parts[0]["batch_id"], "input_file_id": parts[0]["input_file_id"],
+        "model": _model_name(config, model), "model_id": config.id, "submission_id": submission_id,
+        "structured": _structured(config), "total": sum(len(p["custom_ids"]) for p in parts),
+        "submitted_at": dt.datetime.fromtimestamp(first.created_at, dt.timezone.utc).isoformat(),
+        "parts": parts, "parts_expected": expected,
+    }
 
 
 # ------------------------------------------------------------------ poll

@@ -27,6 +27,7 @@ from datasette_llm_core.batches import (
     cancel_batch,
     estimate_batch,
     fetch_batch_results,
+    find_batch,
     poll_batch,
     submit_batch,
     supports_batch,
@@ -384,6 +385,27 @@ async def test_a_handle_with_only_provider_and_batch_id(fake, vendor):
         assert results["plain-1"].error is None  # sent without a schema: plain text is fine
     else:  # nothing to know the ids by: every result given, a missing one cannot be told
         assert sorted(results) == ["plain-1", "row-0", "row-1"]
+
+
+async def test_a_lost_openai_handle_is_found_again_by_its_submission_id(fake):
+    fake.outcomes["row-4"] = Outcome("missing")
+    config = config_for(fake, "openai")
+    requests = requests_for(5) + [BatchRequest("plain-1", "", "Say hello.", None, 64)]
+    lost = await submit_batch(config, config["id"], requests, submission_id="enrich-7-a1", max_requests=4)
+    await submit_batch(config, config["id"], requests_for(2), submission_id="another-job")
+    found = await find_batch(config, config["id"], "enrich-7-a1")
+    assert found["parts_expected"] == 2
+    for key in ("provider", "batch_id", "input_file_id", "model", "total", "submission_id"):
+        assert found[key] == lost[key], key
+    assert [(p["batch_id"], p["custom_ids"], p["plain_ids"]) for p in found["parts"]] == [
+        (p["batch_id"], p["custom_ids"], p["plain_ids"]) for p in lost["parts"]]
+    await run_to_end(config, found)
+    results = await fetch_all(config, found)
+    assert len(results) == 6 and results["row-4"].error_class == "missing"
+    assert results["plain-1"].error is None
+    assert await find_batch(config, config["id"], "never-submitted") is None
+    with pytest.raises(ConfigError, match=r"no\s+metadata"):
+        await find_batch(config_for(fake, "anthropic"), "anthropic-batch", "enrich-7-a1")
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
