@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -83,6 +84,7 @@ MAX_BACKOFF = 60.0
 #: Seconds per HTTP call unless the model config sets ``timeout`` (uploads can be large).
 DEFAULT_TIMEOUT = 600.0
 SUBMISSION_KEY = "datasette_llm_submission"
+_FILE_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -226,8 +228,8 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
     limit_bytes = min(limit_bytes, max_bytes or limit_bytes)
     kw = dict(retries=retries, backoff=backoff, sleep=sleep)
     token = submission_id or uuid.uuid4().hex
-    if len(token) > 400 or ":" in token:
-        raise ValueError("submission_id must be at most 400 characters, without ':'.")
+    if not isinstance(token, str) or len(token) > 400:
+        raise ValueError("submission_id must be a string of at most 400 characters.")
     parts: list[dict] = []
     async with _client(config) as (provider, client):
         body = _body_builder(config, model_name, provider)
@@ -280,7 +282,7 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
 async def _submit_openai(provider, client, config, data: bytes, token: str, label: str, **kw) -> dict:
     upload = await _call(
         provider, config, f"Uploading the batch input file ({len(data):,} bytes) to OpenAI",
-        lambda: client.files.create(file=(f"batch-{token[:8]}-{label.replace('/', 'of')}.jsonl", data,
+        lambda: client.files.create(file=(f"batch-{_FILE_NAME.sub('_', token)[:40]}-{label.replace('/', 'of')}.jsonl", data,
                                           "application/jsonl"), purpose="batch"),
         **kw,
     )
@@ -334,7 +336,7 @@ async def _listed(client, token: str) -> list:
     seen = 0
     async for batch in client.batches.list(limit=100):
         seen += 1
-        if str((batch.metadata or {}).get(SUBMISSION_KEY, "")).partition(":")[0] == token:
+        if str((batch.metadata or {}).get(SUBMISSION_KEY, "")).rpartition(":")[0] == token:
             found.append(batch)
         if seen >= FIND_LIMIT:
             break
@@ -366,7 +368,7 @@ async def find_batch(provider_config: dict, model: str, submission_id: str, *, r
         by_part: dict[int, object] = {}
         expected = 1
         for batch in batches:
-            label = batch.metadata[SUBMISSION_KEY].partition(":")[2]
+            label = batch.metadata[SUBMISSION_KEY].rpartition(":")[2]
             number, _, total = label.partition("/")
             by_part.setdefault(int(number), batch)
             expected = int(total)

@@ -391,9 +391,9 @@ async def test_a_lost_openai_handle_is_found_again_by_its_submission_id(fake):
     fake.outcomes["row-4"] = Outcome("missing")
     config = config_for(fake, "openai")
     requests = requests_for(5) + [BatchRequest("plain-1", "", "Say hello.", None, 64)]
-    lost = await submit_batch(config, config["id"], requests, submission_id="enrich-7-a1", max_requests=4)
+    lost = await submit_batch(config, config["id"], requests, submission_id="enrich:7/a1", max_requests=4)
     await submit_batch(config, config["id"], requests_for(2), submission_id="another-job")
-    found = await find_batch(config, config["id"], "enrich-7-a1")
+    found = await find_batch(config, config["id"], "enrich:7/a1")
     assert found["parts_expected"] == 2
     for key in ("provider", "batch_id", "input_file_id", "model", "total", "submission_id"):
         assert found[key] == lost[key], key
@@ -405,7 +405,7 @@ async def test_a_lost_openai_handle_is_found_again_by_its_submission_id(fake):
     assert results["plain-1"].error is None
     assert await find_batch(config, config["id"], "never-submitted") is None
     with pytest.raises(ConfigError, match=r"no\s+metadata"):
-        await find_batch(config_for(fake, "anthropic"), "anthropic-batch", "enrich-7-a1")
+        await find_batch(config_for(fake, "anthropic"), "anthropic-batch", "enrich:7/a1")
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
