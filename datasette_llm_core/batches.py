@@ -81,7 +81,7 @@ BATCH_PROVIDERS = ("openai", "anthropic")
 RETRIES = 5
 BACKOFF = 1.0
 MAX_BACKOFF = 60.0
-#: Seconds per HTTP call unless the model config sets ``timeout`` (uploads can be large).
+#: Seconds per HTTP call, or the model's ``timeout`` when longer (uploads can be large).
 DEFAULT_TIMEOUT = 600.0
 SUBMISSION_KEY = "datasette_llm_submission"
 _FILE_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -130,7 +130,9 @@ def _model_name(config: ModelConfig, model: str | None) -> str:
 async def _client(config: ModelConfig):
     from .providers.builtin import _connection
 
-    provider = _connection(config, os.environ, config.timeout or DEFAULT_TIMEOUT)
+    # Uploads and downloads can be hundreds of MB: never the short timeout of a live call.
+    config = config.model_copy(update={"timeout": max(config.timeout or 0, DEFAULT_TIMEOUT)})
+    provider = _connection(config, os.environ, DEFAULT_TIMEOUT)
     client = provider.client(config.id)
     try:
         yield provider, client

@@ -56,7 +56,8 @@ _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 class Outcome:
     """What the fake model does with one request."""
 
-    #: ok | error | expired | missing (no line at all) | prose | cut_off | refusal
+    #: ok | error | expired | missing (no line at all) | duplicate (an ok line written twice)
+    #: | prose | cut_off | refusal
     kind: str = "ok"
     #: ok: the JSON object answered (or a string, sent as it is); prose: the text said.
     content: Any = None
@@ -393,6 +394,8 @@ class FakeBatchAPI:
                           "total_tokens": o.input_tokens + o.output_tokens},
                 "service_tier": "default"}}
             out.append(record)
+            if o.kind == "duplicate":
+                out.append(dict(record, id=f"batch_req_{uuid.uuid4().hex[:24]}"))
         self.random.shuffle(out)
         self.random.shuffle(err)
         if out:
@@ -491,6 +494,8 @@ class FakeBatchAPI:
                 continue
             results.append({"custom_id": cid, "result": {"type": "succeeded",
                                                          "message": self._anthropic_message(params, o)}})
+            if o.kind == "duplicate":
+                results.append(results[-1])
         self.random.shuffle(results)
         batch.update(status="ended", results=results, ended_at=time.time())
 

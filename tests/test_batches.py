@@ -110,11 +110,13 @@ async def test_results_out_of_order_with_every_kind_of_failure(fake, vendor):
         "row-4": Outcome("refusal", "I can't help with that document."),
         "row-5": Outcome("cut_off", {"id": "row-5", "ok": True, "note": "x" * 40}),
         "row-6": Outcome("ok", "Here you go:\n```json\n{\"id\": \"row-6\", \"ok\": false}\n```"),
+        "row-7": Outcome("duplicate", {"id": "row-7", "ok": True}),
     })
     config = config_for(fake, vendor)
     requests = requests_for(10)
     handle = await submit_batch(config, config["id"], requests)
     assert json.loads(json.dumps(handle)) == handle  # storable as it is
+    assert SECRET_MARKER not in json.dumps(handle)
     assert handle["provider"] == vendor and handle["batch_id"] and handle["total"] == 10
     assert (handle["input_file_id"] is not None) == (vendor == "openai")
 
@@ -123,8 +125,14 @@ async def test_results_out_of_order_with_every_kind_of_failure(fake, vendor):
     status = await run_to_end(config, handle)
     assert status["state"] == "ended"
 
+    if vendor == "openai":
+        batch = fake.openai[handle["batch_id"]]
+        written = [json.loads(x)["custom_id"] for x in fake.files[batch["output_file_id"]]["data"].splitlines()]
+    else:
+        written = [r["custom_id"] for r in fake.anthropic[handle["batch_id"]]["results"]]
+    assert written.count("row-7") == 2 and "row-2" not in written
     order = [r.custom_id async for r in fetch_batch_results(config, handle)]
-    assert sorted(order) == sorted(r.custom_id for r in requests)  # each once, none dropped
+    assert sorted(order) == sorted(r.custom_id for r in requests)  # each once (row-7 twice in the file), none dropped
     assert order != [r.custom_id for r in requests]  # the vendor's order, not ours
     results = await fetch_all(config, handle)
     for i in (0, 7, 8, 9):
