@@ -167,7 +167,12 @@ async def _call(provider, config: ModelConfig, what: str, fn: Callable[[], Await
             again = error.retryable and (retry_if is None or retry_if(error))
             if not again or attempt == retries:
                 tries = f" (after {attempt} attempts)" if attempt > 1 else ""
-                raise ModelError(f"{what}{tries}: {error}{advice if error.retryable else ''}",
+                if error.error_class == "not_found" and config.base_url:
+                    advice = (". A server at base_url that has no batch API answers so too: run "
+                              "without batches for this model")
+                elif not error.retryable:
+                    advice = ""
+                raise ModelError(f"{what}{tries}: {error}{advice}",
                                  status=error.status, retryable=error.retryable,
                                  retry_after=error.retry_after, error_class=error.error_class,
                                  model_id=config.id) from e

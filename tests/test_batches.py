@@ -241,6 +241,15 @@ async def test_anthropic_refusal_of_the_batch_is_not_retried(fake):
     assert fake.calls("POST", "/v1/messages/batches") == 1
 
 
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_server_without_the_batch_api_gets_a_clear_error(fake, vendor):
+    fake.fail_next("POST", "/v1/files" if vendor == "openai" else "/v1/messages/batches", 404)
+    config = config_for(fake, vendor)
+    with pytest.raises(ModelError, match="no batch API answers so too") as caught:
+        await submit_batch(config, config["id"], requests_for(2))
+    assert caught.value.error_class == "not_found" and fake.openai == {} and fake.anthropic == {}
+
+
 # ------------------------------------------------------------------ limits
 def test_split_at_the_vendors_real_limits():
     for vendor, (count, size) in batchformat.LIMITS.items():
