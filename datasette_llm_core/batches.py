@@ -42,6 +42,8 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
+from pydantic import ValidationError
+
 from .batchformat import (
     BATCH_DISCOUNT,
     LIMITS,
@@ -115,8 +117,9 @@ def _config(provider_config: dict, model: str | None = None) -> ModelConfig:
     known.setdefault("id", model or provider_config.get("model") or "batch")
     try:
         return ModelConfig.model_validate(known)
-    except ValueError as e:
-        raise ConfigError(f"Batch model configuration is not valid: {e}") from None
+    except ValidationError as e:  # field and problem only: never the values (a key could be one)
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"Batch model configuration is not valid: {problems}.") from None
 
 
 def _model_name(config: ModelConfig, model: str | None) -> str:

@@ -475,6 +475,10 @@ async def test_unsupported_provider_and_wrong_handle_are_config_errors(fake):
     handle = await submit_batch(config_for(fake, "openai"), "openai-batch", requests_for(1))
     with pytest.raises(ConfigError, match="submitted to openai"):
         await poll_batch(config_for(fake, "anthropic"), handle)
+    with pytest.raises(ConfigError, match="timeout: ") as caught:
+        await submit_batch({"provider": "openai", "api_key": FAKE_API_KEYS["OPENAI_API_KEY"],
+                            "timeout": FAKE_API_KEYS["OPENAI_API_KEY"]}, "gpt-4.1-mini", requests_for(1))
+    assert SECRET_MARKER not in str(caught.value)
     with pytest.raises(ValueError, match="Not a batch handle"):
         await poll_batch(config_for(fake, "openai"), {"batch_id": "x"})
 
