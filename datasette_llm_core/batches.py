@@ -60,6 +60,7 @@ from .batchformat import (
     prices,
     split,
 )
+from .calllog import redact
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
 from .types import ChatRequest, Message
@@ -428,11 +429,11 @@ async def _retrieve(provider, client, config, batch_id: str, **kw):
                        lambda: client.messages.batches.retrieve(batch_id), **kw)
 
 
-def _part_status(config: ModelConfig, batch, expected: int) -> dict:
+def _part_status(config: ModelConfig, batch, expected: int, secrets: list[str] | None = None) -> dict:
     if config.provider == "openai":
         counts = batch.request_counts
         state = _OPENAI_STATE.get(batch.status, "in_progress")
-        errors = [f"{e.message or e.code}" + (f" (line {e.line})" if e.line else "")
+        errors = [redact(f"{e.message or e.code}" + (f" (line {e.line})" if e.line else ""), secrets)
                   for e in ((batch.errors.data or []) if batch.errors else [])]
         return {
             "batch_id": batch.id, "state": state, "vendor_status": batch.status,
@@ -486,7 +487,7 @@ async def poll_batch(provider_config: dict, handle: dict, *, retries: int = RETR
         statuses = []
         for part in _parts(handle):
             batch = await _retrieve(provider, client, config, part["batch_id"], **kw)
-            statuses.append(_part_status(config, batch, len(part.get("custom_ids") or [])))
+            statuses.append(_part_status(config, batch, len(part.get("custom_ids") or []), provider.secrets()))
     return _combine(statuses)
 
 
@@ -504,7 +505,7 @@ async def fetch_batch_results(provider_config: dict, handle: dict, *, datasette=
     async with _client(config) as (provider, client):
         for part in _parts(handle):
             batch = await _retrieve(provider, client, config, part["batch_id"], **kw)
-            status = _part_status(config, batch, 0)
+            status = _part_status(config, batch, 0, provider.secrets())
             if status["state"] == "in_progress":
                 raise ModelError(
                     f"Batch {part['batch_id']} is still running ({status['vendor_status']}, "
@@ -664,7 +665,7 @@ async def cancel_batch(provider_config: dict, handle: dict, *, retries: int = RE
         statuses = []
         for part in _parts(handle):
             batch = await _retrieve(provider, client, config, part["batch_id"], **kw)
-            statuses.append(_part_status(config, batch, len(part.get("custom_ids") or [])))
+            statuses.append(_part_status(config, batch, len(part.get("custom_ids") or []), provider.secrets()))
     return _combine(statuses)
 
 
