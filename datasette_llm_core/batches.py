@@ -27,6 +27,8 @@ the resolved ``api_key`` string). Nothing here needs Datasette::
   and requests the vendor returned nothing for (``error_class`` ``missing``).
   Answers to a schema are checked to be JSON objects (prose, cut off and
   refusals are errors quoting what the model said).
+- ``find_batch`` rebuilds a lost OpenAI handle from the ``submission_id``
+  written into its batches' metadata (Anthropic batches carry none).
 - With ``datasette=`` given, each result is logged in ``llm_calls`` (kind
   ``chat``, ``call_group`` ``batch:<vendor batch id>``, cost at the batch
   price).
