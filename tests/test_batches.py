@@ -189,6 +189,44 @@ async def test_anthropic_requests_use_the_forced_output_tool(fake):
     assert json.loads(results["row-0"].text) == {"id": "row-0", "ok": True}
 
 
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_the_fake_speaks_the_sdks_own_types(fake, vendor):
+    """Every object the fake sends validates against the SDK's model, with no invented field."""
+    fake.outcomes.update({"row-1": Outcome("error"), "row-2": Outcome("prose", "No.")})
+    config = config_for(fake, vendor)
+    handle = await submit_batch(config, config["id"], requests_for(3))
+    await run_to_end(config, handle)
+    headers = {"host": "127.0.0.1"}
+
+    def valid(model, obj):
+        assert set(obj) <= set(model.model_fields), set(obj) - set(model.model_fields)
+        missing_fields = {n for n, f in model.model_fields.items() if f.is_required()} - set(obj)
+        assert not missing_fields, missing_fields
+        model.model_validate(obj)
+
+    if vendor == "openai":
+        from openai.types import Batch, FileObject
+        from openai.types.chat import ChatCompletion
+
+        batch = fake.openai[handle["batch_id"]]
+        valid(Batch, fake._openai_object(batch))
+        valid(FileObject, fake._file_object(fake.files[batch["output_file_id"]]))
+        for file_id in (batch["output_file_id"], batch["error_file_id"]):
+            for raw in fake.files[file_id]["data"].splitlines():
+                line = json.loads(raw)
+                assert set(line) == {"id", "custom_id", "response", "error"}
+                if line["response"] and line["response"]["status_code"] == 200:
+                    valid(ChatCompletion, line["response"]["body"])
+    else:
+        from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
+
+        batch = fake.anthropic[handle["batch_id"]]
+        valid(MessageBatch, fake._anthropic_object(batch, headers))
+        for line in batch["results"]:
+            MessageBatchIndividualResponse.model_validate(line)
+            assert set(line) == {"custom_id", "result"}
+
+
 # ------------------------------------------------------------------ whole batches
 @pytest.mark.parametrize("vendor", VENDORS)
 async def test_batch_that_expires_keeps_what_was_answered(fake, vendor):
