@@ -9,12 +9,15 @@ from datasette.plugins import pm
 
 from . import calllog, hookspecs, limits  # noqa: F401 - they register their migrations
 from .state import STATE_DB_NAME, attach_state_database, state_db, tune_connection
+from .tracebacks import quiet_error_tracebacks
 
 pm.add_hookspecs(hookspecs)
 
 
 @hookimpl
 def startup(datasette):
+    quiet_error_tracebacks()
+
     async def inner():
         attach_state_database(datasette)
         await state_db(datasette)

@@ -7,6 +7,7 @@ validates completely before writing anything, so bad input writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -259,8 +260,6 @@ def _documents(req: StartRequest, settings: ExtractSettings) -> list[Document]:
 async def _documents_off_loop(req: StartRequest, settings: ExtractSettings) -> list[Document]:
     """``_documents`` in a thread: images are sniffed and PDFs read (in a child
     process, see ``documents.pdf_text``) without blocking other requests."""
-    import asyncio
-
     return await asyncio.to_thread(_documents, req, settings)
 
 
@@ -822,7 +821,9 @@ async def _restored_document(state, run: dict, idx: int, stored: dict,
         from .pages import pdf_page_count
 
         try:
-            pages = pdf_page_count(data)
+            # in a thread: PDFium's lock may be held by a page render or OCR for seconds,
+            # and taking it here would stop the event loop (every request) meanwhile
+            pages = await asyncio.to_thread(pdf_page_count, data)
         except Exception:
             pass
     return Document(name=stored["name"], kind=stored["kind"], text=stored["text"] or "", data=data,

@@ -141,7 +141,7 @@ def _datasette_cmd() -> list[str]:
 
 
 def _server_env() -> dict:
-    return {**os.environ, "DATASETTE_SECRET": SECRET, "FAKE_LLM_KEY": FAKE_KEY,
+    return {**os.environ, "DATASETTE_SECRET": SECRET, "FAKE_LLM_KEY": FAKE_KEY, "PYTHONUNBUFFERED": "1",
             "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
 
 
@@ -174,18 +174,32 @@ def _start(workdir: Path, meta_path: Path, name: str) -> "DatasetteServer":
         "--host", "127.0.0.1", "--port", str(port), "--root"]
     log_path = workdir / f"{name}.log"
     log = log_path.open("w")
-    proc = subprocess.Popen(cmd, cwd=workdir, env=_server_env(), stdout=subprocess.PIPE,
-                            stderr=log, text=True)
+    # Both streams go to the log file. Never a pipe: nobody reads it after the login line,
+    # and once its 64 KB buffer is full the server's next write (a traceback, an access-log
+    # line) blocks its event loop and every request stalls (docs/reliability.md).
+    proc = subprocess.Popen(cmd, cwd=workdir, env=_server_env(), stdout=log,
+                            stderr=subprocess.STDOUT)
     try:
-        login = proc.stdout.readline().strip()
         base_url = f"http://127.0.0.1:{port}"
         _wait_until_up(proc, base_url + "/-/versions.json")
+        login = _login_link(log_path)
     except Exception:
         proc.kill()
         log.close()
         raise RuntimeError("Datasette failed to start:\n" + log_path.read_text()) from None
-    assert "/-/auth-token?token=" in login, login
     return DatasetteServer(base_url, login, workdir, proc, log, log_path)
+
+
+def _login_link(log_path: Path, timeout: float = 10.0) -> str:
+    """The single-use --root login link Datasette prints first (written before it serves)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if "/-/auth-token?token=" in line:
+                return line.strip()
+        if time.monotonic() > deadline:
+            raise RuntimeError("datasette printed no --root login link")
+        time.sleep(0.1)
 
 
 def _stop(server: "DatasetteServer") -> None:

@@ -76,11 +76,6 @@ def _box_inside_image(page) -> dict:
     }""")
 
 
-# KNOWN DEFECT, open: when this test runs late in the shared browser session, the server stops
-# answering (first a signed-out request for the scan's page image after the insert, then every
-# request), on both Datasette lines; it passes alone and with the other review tests. Skipped
-# until the stall is found: see docs/reliability.md, "Open: a server stall".
-@pytest.mark.skip(reason="known server stall after OCR + insert late in the browser session (open defect)")
 def test_a_scan_read_by_ocr_is_shown_beside_its_rows_and_a_reader_opens_the_card(
         root_page, anon_page, datasette_server, fake_llm, tmp_path, shots):
     page = root_page
