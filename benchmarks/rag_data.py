@@ -20,7 +20,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-SHARED = os.path.join(ROOT, "..", "shared", "data")
+# ../shared beside the checkout; a git worktree one level deeper finds it at ../../shared
+SHARED = next((p for p in (os.path.join(ROOT, "..", "shared", "data"), os.path.join(ROOT, "..", "..", "shared", "data"))
+               if os.path.isdir(p)), os.path.join(ROOT, "..", "shared", "data"))
 SCIFACT = os.path.join(SHARED, "scifact-dev")
 SOTU = os.path.join(SHARED, "sotu")
 
