@@ -95,6 +95,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--memory", type=int, default=0, help="peak-memory runs over N abstracts (part 4 only)")
     parser.add_argument("--model", default="all-MiniLM-L6-v2", help="local model for --memory")
+    parser.add_argument("--spread", action="store_true",
+                        help="--memory N: N abstracts evenly spaced over all 5,183 sorted by length (the "
+                        "longest included, which set the peak), instead of the first N")
     parser.add_argument("--before", action="store_true",
                         help="--memory: also run the batching before the memory fix (needs ~3 GB)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -209,6 +212,16 @@ def main() -> None:
     print(f"results written to {out}")
 
 
+def memory_texts(args) -> list[str]:
+    if not args.spread:
+        return long_texts(args.memory)[0]
+    everything, _src = long_texts(5183)  # all SciFact abstracts
+    everything = sorted(set(everything), key=len)
+    n = min(args.memory, len(everything))
+    picks = np.unique(np.linspace(0, len(everything) - 1, n).round().astype(int))
+    return [everything[i] for i in picks]
+
+
 def memory_child(args) -> None:
     """One indexing run in this (fresh) process; prints peak RSS and speed as JSON."""
     import resource
@@ -221,7 +234,7 @@ def memory_child(args) -> None:
     if args.child == "before":
         model.token_budget = 10**9  # fixed batches of batch_size, as before
         model.batch_size = 64
-    texts, _src = long_texts(args.memory)
+    texts = memory_texts(args)
     tag = f"{args.child}-{os.getpid()}"
     db = os.path.join(RESULTS, f"bench-mem-{tag}.db")
     side = os.path.join(RESULTS, f"bench-mem-{tag}.llm-rag.db")
@@ -244,7 +257,7 @@ def raw_child(model, args) -> None:
     database, no text building, no writes (the throughput the indexer is held to)."""
     import resource
 
-    texts, _src = long_texts(args.memory)
+    texts = memory_texts(args)
     model.embed_sync(texts[:2])
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cpu, t = time.process_time(), time.perf_counter()
@@ -260,14 +273,16 @@ def memory(args) -> None:
     import subprocess
 
     load = os.getloadavg()[0]
-    print(f"peak memory of refresh_index over {args.memory} SciFact abstracts with {args.model} "
+    print(f"peak memory of refresh_index over {args.memory} SciFact abstracts"
+          f"{' spread over all 5,183 by length' if args.spread else ''} with {args.model} "
           f"(load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
     out = {}
     # raw model first, then the indexer as shipped; the batching before the
     # memory fix (fixed batches of 64: about 3 GB over SciFact) only with --before
     for mode in ("raw", "shipped") + (("before",) if args.before else ()):
         run = subprocess.run([sys.executable, __file__, "--child", mode, "--memory", str(args.memory),
-                              "--model", args.model], capture_output=True, text=True, check=True)
+                              "--model", args.model] + (["--spread"] if args.spread else []),
+                             capture_output=True, text=True, check=True)
         out[mode] = json.loads(run.stdout.strip().splitlines()[-1])
         r = out[mode]
         print(f"  {mode:8}: peak {r['peak_mb']:.0f} MB (model loaded: {r['after_load_mb']:.0f} MB), "
@@ -281,7 +296,7 @@ def memory(args) -> None:
         print(f"  shipped/before: peak {shipped['peak_mb'] / out['before']['peak_mb']:.2f}x, "
               f"throughput {shipped['texts_per_s'] / out['before']['texts_per_s']:.2f}x")
     with open(os.path.join(RESULTS, f"bench_index_memory_{args.model}.json"), "w") as f:
-        json.dump({"texts": args.memory, "model": args.model, "load_average": load, **out}, f, indent=2)
+        json.dump({"texts": args.memory, "spread": args.spread, "model": args.model, "load_average": load, **out}, f, indent=2)
 
 
 if __name__ == "__main__":

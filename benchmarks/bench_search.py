@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rag_data import RESULTS, augment, real_vectors, rss_mb, synthetic_vectors  # noqa: E402
+from rag_data import RESULTS, augment, model_vectors, real_vectors, rss_mb, synthetic_vectors  # noqa: E402
 
 from datasette_llm_rag.indexer import _write_batch  # noqa: E402
 from datasette_llm_rag.livecheck import live_rows_fn, pk_key, reconcile  # noqa: E402
@@ -344,9 +344,17 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true",
                         help="clustered Gaussian vectors instead of MiniLM embeddings (no model run; "
                         "latency of the search machinery, not retrieval quality)")
+    parser.add_argument("--model", help="vectors of this local model (e.g. bge-small-en-v1.5) instead of "
+                        "MiniLM's, from results/scifact-<model>.npz (what is missing is embedded)")
+    parser.add_argument("--docs", type=int, default=0, help="with --model: only the first N abstracts")
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
-    base, qvec, texts, desc = synthetic_vectors() if args.synthetic else real_vectors()
+    if args.synthetic:
+        base, qvec, texts, desc = synthetic_vectors()
+    elif args.model:
+        base, qvec, texts, desc = model_vectors(args.model, args.docs)
+    else:
+        base, qvec, texts, desc = real_vectors()
     from rag_data import scifact_queries
 
     query_texts = scifact_queries() or [f"query {i}" for i in range(len(qvec))]
