@@ -139,9 +139,11 @@ def model_vectors(model_id: str, docs_limit: int = 0) -> tuple[np.ndarray, np.nd
 
     model = local_model(model_id)
     texts = [(d.get("title") or "") + "\n" + (d.get("text") or "") for d in docs]
-    if docs_limit:
-        texts = texts[:docs_limit]
     embedder = CachingEmbedder(model, os.path.join(RESULTS, f"scifact-{model.model_id}.npz"))
+    if docs_limit < 0:  # only the abstracts already in the cache
+        texts = [t for t in texts if not embedder.missing([t])]
+    elif docs_limit:
+        texts = texts[:docs_limit]
     todo = embedder.missing(texts) + embedder.missing(queries, "query")
     if todo:
         print(f"embedding {todo:,} texts with {model.model_id} (cached afterwards)...", flush=True)
