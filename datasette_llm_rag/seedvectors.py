@@ -25,6 +25,7 @@ from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 
+from .quant import decode_centre, quantize
 from .textbuild import text_hash
 
 #: Stored vectors re-embedded and compared before a seed file is used.
@@ -76,8 +77,7 @@ def export_seed(sidecars: Sequence[str | os.PathLike], out: str | os.PathLike) -
     returns (model id, vectors written)."""
     model_id = None
     hashes: list[str] = []
-    codes: list[bytes] = []
-    scales: list[float] = []
+    parts: list[np.ndarray] = []
     seen: set[str] = set()
     for path in sidecars:
         conn = sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)
@@ -87,23 +87,25 @@ def export_seed(sidecars: Sequence[str | os.PathLike], out: str | os.PathLike) -
                 model_id = meta["embedding_model"]
             elif meta["embedding_model"] != model_id:
                 raise ValueError(f"{path} was built with {meta['embedding_model']}, not {model_id}")
-            for h, q8, scale in conn.execute(
+            dims = int(meta.get("dimensions") or 0)
+            centre = decode_centre(meta.get("centre"), dims)
+            for h, code, scale in conn.execute(
                 "select e.hash, v.q8, v.scale from entries e join vectors v on v.entry_id = e.id order by e.id"
             ):
                 if h not in seen:
                     seen.add(h)
                     hashes.append(h)
-                    codes.append(q8)
-                    scales.append(scale)
+                    v = np.frombuffer(code, np.int8).astype(np.float32) * np.float32(scale)
+                    parts.append(v + centre if centre is not None else v)
         finally:
             conn.close()
     if model_id is None:
         raise ValueError("no sidecar given")
-    dims = len(codes[0]) if codes else 0
-    q8 = np.frombuffer(b"".join(codes), np.int8).reshape(len(codes), dims)
+    # stored uncentred (a seed file may serve any sidecar): q8 * scale ~= v
+    q8, scales = quantize(np.stack(parts)) if parts else (np.zeros((0, 0), np.int8), np.zeros(0, np.float32))
     tmp = os.fspath(out) + ".tmp.npz"
     np.savez_compressed(tmp, model=np.array(model_id), hashes=np.array(hashes),
-                        q8=q8, scale=np.asarray(scales, np.float32))
+                        q8=q8, scale=scales)
     os.replace(tmp, out)
     return model_id, len(hashes)
 
