@@ -243,8 +243,8 @@ def run_size(n, base, qvec, texts, query_texts, args):
     exact_t, _ = timed(exact, min(len(queries), 30))
     sample = full[: min(n, args.loop_sample)]
     per_row = python_loop_per_row(sample, queries[0])
-    # What quantising x - mean instead of x would give (not shipped: a sidecar
-    # format change), scored like "every int8 vector scored" above.
+    # Codes of x - (the whole set's mean), against the sidecar's centre (the
+    # first batch's mean), scored like "every int8 vector scored" above.
     from datasette_llm_rag.quant import quantize
 
     mu = full.mean(axis=0)
@@ -313,7 +313,7 @@ def run_size(n, base, qvec, texts, query_texts, args):
           f"exact numpy {cpu_ms(exact_t):.2f} ms")
     print(f"  vector search   median {v_med:.2f} ms  p95 {v_p95:.2f} ms   recall@10 vs exact float32 "
           f"{result['recall_at_10']:.4f} (min {result['recall_min']:.1f}); every int8 vector scored: "
-          f"{result['recall_at_10_int8_exact']:.4f}, with x - mean quantised instead "
+          f"{result['recall_at_10_int8_exact']:.4f}, with the whole set's mean as centre "
           f"{result['recall_at_10_int8_centred_exact']:.4f} (first {len(int8_recalls)} queries)")
     print(f"  filtered (90%)  median {f_med:.2f} ms")
     print(f"  fts only        median {fts_med:.2f} ms; FTS5 bm25() in SQLite {fts5_med:.1f} ms "
