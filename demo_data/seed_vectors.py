@@ -14,6 +14,7 @@ after a few of them were re-embedded and matched.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,9 @@ OUT = HERE / "vectors.npz"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Rebuild the demo rows' vectors")
+    parser.add_argument("--out", default=str(OUT), help=f"output file (default {OUT.relative_to(ROOT)})")
+    out = Path(parser.parse_args().out)
     metadata = ROOT / "metadata.yml"
     with tempfile.TemporaryDirectory() as tmp:
         paths = build(Path(tmp))
@@ -42,8 +46,8 @@ def main() -> None:
             subprocess.run(datasette_command() + ["llm-rag", "index", str(paths[name]), "-m", str(metadata),
                                                   "--sidecar", str(side)], check=True, cwd=ROOT)
             sidecars.append(side)
-        model, n = export_seed(sidecars, OUT)
-    print(f"{OUT}: {n:,} vectors of {model} ({OUT.stat().st_size / 1e6:.1f} MB)")
+        model, n = export_seed(sidecars, out)
+    print(f"{out}: {n:,} vectors of {model} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":
