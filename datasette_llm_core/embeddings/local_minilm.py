@@ -118,8 +118,8 @@ def session_options(ort, threads: int, *, arena: bool = True):
     cores busy after every small run (a question's embedding, a rerank of
     twelve pairs), and on a server those cycles are taken from the next
     step and from other requests. The cross-encoder's twelve pairs took
-    484 ms of CPU with spinning against 327 ms without (286 ms on one
-    thread), benchmarks/bench_question.py.
+    534 ms of CPU with spinning against 318-322 ms without (279 ms on one
+    thread), benchmarks/bench_question.py (docs/rag-benchmarks.md).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
