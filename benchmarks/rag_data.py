@@ -20,7 +20,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-SHARED = os.path.join(ROOT, "..", "shared", "data")
+# ../shared beside the checkout; a git worktree one level deeper finds it at ../../shared
+SHARED = next((p for p in (os.path.join(ROOT, "..", "shared", "data"), os.path.join(ROOT, "..", "..", "shared", "data"))
+               if os.path.isdir(p)), os.path.join(ROOT, "..", "shared", "data"))
 SCIFACT = os.path.join(SHARED, "scifact-dev")
 SOTU = os.path.join(SHARED, "sotu")
 
@@ -123,6 +125,33 @@ def real_vectors() -> tuple[np.ndarray, np.ndarray, list[str], str]:
     embedder.save()
     np.savez(cache, docs=dvec, queries=qvec)
     return dvec, qvec, texts, _DESC
+
+
+def model_vectors(model_id: str, docs_limit: int = 0) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """Like ``real_vectors`` with another local model (e.g. bge-small-en-v1.5),
+    from the cache rag_eval_scifact.py writes (results/scifact-<model>.npz),
+    embedding what is missing; ``docs_limit``: only the first N abstracts."""
+    docs, queries = scifact_docs(), scifact_queries()
+    if docs is None or queries is None:
+        return synthetic_vectors()
+    from datasette_llm_core.embeddings import local_model
+    from datasette_llm_rag.evaluate import CachingEmbedder
+
+    model = local_model(model_id)
+    texts = [(d.get("title") or "") + "\n" + (d.get("text") or "") for d in docs]
+    embedder = CachingEmbedder(model, os.path.join(RESULTS, f"scifact-{model.model_id}.npz"))
+    if docs_limit < 0:  # only the abstracts already in the cache
+        texts = [t for t in texts if not embedder.missing([t])]
+    elif docs_limit:
+        texts = texts[:docs_limit]
+    todo = embedder.missing(texts) + embedder.missing(queries, "query")
+    if todo:
+        print(f"embedding {todo:,} texts with {model.model_id} (cached afterwards)...", flush=True)
+    dvec = embedder.embed_sync(texts, kind="document")
+    qvec = embedder.embed_sync(queries, kind="query")
+    embedder.save()
+    return dvec, qvec, texts, (f"real {model.model_id} (int8 ONNX) embeddings of {len(texts):,} SciFact "
+                               f"abstracts; queries: {len(queries)} SciFact claims")
 
 
 _DESC = "real all-MiniLM-L6-v2 (int8 ONNX) embeddings of 5,183 SciFact abstracts; queries: 809 SciFact claims"

@@ -49,7 +49,8 @@ def _make_datasette(db_path: str, metadata: dict, config: dict, immutable: bool)
     return Datasette([db_path], **kwargs)
 
 
-async def _run_index(db_path, db_name, tables, rebuild, verify_only, metadata, config, sidecar, immutable, bar):
+async def _run_index(db_path, db_name, tables, rebuild, verify_only, metadata, config, sidecar, immutable, bar,
+                     vectors=None, seeds_out=None):
     from datasette_llm_core.gateway import llm_gateway
 
     from .indexer import refresh_index, verify
@@ -68,6 +69,16 @@ async def _run_index(db_path, db_name, tables, rebuild, verify_only, metadata, c
     if verify_only:
         return await verify(db_path, db_name, rag, model, sidecar=sidecar, immutable=immutable)
     embed = functools.partial(gw.embed, purpose="embed", model_id=model.model_id, ref=f"index:{db_name}")
+    if vectors:
+        from .seedvectors import load_seed, seeded_embed
+
+        seeds = load_seed(vectors, model.model_id)
+        if seeds is None:
+            click.echo(f"{vectors} holds vectors of another model than {model.model_id}: not used.", err=True)
+        else:
+            embed = seeded_embed(embed, seeds)
+            if seeds_out is not None:
+                seeds_out.append(seeds)
     return await refresh_index(
         db_path,
         db_name,
@@ -99,10 +110,14 @@ def register(cli: click.Group) -> None:
     @click.option("--sidecar", type=click.Path(dir_okay=False), help="Sidecar path (default: beside DB)")
     @click.option("--name", "db_name", help="Database name (default: file name without extension)")
     @click.option("-i", "--immutable", is_flag=True, help="Open the database as immutable")
-    def index(db_path, tables, rebuild, verify_only, metadata, config, sidecar, db_name, immutable):
+    @click.option("--vectors", type=click.Path(exists=True, dir_okay=False),
+                  help="Vectors computed earlier by the same model (.npz, see seedvectors.py; the demo's): "
+                  "texts found there are not embedded again, after a sample was re-embedded and matched")
+    def index(db_path, tables, rebuild, verify_only, metadata, config, sidecar, db_name, immutable, vectors):
         "Build or refresh the search index of DB_PATH (only new or changed rows are embedded)"
         db_name = db_name or Path(db_path).stem
         state: dict = {}
+        seeds: list = []
 
         def progress(done: int, total: int) -> None:
             if "bar" not in state:
@@ -119,6 +134,7 @@ def register(cli: click.Group) -> None:
                 _run_index(
                     os.path.abspath(db_path), db_name, list(tables), rebuild, verify_only,
                     _load_file(metadata), _load_file(config), sidecar, immutable, progress,
+                    vectors, seeds,
                 )
             )
         except LLMSuiteError as e:
@@ -136,10 +152,15 @@ def register(cli: click.Group) -> None:
             if not result.ok:
                 raise SystemExit(1)
             return
+        stored = ""
+        if seeds:
+            if seeds[0].verified is False:
+                click.echo(f"{vectors}: {seeds[0].reason}", err=True)
+            stored = f", {seeds[0].used} of them from {os.path.basename(vectors)}"
         click.echo(
             f"{db_name}: {result.added} added, {result.updated} updated, {result.deleted} deleted, "
-            f"{result.unchanged} unchanged ({result.rows} rows read, {result.embedded} texts embedded) "
-            f"in {result.seconds:.2f}s -> {result.sidecar}"
+            f"{result.unchanged} unchanged ({result.rows} rows read, {result.embedded} texts embedded"
+            f"{stored}) in {result.seconds:.2f}s -> {result.sidecar}"
         )
 
     @llm_rag.command(name="evaluate")

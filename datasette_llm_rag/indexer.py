@@ -27,7 +27,7 @@ from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.sql import quote_identifier
 
 from .lexical import TermEncoder
-from .quant import quantize
+from .quant import choose_centre, decode_centre, encode_centre, quantize
 from .ragconfig import SECTION, RagConfig, TableConfig, parse_rag_config
 from .sidecar import (
     bump_generation,
@@ -264,6 +264,19 @@ def _encoder(side: sqlite3.Connection) -> TermEncoder:
     return TermEncoder(dict(side.execute("select term, id from terms")))
 
 
+def _centre(side: sqlite3.Connection, vectors: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """The sidecar's centre, and whether it is chosen now (first vectors of an
+    index built since centres exist: the mean of this batch)."""
+    dims = vectors.shape[1] if vectors.ndim == 2 else 0
+    row = side.execute("select value from meta where key = 'centre'").fetchone()
+    if row is not None:
+        return decode_centre(row[0], dims), False
+    if side.execute("select 1 from vectors limit 1").fetchone() is not None:
+        return None, False  # vectors written before centres: stay uncentred
+    centre = choose_centre(vectors)
+    return centre, centre is not None
+
+
 def _write_batch(
     side: sqlite3.Connection,
     next_id: int,
@@ -277,12 +290,9 @@ def _write_batch(
     ``("changed", (id, text, hash, title))``, aligned with ``vectors``.
     """
     encoder = encoder or _encoder(side)
-    q8, scale = quantize(vectors)
-    dims = q8.shape[1] if q8.ndim == 2 else 0
-    codes = q8.tobytes()  # slicing one bytes object beats a numpy index per row
-    scales = scale.tolist()
-    inserts, vec_rows, updates, entry_ids, texts = [], [], [], [], []
-    for j, (kind, item) in enumerate(items):
+    vectors = np.asarray(vectors, dtype=np.float32)
+    inserts, vec_ids, updates, entry_ids, texts = [], [], [], [], []
+    for kind, item in items:
         if kind == "new":
             entry_id = next_id
             next_id += 1
@@ -291,12 +301,23 @@ def _write_batch(
         else:
             entry_id, text, h, title = item
             updates.append((text, h, title, entry_id))
-        vec_rows.append((entry_id, codes[j * dims : (j + 1) * dims], scales[j]))
+        vec_ids.append(entry_id)
         entry_ids.append(entry_id)
         texts.append(text)
     post_rows = [(i, *p) for i, p in zip(entry_ids, encoder.encode_many(texts))]
     side.execute("begin immediate")
     try:
+        # The centre is read (or chosen) inside the write transaction, so two
+        # writers can never quantise against different centres.
+        centre, new_centre = _centre(side, vectors)
+        if new_centre:
+            side.execute("insert or replace into meta (key, value) values ('centre', ?)",
+                         (encode_centre(centre),))
+        q8, scale = quantize(vectors - centre if centre is not None else vectors)
+        dims = q8.shape[1] if q8.ndim == 2 else 0
+        codes = q8.tobytes()  # slicing one bytes object beats a numpy index per row
+        scales = scale.tolist()
+        vec_rows = [(e, codes[j * dims : (j + 1) * dims], scales[j]) for j, e in enumerate(vec_ids)]
         if inserts:
             side.executemany(
                 "insert into entries (id, tbl, pk, chunk, text, hash, title) "

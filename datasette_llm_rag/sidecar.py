@@ -8,10 +8,12 @@ database as ``<name>.llm-rag.db``.
 Schema (created by the migrations below, tracked with ``PRAGMA user_version``):
 
 - ``meta``: key/value facts about the index: embedding model id, dimensions,
-  quantisation, creation time, a generation counter bumped on every write.
+  quantisation, creation time, a generation counter bumped on every write,
+  and ``centre``: the vector subtracted before quantising (quant.py; absent
+  in sidecars written before it, read as zero).
 - ``entries``: one row per indexed chunk of a source row.
 - ``vectors``: the chunk's embedding, int8 scalar-quantised with one scale per
-  vector (``v ~= q8 * scale``): a quarter of float32's size, and enough to
+  vector (``v ~= q8 * scale + centre``): a quarter of float32's size, and enough to
   rescore candidates to better than 0.98 recall against exact float32 search.
 - ``entries_fts``: an FTS5 index of the entries' text (external content,
   tokenizer ``porter unicode61 remove_diacritics 2``). New entries are added
@@ -106,7 +108,7 @@ def _m0001_initial(conn: sqlite3.Connection) -> None:
         """create table vectors (
   entry_id integer primary key references entries(id) on delete cascade, -- entries.id
   q8 blob not null, -- int8 codes, one byte per dimension: round(v / scale)
-  scale real not null -- per-vector scale so that v ~= q8 * scale (float32 v is L2-normalised)
+  scale real not null -- per-vector scale so that v ~= q8 * scale + meta centre (float32 v is L2-normalised)
 )"""
     )
     conn.execute(
@@ -390,6 +392,7 @@ def init_meta(conn: sqlite3.Connection, model_id: str, dimensions: int) -> None:
             (key, value),
         )
     conn.execute("insert or ignore into meta (key, value) values ('generation', '0')")
+    conn.execute("delete from meta where key = 'centre'")  # chosen again with the first vectors
 
 
 def bump_generation(conn: sqlite3.Connection) -> None:

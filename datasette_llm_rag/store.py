@@ -34,7 +34,7 @@ import numpy as np
 
 from .fusion import rrf_arrays
 from .lexical import LexicalIndex, fts5_query
-from .quant import dequantize
+from .quant import decode_centre, dequantize
 from .sidecar import REBUILD_HINT, ModelMismatchError, SidecarError, open_sidecar, read_meta
 
 #: Below this many vectors search is exact over dequantised float32.
@@ -78,6 +78,8 @@ class _Loaded:
         self.exact = False  # small index: score every vector
         self.words: list[np.ndarray] = []  # binary codes, one uint64 array per 64 dims
         self.mu: np.ndarray | None = None
+        #: subtracted from every vector before quantising (quant.py); None: not centred
+        self.centre: np.ndarray | None = None
         self.generation = ""
         self.meta: dict[str, str] = {}
         self.masks: dict[frozenset, np.ndarray] = {}
@@ -187,6 +189,7 @@ class RagIndex:
                 state.meta = read_meta(conn)
                 state.generation = state.meta.get("generation", "")
                 dims = int(state.meta.get("dimensions") or 0)
+                state.centre = decode_centre(state.meta.get("centre"), dims)
                 n = conn.execute("select count(*) from vectors").fetchone()[0]
                 state.ids = np.empty(n, np.int64)
                 state.tcode = np.empty(n, np.int16)
@@ -280,10 +283,14 @@ class RagIndex:
         for start in range(0, n, BLOCK):
             total += dequantize(state.q8[start : start + BLOCK], state.scale[start : start + BLOCK]).sum(0)
         state.mu = (total / n).astype(np.float32)
+        if state.centre is not None:  # codes are of v - centre: the mean of v is theirs + centre
+            state.mu = state.mu + state.centre
         nwords = (state.dims + 63) // 64
         words = np.empty((nwords, n), np.uint64)
         for start in range(0, n, BLOCK):
             block = dequantize(state.q8[start : start + BLOCK], state.scale[start : start + BLOCK])
+            if state.centre is not None:
+                block += state.centre
             words[:, start : start + len(block)] = _binary_words(block, state.mu).T
         state.words = [words[w] for w in range(nwords)]
 
@@ -418,7 +425,7 @@ class RagIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         mask = self._mask(state, tables)
         if state.exact:
-            scores = _dot(state.q8, q) * state.scale
+            scores = _dot(state.q8, q) * state.scale + _offset(state, q)
             if mask is not None:
                 scores = np.where(mask, scores, -np.inf)
             pos = _top(scores, k)
@@ -433,7 +440,7 @@ class RagIndex:
             pos = np.flatnonzero(dist <= cutoff)
             if len(pos) > 2 * want:  # many ties at the cutoff: keep the closest
                 pos = pos[np.argpartition(dist[pos], want)[:want]]
-            scores = _dot(state.q8[pos], q) * state.scale[pos]
+            scores = _dot(state.q8[pos], q) * state.scale[pos] + _offset(state, q)
             order = _top(scores, k)
             pos = pos[order]
         scores = scores[pos] if state.exact else scores[order]
@@ -569,7 +576,7 @@ class RagIndex:
             where = np.searchsorted(state.ids, missing)
             where = np.clip(where, 0, max(state.count - 1, 0))
             ok = state.ids[where] == np.asarray(missing)
-            sc = _dot(state.q8[where], q) * state.scale[where]
+            sc = _dot(state.q8[where], q) * state.scale[where] + _offset(state, q)
             for i, good, s in zip(missing, ok.tolist(), sc.tolist()):
                 if good:
                     vmap[i] = s
@@ -602,6 +609,8 @@ class RagIndex:
         if not len(where):
             return []
         vecs = dequantize(state.q8[where], state.scale[where])
+        if state.centre is not None:
+            vecs += state.centre
         q = vecs.mean(0)
         norm = float(np.linalg.norm(q))
         if norm:
@@ -667,6 +676,11 @@ def _dot(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
     busy two-core server than the product itself.
     """
     return np.einsum("ij,j->i", codes, q.astype(np.float32, copy=False), dtype=np.float32)
+
+
+def _offset(state: _Loaded, q: np.ndarray) -> float:
+    """``q . centre``: what every int8 dot product lacks when codes are of ``v - centre``."""
+    return float(q @ state.centre) if state.centre is not None else 0.0
 
 
 def default_candidates(n: int, k: int) -> int:

@@ -113,10 +113,18 @@ def session_options(ort, threads: int, *, arena: bool = True):
     with benchmarks/bench_index.py --memory). What bounds memory is the size
     of each sub-batch (``token_budget``): the arena grows to the largest
     batch it has served, so no batch may be large.
+
+    The intra-op threads do not spin-wait between runs: spinning kept both
+    cores busy after every small run (a question's embedding, a rerank of
+    twelve pairs), and on a server those cycles are taken from the next
+    step and from other requests. The cross-encoder's twelve pairs took
+    534 ms of CPU with spinning against 318-322 ms without (279 ms on one
+    thread), benchmarks/bench_question.py (docs/rag-benchmarks.md).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = arena
     options.enable_mem_pattern = arena
