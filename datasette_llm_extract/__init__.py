@@ -25,6 +25,11 @@ def startup(datasette):
 
 
 @hookimpl
+def asgi_wrapper(datasette):
+    return hooks.asgi_wrapper(datasette)
+
+
+@hookimpl
 def database_actions(datasette, actor, database):
     return hooks.database_actions(datasette, actor, database)
 
@@ -45,8 +50,14 @@ def extra_css_urls(datasette, view_name):
 
 
 @hookimpl
-def table_actions(datasette, actor, database, table):
-    return hooks.table_actions(datasette, actor, database, table)
+def table_actions(datasette, actor, database, table, request):
+    return hooks.table_actions(datasette, actor, database, table, request)
+
+
+@hookimpl
+def top_table(datasette, request, database, table):
+    # Datasette 1.0 only: a banner with the progress of this table's enrichment jobs
+    return hooks.top_table(datasette, request, database, table)
 
 
 @hookimpl

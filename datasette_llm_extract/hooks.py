@@ -10,7 +10,7 @@ from datasette_llm_core import permissions
 from datasette_llm_core.config import PLUGIN_NAME
 from datasette_llm_core.state import STATE_DB_NAME
 
-from . import runs, tasks  # noqa: F401  (runs registers the state-table migrations)
+from . import enrich_jobs, runs, tasks  # noqa: F401  (runs registers the state-table migrations)
 from .views import PREFIX
 from .writer import RUN_COLUMN
 
@@ -28,6 +28,27 @@ def startup(datasette):
         await pageviews.load_descriptions(datasette)
 
     return inner
+
+
+def asgi_wrapper(datasette):
+    """Resume enrichment jobs whose server died, from the loop that serves requests:
+    ``datasette serve`` runs the startup hooks on a loop of their own, which stops
+    before the server starts, so a job started there would never run. The first
+    ASGI event (uvicorn's lifespan startup, or the first request) starts the take-over."""
+
+    def wrap(app):
+        started = False
+
+        async def wrapped(scope, receive, send):
+            nonlocal started
+            if not started:
+                started = True
+                enrich_jobs.take_over_soon(datasette)
+            await app(scope, receive, send)
+
+        return wrapped
+
+    return wrap
 
 
 def _encode(name: str) -> str:
@@ -105,8 +126,10 @@ def extra_css_urls(datasette, view_name):
     return []
 
 
-def table_actions(datasette, actor, database, table):
+def table_actions(datasette, actor, database, table, request=None):
     async def inner():
+        from .enrich_views import start_url
+
         db = datasette.databases.get(database)
         if database == STATE_DB_NAME or db is None or not db.is_mutable:
             return []
@@ -114,11 +137,40 @@ def table_actions(datasette, actor, database, table):
             return []
         if not await permissions.allowed(datasette, actor, "llm-extract", database, table):
             return []
+        query = request.query_string if request is not None else ""
         return [{
             "href": datasette.urls.path(f"{PREFIX}/into/{_encode(database)}/{_encode(table)}"),
             "label": "Extract data into this table",
             "description": "Fill this table's columns from text, images or PDFs, with review.",
+        }, {
+            "href": start_url(datasette, database, table, query),
+            "label": "Extract into new columns",
+            "description": "A model reads each selected row (this view's filter) and fills new columns, "
+                           "with review, quotes and undo.",
         }]
+
+    return inner
+
+
+def top_table(datasette, request, database, table):
+    """Datasette 1.0: progress of this table's enrichment jobs the viewer owns."""
+    async def inner():
+        from datasette_llm_core.state import state_db
+
+        from . import enrich_store
+        from .enrich_views import job_summary
+
+        actor = request.actor if request else None
+        if not actor or database == STATE_DB_NAME:
+            return ""
+        state = await state_db(datasette)
+        found = await enrich_store.list_jobs(state, database=database, table=table,
+                                             actor_id=str(actor.get("id")), everyone=permissions.is_root(actor),
+                                             limit=5)
+        shown = [job_summary(datasette, j) for j in found if j["status"] in ("pending", "running", "paused", "review")]
+        if not shown:
+            return ""
+        return await datasette.render_template("llm_extract_enrich_banner.html", {"jobs": shown}, request=request)
 
     return inner
 

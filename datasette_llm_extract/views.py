@@ -41,9 +41,9 @@ TYPE_LABELS = {
 
 
 def routes():
-    from . import api, pageviews
+    from . import api, enrich_views, pageviews
 
-    return [
+    return [*enrich_views.routes(),
         (rf"^{PREFIX}/?$", index),
         (rf"^{PREFIX}/new/(?P<database>{SEGMENT})$", start_new_table),
         (rf"^{PREFIX}/into/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})$", start_existing_table),
