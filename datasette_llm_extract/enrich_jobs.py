@@ -476,6 +476,24 @@ async def take_over_abandoned(datasette) -> int:
     return started
 
 
+async def run_in_foreground(datasette, job_id: str, actor, *, from_status: set[str],
+                            progress: Callable[[dict], None] | None = None, wait: float = 0.0) -> dict:
+    """Claim the job and run it in this task (the command line), with a progress callback.
+    A job another process holds is waited for up to ``wait`` seconds (its lease lapsing)."""
+    state = await state_db(datasette)
+    lease = lease_for(datasette)
+    deadline = time.monotonic() + wait
+    while not await store.claim(state, job_id, worker_id(), from_status=from_status, lease=lease):
+        if time.monotonic() > deadline:
+            raise JobError("Another process is running this job (its heartbeat is fresh): wait for it, "
+                           f"or try again after {lease:.0f} seconds if that process was killed.", 409)
+        await asyncio.sleep(0.5)
+    handle = JobHandle(job_id, progress=progress)
+    REGISTRY[job_id] = handle
+    await _execute(datasette, job_id, actor, handle, extract_settings(datasette).run_timeout)
+    return await store.get_job(state, job_id)
+
+
 def take_over_soon(datasette) -> None:
     """``take_over_abandoned`` as a background task of the running loop (errors logged)."""
 
