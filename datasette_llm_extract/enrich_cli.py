@@ -72,7 +72,12 @@ async def _enrich(db_path, table, source, where, template, schema, instructions,
     job = await store.unfinished_job(state, name, table, key, selection)
     resumed = job is not None
     if job is None:
-        job_id = await jobs.create(ds, {"id": "cli"}, req, start=False)
+        try:
+            job_id = await jobs.create(ds, {"id": "cli"}, req, start=False)
+        except jobs.JobError as e:
+            if since_last and selection.get("after") is not None and str(e).startswith("No rows match"):
+                return {"message": f"No new rows in {table} since the last run of {key}: nothing to do."}
+            raise
         job = await store.get_job(state, job_id)
     if batch:
         from . import enrich_batch
