@@ -149,7 +149,6 @@ async def enrich_row(gateway, spec: TableSpec, instructions: str, document: str,
         out.error = "The row's source columns are empty: nothing to read."
         return out
     extra = {k: v for k, v in {"actor": actor, "ref": ref, "budget": budget}.items() if v is not None}
-    model = row_model(spec)
     request = build_row_request(spec, instructions, document, linked=linked, max_tokens=max_tokens)
     try:
         text, usage, used = await _ask(gateway, request, model_id, extra)
@@ -157,6 +156,17 @@ async def enrich_row(gateway, spec: TableSpec, instructions: str, document: str,
         out.error = str(e) or type(e).__name__
         return out
     out.usage, out.model_id = usage, used
+    return await finish_answer(out, gateway, spec, instructions, document, text, model_id=model_id,
+                               linked=linked, extra=extra, max_tokens=max_tokens, reask=reask)
+
+
+async def finish_answer(out: RowResult, gateway, spec: TableSpec, instructions: str, document: str, text: str, *,
+                        model_id: str | None, linked: bool = False, extra: dict | None = None,
+                        max_tokens: int = 1024, reask: bool = True) -> RowResult:
+    """Parse, validate and (once) re-ask the model's answer for one row: the same for a direct call
+    and a provider batch's result (its re-ask is a direct call)."""
+    extra = extra or {}
+    model = row_model(spec)
     rows, problems = _parse(text)
     out.warnings.extend(problems)
     if not rows:

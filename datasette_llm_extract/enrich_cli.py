@@ -60,7 +60,8 @@ async def _enrich(db_path, table, source, where, template, schema, instructions,
     req = jobs.JobRequest(database=name, table=table, source_columns=list(source), spec=spec,
                           instructions=instructions or template_instructions, model_id=model,
                           selection={"where": where} if where else {}, row_limit=limit, sample_size=0,
-                          write_mode="direct", max_cost=max_cost, template=key, since_last=since_last)
+                          write_mode="direct", max_cost=max_cost, template=key, since_last=since_last,
+                          batch=batch)
     if estimate_only:
         return {"estimate": await jobs.estimate(ds, req)}
     state = await state_db(ds)
@@ -79,7 +80,7 @@ async def _enrich(db_path, table, source, where, template, schema, instructions,
                 return {"message": f"No new rows in {table} since the last run of {key}: nothing to do."}
             raise
         job = await store.get_job(state, job_id)
-    if batch:
+    if batch or (job["batch"] is not None):
         from . import enrich_batch
 
         return await enrich_batch.run_batch_cli(ds, job, echo=click.echo)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from datasette_llm_core.budget import Budget
-from datasette_llm_core.errors import ConfigError
+from datasette_llm_core.errors import ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway, no_model_message
 from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import state_db
@@ -50,6 +50,8 @@ REGISTRY: dict[str, "JobHandle"] = {}
 _WATCHERS: set[asyncio.Task] = set()
 #: Largest number of rows one job may select (the run's row limit caps it further).
 MAX_ROWS = 1_000_000
+#: How long a background job waits for its provider batch.
+BATCH_TIMEOUT = 26 * 3600.0
 #: Rows of the filter's preview used to estimate a job (the rest is extrapolated).
 ESTIMATE_ROWS = 200
 
@@ -146,6 +148,8 @@ class JobRequest:
     linked_table: str | None = None
     template: str | None = None
     since_last: bool = False
+    #: Send the rows through the provider's batch API (enrich_batch) instead of one call each.
+    batch: bool = False
 
 
 async def prepare(datasette, req: JobRequest) -> dict:
@@ -244,6 +248,7 @@ async def create(datasette, actor, req: JobRequest, *, start: bool = True) -> st
         "linked_table": parts["linked"], "status": "pending", "phase": phase, "write_mode": req.write_mode,
         "sample_size": sample, "max_cost": parts["max_cost"],
         "high_water": max(r for r, _ in parts["rows"]),
+        "batch_json": "{}" if req.batch else None,
     }, items)
     if start:
         await start_job(datasette, job_id, actor, from_status={"pending"})
@@ -301,6 +306,10 @@ async def run(datasette, job_id: str, actor: dict | None = None, handle: JobHand
     state = await state_db(datasette)
     handle = handle or REGISTRY.get(job_id) or JobHandle(job_id)
     job = await store.get_job(state, job_id)
+    if job["batch"] is not None:
+        from . import enrich_batch
+
+        return await enrich_batch.run_in_job(datasette, job_id, handle, actor)
     spec = TableSpec(**job["schema"])
     gateway = await llm_gateway(datasette)
     model = gateway.get_chat_model(job["model_id"])
@@ -400,6 +409,9 @@ async def _execute(datasette, job_id: str, actor, handle: JobHandle, timeout: fl
     beat = asyncio.get_running_loop().create_task(
         _heartbeat(state, job_id, handle, heartbeat_seconds(lease_for(datasette))), name=f"llm-enrich-beat-{job_id}")
     status, error = "failed", None
+    job = await store.get_job(state, job_id)
+    if job is not None and job["batch"] is not None:
+        timeout = max(timeout, BATCH_TIMEOUT)  # a provider batch answers within 24 hours
     try:
         status = await asyncio.wait_for(run(datasette, job_id, actor, handle), timeout)
         error = handle.message
@@ -408,6 +420,8 @@ async def _execute(datasette, job_id: str, actor, handle: JobHandle, timeout: fl
     except asyncio.TimeoutError:
         status, error = "paused", (f"The job stopped after {timeout:.0f} seconds (the run timeout); "
                                    "resume it to run the rows left.")
+    except (LLMSuiteError, JobError) as e:
+        error = str(e)
     except Exception as e:  # a bug: keep the server alive, say so
         log.exception("enrichment job %s crashed", job_id)
         error = f"The job stopped because of an internal error ({type(e).__name__}): resume it to try again."
@@ -539,6 +553,8 @@ async def resume(datasette, actor, job: dict, *, max_cost: float | None = None) 
     state = await state_db(datasette)
     if max_cost is not None:
         await store.update_job(state, job["id"], max_cost=max_cost)
+    if job["batch"] and "submitting" in job["batch"] and "batch_id" not in job["batch"]:
+        await store.update_job(state, job["id"], batch_json="{}")  # the journalist checked: submit again
     if not await start_job(datasette, job["id"], actor, from_status=store.RESUMABLE):
         raise JobError("The job is already running.", 409)
 

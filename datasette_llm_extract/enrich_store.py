@@ -23,7 +23,7 @@ from .runs import _write
 #: Statuses in which a process works on the job.
 ACTIVE = {"pending", "running"}
 #: Statuses a job can be resumed (or its rest run) from.
-RESUMABLE = {"paused", "failed", "interrupted", "cancelled"}
+RESUMABLE = {"paused", "failed", "interrupted", "cancelled", "batch"}
 
 
 def _m0001_enrich(conn: sqlite3.Connection) -> None:
@@ -45,7 +45,7 @@ create table if not exists llm_enrich_jobs (
   template text, -- template name (the high-water mark of --since-last is per template and table)
   selection_json text not null, -- {"args": table filter, "where": _where SQL, "limit": rows, "after": rowid}
   linked_table text, -- one-to-many: the new table the records go to; null: new columns
-  status text not null, -- pending, running, paused, review, done, failed, cancelled, undone
+  status text not null, -- pending, running, paused, batch (a provider batch is out), review, done, failed, cancelled, undone
   phase text not null, -- sample (rows to review first) or rest (every selected row)
   write_mode text not null, -- review (held for review) or direct (written as they come)
   sample_size integer not null, -- rows of the sample
@@ -356,7 +356,7 @@ async def unfinished_job(db, database: str, table: str, template: str | None, se
     """The newest job of the same template, table and selection that did not finish (CLI resume)."""
     rows = await db.execute(
         "select * from llm_enrich_jobs where database_name = ? and table_name = ? and template is ?"
-        " and selection_json = ? and status in ('pending', 'running', 'paused', 'failed', 'interrupted')"
+        " and selection_json = ? and status in ('pending', 'running', 'paused', 'failed', 'interrupted', 'batch')"
         " order by created_at desc limit 1", [database, table, template, json.dumps(selection, sort_keys=True)])
     row = rows.first()
     return _job(row) if row else None

@@ -115,6 +115,8 @@ def job_summary(datasette, job: dict) -> dict:
         "max_cost": job["max_cost"], "time_left_seconds": None if left is None else round(left, 1),
         "error": job["error"], "selection": job["selection"], "created_at": job["created_at"],
         "first_result_at": job["first_result_at"], "url": job_url(datasette, job["id"]),
+        "batch_id": (job["batch"] or {}).get("batch_id") if job["batch"] is not None else None,
+        "batch_mode": job["batch"] is not None,
     }
 
 
@@ -363,7 +365,7 @@ async def api_create(datasette, request):
             instructions=data.get("instructions") or "", model_id=data.get("model"), selection=selection,
             row_limit=data.get("row_limit"), sample_size=int(data.get("sample_size", 20)),
             write_mode=data.get("write_mode") or "review", max_cost=data.get("max_cost"),
-            linked_table=data.get("linked_table"), template=data.get("template"),
+            linked_table=data.get("linked_table"), template=data.get("template"), batch=bool(data.get("batch")),
         )
         if data.get("estimate_only"):
             return Response.json({"ok": True, **await jobs.estimate(datasette, req)})
