@@ -111,3 +111,27 @@ def test_server_killed_while_a_batch_is_out_polls_the_same_batch_after_restart(t
     rows = dict(table_rows(db, "select id, fine from complaints"))
     assert rows[3] is None and rows[9] is None
     assert all(rows[i] == 100 + i for i in rows if i not in (3, 9))
+
+
+def test_a_crash_while_submitting_stops_the_job_instead_of_paying_twice(tmp_path):
+    from datasette.cli import cli
+
+    db = tmp_path / "news.db"
+    make_db(db, rows=3)
+    schema = tmp_path / "fines.json"
+    schema.write_text(json.dumps({"columns": COLUMNS}))
+    with FakeBatchAPI(answer=batch_answer) as fake:
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps(config_for(tmp_path, "openai", fake)))
+        args = ["llm-extract", "enrich", str(db), "complaints", "--source", "narrative", "--schema", str(schema),
+                "-c", str(config), "--batch"]
+        assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+        # as if the process died after the vendor created the batch, before its id was stored
+        state = sqlite3.connect(tmp_path / "state.db")
+        state.execute("""update llm_enrich_jobs set batch_json = '{"submitting": 1}'""")
+        state.commit()
+        state.close()
+        result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "a batch may have been created at the provider" in result.output
+    assert len(fake.openai) == 1
