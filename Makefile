@@ -29,6 +29,8 @@ $(STABLE)/.installed: setup.py
 	$(STABLE)/bin/pip install -q -e ".[test]" "datasette>=0.65.5,<1.0"
 	# datasette-secrets 0.2 calls datasette.permission_allowed, which 1.0 alphas removed
 	$(STABLE)/bin/pip install -q "datasette-secrets>=0.2"
+	# datasette-enrichments 0.5.1 also calls permission_allowed: tested on 0.65 only
+	$(STABLE)/bin/pip install -q "datasette-enrichments==0.5.1"
 	touch $@
 
 $(ALPHA)/.installed: setup.py

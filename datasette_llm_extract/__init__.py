@@ -79,6 +79,14 @@ def get_metadata(datasette, key, database, table):
 
 
 @hookimpl
+def register_enrichments(datasette):
+    # only called when datasette-enrichments is installed (its hook)
+    from .enrich_enrichments import enrichments
+
+    return enrichments(datasette)
+
+
+@hookimpl
 def register_commands(cli):
     hooks.register_commands(cli)
 
