@@ -257,8 +257,9 @@ async def create(datasette, actor, req: JobRequest, *, start: bool = True) -> st
 
 # --- running ---------------------------------------------------------------------------
 
-async def _read_row(db, table: str, source: list[str], targets: list[str], rowid: int) -> dict | None:
-    present = set(await table_columns(db, table))
+async def _read_row(db, table: str, source: list[str], targets: list[str], rowid: int,
+                    present: set[str] | None = None) -> dict | None:
+    present = present if present is not None else set(await table_columns(db, table))
     cols = list(dict.fromkeys([*source, *[t for t in targets if t in present]]))
     result = await db.execute(
         f"select {quote_identifiers(cols)} from {quote_identifier(table)} where rowid = ?", [rowid])  # noqa: S608
@@ -319,8 +320,11 @@ async def run(datasette, job_id: str, actor: dict | None = None, handle: JobHand
     spent = job["cost"] or 0.0
     budget = Budget(max_cost=None if job["max_cost"] is None else max(0.0, job["max_cost"] - spent))
     over_budget = False
-    workers = _concurrency(datasette, model)
+    # twice the model's concurrency: while one worker stores an answer, another already waits
+    # for the freed place at the gateway's limiter, so the model is never left idle
+    workers = 2 * _concurrency(datasette, model)
     queue: asyncio.Queue = asyncio.Queue(maxsize=workers * 2)
+    present = set(await table_columns(db, job["table_name"]))
     write_lock = asyncio.Lock()
     pending_writes: list[dict] = []
 
@@ -332,6 +336,11 @@ async def run(datasette, job_id: str, actor: dict | None = None, handle: JobHand
         async with write_lock:
             batch, pending_writes[:] = list(pending_writes), []
             await _write_items(datasette, job, batch)
+            if batch and not names_present():
+                present.update(await table_columns(db, job["table_name"]))
+
+    def names_present() -> bool:
+        return all(n in present for n in names)
 
     async def work() -> None:
         nonlocal over_budget
@@ -342,7 +351,7 @@ async def run(datasette, job_id: str, actor: dict | None = None, handle: JobHand
             if handle.pause or handle.cancel or over_budget:
                 continue
             row = await _read_row(db, job["table_name"], job["source_columns"], [] if job["linked_table"] else names,
-                                  item["row_id"])
+                                  item["row_id"], present)
             if row is None:
                 await store.record_result(state, job_id, item["row_id"], records=None, valid=False,
                                           error="The row was deleted before it was read.", model_id=None,
