@@ -144,10 +144,8 @@ async def update_job(db, job_id: str, *, only_status: set[str] | None = None, **
         raise ValueError(f"unknown job fields {unknown}")
     fields["updated_at"] = time.time()
     sets = ", ".join(f"{quote_identifier(k)} = ?" for k in fields)
-    where, params = "id = ?", [job_id]
-    if only_status:
-        where += f" and status in ({', '.join('?' for _ in only_status)})"
-        params += sorted(only_status)
+    where = "id = ?" + (f" and status in ({', '.join('?' for _ in only_status)})" if only_status else "")
+    params = [job_id, *sorted(only_status or ())]
 
     def fn(conn):
         with conn:
