@@ -69,15 +69,39 @@ def check_columns(table_columns: list[str], source: list[str], spec: TableSpec, 
             )
 
 
+def row_files(row: dict, source: list[str]) -> list:
+    """Images and PDFs stored as blobs in the source columns, as model input parts
+    (sent natively: the model must read images / PDFs; the suite never fetches URLs)."""
+    from datasette_llm_core.types import ImagePart, PdfPart
+
+    from .documents import sniff
+
+    out = []
+    for name in source:
+        value = row.get(name)
+        if isinstance(value, bytes):
+            kind = sniff(value)
+            if kind and kind.startswith("image/"):
+                out.append(ImagePart(value, kind))
+            elif kind == "application/pdf":
+                out.append(PdfPart(value, f"{name}.pdf"))
+    return out
+
+
 def row_document(row: dict, source: list[str]) -> str:
-    """The text the model reads for one row: each source column labelled."""
+    """The text the model reads for one row: each source column labelled (an image or PDF
+    blob is named here and attached, see ``row_files``)."""
+    from .documents import sniff
+
     parts = []
     for name in source:
         value = row.get(name)
         if value is None:
             continue
         if isinstance(value, bytes):
-            text = f"(binary, {len(value)} bytes)"
+            kind = sniff(value)
+            text = (f"(attached {kind}, {len(value)} bytes)" if kind and kind != "text/plain"
+                    else f"(binary, {len(value)} bytes)")
         else:
             text = str(value)
         if len(text) > MAX_CELL_CHARS:
@@ -93,8 +117,8 @@ def row_instructions(instructions: str, *, linked: bool) -> str:
 
 
 def build_row_request(spec: TableSpec, instructions: str, document: str, *, linked: bool,
-                      max_tokens: int = 1024):
-    return build_request(spec, row_instructions(instructions, linked=linked), document,
+                      max_tokens: int = 1024, files: list | None = None):
+    return build_request(spec, row_instructions(instructions, linked=linked), document, parts=files or None,
                          note="one table row", max_tokens=max_tokens)
 
 
@@ -120,10 +144,13 @@ class RowResult:
         return json.dumps(self.records, ensure_ascii=False, default=str)
 
 
-def _record(values: dict, raw: dict, errors: list[str], document: str) -> dict:
+def _record(values: dict, raw: dict, errors: list[str], document: str, files: list | None = None) -> dict:
+    """``quote_found`` is None when the row's source is an attached image or PDF: nothing to check it in."""
     quote = raw.get(QUOTE_FIELD)
     quote = quote.strip() if isinstance(quote, str) and quote.strip() else None
     found = bool(quote) and locate_quote(document, quote) is not None
+    if files and not found:
+        found = None
     return {"values": values, "quote": quote, "quote_found": found, "valid": not errors, "errors": errors}
 
 
@@ -142,14 +169,15 @@ async def _ask(gateway, request, model_id: str | None, extra: dict) -> tuple[str
 
 async def enrich_row(gateway, spec: TableSpec, instructions: str, document: str, *, model_id: str | None,
                      linked: bool = False, actor: dict | None = None, ref: str | None = None,
-                     budget: Any = None, max_tokens: int = 1024, reask: bool = True) -> RowResult:
+                     budget: Any = None, max_tokens: int = 1024, reask: bool = True,
+                     files: list | None = None) -> RowResult:
     """Ask the model about one row; never raises for a model failure (``RowResult.error``)."""
     out = RowResult()
-    if not document.strip():
+    if not document.strip() and not files:
         out.error = "The row's source columns are empty: nothing to read."
         return out
     extra = {k: v for k, v in {"actor": actor, "ref": ref, "budget": budget}.items() if v is not None}
-    request = build_row_request(spec, instructions, document, linked=linked, max_tokens=max_tokens)
+    request = build_row_request(spec, instructions, document, linked=linked, max_tokens=max_tokens, files=files)
     try:
         text, usage, used = await _ask(gateway, request, model_id, extra)
     except Exception as e:  # noqa: BLE001 - reported on the row, the job goes on
@@ -157,12 +185,12 @@ async def enrich_row(gateway, spec: TableSpec, instructions: str, document: str,
         return out
     out.usage, out.model_id = usage, used
     return await finish_answer(out, gateway, spec, instructions, document, text, model_id=model_id,
-                               linked=linked, extra=extra, max_tokens=max_tokens, reask=reask)
+                               linked=linked, extra=extra, max_tokens=max_tokens, reask=reask, files=files)
 
 
 async def finish_answer(out: RowResult, gateway, spec: TableSpec, instructions: str, document: str, text: str, *,
                         model_id: str | None, linked: bool = False, extra: dict | None = None,
-                        max_tokens: int = 1024, reask: bool = True) -> RowResult:
+                        max_tokens: int = 1024, reask: bool = True, files: list | None = None) -> RowResult:
     """Parse, validate and (once) re-ask the model's answer for one row: the same for a direct call
     and a provider batch's result (its re-ask is a direct call)."""
     extra = extra or {}
@@ -185,7 +213,7 @@ async def finish_answer(out: RowResult, gateway, spec: TableSpec, instructions: 
     if invalid and reask:
         ids = reask_ids(len(invalid))
         again = build_reask_request(spec, row_instructions(instructions, linked=linked), document,
-                                    invalid=[(raw, e) for _, raw, e in invalid],
+                                    invalid=[(raw, e) for _, raw, e in invalid], parts=files or None,
                                     note="one table row", max_tokens=max_tokens)
         try:
             text2, usage2, _ = await _ask(gateway, again, model_id, extra)
@@ -207,7 +235,7 @@ async def finish_answer(out: RowResult, gateway, spec: TableSpec, instructions: 
             values, errors = validate_row(model, raw)
         if not errors and all(v is None for v in values.values()):
             errors = ["the model found no values"]
-        out.records.append(_record(values, raw, errors, document))
+        out.records.append(_record(values, raw, errors, document, files))
     return out
 
 

@@ -30,6 +30,7 @@ from datasette_llm_core.state import state_db
 from datasette_llm_core.workers import beat_until_stopped, heartbeat_seconds, lease_for, worker_id
 
 from . import enrich_store as store
+from .engine import IMAGE_TOKENS, PDF_PAGE_TOKENS
 from .enrich import (
     ENRICH_PROMPT_VERSION,
     EnrichError,
@@ -37,6 +38,7 @@ from .enrich import (
     enrich_row,
     estimate_rows,
     row_document,
+    row_files,
 )
 from .enrich_writer import undo_linked_fn, undo_values_fn, write_linked_fn, write_values_fn
 from .schema import SchemaError, TableSpec, row_model, validate_row, validate_table_spec
@@ -202,10 +204,27 @@ async def prepare(datasette, req: JobRequest) -> dict:
             selection["after"] = mark
     limit = min(req.row_limit or MAX_ROWS, MAX_ROWS)
     rows = await select_rows(db, req.table, selection, limit)
+    await _check_files(db, req, model, rows[:ESTIMATE_ROWS])
     settings = extract_settings(datasette)
     max_cost = req.max_cost if req.max_cost is not None else settings.max_cost_per_run
     return {"db": db, "spec": spec, "model": model, "rows": rows, "selection": selection,
             "linked": linked, "max_cost": max_cost, "columns": columns}
+
+
+async def _check_files(db, req: JobRequest, model, rows: list) -> None:
+    """Images or PDFs in the source columns need a model that reads them (and no batch)."""
+    kinds = set()
+    for rowid, _ in rows:
+        row = await _read_row(db, req.table, req.source_columns, [], rowid)
+        kinds |= {type(f).__name__ for f in row_files(row or {}, req.source_columns)}
+    if "ImagePart" in kinds and not model.supports_images:
+        raise JobError(f"The source columns hold images and model {model.model_id!r} cannot read images: "
+                       "pick a model with image input, or other source columns.")
+    if "PdfPart" in kinds and not model.supports_pdfs:
+        raise JobError(f"The source columns hold PDFs and model {model.model_id!r} cannot read PDFs: "
+                       "pick a model that reads PDFs, or other source columns.")
+    if kinds and req.batch:
+        raise JobError("Batch mode sends text only: run rows with images or PDFs without --batch.")
 
 
 async def estimate(datasette, req: JobRequest) -> dict:
@@ -214,10 +233,14 @@ async def estimate(datasette, req: JobRequest) -> dict:
     rows = parts["rows"]
     sample = rows[:ESTIMATE_ROWS]
     docs = []
+    files_seen = []
     for rowid, _ in sample:
         row = await _read_row(parts["db"], req.table, req.source_columns, [], rowid)
         docs.append(row_document(row or {}, req.source_columns))
+        files_seen += row_files(row or {}, req.source_columns)
     est = estimate_rows(parts["spec"], req.instructions, docs, linked=bool(parts["linked"]))
+    est["input_tokens"] += sum(IMAGE_TOKENS for f in files_seen if type(f).__name__ == "ImagePart")
+    est["input_tokens"] += sum(PDF_PAGE_TOKENS for f in files_seen if type(f).__name__ == "PdfPart")
     scale = len(rows) / len(sample) if sample else 0
     input_tokens, output_tokens = int(est["input_tokens"] * scale), int(est["output_tokens"] * scale)
     cost = parts["model"].estimate_cost(input_tokens, output_tokens)
@@ -360,7 +383,8 @@ async def run(datasette, job_id: str, actor: dict | None = None, handle: JobHand
             previous = None if job["linked_table"] else {n: row.get(n) for n in names}
             result = await enrich_row(gateway, spec, job["instructions"], row_document(row, job["source_columns"]),
                                       model_id=job["model_id"], linked=bool(job["linked_table"]), actor=actor,
-                                      ref=f"enrich:{job_id}", budget=budget)
+                                      ref=f"enrich:{job_id}", budget=budget,
+                                      files=row_files(row, job["source_columns"]))
             if result.error and "budget" in result.error.lower() and "exceeded" in result.error.lower():
                 over_budget = True  # not this row's fault: it stays pending for a resume with more budget
                 continue

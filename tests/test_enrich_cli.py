@@ -94,7 +94,7 @@ def test_missing_database_and_template_are_clear_errors(world):
 
 def test_killed_command_resumes_where_it_stopped(world):
     tmp_path, db, schema, config, fake = world
-    fake.token_delay = 0.05
+    fake.ttft = 0.3
     args = [db, "complaints", "--source", "narrative", "--schema", schema, "-c", config]
     proc = enrich(tmp_path, *args, wait=False)
     try:
@@ -120,8 +120,9 @@ def test_killed_command_resumes_where_it_stopped(world):
     state = sqlite3.connect(tmp_path / "state.db")
     answered = {r[0] for r in state.execute("select row_id from llm_enrich_items where status != 'pending'")}
     state.close()
+    assert len(answered) < 24, "the command finished before the kill"
     fake.requests.clear()
-    fake.token_delay = 0.0
+    fake.ttft = 0.0
     result = enrich(tmp_path, *args)
     assert result.returncode == 0, result.stderr
     assert "Resumed job" in result.stdout and "24 row(s) answered" in result.stdout

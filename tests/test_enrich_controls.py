@@ -22,7 +22,14 @@ from .test_crash_recovery import SECRET
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
 
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # enough for the suite's sniffing; the fake model never decodes it
+
+
 def respond(request: dict) -> Reply:
+    content = request["messages"][-1]["content"]
+    if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+        return Reply(content=json.dumps({"rows": [{"reported": "2024-05-01", "fine": 50,
+                                                   "source_quote": "FINE: $50"}]}))
     text = last_user_text(request)
     if "several records" in text:  # the linked-table prompt: one record per fine mentioned
         fines = re.findall(r"fine of (\d+) dollars", text) or []
@@ -40,6 +47,9 @@ def world(tmp_path_factory):
         server = EnrichServer(tmp_path, db, fake.base_url, concurrency=1)
         config = json.loads(server.config.read_text())
         config["plugins"]["datasette-llm-newsroom"]["permissions"] = {"llm-extract": {"id": ["maria", "sam"]}}
+        config["plugins"]["datasette-llm-newsroom"]["models"].append(
+            {**config["plugins"]["datasette-llm-newsroom"]["models"][0], "id": "vision",
+             "supports": ["streaming", "schema", "images"]})
         if P.IS_V1:  # 1.0: Datasette's own write permission for changing rows
             config["permissions"] = {"update-row": {"id": ["maria", "sam", "root"]}}
         server.config.write_text(json.dumps(config))
@@ -72,7 +82,7 @@ def start(server, **extra) -> str:
 
 def test_pause_resume_and_cancel(world):
     server, fake, db = world
-    fake.token_delay = 0.02
+    fake.ttft = 0.3  # one answer at a time (concurrency 1): about 3 s for the 10 rows
     job_id = start(server, filter={"borough": "Queens"})
     server.wait_job(job_id, lambda j: j["rows_done"] >= 1)
     status, data = server.request("POST", f"/-/llm-extract/enrich/jobs/{job_id}/pause", {})
@@ -89,7 +99,7 @@ def test_pause_resume_and_cancel(world):
     assert status == 200, data
     job = server.wait_job(job_id, lambda j: j["status"] == "cancelled")
     assert job["rows_done"] < 10
-    fake.token_delay = 0.0
+    fake.ttft = 0.0
     # what was answered before the cancel is kept (and written: this job writes directly)
     written = table_rows(db, "select count(*) from complaints where fine is not null")[0][0]
     assert written == job["rows_written"] > 0
@@ -98,12 +108,12 @@ def test_pause_resume_and_cancel(world):
 def test_budget_pauses_the_job_and_a_larger_one_lets_it_finish(world):
     server, fake, db = world
     # each call reserves its worst case (about $0.0025 with 1,024 output tokens) and costs about
-    # $0.0005: a $0.005 budget runs out after a few rows
-    job_id = start(server, filter={"borough": "Brooklyn"}, max_cost=0.005)
+    # $0.0005: a $0.003 budget runs out after a few rows
+    job_id = start(server, filter={"borough": "Brooklyn"}, max_cost=0.003)
     job = server.wait_job(job_id, lambda j: j["status"] not in ("pending", "running"))
     assert job["status"] == "paused", job
     assert "budget" in job["error"] and job["rows_done"] < 10
-    assert 0 < job["cost"] <= 0.005
+    assert 0 < job["cost"] <= 0.003
     status, data = server.request("POST", f"/-/llm-extract/enrich/jobs/{job_id}/resume", {"max_cost": 1.0})
     assert status == 200, data
     job = server.wait_job(job_id, lambda j: j["status"] not in ("pending", "running"))
@@ -140,3 +150,26 @@ def test_a_job_is_seen_by_its_owner_and_root_only(world):
     status, _ = as_actor(server, "outsider", "POST", "/-/llm-extract/enrich/api/jobs", {
         "database": "news", "table": "complaints", "source_columns": ["narrative"], "columns": COLUMNS})
     assert status == 403
+
+
+def test_images_stored_as_blobs_are_sent_to_a_model_that_reads_them(world):
+    server, fake, db = world
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute("create table if not exists tickets (id integer primary key, photo blob)")
+    conn.executemany("insert or replace into tickets values (?, ?)", [(1, PNG), (2, PNG)])
+    conn.commit()
+    conn.close()
+    body = {"database": "news", "table": "tickets", "source_columns": ["photo"], "columns": COLUMNS,
+            "sample_size": 0, "write_mode": "direct"}
+    status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", body)  # the default model: text only
+    assert status == 400 and "cannot read images" in data["error"], data
+    status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {**body, "model": "vision"})
+    assert status == 201, data
+    job = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running"))
+    assert job["status"] == "done" and job["rows_written"] == 2, job
+    assert table_rows(db, "select id, reported, fine from tickets") == [(1, "2024-05-01", 50.0),
+                                                                       (2, "2024-05-01", 50.0)]
+    status, data = server.request("GET", f"/-/llm-extract/enrich/jobs/{data['id']}.json?_items=1")
+    assert all(i["quote_found"] is None for i in data["items"])  # no text to check an image's quote in

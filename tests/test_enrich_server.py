@@ -126,7 +126,7 @@ def test_bad_requests_write_nothing(world):
 def test_kill_9_mid_job_then_restart_resumes_without_repeats_or_losses(world):
     server, fake, db, tmp_path = world
     fake.requests.clear()
-    fake.token_delay = 0.05  # about 1 s per answer: the kill lands mid-job
+    fake.ttft = 0.4  # two answers at a time, 0.4 s each: the kill lands mid-job
     job_id = start_job(server, filter={"borough": "Queens"}, sample_size=0, write_mode="direct")
     job = server.wait_job(job_id, lambda j: j["rows_done"] >= 3)
     server.kill()
@@ -135,8 +135,9 @@ def test_kill_9_mid_job_then_restart_resumes_without_repeats_or_losses(world):
     answered = {r[0] for r in state.execute(
         "select row_id from llm_enrich_items where job_id = ? and status != 'pending'", [job_id])}
     state.close()
+    assert len(answered) < 10, "the job finished before the kill"
     sent_before = len(fake.chat_requests())
-    fake.token_delay = 0.0
+    fake.ttft = 0.0
     server.start()  # nobody asks: the restarted server takes the job over once the lease lapses
     job = server.wait_job(job_id, lambda j: j["status"] == "done", timeout=60)
     assert job["rows_total"] == 10 and job["rows_done"] == 10 and job["rows_failed"] == 0, job
