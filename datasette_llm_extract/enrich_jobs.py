@@ -101,9 +101,8 @@ def selection_sql(columns: list[str], selection: dict) -> tuple[str, dict]:
         for v in value if isinstance(value, list) else [value]:
             pairs.append((key, v))
     clauses, params = Filters(pairs).build_where_clauses("t")
-    wheres = list(args.get("_where") or [])
-    if isinstance(wheres, str):
-        wheres = [wheres]
+    wheres = args.get("_where") or []
+    wheres = [wheres] if isinstance(wheres, str) else list(wheres)
     if selection.get("where"):
         wheres.append(selection["where"])
     clauses += [f"({w})" for w in wheres if w and w.strip()]
