@@ -40,8 +40,8 @@ def top_database(datasette, request, database):
 
 
 @hookimpl
-def extra_js_urls(datasette, request, database, view_name):
-    return hooks.extra_js_urls(datasette, request, database, view_name, HAS_TOP_HOOKS)
+def extra_js_urls(datasette, request, database, table, view_name):
+    return hooks.extra_js_urls(datasette, request, database, view_name, HAS_TOP_HOOKS, table)
 
 
 @hookimpl

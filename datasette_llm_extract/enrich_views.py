@@ -41,6 +41,7 @@ def routes():
         (rf"^{PREFIX}/jobs/{JOB_ID}\.json$", job_json),
         (rf"^{PREFIX}/jobs/{JOB_ID}/(?P<action>{ACTIONS})$", job_action),
         (rf"^{PREFIX}/api/jobs$", api_create),
+        (rf"^{PREFIX}/banner/(?P<database>[^/]+)/(?P<table>[^/]+)$", banner_view),
     ]
 
 
@@ -375,3 +376,40 @@ async def api_create(datasette, request):
     except (TypeError, ValueError) as e:
         return Response.json({"ok": False, "error": f"Bad value in the job: {e}"}, status=400)
     return Response.json({"ok": True, "id": job_id, "url": job_url(datasette, job_id)}, status=201)
+
+
+# --- table banner ----------------------------------------------------------------------
+
+async def _banner_jobs(datasette, actor, database: str, table: str) -> list[dict]:
+    if not actor or database == STATE_DB_NAME or database not in datasette.databases:
+        return []
+    if not await permissions.allowed(datasette, actor, "llm-extract", database, table):
+        return []
+    state = await state_db(datasette)
+    found = await store.list_jobs(state, database=database, table=table, actor_id=str(actor.get("id")),
+                                  everyone=permissions.is_root(actor), limit=5)
+    return [job_summary(datasette, j) for j in found if j["status"] in ("pending", "running", "paused", "review",
+                                                                          "batch")]
+
+
+async def banner_html(datasette, actor, database: str, table: str, request=None) -> str:
+    """The table page's banner: the viewer's unfinished jobs on this table, with progress."""
+    shown = await _banner_jobs(datasette, actor, database, table)
+    if not shown:
+        return ""
+    return await datasette.render_template("llm_extract_enrich_banner.html", {"jobs": shown}, request=request)
+
+
+async def banner_url(datasette, actor, database: str, table: str) -> str | None:
+    """Where 0.65's banner script fetches the banner, when there is one to show."""
+    if not await _banner_jobs(datasette, actor, database, table):
+        return None
+    return datasette.urls.path(f"{PREFIX}/banner/{tilde_encode(database)}/{tilde_encode(table)}")
+
+
+async def banner_view(datasette, request):
+    database = tilde_decode(request.url_vars["database"])
+    table = tilde_decode(request.url_vars["table"])
+    if not request.actor or not await permissions.allowed(datasette, request.actor, "llm-extract", database, table):
+        raise Forbidden("You do not have permission to run LLM extraction on this table.")
+    return Response.html(await banner_html(datasette, request.actor, database, table, request))

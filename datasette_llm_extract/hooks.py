@@ -102,10 +102,25 @@ def top_database(datasette, request, database):
     return inner
 
 
-def extra_js_urls(datasette, request, database, view_name, has_top_hooks: bool):
+def extra_js_urls(datasette, request, database, view_name, has_top_hooks: bool, table=None):
     """Datasette 0.65 has no top_database hook: a small script adds the same
-    button, its target passed in its own URL."""
-    if has_top_hooks or view_name != "database" or not database or request is None:
+    button, its target passed in its own URL (and on table pages, the enrichment banner)."""
+    if has_top_hooks or not database or request is None:
+        return []
+    if view_name == "table" and table and request.actor:
+        async def banner():
+            from .enrich_views import banner_url
+
+            url = await banner_url(datasette, request.actor, database, table)
+            if not url:
+                return []
+            from urllib.parse import urlencode
+
+            script = datasette.urls.static_plugins(PLUGIN_NAME, "llm_enrich_banner.js")
+            return [script + "?" + urlencode({"banner": url})]
+
+        return banner
+    if view_name != "database":
         return []
 
     async def inner():
@@ -153,24 +168,12 @@ def table_actions(datasette, actor, database, table, request=None):
 
 
 def top_table(datasette, request, database, table):
-    """Datasette 1.0: progress of this table's enrichment jobs the viewer owns."""
+    """Datasette 1.0: progress of this table's enrichment jobs the viewer owns (0.65: a script
+    fetches the same fragment, see ``extra_js_urls``)."""
     async def inner():
-        from datasette_llm_core.state import state_db
+        from .enrich_views import banner_html
 
-        from . import enrich_store
-        from .enrich_views import job_summary
-
-        actor = request.actor if request else None
-        if not actor or database == STATE_DB_NAME:
-            return ""
-        state = await state_db(datasette)
-        found = await enrich_store.list_jobs(state, database=database, table=table,
-                                             actor_id=str(actor.get("id")), everyone=permissions.is_root(actor),
-                                             limit=5)
-        shown = [job_summary(datasette, j) for j in found if j["status"] in ("pending", "running", "paused", "review")]
-        if not shown:
-            return ""
-        return await datasette.render_template("llm_extract_enrich_banner.html", {"jobs": shown}, request=request)
+        return await banner_html(datasette, request.actor if request else None, database, table, request)
 
     return inner
 
