@@ -84,7 +84,8 @@ def test_pause_resume_and_cancel(world):
     server, fake, db = world
     fake.ttft = 0.3  # one answer at a time (concurrency 1): about 3 s for the 10 rows
     job_id = start(server, filter={"borough": "Queens"})
-    server.wait_job(job_id, lambda j: j["rows_done"] >= 1)
+    job = server.wait_job(job_id, lambda j: j["rows_done"] >= 1)
+    assert job["status"] == "running" and 0 < job["time_left_seconds"] < 60, job  # about 0.3 s a row
     status, data = server.request("POST", f"/-/llm-extract/enrich/jobs/{job_id}/pause", {})
     assert status == 200, data
     job = server.wait_job(job_id, lambda j: j["status"] == "paused")
