@@ -540,20 +540,6 @@ async def run_in_foreground(datasette, job_id: str, actor, *, from_status: set[s
     return await store.get_job(state, job_id)
 
 
-def take_over_soon(datasette) -> None:
-    """``take_over_abandoned`` as a background task of the running loop (errors logged)."""
-
-    async def go():
-        try:
-            await take_over_abandoned(datasette)
-        except Exception:  # noqa: BLE001 - a state database problem must not stop the server
-            log.exception("could not resume abandoned enrichment jobs")
-
-    task = asyncio.get_running_loop().create_task(go(), name="llm-enrich-takeover")
-    _WATCHERS.add(task)
-    task.add_done_callback(_WATCHERS.discard)
-
-
 # --- actions -------------------------------------------------------------------------
 
 async def pause(datasette, job: dict) -> None:

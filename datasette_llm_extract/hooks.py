@@ -31,19 +31,26 @@ def startup(datasette):
 
 
 def asgi_wrapper(datasette):
-    """Resume enrichment jobs whose server died, from the loop that serves requests:
-    ``datasette serve`` runs the startup hooks on a loop of their own, which stops
-    before the server starts, so a job started there would never run. The first
-    ASGI event (uvicorn's lifespan startup, or the first request) starts the take-over."""
+    """Resume enrichment jobs whose server died, from the loop that serves requests, at the
+    ASGI lifespan startup (uvicorn sends it before the first request): ``datasette serve``
+    runs the startup hooks on a loop of its own that stops before serving, so a job started
+    there would never run. Awaited there, so the state database is attached before any
+    request refreshes Datasette's schemas (an in-process client sends no lifespan event:
+    reading a job takes it over instead, ``enrich_views.job_for``)."""
 
     def wrap(app):
         started = False
 
         async def wrapped(scope, receive, send):
             nonlocal started
-            if not started:
+            if scope.get("type") == "lifespan" and not started:
                 started = True
-                enrich_jobs.take_over_soon(datasette)
+                try:
+                    await enrich_jobs.take_over_abandoned(datasette)
+                except Exception:  # noqa: BLE001 - never stop the server from starting
+                    import logging
+
+                    logging.getLogger(__name__).exception("could not resume abandoned enrichment jobs")
             await app(scope, receive, send)
 
         return wrapped

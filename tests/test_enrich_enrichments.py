@@ -1,13 +1,22 @@
 """With datasette-enrichments 0.5.1 installed (Datasette 0.65: it calls
 ``datasette.permission_allowed``, which 1.0 alphas removed), its "Enrich selected
 data" page lists this suite's enrichment, and submitting its form with a table
-filter starts the suite's own job: sample, review, quotes, undo."""
+filter starts the suite's own job: sample, review, quotes, undo.
+
+The package is not installed in the test venv itself: its asgi_wrapper lists every
+database's tables on a server's first request, concurrently with Datasette's own
+schema refresh, which made unrelated in-process tests fail now and then with
+"database table is locked: sqlite_master". ``make test`` puts it (and WTForms) in
+``<venv>/enrichments-plugin`` and only this test's server process has it on its path."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -16,11 +25,17 @@ from datasette_llm_core import permissions as P
 from .enrich_helpers import EnrichServer, answer, make_db
 from .fake_openai_server import FakeOpenAIServer
 
-pytest.importorskip("datasette_enrichments", reason="pip install 'datasette-llm-newsroom[enrichments]'")
-pytestmark = pytest.mark.skipif(P.IS_V1, reason="datasette-enrichments 0.5.1 runs on Datasette 0.65 only")
+PLUGIN_DIR = Path(os.environ.get("ENRICHMENTS_PLUGIN_DIR") or Path(sys.prefix) / "enrichments-plugin")
+pytestmark = [
+    pytest.mark.skipif(P.IS_V1, reason="datasette-enrichments 0.5.1 runs on Datasette 0.65 only"),
+    pytest.mark.skipif(not (PLUGIN_DIR / "datasette_enrichments").exists(),
+                       reason=f"datasette-enrichments not in {PLUGIN_DIR} (make test puts it there)"),
+]
 
 
-def test_enrichments_menu_starts_the_suites_job(tmp_path):
+def test_enrichments_menu_starts_the_suites_job(tmp_path, monkeypatch):
+    path = [p for p in (os.environ.get("PYTHONPATH") or "").split(os.pathsep) if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([*path, str(PLUGIN_DIR)]))
     db = tmp_path / "news.db"
     make_db(db, rows=12)
     with FakeOpenAIServer(handler=answer) as fake:
