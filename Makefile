@@ -29,6 +29,9 @@ $(STABLE)/.installed: setup.py
 	$(STABLE)/bin/pip install -q -e ".[test]" "datasette>=0.65.5,<1.0"
 	# datasette-secrets 0.2 calls datasette.permission_allowed, which 1.0 alphas removed
 	$(STABLE)/bin/pip install -q "datasette-secrets>=0.2"
+	# datasette-enrichments 0.5.1 (it calls permission_allowed too: tested on 0.65 only), kept out of
+	# site-packages: only tests/test_enrich_enrichments.py's server process puts it on its path
+	$(STABLE)/bin/pip install -q --no-deps --target $(STABLE)/enrichments-plugin "datasette-enrichments==0.5.1" "WTForms>=3.1"
 	touch $@
 
 $(ALPHA)/.installed: setup.py

@@ -62,6 +62,8 @@ setup(
         "llm": ["llm>=0.36"],
         # Keys set by an admin at /-/secrets (datasette-secrets 0.2 runs on Datasette 0.65).
         "secrets": ["datasette-secrets>=0.2"],
+        # "Extract into new columns" in datasette-enrichments' menu (0.5.1 runs on Datasette 0.65 only).
+        "enrichments": ["datasette-enrichments==0.5.1"],
         "test": [
             "llm>=0.36",
             "pytest",

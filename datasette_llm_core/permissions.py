@@ -504,6 +504,8 @@ BODY_ROUTES = [
     (re.compile(r"^/-/llm-rag/[^/]+/ask\.json$"), "json"),
     (re.compile(r"^/-/llm-extract/(new/[^/]+|into/[^/]+/[^/]+|estimate|runs/[0-9a-f]{16}/[a-z]+)$"), "form"),
     (re.compile(r"^/-/llm-rag/index/[^/]+$"), "form"),
+    # enrichment jobs: JSON, or a form whose token the view checks (enrich_views._read_body)
+    (re.compile(r"^/-/llm-extract/enrich/(api/jobs|jobs/[0-9a-f]{16}/[a-z]+)$"), "form"),
 ]
 
 

@@ -25,6 +25,11 @@ def startup(datasette):
 
 
 @hookimpl
+def asgi_wrapper(datasette):
+    return hooks.asgi_wrapper(datasette)
+
+
+@hookimpl
 def database_actions(datasette, actor, database):
     return hooks.database_actions(datasette, actor, database)
 
@@ -35,8 +40,8 @@ def top_database(datasette, request, database):
 
 
 @hookimpl
-def extra_js_urls(datasette, request, database, view_name):
-    return hooks.extra_js_urls(datasette, request, database, view_name, HAS_TOP_HOOKS)
+def extra_js_urls(datasette, request, database, table, view_name):
+    return hooks.extra_js_urls(datasette, request, database, view_name, HAS_TOP_HOOKS, table)
 
 
 @hookimpl
@@ -45,8 +50,14 @@ def extra_css_urls(datasette, view_name):
 
 
 @hookimpl
-def table_actions(datasette, actor, database, table):
-    return hooks.table_actions(datasette, actor, database, table)
+def table_actions(datasette, actor, database, table, request):
+    return hooks.table_actions(datasette, actor, database, table, request)
+
+
+@hookimpl
+def top_table(datasette, request, database, table):
+    # Datasette 1.0 only: a banner with the progress of this table's enrichment jobs
+    return hooks.top_table(datasette, request, database, table)
 
 
 @hookimpl
@@ -65,6 +76,14 @@ def get_metadata(datasette, key, database, table):
     from . import pageviews
 
     return pageviews.get_metadata(datasette, database, table)
+
+
+@hookimpl
+def register_enrichments(datasette):
+    # only called when datasette-enrichments is installed (its hook)
+    from .enrich_enrichments import enrichments
+
+    return enrichments(datasette)
 
 
 @hookimpl

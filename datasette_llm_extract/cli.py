@@ -466,6 +466,10 @@ def register(cli) -> None:
         if summary["failed"]:
             raise SystemExit(1)
 
+    from . import enrich_cli
+
+    enrich_cli.register(llm_extract)
+
     @llm_extract.command(name="evaluate")
     @click.argument("gold", type=click.Path(exists=True, dir_okay=False))
     @click.option("--schema", "schema", type=click.Path(exists=True, dir_okay=False),

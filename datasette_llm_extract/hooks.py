@@ -10,7 +10,7 @@ from datasette_llm_core import permissions
 from datasette_llm_core.config import PLUGIN_NAME
 from datasette_llm_core.state import STATE_DB_NAME
 
-from . import runs, tasks  # noqa: F401  (runs registers the state-table migrations)
+from . import enrich_jobs, runs, tasks  # noqa: F401  (runs registers the state-table migrations)
 from .views import PREFIX
 from .writer import RUN_COLUMN
 
@@ -28,6 +28,34 @@ def startup(datasette):
         await pageviews.load_descriptions(datasette)
 
     return inner
+
+
+def asgi_wrapper(datasette):
+    """Resume enrichment jobs whose server died, from the loop that serves requests, at the
+    ASGI lifespan startup (uvicorn sends it before the first request): ``datasette serve``
+    runs the startup hooks on a loop of its own that stops before serving, so a job started
+    there would never run. Awaited there, so the state database is attached before any
+    request refreshes Datasette's schemas (an in-process client sends no lifespan event:
+    reading a job takes it over instead, ``enrich_views.job_for``)."""
+
+    def wrap(app):
+        started = False
+
+        async def wrapped(scope, receive, send):
+            nonlocal started
+            if scope.get("type") == "lifespan" and not started:
+                started = True
+                try:
+                    await enrich_jobs.take_over_abandoned(datasette)
+                except Exception:  # noqa: BLE001 - never stop the server from starting
+                    import logging
+
+                    logging.getLogger(__name__).exception("could not resume abandoned enrichment jobs")
+            await app(scope, receive, send)
+
+        return wrapped
+
+    return wrap
 
 
 def _encode(name: str) -> str:
@@ -81,10 +109,25 @@ def top_database(datasette, request, database):
     return inner
 
 
-def extra_js_urls(datasette, request, database, view_name, has_top_hooks: bool):
+def extra_js_urls(datasette, request, database, view_name, has_top_hooks: bool, table=None):
     """Datasette 0.65 has no top_database hook: a small script adds the same
-    button, its target passed in its own URL."""
-    if has_top_hooks or view_name != "database" or not database or request is None:
+    button, its target passed in its own URL (and on table pages, the enrichment banner)."""
+    if has_top_hooks or not database or request is None:
+        return []
+    if view_name == "table" and table and request.actor:
+        async def banner():
+            from .enrich_views import banner_url
+
+            url = await banner_url(datasette, request.actor, database, table)
+            if not url:
+                return []
+            from urllib.parse import urlencode
+
+            script = datasette.urls.static_plugins(PLUGIN_NAME, "llm_enrich_banner.js")
+            return [script + "?" + urlencode({"banner": url})]
+
+        return banner
+    if view_name != "database":
         return []
 
     async def inner():
@@ -105,8 +148,10 @@ def extra_css_urls(datasette, view_name):
     return []
 
 
-def table_actions(datasette, actor, database, table):
+def table_actions(datasette, actor, database, table, request=None):
     async def inner():
+        from .enrich_views import start_url
+
         db = datasette.databases.get(database)
         if database == STATE_DB_NAME or db is None or not db.is_mutable:
             return []
@@ -114,11 +159,28 @@ def table_actions(datasette, actor, database, table):
             return []
         if not await permissions.allowed(datasette, actor, "llm-extract", database, table):
             return []
+        query = request.query_string if request is not None else ""
         return [{
             "href": datasette.urls.path(f"{PREFIX}/into/{_encode(database)}/{_encode(table)}"),
             "label": "Extract data into this table",
             "description": "Fill this table's columns from text, images or PDFs, with review.",
+        }, {
+            "href": start_url(datasette, database, table, query),
+            "label": "Extract into new columns",
+            "description": "A model reads each selected row (this view's filter) and fills new columns, "
+                           "with review, quotes and undo.",
         }]
+
+    return inner
+
+
+def top_table(datasette, request, database, table):
+    """Datasette 1.0: progress of this table's enrichment jobs the viewer owns (0.65: a script
+    fetches the same fragment, see ``extra_js_urls``)."""
+    async def inner():
+        from .enrich_views import banner_html
+
+        return await banner_html(datasette, request.actor if request else None, database, table, request)
 
     return inner
 

@@ -82,6 +82,8 @@ class ExtractSettings(BaseModel):
     public_provenance: Literal["off", "quote", "document"] = "quote"
     public_provenance_actors: bool = False
     ocr: OcrSettings = OcrSettings()
+    #: Seconds between polls of a provider batch of an enrichment job (the batch API answers within 24 h).
+    batch_poll_seconds: float = Field(60.0, gt=0)
 
     @field_validator("public_provenance", mode="before")
     @classmethod

@@ -41,9 +41,9 @@ TYPE_LABELS = {
 
 
 def routes():
-    from . import api, pageviews
+    from . import api, enrich_views, pageviews
 
-    return [
+    return [*enrich_views.routes(),
         (rf"^{PREFIX}/?$", index),
         (rf"^{PREFIX}/new/(?P<database>{SEGMENT})$", start_new_table),
         (rf"^{PREFIX}/into/(?P<database>{SEGMENT})/(?P<table>{SEGMENT})$", start_existing_table),
@@ -266,13 +266,17 @@ async def index(datasette, request):
     targets, target_tables = await extract_targets(datasette, actor)
     if not visible and not targets and not target_tables:
         raise Forbidden(denied_message(actor, "llm-extract"))
+    from . import enrich_store, enrich_views
+
+    enrich_jobs = [enrich_views.job_summary(datasette, j) for j in await enrich_store.list_jobs(
+        state, actor_id=str(actor.get("id")), everyone=everyone) if j["database_name"] in datasette.databases]
     counts = await runs.row_counts(state, [r["id"] for r in visible])
     for run in visible:
         run["state"], run["state_text"] = review.run_state(run, counts.get(run["id"]))
         run["in_table"] = (counts.get(run["id"]) or {}).get("inserted", 0)  # 0 once undone
     return Response.html(await datasette.render_template(
         "llm_extract_index.html",
-        {"runs": visible, "targets": targets, "target_tables": target_tables,
+        {"runs": visible, "targets": targets, "target_tables": target_tables, "enrich_jobs": enrich_jobs,
          "run_url": lambda r: run_url(datasette, r),
          "new_url": lambda db: datasette.urls.path(f"{PREFIX}/new/{tilde_encode(db)}"),
          "into_url": lambda db, t: datasette.urls.path(f"{PREFIX}/into/{tilde_encode(db)}/{tilde_encode(t)}"),

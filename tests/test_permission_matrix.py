@@ -227,6 +227,10 @@ RUN = r"(?P<run_id>[0-9a-f]{16})"
 SEG = r"[^/]+"
 ACTIONS_RE = r"(?P<action>insert|cancel|undo|resume|discard)"
 TARGET = {"database": "news", "table": "target", "text": "Acme paid 12"}
+JOB = r"(?P<job_id>[0-9a-f]{16})"
+NO_JOB = "0123456789abcdef"
+ENRICH = {"database": "news", "table": "target", "source_columns": ["name"], "columns": [{"name": "note"}],
+          "estimate_only": True}
 
 #                      route regex (as registered)                             method  path                                   anon nobody viewer extractor root
 MATRIX: list[Cell] = [
@@ -260,6 +264,24 @@ MATRIX: list[Cell] = [
          f"{X}/provenance/news/target/1", "404 404 404 404 404"),
     Cell(rf"^{X}/provenance/(?P<database>{SEG})/(?P<table>{SEG})/(?P<pks>[^/]+)/page$", "GET",
          f"{X}/provenance/news/target/1/page", "404 404 404 404 404"),
+    # enrichment jobs (extract into new columns): llm-extract on the table plus update-row, which
+    # 1.0 grants extractor nowhere here (0.65 has no such action: the llm-extract grant decides)
+    Cell(rf"^{X}/enrich/new/(?P<database>{SEG})/(?P<table>{SEG})$", "GET", f"{X}/enrich/new/news/target",
+         "403 403 403 403 200" if V1 else "403 403 403 200 200"),
+    Cell(rf"^{X}/enrich/new/(?P<database>{SEG})/(?P<table>{SEG})$", "GET", f"{X}/enrich/new/news/secret",
+         "403 403 403 403 200"),
+    Cell(rf"^{X}/enrich/api/jobs$", "POST", f"{X}/enrich/api/jobs",
+         "403 403 403 403 200" if V1 else "403 403 403 200 200", ENRICH),
+    Cell(rf"^{X}/enrich/api/jobs$", "POST", f"{X}/enrich/api/jobs", "403 403 403 403 200",
+         {**ENRICH, "table": "secret", "source_columns": ["body"]}),
+    Cell(rf"^{X}/enrich/banner/(?P<database>[^/]+)/(?P<table>[^/]+)$", "GET", f"{X}/enrich/banner/news/target",
+         "403 403 403 200 200"),
+    Cell(rf"^{X}/enrich/banner/(?P<database>[^/]+)/(?P<table>[^/]+)$", "GET", f"{X}/enrich/banner/news/secret",
+         "403 403 403 403 200"),
+    Cell(rf"^{X}/enrich/jobs/{JOB}$", "GET", f"{X}/enrich/jobs/{NO_JOB}", "404 404 404 404 404"),
+    Cell(rf"^{X}/enrich/jobs/{JOB}\.json$", "GET", f"{X}/enrich/jobs/{NO_JOB}.json", "404 404 404 404 404"),
+    Cell(rf"^{X}/enrich/jobs/{JOB}/(?P<action>pause|resume|cancel|rest|review|write|undo)$", "POST",
+         f"{X}/enrich/jobs/{NO_JOB}/undo", "404 404 404 404 404", {}),
     Cell(r"^/-/llm-ask$", "GET", "/-/llm-ask", "200 200 200 200 200"),
     Cell(r"^/-/llm-ask/(?P<database>[^/]+)$", "GET", "/-/llm-ask/news", "403 403 200 200 200"),
     Cell(r"^/-/llm-ask/(?P<database>[^/]+)$", "GET", "/-/llm-ask/news?q=budget", "403 403 200 200 200"),
@@ -415,6 +437,7 @@ async def test_one_users_run_is_invisible_to_another_extractor(world, tmp_path):
 CLI_COMMANDS = {
     ("llm-extract", "run"): "operator: extracts files from a folder into a table of a database file",
     ("llm-extract", "evaluate"): "operator: scores extraction against a gold file",
+    ("llm-extract", "enrich"): "operator: fills new columns of a table's rows in a database file",
     ("llm-rag", "index"): "operator: builds/verifies a sidecar next to a database file",
     ("llm-rag", "evaluate"): "operator: retrieval benchmark over BEIR files",
 }

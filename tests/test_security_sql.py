@@ -30,6 +30,11 @@ ALLOWED: dict[tuple[str, str], str] = {
         "run field names checked against the fixed _RUN_FIELDS set before use",
     ("datasette_llm_extract/cli.py", "t"):
         "SQLite column types from schema.SQLITE_TYPES (a fixed map), not names",
+    ("datasette_llm_extract/enrich_writer.py", "SQLITE_TYPES[column.type]"):
+        "SQLite column types from schema.SQLITE_TYPES (a fixed map), not names",
+    ("datasette_llm_extract/enrich_jobs.py", "where"):
+        "the table page's filter: Datasette's own Filters (quoted names, bound values) plus _where SQL, "
+        "accepted only from actors allowed execute-sql (as on the table page), run on a read connection",
 }
 
 

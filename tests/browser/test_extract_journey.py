@@ -224,7 +224,9 @@ def test_without_permission_no_extract_menu_and_403(root_page, page_as, anon_pag
         root_page.locator("a.llm-newsroom-button"))
     expect(button).to_be_visible()
     assert button.get_attribute("href").endswith("/-/llm-extract/new/newsroom")
-    expect(_extract_links(root_page, datasette_server.url("/documents/receipts"))).to_have_count(1)
+    # a table: "Extract data into this table" and "Extract into new columns" (enrichment)
+    expect(_extract_links(root_page, datasette_server.url("/documents/receipts"))).to_have_count(2)
+    expect(root_page.locator('a[href*="/-/llm-extract/enrich/new/documents/receipts"]')).to_have_count(1)
     for page in (anon_page, page_as({"id": "intern"})):
         expect(_extract_links(page, datasette_server.url("/newsroom"))).to_have_count(0)
         expect(_extract_links(page, datasette_server.url("/documents/receipts"))).to_have_count(0)
