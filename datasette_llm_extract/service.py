@@ -22,6 +22,7 @@ from datasette_llm_core.workers import abandoned, lease_for, worker_id
 from . import kept, runs, tasks
 from .documents import Document, InputError, load_upload
 from .engine import ExtractionJob, check_budget, estimate, plan_units, unit_key
+from .ocr import EngineSettings
 from .pages import PageLayout
 from .prompts import PROMPT_VERSION
 from .reading import READ_MODES, OcrLimits, mode_for, pages_to_ocr
@@ -357,8 +358,11 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
 
 
 def _ocr_limits(settings: ExtractSettings) -> OcrLimits:
-    return OcrLimits(max_pages=settings.ocr.max_pages, page_timeout=settings.ocr.page_timeout,
-                     timeout=settings.ocr.timeout)
+    ocr = settings.ocr
+    engine = EngineSettings(detect_max_side=ocr.detect_max_side, recognize_batch=ocr.recognize_batch,
+                            threads=ocr.threads)
+    return OcrLimits(max_pages=ocr.max_pages, page_timeout=ocr.page_timeout, timeout=ocr.timeout,
+                     engine=engine)
 
 
 def _document_record(doc: Document) -> dict:

@@ -26,7 +26,8 @@ All keys are optional::
           documents_folder: null      # keep them in this folder instead of the state database
           public_provenance: quote    # off | quote | document: what readers of a row may see
           public_provenance_actors: false  # show who extracted/reviewed on provenance cards
-          ocr: {max_pages: 50, page_timeout: 60, timeout: 600}
+          ocr: {max_pages: 50, page_timeout: 60, timeout: 600,
+                detect_max_side: 960, recognize_batch: 3, threads: 0}  # engine: see ocr.EngineSettings
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class OcrSettings(BaseModel):
     max_pages: int = Field(50, ge=0)  # OCR pages per run
     page_timeout: float = Field(60.0, gt=0)  # seconds per page
     timeout: float = Field(600.0, gt=0)  # seconds of OCR per run
+    # how the engine is set up (ocr.EngineSettings; defaults from benchmarks/bench_ocr.py)
+    detect_max_side: int = Field(960, ge=0, le=4000)  # px, longest side for line detection; 0: RapidOCR's
+    recognize_batch: int = Field(3, ge=1, le=64)  # lines per recognition call
+    threads: int = Field(0, ge=0, le=64)  # onnxruntime threads per call; 0: one per core
 
 
 class ExtractSettings(BaseModel):
