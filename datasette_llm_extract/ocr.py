@@ -32,8 +32,8 @@ class EngineSettings:
 
     #: Detection runs on the page scaled down to at most this many pixels on its longest
     #: side (recognition still crops the lines from the full page). 0 leaves the size to
-    #: RapidOCR, which, whatever ``det_limit_side_len`` says, scales a page to 960, 1500 or
-    #: 2000 px by its size: a 463 x 1013 receipt was scaled *up* to 1500 px.
+    #: RapidOCR, which, whatever ``det_limit_side_len`` says, caps a page at 960, 1500 or
+    #: 2000 px by its size: a 604 x 1716 receipt was detected whole, at 1728 px.
     detect_max_side: int = 960
     #: Text lines recognised per onnxruntime call. Lines are sorted by width and each
     #: batch is padded to its widest, so small batches waste less (RapidOCR's default: 6).

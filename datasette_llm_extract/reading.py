@@ -171,7 +171,7 @@ async def read_documents(documents: list[Document], modes: list[str], limits: Oc
                 continue  # positions of very long PDFs: only the first pages
             if ocr and (ocr_budget <= 0 or time.monotonic() >= deadline):
                 reason = (f"over the limit of {limits.max_pages} OCR pages per run" if ocr_budget <= 0
-                          else f"OCR took longer than {limits.timeout:.0f} seconds in all")
+                          else f"OCR took longer than {limits.timeout:g} seconds in all")
                 skipped.append(page)
                 yield PageRead(d, page, len(texts), "skipped", error=f"Page {page + 1} was not read: {reason}.")
                 continue
@@ -190,9 +190,11 @@ async def read_documents(documents: list[Document], modes: list[str], limits: Oc
                     raise asyncio.TimeoutError  # the run's OCR time ran out while this page waited
                 result = await asyncio.wait_for(asyncio.to_thread(call, *args), timeout)
             except asyncio.TimeoutError:
+                # the page's own limit, or what was left of the run's (then it says "in all")
                 error = f"Page {page + 1} was not read: " + (
-                    f"OCR took longer than {timeout:.0f} seconds." if timeout and timeout > 0
-                    else f"OCR took longer than {limits.timeout:.0f} seconds in all.")
+                    f"OCR took longer than {limits.page_timeout:g} seconds."
+                    if timeout is not None and timeout >= limits.page_timeout
+                    else f"OCR took longer than {limits.timeout:g} seconds in all.")
             except Exception as e:  # a damaged page: say so, read the others
                 error = f"Page {page + 1} could not be read ({type(e).__name__})."
             finally:
