@@ -39,7 +39,7 @@ def test_detection_size_is_bounded_by_the_setting():
     # the settings before: RapidOCR ignores det_limit_side_len with limit_type "max" and
     # picks 960, 1500 or 2000 px by the page's size, so these pages were detected whole
     assert max(detection_input(ocr.PREVIOUS_SETTINGS, 1716, 604)) == 1728
-    assert max(detection_input(ocr.PREVIOUS_SETTINGS, 2000, 1414)) == 2016
+    assert max(detection_input(ocr.PREVIOUS_SETTINGS, 2000, 1414)) == 1984
     # a custom limit is obeyed
     custom = ocr.EngineSettings(detect_max_side=640)
     assert max(detection_input(custom, 2000, 1414)) <= 640
