@@ -1,7 +1,7 @@
 """Local OCR on real receipt scans, then extraction from its text end to end.
 
     python benchmarks/bench_ocr.py [--limit 40] [--skip-evaluate] [--no-baseline]
-        [--detect-max-side 960] [--recognize-batch 3] [--threads 0]
+        [--detect-max-side 960] [--detect-unclip 1.8] [--recognize-batch 3] [--threads 0]
 
 Data: ``../shared/data/receipts`` (ICDAR 2019 SROIE: 40 JPEG scans with the
 data set's own OCR text and gold company, date, address and total); the
@@ -19,7 +19,7 @@ benchmark skips cleanly when it is absent.
      seconds per page (all threads), engine load apart, with the load average
      at start and end: the machine is shared, so the wall clock follows its load;
    - all of it for the product's engine settings (or those given with
-     --detect-max-side/--recognize-batch/--threads) and, as a baseline measured in
+     --detect-max-side/--detect-unclip/--recognize-batch/--threads) and, as a baseline measured in
      the same run on the same pages, interleaved page by page, the settings used
      before they were tuned (``ocr.PREVIOUS_SETTINGS``), with the ratios between them.
    Goals (issue #15): totals and dates found in >= 90% of receipts; <= 3 s a page.
@@ -202,6 +202,7 @@ def main() -> None:
     default = ocr.DEFAULT_SETTINGS
     parser.add_argument("--detect-max-side", type=int, default=default.detect_max_side,
                         help="settings to try (default: the product's); 0 = RapidOCR's own sizing")
+    parser.add_argument("--detect-unclip", type=float, default=default.detect_unclip)
     parser.add_argument("--recognize-batch", type=int, default=default.recognize_batch)
     parser.add_argument("--threads", type=int, default=default.threads)
     args = parser.parse_args()
@@ -211,7 +212,7 @@ def main() -> None:
     items = load(args.limit)
     print(f"{len(items)} receipt scans from {DATA}; CPU count {os.cpu_count()}")
     if not args.evaluate_only:
-        tried = ocr.EngineSettings(detect_max_side=args.detect_max_side,
+        tried = ocr.EngineSettings(detect_max_side=args.detect_max_side, detect_unclip=args.detect_unclip,
                                    recognize_batch=args.recognize_batch, threads=args.threads)
         setups = {"tried": tried}
         if not args.no_baseline:

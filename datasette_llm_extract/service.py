@@ -359,8 +359,8 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
 
 def _ocr_limits(settings: ExtractSettings) -> OcrLimits:
     ocr = settings.ocr
-    engine = EngineSettings(detect_max_side=ocr.detect_max_side, recognize_batch=ocr.recognize_batch,
-                            threads=ocr.threads)
+    engine = EngineSettings(detect_max_side=ocr.detect_max_side, detect_unclip=ocr.detect_unclip,
+                            recognize_batch=ocr.recognize_batch, threads=ocr.threads)
     return OcrLimits(max_pages=ocr.max_pages, page_timeout=ocr.page_timeout, timeout=ocr.timeout,
                      engine=engine)
 

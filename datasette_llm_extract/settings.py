@@ -27,7 +27,8 @@ All keys are optional::
           public_provenance: quote    # off | quote | document: what readers of a row may see
           public_provenance_actors: false  # show who extracted/reviewed on provenance cards
           ocr: {max_pages: 50, page_timeout: 60, timeout: 600,
-                detect_max_side: 960, recognize_batch: 3, threads: 0}  # engine: see ocr.EngineSettings
+                detect_max_side: 960, detect_unclip: 1.8, recognize_batch: 3,
+                threads: 0}  # engine: see ocr.EngineSettings
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class OcrSettings(BaseModel):
     timeout: float = Field(600.0, gt=0)  # seconds of OCR per run
     # how the engine is set up (ocr.EngineSettings; defaults from benchmarks/bench_ocr.py)
     detect_max_side: int = Field(960, ge=0, le=4000)  # px, longest side for line detection; 0: RapidOCR's
+    detect_unclip: float = Field(1.8, ge=1.0, le=4.0)  # how far line boxes grow before reading
     recognize_batch: int = Field(3, ge=1, le=64)  # lines per recognition call
     threads: int = Field(0, ge=0, le=64)  # onnxruntime threads per call; 0: one per core
 

@@ -52,6 +52,7 @@ def test_engine_settings_reach_the_models_and_still_read_a_scan():
     engine = ocr.engine(settings)
     assert engine is ocr.engine(settings)  # one engine per settings, reused
     assert engine.text_rec.rec_batch_num == 2 and engine.use_cls is False
+    assert engine.text_det.postprocess_op.unclip_ratio == 1.8
     options = engine.text_rec.session.session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
@@ -68,7 +69,8 @@ async def test_configured_ocr_settings_are_used_by_a_run(tmp_path, fake_models, 
 
     from .extract_web_helpers import make_ds
 
-    ds = make_ds(tmp_path, extract={"ocr": {"detect_max_side": 640, "recognize_batch": 2, "threads": 1}})
+    configured = {"detect_max_side": 640, "detect_unclip": 2.0, "recognize_batch": 2, "threads": 1}
+    ds = make_ds(tmp_path, extract={"ocr": configured})
     await ds.invoke_startup()
     used = []
     real = ocr.ocr_image
@@ -82,11 +84,12 @@ async def test_configured_ocr_settings_are_used_by_a_run(tmp_path, fake_models, 
     scripted_model.responder = copy_line("invoice")
     _, run = await start(ds, [file_json("scan.pdf", "application/pdf", scan_pdf(scan_png()))])
     assert run["status"] == "done", run
-    assert used == [ocr.EngineSettings(detect_max_side=640, recognize_batch=2, threads=1)]
+    assert used == [ocr.EngineSettings(**configured)]
     assert run["rows"][0]["values"]["total"] == 12.5
 
 
-@pytest.mark.parametrize("bad", [{"recognize_batch": 0}, {"detect_max_side": -1}, {"threads": "many"}])
+@pytest.mark.parametrize("bad", [{"recognize_batch": 0}, {"detect_max_side": -1}, {"threads": "many"},
+                                 {"detect_unclip": 0.5}])
 async def test_bad_ocr_engine_settings_are_refused_naming_the_key(tmp_path, bad):
     from datasette_llm_extract.settings import extract_settings
 
