@@ -22,7 +22,6 @@ from datasette_llm_core.workers import abandoned, lease_for, worker_id
 from . import kept, runs, tasks
 from .documents import Document, InputError, load_upload
 from .engine import ExtractionJob, check_budget, estimate, plan_units, unit_key
-from .ocr import EngineSettings
 from .pages import PageLayout
 from .prompts import PROMPT_VERSION
 from .reading import READ_MODES, OcrLimits, mode_for, pages_to_ocr
@@ -358,11 +357,7 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
 
 
 def _ocr_limits(settings: ExtractSettings) -> OcrLimits:
-    ocr = settings.ocr
-    engine = EngineSettings(detect_max_side=ocr.detect_max_side, detect_unclip=ocr.detect_unclip,
-                            recognize_batch=ocr.recognize_batch, threads=ocr.threads)
-    return OcrLimits(max_pages=ocr.max_pages, page_timeout=ocr.page_timeout, timeout=ocr.timeout,
-                     engine=engine)
+    return settings.ocr.limits()
 
 
 def _document_record(doc: Document) -> dict:

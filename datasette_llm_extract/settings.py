@@ -63,6 +63,16 @@ class OcrSettings(BaseModel):
     recognize_batch: int = Field(3, ge=1, le=64)  # lines per recognition call
     threads: int = Field(0, ge=0, le=64)  # onnxruntime threads per call; 0: one per core
 
+    def limits(self):
+        """These settings as the reading step takes them (``reading.OcrLimits``)."""
+        from .ocr import EngineSettings
+        from .reading import OcrLimits
+
+        engine = EngineSettings(detect_max_side=self.detect_max_side, detect_unclip=self.detect_unclip,
+                                recognize_batch=self.recognize_batch, threads=self.threads)
+        return OcrLimits(max_pages=self.max_pages, page_timeout=self.page_timeout, timeout=self.timeout,
+                         engine=engine)
+
 
 class ExtractSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -132,3 +132,51 @@ async def test_the_runs_ocr_time_limit_skips_the_remaining_pages_saying_so(monke
     done = events[-1]
     assert isinstance(done, DocumentRead) and done.skipped == [1, 2] and done.ocr_pages == 1
     assert doc.text == "page 1" + PAGE_BREAK + PAGE_BREAK  # the offsets of later pages hold
+
+
+def test_the_command_line_uses_the_configured_ocr_settings(tmp_path, fake_models, scripted_model, monkeypatch):
+    """`datasette llm-extract evaluate --ocr -c config` (and `run`) read scans as configured."""
+    import json
+
+    from click.testing import CliRunner
+    from datasette.cli import cli
+
+    from datasette_llm_extract import ocr
+
+    from .test_extract_cli import SCHEMA, people_responder
+
+    configured = {"detect_max_side": 640, "detect_unclip": 2.0, "recognize_batch": 2, "threads": 1}
+    config = tmp_path / "datasette.yaml"
+    config.write_text(json.dumps({"plugins": {"datasette-llm-newsroom": {
+        "state_database": str(tmp_path / "state.db"), "defaults": {"extract": "scripted"},
+        "extract": {"ocr": configured}}}}))
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(SCHEMA))
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "ann.png").write_bytes(scan_png(["Ann is 40 years old"], size=(560, 120)))
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text(json.dumps({"id": "ann", "image": "scans/ann.png", "text": "",
+                                "gold": {"name": "Ann", "age": 40}}) + "\n")
+    used = []
+    real = ocr.ocr_image
+
+    def recording(source, page=0, settings=None):
+        used.append(settings)
+        return real(source, page, settings)
+
+    monkeypatch.setattr(ocr, "ocr_image", recording)
+    scripted_model.supports_images = scripted_model.supports_pdfs = False
+    scripted_model.responder = people_responder
+    args = ["llm-extract", "evaluate", str(gold), "--schema", str(schema), "-c", str(config), "--ocr", "--json"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert used == [ocr.EngineSettings(**configured)]
+    report = json.loads(result.output[result.output.index("{"):])
+    assert report["fields"]["age"]["f1"] == 1.0, report
+
+    used.clear()
+    args = ["llm-extract", "run", str(tmp_path / "out.db"), "people", str(tmp_path / "scans"),
+            "--schema", str(schema), "-c", str(config)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert used == [ocr.EngineSettings(**configured)]
