@@ -37,7 +37,7 @@ def test_detection_size_is_bounded_by_the_setting():
     assert max(detection_input(ocr.DEFAULT_SETTINGS, 1716, 604)) <= 960
     assert max(detection_input(ocr.DEFAULT_SETTINGS, 2000, 1414)) <= 960
     # the settings before: RapidOCR ignores det_limit_side_len with limit_type "max" and
-    # picks 960, 1500 or 2000 px by the page's size, so these pages were detected whole
+    # picks 960, 1500 or 2000 px by the page's size, so every page was detected at its own size
     assert max(detection_input(ocr.PREVIOUS_SETTINGS, 1716, 604)) == 1728
     assert max(detection_input(ocr.PREVIOUS_SETTINGS, 2000, 1414)) == 1984
     # a custom limit is obeyed
@@ -111,7 +111,7 @@ async def test_the_runs_ocr_time_limit_skips_the_remaining_pages_saying_so(monke
     from datasette_llm_extract.reading import DocumentRead, OcrLimits, PageRead, read_documents
 
     def slow_ocr(source, page=0, settings=None):
-        time.sleep(0.2 if page == 0 else 4.0)  # the first page is quick, the others slow
+        time.sleep(0.2 if page == 0 else 2.5)  # the first page is quick, the others slow
         text = f"page {page + 1}"
         return PageLayout(page=page, width=1, height=1, source="ocr",
                           lines=[Line(text, [0, 0, 1, 1], 0, len(text))]), text
