@@ -1,6 +1,7 @@
 """Local OCR on real receipt scans, then extraction from its text end to end.
 
-    python benchmarks/bench_ocr.py [--limit 40] [--skip-evaluate]
+    python benchmarks/bench_ocr.py [--limit 40] [--skip-evaluate] [--no-baseline]
+        [--detect-max-side 960] [--detect-unclip 1.8] [--recognize-batch 3] [--threads 0]
 
 Data: ``../shared/data/receipts`` (ICDAR 2019 SROIE: 40 JPEG scans with the
 data set's own OCR text and gold company, date, address and total); the
@@ -14,7 +15,13 @@ benchmark skips cleanly when it is absent.
    - the share of gold company, date and total values found verbatim in the
      OCR text (and found when case and spaces are ignored), next to the same share in
      the gold OCR text itself: the baseline measured in the same run;
-   - seconds per page (median, mean, p90) on this machine, engine load apart.
+   - seconds per page on the wall clock (min, median, mean, p90, max) and CPU
+     seconds per page (all threads), engine load apart, with the load average
+     at start and end: the machine is shared, so the wall clock follows its load;
+   - all of it for the product's engine settings (or those given with
+     --detect-max-side/--detect-unclip/--recognize-batch/--threads) and, as a baseline measured in
+     the same run on the same pages, interleaved page by page, the settings used
+     before they were tuned (``ocr.PREVIOUS_SETTINGS``), with the ratios between them.
    Goals (issue #15): totals and dates found in >= 90% of receipts; <= 3 s a page.
 2. Run the real ``datasette llm-extract evaluate GOLD --ocr`` command on the
    same scans with a scripted OpenAI-compatible model (tests/fake_openai_server.py)
@@ -85,34 +92,46 @@ def found(value: str, text: str) -> tuple[bool, bool]:
     return value in collapse(text), nospace(value).casefold() in nospace(text).casefold()
 
 
-def ocr_all(items: list[dict]) -> dict:
+def measure(item: dict, settings) -> dict:
+    """OCR one scan with one engine setup: seconds (wall, CPU), CER and the gold values found."""
     from datasette_llm_extract import ocr
 
-    started = time.perf_counter()
-    ocr.engine()
-    load_seconds = time.perf_counter() - started
-    seconds, cpu, cer, cer_nospace, misses = [], [], [], [], []
-    hits = {f: [0, 0, 0] for f in FIELDS}  # in OCR text, the same ignoring case and spaces, in gold OCR text
-    for item in items:
-        t, c = time.perf_counter(), time.process_time()
-        _, text = ocr.ocr_image(item["path"].read_bytes())
-        seconds.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-        gold_text = item["ocr_text"]
-        cer.append(edit_distance(collapse(text), collapse(gold_text)) / max(1, len(collapse(gold_text))))
-        cer_nospace.append(edit_distance(nospace(text), nospace(gold_text)) / max(1, len(nospace(gold_text))))
-        for f in FIELDS:
-            exact, spaceless = found(item["gold"][f], text)
-            if not exact and f != "company":
-                misses.append(f"{item['id']} {f} {item['gold'][f]!r}: OCR lines "
-                              + repr([ln for ln in text.splitlines() if any(ch.isdigit() for ch in ln)][:6]))
-            hits[f][0] += exact
-            hits[f][1] += spaceless
-            hits[f][2] += found(item["gold"][f], gold_text)[0]
-        print(f"  {item['id']}: {seconds[-1]:.2f} s, CER {cer[-1]:.3f}", flush=True)
-    return {"n": len(items), "load_seconds": load_seconds, "seconds": seconds, "cpu": cpu, "cer": cer,
-            "misses": misses,
-            "cer_nospace": cer_nospace, "hits": hits}
+    t, c = time.perf_counter(), time.process_time()
+    _, text = ocr.ocr_image(item["path"].read_bytes(), 0, settings)
+    out = {"seconds": time.perf_counter() - t, "cpu": time.process_time() - c, "misses": []}
+    gold_text = item["ocr_text"]
+    out["cer"] = edit_distance(collapse(text), collapse(gold_text)) / max(1, len(collapse(gold_text)))
+    out["cer_nospace"] = edit_distance(nospace(text), nospace(gold_text)) / max(1, len(nospace(gold_text)))
+    for f in FIELDS:
+        exact, spaceless = found(item["gold"][f], text)
+        out[f] = (exact, spaceless, found(item["gold"][f], gold_text)[0])
+        if not exact and f != "company":
+            out["misses"].append(f"{item['id']} {f} {item['gold'][f]!r}: OCR lines "
+                                 + repr([ln for ln in text.splitlines() if any(ch.isdigit() for ch in ln)][:6]))
+    return out
+
+
+def ocr_all(items: list[dict], setups: dict) -> dict:
+    """OCR every scan with every engine setup, interleaved page by page.
+
+    Both setups see the same load: for each page they run one after the other, in
+    alternating order, so a busy moment of the shared machine falls on both.
+    """
+    from datasette_llm_extract import ocr
+
+    results = {}
+    for label, settings in setups.items():
+        started = time.perf_counter()
+        ocr.engine(settings)
+        results[label] = {"settings": settings, "load_seconds": time.perf_counter() - started, "pages": []}
+        ocr.ocr_image(items[0]["path"].read_bytes(), 0, settings)  # the first call sets up memory: not timed
+    labels = list(setups)
+    for n, item in enumerate(items):
+        for label in labels if n % 2 == 0 else labels[::-1]:
+            results[label]["pages"].append(measure(item, setups[label]))
+        print(f"  {item['id']}: " + ", ".join(
+            f"{label} {results[label]['pages'][-1]['seconds']:.2f} s" for label in labels), flush=True)
+    return results
 
 
 def copy_handler(gold_by_name: dict):
@@ -172,10 +191,20 @@ def run_evaluate(items: list[dict]) -> dict:
 
 
 def main() -> None:
+    from datasette_llm_extract import ocr
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--skip-evaluate", action="store_true")
     parser.add_argument("--evaluate-only", action="store_true", help="skip the OCR measurements (step 1)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="measure only the settings tried, not the previous ones beside them")
+    default = ocr.DEFAULT_SETTINGS
+    parser.add_argument("--detect-max-side", type=int, default=default.detect_max_side,
+                        help="settings to try (default: the product's); 0 = RapidOCR's own sizing")
+    parser.add_argument("--detect-unclip", type=float, default=default.detect_unclip)
+    parser.add_argument("--recognize-batch", type=int, default=default.recognize_batch)
+    parser.add_argument("--threads", type=int, default=default.threads)
     args = parser.parse_args()
     if not (DATA / "receipts_text_gold.jsonl").exists():
         print(f"skipped: {DATA} is not here (the shared receipts data set)")
@@ -183,7 +212,12 @@ def main() -> None:
     items = load(args.limit)
     print(f"{len(items)} receipt scans from {DATA}; CPU count {os.cpu_count()}")
     if not args.evaluate_only:
-        report_ocr(items)
+        tried = ocr.EngineSettings(detect_max_side=args.detect_max_side, detect_unclip=args.detect_unclip,
+                                   recognize_batch=args.recognize_batch, threads=args.threads)
+        setups = {"tried": tried}
+        if not args.no_baseline:
+            setups["baseline"] = ocr.PREVIOUS_SETTINGS
+        report_ocr(items, setups)
     if args.skip_evaluate:
         return
     print("\ndatasette llm-extract evaluate, scripted model copying what it is shown:")
@@ -196,28 +230,45 @@ def main() -> None:
               + (f"; documents that failed: {', '.join(failed)}" if failed else ""))
 
 
-def report_ocr(items: list[dict]) -> None:
-    r = ocr_all(items)
-    n = r["n"]
-    s = sorted(r["seconds"])
-    print("\nOCR (rapidocr-onnxruntime 1.4.4, PP-OCRv4, onnxruntime CPU)")
-    print(f"  engine load: {r['load_seconds']:.2f} s (once per process)")
-    print(f"  seconds per page: median {statistics.median(s):.2f}, mean {statistics.mean(s):.2f}, "
-          f"p90 {s[int(0.9 * (len(s) - 1))]:.2f}, max {s[-1]:.2f}  (goal <= 3 s)")
-    print(f"  CPU seconds per page (all threads): median {statistics.median(r['cpu']):.2f}, "
-          f"mean {statistics.mean(r['cpu']):.2f}; load average while running: {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores")
-    print(f"  CER vs gold OCR text: mean {statistics.mean(r['cer']):.3f}, median {statistics.median(r['cer']):.3f}; "
-          f"ignoring spaces: mean {statistics.mean(r['cer_nospace']):.3f}, "
-          f"median {statistics.median(r['cer_nospace']):.3f}")
-    print("  gold value found verbatim   in local OCR text | ignoring case+spaces | in the gold OCR text (baseline)")
-    for f in FIELDS:
-        ocr_hits, spaceless, baseline = r["hits"][f]
-        goal = "  (goal >= 90%)" if f in ("date", "total") else ""
-        print(f"    {f:8s} {ocr_hits:3d}/{n} {ocr_hits / n:6.1%} | {spaceless:3d}/{n} {spaceless / n:6.1%} | "
-              f"{baseline:3d}/{n} {baseline / n:6.1%}  ratio to baseline {ocr_hits / max(1, baseline):.2f}{goal}")
-    for miss in r["misses"]:
-        print("  not found verbatim:", miss)
+def report_ocr(items: list[dict], setups: dict) -> None:
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    results = ocr_all(items, setups)
+    load_end = os.getloadavg()
+    n = len(items)
+    print(f"\nOCR (rapidocr-onnxruntime 1.4.4, PP-OCRv4, onnxruntime CPU), {n} pages, "
+          f"{time.perf_counter() - started:.0f} s in all")
+    print(f"  load average (1, 5, 15 min) at start {', '.join(f'{x:.1f}' for x in load_start)}; "
+          f"at end {', '.join(f'{x:.1f}' for x in load_end)}; {os.cpu_count()} cores")
+    for label, r in results.items():
+        pages = r["pages"]
+        s = sorted(p["seconds"] for p in pages)
+        cpu = [p["cpu"] for p in pages]
+        cer = [p["cer"] for p in pages]
+        print(f"\n  {label}: {r['settings']}")
+        print(f"    engine load: {r['load_seconds']:.2f} s (once per process)")
+        print(f"    seconds per page, wall clock: min {s[0]:.2f}, median {statistics.median(s):.2f}, "
+              f"mean {statistics.mean(s):.2f}, p90 {s[int(0.9 * (len(s) - 1))]:.2f}, max {s[-1]:.2f}  (goal <= 3 s)")
+        print(f"    CPU seconds per page (all threads): median {statistics.median(cpu):.2f}, "
+              f"mean {statistics.mean(cpu):.2f}")
+        print(f"    CER vs gold OCR text: mean {statistics.mean(cer):.3f}, median {statistics.median(cer):.3f}; "
+              f"ignoring spaces: mean {statistics.mean(p['cer_nospace'] for p in pages):.3f}")
+        print("    gold value found verbatim   in local OCR text | ignoring case+spaces | in the gold OCR text")
+        for f in FIELDS:
+            ocr_hits, spaceless, gold = (sum(p[f][i] for p in pages) for i in range(3))
+            goal = "  (goal >= 90%)" if f in ("date", "total") else ""
+            print(f"      {f:8s} {ocr_hits:3d}/{n} {ocr_hits / n:6.1%} | {spaceless:3d}/{n} {spaceless / n:6.1%} | "
+                  f"{gold:3d}/{n} {gold / n:6.1%}{goal}")
+        for page in pages:
+            for miss in page["misses"]:
+                print("    not found verbatim:", miss)
+    if "baseline" in results:
+        tried, base = results["tried"]["pages"], results["baseline"]["pages"]
+        wall = statistics.median(p["seconds"] for p in tried) / statistics.median(p["seconds"] for p in base)
+        per_page = statistics.median(a["seconds"] / b["seconds"] for a, b in zip(tried, base))
+        cpu = statistics.median(p["cpu"] for p in tried) / statistics.median(p["cpu"] for p in base)
+        print(f"\n  tried / baseline, same run, same pages: median wall seconds {wall:.2f}x, "
+              f"median of per-page wall ratios {per_page:.2f}x, median CPU seconds {cpu:.2f}x")
 
 
 if __name__ == "__main__":

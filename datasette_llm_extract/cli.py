@@ -283,7 +283,8 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
 
             settings = extract_settings(ds)
             caps = {"max_cost": settings.max_cost_per_run, "max_tokens": settings.max_tokens_per_run,
-                    "chunk_chars": settings.chunk_chars, "overlap": settings.overlap}
+                    "chunk_chars": settings.chunk_chars, "overlap": settings.overlap,
+                    "ocr_limits": settings.ocr.limits()}  # scans: the configured OCR limits
         except (ImportError, LLMSuiteError):
             pass
         run_id = secrets.token_hex(8)
@@ -322,7 +323,8 @@ async def _run(db_path, table, folder, schema, template, model, instructions, co
                                 model_id=chat.model_id, concurrency=concurrency,
                                 existing_keys=_existing_keys(conn, table, spec),
                                 chunk_chars=caps.get("chunk_chars"), overlap=caps.get("overlap") or 300,
-                                max_cost=caps.get("max_cost"), max_tokens=caps.get("max_tokens"))
+                                max_cost=caps.get("max_cost"), max_tokens=caps.get("max_tokens"),
+                                ocr_limits=caps.get("ocr_limits"))
             rows, failures, invalid = [], [], {}
             try:
                 async for event in run_extraction(limited, job, actor=actor, ref=f"cli:{run_id}"):
@@ -514,12 +516,16 @@ def register(cli) -> None:
             async def go():
                 from datasette_llm_core.gateway import llm_gateway
 
-                gateway = await llm_gateway(build_datasette(config))
+                from .settings import extract_settings
+
+                ds = build_datasette(config)
+                gateway = await llm_gateway(ds)
+                ocr_limits = extract_settings(ds).ocr.limits()  # scans: the configured OCR limits
                 with click.progressbar(length=len(docs), label="Evaluating", show_pos=True) as bar:
                     return await evaluate(gateway, spec, docs, model_id=model, instructions=instructions,
                                           concurrency=concurrency, actor={"id": "cli"},
                                           date_order=date_order, progress=bar.update, documents=sources,
-                                          read_as="ocr" if use_ocr else "auto")
+                                          read_as="ocr" if use_ocr else "auto", ocr_limits=ocr_limits)
 
             report = asyncio.run(go())
         except (SchemaError, LLMSuiteError) as e:

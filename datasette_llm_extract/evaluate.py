@@ -241,12 +241,13 @@ def score(spec: TableSpec, results: Iterable[tuple[list[dict], list[dict]]], *,
 async def evaluate(gateway, spec: TableSpec, docs: list[GoldDocument], *, model_id: str | None = None,
                    instructions: str = "", concurrency: int = 4, actor: dict | None = None,
                    date_order: str | None = None, documents: list | None = None,
-                   progress=None, read_as: str = "auto") -> EvalReport:
+                   progress=None, read_as: str = "auto", ocr_limits=None) -> EvalReport:
     """Extract from every gold document through ``gateway`` and score the valid rows.
 
     ``documents`` (parallel to ``docs``) overrides the input, e.g. images
     instead of OCR text; ``read_as`` says how those reach the model ("ocr": local
-    OCR text to a text model). ``progress(n)`` is called as documents finish.
+    OCR text to a text model), within ``ocr_limits`` (``reading.OcrLimits``; the
+    configuration's ``extract: ocr:``). ``progress(n)`` is called as documents finish.
     """
     from .documents import Document
     from .engine import ChunkFailed, ExtractionJob, RowExtracted, run_extraction
@@ -259,7 +260,7 @@ async def evaluate(gateway, spec: TableSpec, docs: list[GoldDocument], *, model_
         async with semaphore:
             source = documents[i] if documents else Document.from_text(doc.text, name=doc.id)
             job = ExtractionJob(spec=spec, instructions=instructions, documents=[source],
-                                model_id=model_id, concurrency=1, read_as=read_as)
+                                model_id=model_id, concurrency=1, read_as=read_as, ocr_limits=ocr_limits)
             rows: list[dict] = []
             async for event in run_extraction(gateway, job, actor=actor, ref=f"eval:{doc.id}"):
                 if isinstance(event, RowExtracted) and not event.valid:

@@ -6,6 +6,10 @@ Apache-2.0), run by onnxruntime on the CPU. Nothing is downloaded. One engine
 is loaded per process on first use and calls are serialised (onnxruntime
 already uses every core). Call ``ocr_image`` from a worker thread, never from
 the event loop. No Datasette imports here.
+
+How the engine is set up (``EngineSettings``, configurable under ``extract: ocr:``)
+decides most of its speed; the defaults were chosen with ``benchmarks/bench_ocr.py``
+on the shared receipt scans (docs/ocr-benchmark.md).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from dataclasses import dataclass
 
 from .pages import Line, PageLayout, box_from_points
 
@@ -20,13 +25,35 @@ INSTALL = 'pip install "rapidocr-onnxruntime==1.4.4"'
 #: Longest side, in pixels, an image is scaled down to before OCR.
 MAX_SIDE = 2000
 
-#: Detection on the page at up to 1280 px on its longest side (RapidOCR's default scales the
-#: short side up to 736 px, which costs a receipt about half again as much CPU); no 180-degree
-#: line classifier (scans come upright; it cost a fifth of the time). Chosen with
-#: benchmarks/bench_ocr.py on the shared receipts.
-ENGINE_OPTIONS = {"use_cls": False, "det_limit_type": "max", "det_limit_side_len": 1280}
 
-_engine = None
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the OCR engine is set up. One engine per distinct settings, per process."""
+
+    #: Detection runs on the page scaled down to at most this many pixels on its longest
+    #: side (recognition still crops the lines from the full page). 0 leaves the size to
+    #: RapidOCR, which, whatever ``det_limit_side_len`` says, caps a page at 960, 1500 or
+    #: 2000 px by its size: a 604 x 1716 receipt was detected whole, at 1728 px.
+    detect_max_side: int = 960
+    #: How far each detected line's box is grown before the line is cropped for reading
+    #: (RapidOCR's default 1.6 cut the decimal point of "14.10" on a receipt detected at 960 px).
+    detect_unclip: float = 1.8
+    #: Text lines recognised per onnxruntime call. Lines are sorted by width and each
+    #: batch is padded to its widest, so small batches waste less (RapidOCR's default: 6).
+    recognize_batch: int = 3
+    #: onnxruntime threads per model call; 0: its default (one per core).
+    threads: int = 0
+    #: RapidOCR's 180-degree line classifier: scans come upright, it costs a fifth of the time.
+    angle_classifier: bool = False
+
+
+#: The product default (see EngineSettings).
+DEFAULT_SETTINGS = EngineSettings()
+#: The settings used before the benchmark tuned them (RapidOCR's sizing, batches of 6);
+#: ``benchmarks/bench_ocr.py`` measures them beside the default in the same run.
+PREVIOUS_SETTINGS = EngineSettings(detect_max_side=0, detect_unclip=1.6, recognize_batch=6)
+
+_engines: dict[EngineSettings, object] = {}
 _engine_lock = threading.Lock()
 OCR_LOCK = threading.Lock()
 
@@ -43,32 +70,48 @@ def available() -> bool:
     return True
 
 
-def engine():
-    global _engine
+def engine(settings: EngineSettings | None = None):
+    settings = settings or DEFAULT_SETTINGS
     with _engine_lock:
-        if _engine is None:
-            try:
-                from rapidocr_onnxruntime import RapidOCR
-                from rapidocr_onnxruntime.utils import infer_engine
-            except Exception as e:
-                raise OcrUnavailable(f"Local OCR is not installed ({type(e).__name__}): {INSTALL}") from None
-            # onnxruntime's worker threads spin while waiting by default: on a server that
-            # shares its cores with Datasette that burns CPU the web requests need
-            sessions = infer_engine.OrtInferSession
-            original = sessions.__dict__["_init_sess_opts"]
+        if settings not in _engines:
+            _engines[settings] = _load(settings)
+        return _engines[settings]
 
-            def no_spinning(config):
-                options = original.__func__(config)
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-                return options
 
-            sessions._init_sess_opts = staticmethod(no_spinning)
-            try:
-                _engine = RapidOCR(print_verbose=False, **ENGINE_OPTIONS)
-            finally:
-                sessions._init_sess_opts = original
-        return _engine
+def _load(settings: EngineSettings):
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+        from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+        from rapidocr_onnxruntime.utils import infer_engine
+    except Exception as e:
+        raise OcrUnavailable(f"Local OCR is not installed ({type(e).__name__}): {INSTALL}") from None
+    # onnxruntime's worker threads spin while waiting by default: on a server that
+    # shares its cores with Datasette that burns CPU the web requests need
+    sessions = infer_engine.OrtInferSession
+    original = sessions.__dict__["_init_sess_opts"]
+
+    def no_spinning(config):
+        options = original.__func__(config)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return options
+
+    options = {"use_cls": settings.angle_classifier, "rec_batch_num": settings.recognize_batch,
+               "det_limit_type": "max", "det_unclip_ratio": settings.detect_unclip}
+    if settings.threads:
+        options["intra_op_num_threads"] = settings.threads
+    sessions._init_sess_opts = staticmethod(no_spinning)
+    try:
+        loaded = RapidOCR(print_verbose=False, **options)
+    finally:
+        sessions._init_sess_opts = original
+    if settings.detect_max_side:
+        detector = loaded.text_det
+        side = settings.detect_max_side
+        # RapidOCR picks the detection size per page (TextDetector.get_preprocess); this
+        # one engine's detector uses one limit instead
+        detector.get_preprocess = lambda _longest: DetPreProcess(side, "max", detector.mean, detector.std)
+    return loaded
 
 
 def _as_image(source):
@@ -89,7 +132,7 @@ def _as_image(source):
     return image
 
 
-def ocr_image(source, page: int = 0) -> tuple[PageLayout, str]:
+def ocr_image(source, page: int = 0, settings: EngineSettings | None = None) -> tuple[PageLayout, str]:
     """OCR one page (image bytes or a PIL image): its layout and its text.
 
     Items on the same visual row (a receipt's "TOTAL" and "9.00") go on one
@@ -100,7 +143,7 @@ def ocr_image(source, page: int = 0) -> tuple[PageLayout, str]:
     width, height = image.size
     started = time.perf_counter()
     with OCR_LOCK:
-        result, _ = engine()(image)
+        result, _ = engine(settings)(image)
     items = []
     for points, text, _score in result or []:
         text = (text or "").strip()

@@ -23,6 +23,7 @@ import weakref
 from dataclasses import asdict, dataclass
 
 from .documents import Document
+from .ocr import DEFAULT_SETTINGS, EngineSettings
 from .pages import PAGE_BREAK, PageLayout, pdf_page_image, pdf_text_layout
 
 READ_MODES = ("auto", "vision", "ocr", "both")
@@ -58,6 +59,8 @@ class OcrLimits:
     timeout: float = 600.0
     #: PDF pages are rendered at this many pixels per PDF point before OCR (2 = 144 dpi).
     scale: float = 2.0
+    #: How the OCR engine is set up (detection size, recognition batch, threads).
+    engine: EngineSettings = DEFAULT_SETTINGS
 
 
 @dataclass
@@ -129,18 +132,18 @@ def needs_reading(doc: Document, mode: str) -> bool:
     return doc.kind == "pdf" and doc.layout is None or bool(pages_to_ocr(doc, mode))
 
 
-def _read_pdf_page(doc: Document, page: int, ocr: bool, scale: float) -> tuple[PageLayout, str]:
+def _read_pdf_page(doc: Document, page: int, ocr: bool, limits: OcrLimits) -> tuple[PageLayout, str]:
     if not ocr:
         return pdf_text_layout(doc.data, page), ""
     from .ocr import ocr_image
 
-    return ocr_image(pdf_page_image(doc.data, page, scale), page)
+    return ocr_image(pdf_page_image(doc.data, page, limits.scale), page, limits.engine)
 
 
-def _read_image(doc: Document) -> tuple[PageLayout, str]:
+def _read_image(doc: Document, limits: OcrLimits) -> tuple[PageLayout, str]:
     from .ocr import ocr_image
 
-    return ocr_image(doc.data, 0)
+    return ocr_image(doc.data, 0, limits.engine)
 
 
 async def read_documents(documents: list[Document], modes: list[str], limits: OcrLimits | None = None):
@@ -168,14 +171,14 @@ async def read_documents(documents: list[Document], modes: list[str], limits: Oc
                 continue  # positions of very long PDFs: only the first pages
             if ocr and (ocr_budget <= 0 or time.monotonic() >= deadline):
                 reason = (f"over the limit of {limits.max_pages} OCR pages per run" if ocr_budget <= 0
-                          else f"OCR took longer than {limits.timeout:.0f} seconds in all")
+                          else f"OCR took longer than {limits.timeout:g} seconds in all")
                 skipped.append(page)
                 yield PageRead(d, page, len(texts), "skipped", error=f"Page {page + 1} was not read: {reason}.")
                 continue
             if ocr:
                 ocr_budget -= 1
             call = _read_image if doc.kind == "image" else _read_pdf_page
-            args = (doc,) if doc.kind == "image" else (doc, page, ocr, limits.scale)
+            args = (doc, limits) if doc.kind == "image" else (doc, page, ocr, limits)
             held = False
             result = error = None
             try:
@@ -187,9 +190,11 @@ async def read_documents(documents: list[Document], modes: list[str], limits: Oc
                     raise asyncio.TimeoutError  # the run's OCR time ran out while this page waited
                 result = await asyncio.wait_for(asyncio.to_thread(call, *args), timeout)
             except asyncio.TimeoutError:
+                # the page's own limit, or what was left of the run's (then it says "in all")
                 error = f"Page {page + 1} was not read: " + (
-                    f"OCR took longer than {timeout:.0f} seconds." if timeout and timeout > 0
-                    else f"OCR took longer than {limits.timeout:.0f} seconds in all.")
+                    f"OCR took longer than {limits.page_timeout:g} seconds."
+                    if timeout is not None and timeout >= limits.page_timeout
+                    else f"OCR took longer than {limits.timeout:g} seconds in all.")
             except Exception as e:  # a damaged page: say so, read the others
                 error = f"Page {page + 1} could not be read ({type(e).__name__})."
             finally:

@@ -356,8 +356,7 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
 
 
 def _ocr_limits(settings: ExtractSettings) -> OcrLimits:
-    return OcrLimits(max_pages=settings.ocr.max_pages, page_timeout=settings.ocr.page_timeout,
-                     timeout=settings.ocr.timeout)
+    return settings.ocr.limits()
 
 
 def _document_record(doc: Document) -> dict:

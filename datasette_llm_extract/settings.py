@@ -26,7 +26,9 @@ All keys are optional::
           documents_folder: null      # keep them in this folder instead of the state database
           public_provenance: quote    # off | quote | document: what readers of a row may see
           public_provenance_actors: false  # show who extracted/reviewed on provenance cards
-          ocr: {max_pages: 50, page_timeout: 60, timeout: 600}
+          ocr: {max_pages: 50, page_timeout: 60, timeout: 600,
+                detect_max_side: 960, detect_unclip: 1.8, recognize_batch: 3,
+                threads: 0}  # engine: see ocr.EngineSettings
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ class OcrSettings(BaseModel):
     max_pages: int = Field(50, ge=0)  # OCR pages per run
     page_timeout: float = Field(60.0, gt=0)  # seconds per page
     timeout: float = Field(600.0, gt=0)  # seconds of OCR per run
+    # how the engine is set up (ocr.EngineSettings; defaults from benchmarks/bench_ocr.py)
+    detect_max_side: int = Field(960, ge=0, le=4000)  # px, longest side for line detection; 0: RapidOCR's
+    detect_unclip: float = Field(1.8, ge=1.0, le=4.0)  # how far line boxes grow before reading
+    recognize_batch: int = Field(3, ge=1, le=64)  # lines per recognition call
+    threads: int = Field(0, ge=0, le=64)  # onnxruntime threads per call; 0: one per core
+
+    def limits(self):
+        """These settings as the reading step takes them (``reading.OcrLimits``)."""
+        from .ocr import EngineSettings
+        from .reading import OcrLimits
+
+        engine = EngineSettings(detect_max_side=self.detect_max_side, detect_unclip=self.detect_unclip,
+                                recognize_batch=self.recognize_batch, threads=self.threads)
+        return OcrLimits(max_pages=self.max_pages, page_timeout=self.page_timeout, timeout=self.timeout,
+                         engine=engine)
 
 
 class ExtractSettings(BaseModel):

@@ -369,7 +369,7 @@ async def test_ocr_page_cap_and_time_limits_skip_pages_with_a_reason(monkeypatch
 
     calls = []
 
-    def fake_ocr(source, page=0):
+    def fake_ocr(source, page=0, settings=None):
         calls.append(page)
         if page == 1:
             time_mod.sleep(4.0)  # a page far slower than its limit
@@ -386,7 +386,7 @@ async def test_ocr_page_cap_and_time_limits_skip_pages_with_a_reason(monkeypatch
     events = [e async for e in read_documents([doc], ["ocr"], OcrLimits(page_timeout=1.5))]
     reads = [e for e in events if isinstance(e, PageRead)]
     assert [(e.page, e.source) for e in reads] == [(0, "ocr"), (1, "skipped")], reads
-    assert "took longer than 2 seconds" in reads[1].error, reads
+    assert reads[1].error == "Page 2 was not read: OCR took longer than 1.5 seconds.", reads
     done = events[-1]
     assert isinstance(done, DocumentRead) and done.skipped == [1] and done.ocr_pages == 1
     assert doc.text == "text of page 1" + PAGE_BREAK  # page 2 stays empty, page offsets hold
@@ -421,7 +421,7 @@ async def test_a_page_waiting_for_the_ocr_engine_is_not_timed_out(monkeypatch):
     from datasette_llm_extract.pages import Line, PageLayout
     from datasette_llm_extract.reading import OcrLimits, PageRead, read_documents
 
-    def slow_ocr(source, page=0):
+    def slow_ocr(source, page=0, settings=None):
         with ocr.OCR_LOCK:  # the engine takes one page at a time
             time_mod.sleep(1.0)
         return PageLayout(page=0, width=1, height=1, source="ocr", lines=[Line("x", [0, 0, 1, 1], 0, 1)]), "x"
