@@ -94,7 +94,26 @@ class _Loaded:
         return int(self.q8.shape[1]) if self.q8.ndim == 2 else 0
 
 
-def _binary_words(x: np.ndarray, mu: np.ndarray) -> np.ndarray:
+def query_planes(q: np.ndarray, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The query's sign words and two weight planes for the prefilter.
+
+    ``|q - mu|`` is cut into four equal bands up to its largest coordinate;
+    band b (0-3) has bit 0 in ``low`` and bit 1 in ``high``, so a differing
+    sign costs ``1 + 2*low + 4*high`` = 1, 3, 5 or 7: a two-bit version of
+    scoring the binary codes against the query's real coordinates, which
+    plain Hamming distance (every bit alike) approximates poorly.
+    """
+    c = np.asarray(q, np.float32).reshape(-1) - mu
+    mag = np.abs(c)
+    band = np.minimum((mag * (4 / max(float(mag.max()), 1e-12))).astype(np.int64), 3)
+    return (
+        _binary_words(c[None, :], 0.0)[0],
+        _binary_words((band & 1)[None, :], 0)[0],
+        _binary_words((band >> 1)[None, :], 0)[0],
+    )
+
+
+def _binary_words(x: np.ndarray, mu: np.ndarray | float) -> np.ndarray:
     """Sign bits of ``x - mu`` packed into uint64 words: shape (n, ceil(d/64))."""
     bits = np.packbits(x > mu, axis=1, bitorder="little")
     pad = (-bits.shape[1]) % 8
@@ -370,36 +389,47 @@ class RagIndex:
     def _hamming(
         self, state: _Loaded, q: np.ndarray, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Hamming distance of every code to the query's, and their histogram.
+        """Weighted Hamming distance of every code to the query, and its histogram.
 
-        Rows outside ``mask`` get the largest distance and are not counted.
-        The scan runs in blocks that stay in cache, split over the pool's
-        threads (numpy releases the GIL in each operation).
+        Each bit where a code's sign differs from the query's costs 1, 3, 5
+        or 7 by how far the query's own coordinate is from the mean (its
+        ``query_planes``): a sign flip where the query barely leans one way
+        says little, one where it leans hard says much. Rows outside
+        ``mask`` get the largest distance and are not counted. The scan runs
+        in blocks that stay in cache, split over the pool's threads (numpy
+        releases the GIL in each operation).
         """
-        qwords = _binary_words(q[None, :], state.mu)[0]
+        qwords, low, high = query_planes(q, state.mu)
         n = state.count
-        nbits = 64 * len(qwords)
+        top = 7 * 64 * len(qwords)  # largest possible distance
         dist = np.empty(n, np.uint16)
         far = np.iinfo(np.uint16).max
 
         def scan(lo: int, hi: int) -> np.ndarray:
-            hist = np.zeros(nbits + 1, np.int64)
-            tmp = np.empty(min(BLOCK, hi - lo), np.uint64)
-            cnt = np.empty(min(BLOCK, hi - lo), np.uint8)
+            hist = np.zeros(top + 1, np.int64)
+            size = min(BLOCK, hi - lo)
+            tmp = np.empty(size, np.uint64)
+            part = np.empty(size, np.uint64)
+            cnt = np.empty(size, np.uint16)  # up to 64 << 2
             for start in range(lo, hi, BLOCK):
                 end = min(start + BLOCK, hi)
                 m = end - start
                 out = dist[start:end]
                 out[:] = 0
-                for w, qw in zip(state.words, qwords):
+                for w, qw, lw, hw in zip(state.words, qwords, low, high):
                     np.bitwise_xor(w[start:end], qw, out=tmp[:m])
                     np.bitwise_count(tmp[:m], out=cnt[:m])
                     np.add(out, cnt[:m], out=out)
+                    for plane, shift in ((lw, 1), (hw, 2)):  # weights 2 and 4
+                        np.bitwise_and(tmp[:m], plane, out=part[:m])
+                        np.bitwise_count(part[:m], out=cnt[:m])
+                        np.left_shift(cnt[:m], shift, out=cnt[:m])
+                        np.add(out, cnt[:m], out=out)
                 if mask is not None:
                     out[~mask[start:end]] = far
-                    hist += np.bincount(out[out != far], minlength=nbits + 1)[: nbits + 1]
+                    hist += np.bincount(out[out != far], minlength=top + 1)[: top + 1]
                 else:
-                    hist += np.bincount(out, minlength=nbits + 1)
+                    hist += np.bincount(out, minlength=top + 1)
             return hist
 
         if self._threads > 1 and n >= 4 * BLOCK:
