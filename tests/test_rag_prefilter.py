@@ -134,3 +134,20 @@ def test_weighting_finds_with_half_the_candidates_what_plain_hamming_finds(grown
     weighted = _recall(index, docs, queries, 3000)
     assert weighted >= _plain_hamming_recall(index, docs, queries, 3000) + 0.1
     assert weighted >= _plain_hamming_recall(index, docs, queries, 6000) - 0.03
+
+
+def test_scan_split_over_threads_and_blocks_gives_the_same_distances(grown, monkeypatch):
+    """Large indexes scan in cache-sized blocks on two threads; small blocks
+    force that path here (30,000 rows in 4,096-row blocks)."""
+    import datasette_llm_rag.store as store
+
+    index, docs, queries = grown
+    state = index._current()
+    whole, whole_hist = index._hamming(state, queries[0])
+    monkeypatch.setattr(store, "BLOCK", 4096)
+    assert index._threads > 1 and state.count >= 4 * store.BLOCK
+    split, split_hist = index._hamming(state, queries[0])
+    assert (split == whole).all() and (split_hist == whole_hist).all()
+    mask = np.arange(len(docs)) % 2 == 1
+    masked, masked_hist = index._hamming(state, queries[0], mask)
+    assert (masked[mask] == whole[mask]).all() and masked_hist.sum() == mask.sum()
