@@ -183,10 +183,18 @@ class Gateway:
             return None
         return min(retries.max_backoff, retries.backoff * (2 ** (attempt - 1)))
 
-    def _resolve(self, purpose: str, model_id: str | None, request: ChatRequest) -> list[ChatModel]:
+    def chosen_chat_model(self, purpose: str, model_id: str | None = None) -> ChatModel:
+        """The model asked for, else the purpose's default; ConfigError with a
+        message that says what to configure when there is none (or no such model)."""
+        if not self.chat_models():
+            raise ConfigError(no_model_message(purpose))
         model = self.get_chat_model(model_id) if model_id else self.default_chat_model(purpose)
         if model is None:
             raise ConfigError(no_model_message(purpose))
+        return model
+
+    def _resolve(self, purpose: str, model_id: str | None, request: ChatRequest) -> list[ChatModel]:
+        model = self.chosen_chat_model(purpose, model_id)
         model.check(request)
         _ensure_ready(model)
         return self.fallback_models(purpose, model, request)

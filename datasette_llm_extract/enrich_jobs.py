@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from datasette_llm_core.budget import Budget
 from datasette_llm_core.errors import ConfigError, LLMSuiteError
-from datasette_llm_core.gateway import llm_gateway, no_model_message
+from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import state_db
 from datasette_llm_core.workers import beat_until_stopped, heartbeat_seconds, lease_for, worker_id
@@ -187,13 +187,7 @@ async def prepare(datasette, req: JobRequest) -> dict:
     if req.sample_size < 0 or (req.row_limit is not None and req.row_limit < 1):
         raise JobError("The sample size must be 0 or more and the row limit at least 1.")
     try:
-        gateway = await llm_gateway(datasette)
-    except ConfigError as e:
-        raise JobError(str(e)) from None
-    if not gateway.chat_models():
-        raise JobError(no_model_message("extract"))
-    try:
-        model = gateway.get_chat_model(req.model_id) if req.model_id else gateway.default_chat_model("extract")
+        model = (await llm_gateway(datasette)).chosen_chat_model("extract", req.model_id)
     except ConfigError as e:
         raise JobError(str(e)) from None
     selection = {k: v for k, v in (req.selection or {}).items() if v not in (None, "", {}, [])}

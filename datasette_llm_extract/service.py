@@ -15,7 +15,7 @@ from typing import Any
 
 from datasette_llm_core import calllog, permissions, testpoints
 from datasette_llm_core.errors import BudgetError, CapabilityError, ConfigError, LLMSuiteError
-from datasette_llm_core.gateway import llm_gateway, no_model_message
+from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.sql import quote_identifier, quote_identifiers
 from datasette_llm_core.state import state_db
 from datasette_llm_core.workers import abandoned, lease_for, worker_id
@@ -326,13 +326,7 @@ async def prepare(datasette, actor, req: StartRequest) -> Prepared:
     if req.read_as not in READ_MODES:
         raise UserError(f"Choose how scans are read: one of {', '.join(READ_MODES)}.")
     try:
-        gateway = await llm_gateway(datasette)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
-    if not gateway.chat_models():
-        raise UserError(no_model_message("extract"))
-    try:
-        model = gateway.get_chat_model(req.model_id) if req.model_id else gateway.default_chat_model("extract")
+        model = (await llm_gateway(datasette)).chosen_chat_model("extract", req.model_id)
     except ConfigError as e:
         raise UserError(str(e)) from None
     existing = [] if req.new_table else await _existing_keys(datasette, req.database, req.table, spec)
