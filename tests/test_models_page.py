@@ -96,6 +96,9 @@ async def test_page_lists_sources_capabilities_prices_and_chains(ds):
     # an llm model without its key is listed as unavailable, with llm's own advice
     assert "unavailable" in rows["keyless"] and "llm keys set scripted" in rows["keyless"]
     assert "ready" in rows["house"]
+    # every row has its own Test form, asking for the right kind of call
+    assert 'name="kind" value="chat"' in rows["house"] and 'name="model_id" value="house"' in rows["house"]
+    assert 'name="kind" value="embed"' in rows["hash-embed"]
     # the fallback chain, with the unregistered model flagged
     assert "gemini-flash &rarr; ghost <span class=\"llm-core-unavailable\">(not registered)" in html
     assert FAKE_KEY not in html
