@@ -16,15 +16,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from datasette_llm_core import permissions as P
+
+from .processes import free_port, stop_process, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "publish-test-secret"
@@ -65,12 +65,6 @@ def read_only_mount(src: Path, target: Path):
             _run(["umount", "-l", str(target)])  # a file still open: detach it anyway
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def root_cookie() -> str:
     from itsdangerous import URLSafeSerializer
 
@@ -95,25 +89,11 @@ class PublicServer:
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
                                      cwd=self.cwd, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("server exited: " + self.log.read_text()[-3000:])
-            try:
-                self.get("/-/versions.json")
-                return self
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise AssertionError("server did not start: " + self.log.read_text()[-3000:])
+        wait_until_serving(self.proc, self.url("/-/versions.json"), lambda: self.log.read_text()[-3000:])
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def __enter__(self) -> "PublicServer":
         return self.start()

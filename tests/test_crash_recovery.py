@@ -25,6 +25,7 @@ import pytest
 from datasette_llm_rag.indexer import refresh_index, verify
 
 from .fakes import HashEmbeddingModel
+from .processes import free_port, stop_process, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = 12_000
@@ -140,7 +141,6 @@ async def test_index_killed_mid_run_is_consistent_and_resumes(tmp_path):
 
 import json  # noqa: E402
 import re  # noqa: E402
-import socket  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 
@@ -167,12 +167,6 @@ def rows_for(request: dict) -> Reply:
     found = re.findall(r"(Company\d\d) paid (\d+) dollars", text)
     rows = [{"name": n, "amount": int(a), "source_quote": f"{n} paid {a} dollars"} for n, a in dict(found).items()]
     return Reply(content=json.dumps({"rows": rows}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -206,15 +200,8 @@ class Server:
         if P.IS_V1:
             cmd.append("--root")
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "a"), stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                self.request("GET", "/-/versions.json")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise AssertionError("server did not start: " + self.log.read_text()[-2000:])
+        wait_until_serving(self.proc, f"http://127.0.0.1:{self.port}/-/versions.json",
+                           lambda: self.log.read_text()[-2000:])
 
     def request(self, method, path, body=None):
         data = json.dumps(body).encode() if body is not None else None
@@ -240,13 +227,7 @@ class Server:
         assert self.proc.returncode == -signal.SIGKILL
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def wait_run(self, run_id, predicate, timeout=30):
         deadline = time.monotonic() + timeout

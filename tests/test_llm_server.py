@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,10 @@ from datasette.app import Datasette  # noqa: E402
 
 from datasette_llm_core.permissions import IS_V1  # noqa: E402
 
+from .processes import free_port, stop_process, wait_until_serving  # noqa: E402
+
 REPO = Path(__file__).parent.parent
 SERVER_SECRET = "llm-server-suite-signing-secret"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +44,7 @@ def server(tmp_path_factory):
                 "permissions": {"llm-view-log": {"id": "root"}}}  # root reads the call log by grant only
     config = tmp / ("datasette.yaml" if IS_V1 else "metadata.yml")
     config.write_text(yaml.safe_dump({"plugins": {"datasette-llm-newsroom": settings}}))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "LLM_USER_PATH": str(tmp / "llm-user"), "LLM_LOAD_PLUGINS": "",
            "LLM_TEST_PLUGIN_SCRIPT": str(script), "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
@@ -64,28 +57,18 @@ def server(tmp_path_factory):
            "-h", "127.0.0.1", "-p", str(port), "--secret", SERVER_SECRET]
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/-/versions.json", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("datasette did not start:\n" + log_path.read_text())
-        time.sleep(0.2)
+    try:
+        wait_until_serving(proc, base + "/-/versions.json", log_path.read_text)
+    except AssertionError:
+        stop_process(proc)
+        raise
     actor = Datasette(memory=True, secret=SERVER_SECRET).sign({"a": {"id": "root"}}, "actor")
     client = httpx.Client(base_url=base, cookies={"ds_actor": actor}, timeout=30)
     try:
         yield client, script, log_path
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

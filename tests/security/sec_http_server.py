@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from datasette_llm_core import permissions as P
 from datasette_llm_extract.settings import ExtractSettings
 
 from ..fake_openai_server import Reply, last_user_text
+from ..processes import free_port, stop_process, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SECRET = "sec-http-suite-secret"
@@ -46,12 +46,6 @@ from tests.fakes import HashEmbeddingModel
 def register_embedding_models(datasette):
     return [HashEmbeddingModel()]
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def extraction_reply(request: dict) -> Reply:
@@ -172,24 +166,11 @@ class Server:
             p for p in [os.environ.get("PYTHONPATH", ""), str(REPO)] if p)}
         self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "a"), stderr=subprocess.STDOUT,
                                      cwd=self.tmp_path, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if self.request("GET", "/-/versions.json", timeout=2).status == 200:
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("server did not start: " + self.log())
+        wait_until_serving(self.proc, self.base_url + "/-/versions.json", self.log)
+        return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
