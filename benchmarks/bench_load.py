@@ -264,6 +264,26 @@ async def repetition(server: str, cookie: str, questions: int, extractions: int,
     return asks, runs, errors, wall
 
 
+def start_fake_model(tmp: Path, log: Path) -> subprocess.Popen:
+    """The scripted model server reading ``tmp/script.json``. Its listen backlog
+    (http.server's default is 5) must hold the whole burst, or the kernel resets
+    connections before the model sees them."""
+    launcher = ("import sys; from http.server import ThreadingHTTPServer as S; S.request_queue_size = 512; "
+                "from tests.fake_openai_server import main; main(sys.argv[1:])")
+    return start([sys.executable, "-c", launcher, "--script", str(tmp / "script.json")], log)
+
+
+async def fake_model_url(log: Path, timeout: float = 30) -> str:
+    """The base URL the scripted model server prints once it listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = re.search(r"listening on (\S+)", log.read_text() if log.exists() else "")
+        if match:
+            return match.group(1)
+        await asyncio.sleep(0.1)
+    raise SystemExit("fake server did not start")
+
+
 async def main_async(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-load-"))
     make_db(tmp / "news.db", args.rows)
@@ -271,21 +291,10 @@ async def main_async(args) -> dict:
               "default": {"content": ANSWER_REPLY}, "ttft": args.ttft, "token_delay": args.token_delay}
     (tmp / "script.json").write_text(json.dumps(script))
     fake_log, ds_log = tmp / "fake.log", tmp / "datasette.log"
-    # The fake server's listen backlog (http.server's default is 5) must hold the
-    # whole burst, or the kernel resets connections before the model sees them.
-    launcher = ("import sys; from http.server import ThreadingHTTPServer as S; S.request_queue_size = 512; "
-                "from tests.fake_openai_server import main; main(sys.argv[1:])")
-    fake = start([sys.executable, "-c", launcher, "--script", str(tmp / "script.json")], fake_log)
+    fake = start_fake_model(tmp, fake_log)
     ds = None
     try:
-        deadline = time.monotonic() + 30
-        base_url = None
-        while time.monotonic() < deadline and base_url is None:
-            match = re.search(r"listening on (\S+)", fake_log.read_text() if fake_log.exists() else "")
-            base_url = match.group(1) if match else None
-            await asyncio.sleep(0.1)
-        if not base_url:
-            raise SystemExit("fake server did not start")
+        base_url = await fake_model_url(fake_log)
         config = write_config(tmp, base_url)
         flag = ["-c", str(config)] if IS_V1 else ["-m", str(config)]
         index_start = time.perf_counter()
@@ -421,20 +430,11 @@ async def public_async(args) -> dict:
     script = {"default": {"content": ANSWER_REPLY}, "ttft": args.ttft, "token_delay": args.token_delay}
     (tmp / "script.json").write_text(json.dumps(script))
     fake_log, ds_log = tmp / "fake.log", tmp / "datasette.log"
-    launcher = ("import sys; from http.server import ThreadingHTTPServer as S; S.request_queue_size = 512; "
-                "from tests.fake_openai_server import main; main(sys.argv[1:])")
-    fake = start([sys.executable, "-c", launcher, "--script", str(tmp / "script.json")], fake_log)
+    fake = start_fake_model(tmp, fake_log)
     ds = None
     mount = None
     try:
-        deadline = time.monotonic() + 30
-        base_url = None
-        while time.monotonic() < deadline and base_url is None:
-            match = re.search(r"listening on (\S+)", fake_log.read_text() if fake_log.exists() else "")
-            base_url = match.group(1) if match else None
-            await asyncio.sleep(0.1)
-        if not base_url:
-            raise SystemExit("fake server did not start")
+        base_url = await fake_model_url(fake_log)
         config = write_public_config(tmp, base_url)
         flag = ["-c", str(config)] if IS_V1 else ["-m", str(config)]
         subprocess.run([sys.executable, "-m", "datasette", "llm-rag", "index", "news.db", *flag],
