@@ -565,8 +565,11 @@ async def resume(datasette, actor, job: dict, *, max_cost: float | None = None) 
     state = await state_db(datasette)
     if max_cost is not None:
         await store.update_job(state, job["id"], max_cost=max_cost)
-    if job["batch"] and "submitting" in job["batch"] and "batch_id" not in job["batch"]:
-        await store.update_job(state, job["id"], batch_json="{}")  # the journalist checked: submit again
+    mark = job["batch"]
+    if mark and "submitting" in mark and "batch_id" not in mark and not mark.get("submission_id"):
+        # a mark from before submissions carried an id: the journalist checked by hand, submit again
+        # (a mark with one stays: the next step looks the batch up by it)
+        await store.update_job(state, job["id"], batch_json="{}")
     if not await start_job(datasette, job["id"], actor, from_status=store.RESUMABLE):
         raise JobError("The job is already running.", 409)
 
