@@ -215,3 +215,11 @@ def test_enrich_command_sends_url_columns_as_url_parts(tmp_path):
     state.close()
     assert "hunter2pass" not in dumped and "SECRETTOKEN123" not in dumped
     assert '"page": "image"' in dumped  # the mark is kept with the job (a resume reads it)
+
+
+def test_the_budget_counts_a_url_part_like_the_file():
+    from datasette_llm_core.budget import TOKENS_PER_IMAGE, TOKENS_PER_PDF_PAGE, estimate
+
+    plain = estimate(url_request(), None)[0]
+    assert estimate(url_request(ImageUrlPart(IMAGE)), None)[0] == plain + TOKENS_PER_IMAGE
+    assert estimate(url_request(PdfUrlPart(PDF)), None)[0] == plain + TOKENS_PER_PDF_PAGE
