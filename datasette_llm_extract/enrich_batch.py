@@ -260,8 +260,15 @@ async def run_in_job(datasette, job_id: str, handle, actor=None) -> str:
     while True:
         job = await store.get_job(state, job_id)
         if handle.cancel:
-            if job["batch"]:
-                await cancel_batch(provider_config(datasette, job["model_id"]), job["batch"])
+            batch, wait = job["batch"], False
+            if batch and "submitting" in batch and "batch_id" not in batch:
+                # cut off while submitting: cancel that batch if the vendor has it (a mark is no handle);
+                # while an Anthropic batch may still be ours the mark stays, for a resume to look again
+                batch, _, wait = (await recover(datasette, job, batch) if batch.get("submission_id")
+                                  else (None, "", False))
+            if batch:
+                await cancel_batch(provider_config(datasette, job["model_id"]), batch)
+            if job["batch"] and not wait:
                 await store.update_job(state, job_id, batch_json=json.dumps(NOT_SUBMITTED))
             return "cancelled"
         if handle.pause:

@@ -216,3 +216,43 @@ async def test_find_batch_anthropic_by_results_across_parts(fake_api_keys):
         # created well before the mark: not ours, whatever it holds
         assert await find_batch(config, "vendor", "abc123abc123", custom_ids=ids,
                                 created_after=time.time() + CLOCK_SKEW + 60) is None
+
+
+def test_server_killed_while_submitting_adopts_the_batch_after_restart(tmp_path, monkeypatch):
+    """A background job on ``datasette serve``: the server kills itself after OpenAI created the
+    batch; the restarted server takes the job over, finds the batch and writes its results."""
+    from .enrich_helpers import EnrichServer
+
+    db = tmp_path / "news.db"
+    make_db(db, rows=ROWS)
+    with FakeBatchAPI(polls_to_finish=1, answer=batch_answer) as fake, \
+            FakeOpenAIServer(handler=answer) as chat:
+        server = EnrichServer(tmp_path, db, chat.base_url)
+        config = json.loads(server.config.read_text())
+        plugin = config["plugins"]["datasette-llm-newsroom"]
+        plugin["models"].append(config_for(tmp_path, "openai", fake)["plugins"]["datasette-llm-newsroom"]["models"][0])
+        plugin["extract"]["batch_poll_seconds"] = 0.2
+        plugin["fallback"] = {"extract": ["fake"]}
+        server.config.write_text(json.dumps(config))
+        monkeypatch.setenv("DATASETTE_LLM_TEST_POINT", "batch-created:kill")
+        server.start()
+        try:
+            status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
+                "database": "news", "table": "complaints", "source_columns": ["narrative"], "columns": COLUMNS,
+                "model": "vendor", "batch": True, "sample_size": 0, "write_mode": "direct"})
+            assert status == 201, data
+            server.proc.wait(timeout=30)
+            assert server.proc.returncode == -signal.SIGKILL
+            assert creates(fake) == 1
+            mark, _ = job_state(tmp_path)
+            assert mark.get("submission_id") and "batch_id" not in mark, mark
+            monkeypatch.delenv("DATASETTE_LLM_TEST_POINT")
+            server.start()
+            job = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running", "batch"),
+                                  timeout=60)
+        finally:
+            server.stop()
+    assert job["status"] == "done", job
+    assert creates(fake) == 1
+    assert job["rows_done"] == ROWS and job["rows_written"] == ROWS
+    assert_applied_once(tmp_path, db, fake)
