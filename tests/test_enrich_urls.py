@@ -223,3 +223,39 @@ def test_the_budget_counts_a_url_part_like_the_file():
     plain = estimate(url_request(), None)[0]
     assert estimate(url_request(ImageUrlPart(IMAGE)), None)[0] == plain + TOKENS_PER_IMAGE
     assert estimate(url_request(PdfUrlPart(PDF)), None)[0] == plain + TOKENS_PER_PDF_PAGE
+
+
+async def test_the_api_estimate_says_which_models_read_url_columns(tmp_path):
+    """In-process, root on both lines: the estimate for a URL column names the problem for a
+    local model, and counts the image for one that fetches URLs; a bad mark is refused."""
+    from .extract_web_helpers import V1, cookies
+
+    db = tmp_path / "news.db"
+    make_scans_db(db)
+    local = {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+             "supports": ["streaming", "schema", "images"], "input_cost_per_mtok": 1, "output_cost_per_mtok": 1}
+    config = {"plugins": {"datasette-llm-newsroom": {
+        "state_database": str(tmp_path / "state.db"),
+        "models": [{"id": "local", **local}, {"id": "fetching", **local, "accepts_urls": True}]}}}
+    ds = Datasette([str(db)], **({"config": config} if V1 else {"metadata": config}))
+    if V1:
+        ds.root_enabled = True
+    body = {"database": "news", "table": "complaints", "source_columns": ["narrative", "scan"],
+            "columns": COLUMNS, "estimate_only": True}
+
+    async def post(**extra):
+        r = await ds.client.post("/-/llm-extract/enrich/api/jobs", json={**body, **extra},
+                                 cookies=cookies(ds, "root"))
+        return r.status_code, r.json()
+
+    status, data = await post(model="local")
+    assert status == 400 and "cannot read URL columns" in data["error"], data
+    assert "never fetches a URL" in data["error"]
+    status, text_only = await post(model="fetching", source_columns=["narrative"])
+    status, data = await post(model="fetching")
+    assert status == 200, data
+    assert data["input_tokens"] > text_only["input_tokens"] + 400  # 2 of 3 rows carry an image
+    status, data = await post(model="fetching", url_columns={"scan": "video"})
+    assert status == 400 and "url_columns" in data["error"], data
+    status, data = await post(model="fetching", url_columns=["scan"])
+    assert status == 400 and "url_columns is an object" in data["error"], data
