@@ -256,3 +256,44 @@ def test_server_killed_while_submitting_adopts_the_batch_after_restart(tmp_path,
     assert creates(fake) == 1
     assert job["rows_done"] == ROWS and job["rows_written"] == ROWS
     assert_applied_once(tmp_path, db, fake)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_submit_cut_off_between_parts_adopts_those_made_and_submits_the_rest(tmp_path, setup, provider,
+                                                                                monkeypatch):
+    """8 rows in parts of 3 (a vendor limit of 3 requests); the process dies after parts 1 and 2
+    were created, before part 3: the next run adopts parts 1-2 and collects their 6 rows, then
+    submits the 2 rows no batch held, alone."""
+    from datasette.cli import cli as datasette_cli
+
+    from datasette_llm_core import batches
+    from datasette_llm_extract import enrich_batch
+
+    db, args = setup
+    real = batches.submit_batch
+
+    async def cut_off(config, model, requests, **kw):
+        handle = await real(config, model, requests, max_requests=3, **kw)
+        lost = handle["parts"][2]["batch_id"]
+        (fake.openai if provider == "openai" else fake.anthropic).pop(lost)  # never created
+        raise RuntimeError("the process died here")  # before the handle was stored
+
+    with FakeBatchAPI(polls_to_finish=1, answer=batch_answer) as fake, FakeOpenAIServer(handler=answer) as chat:
+        config = write_config(tmp_path, provider, fake, chat)
+        monkeypatch.setattr(enrich_batch, "submit_batch", cut_off)
+        first = CliRunner().invoke(datasette_cli, args(config))
+        assert isinstance(first.exception, RuntimeError)
+        monkeypatch.setattr(enrich_batch, "submit_batch", real)
+        assert creates(fake) == 2
+        if provider == "anthropic":
+            fake.tick()
+        adopted = cli(args(config))
+        assert "adopted" in adopted.output, adopted.output
+        assert "6 row(s) answered, 0 failed, 6 written" in adopted.output, adopted.output
+        assert "2 row(s) were in no batch found: they are submitted next" in adopted.output
+        rest = cli(args(config))
+        assert "Submitted 2 row(s)" in rest.output, rest.output
+        collected = cli(args(config))
+        assert "2 row(s) answered, 0 failed, 2 written" in collected.output, collected.output
+    assert creates(fake) == 3
+    assert_applied_once(tmp_path, db, fake)
