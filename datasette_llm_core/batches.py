@@ -271,14 +271,18 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
         except BaseException as e:
             if parts:
                 await _cancel_parts(provider, client, config, parts, quiet=True)
+                cancelled = [p["batch_id"] for p in parts]
                 if isinstance(e, ModelError):
-                    raise ModelError(
+                    error = ModelError(
                         f"{e} Batch part {len(parts) + 1} of {len(ranges)} could not be submitted, so "
                         f"the {len(parts)} part(s) already submitted were cancelled: nothing of this "
                         "batch is running. Try again later.",
                         status=e.status, retryable=e.retryable, retry_after=e.retry_after,
                         error_class=e.error_class, model_id=e.model_id,
-                    ) from e
+                    )
+                    error.cancelled_batch_ids = cancelled
+                    raise error from e
+                e.cancelled_batch_ids = cancelled  # for a caller that looks the submission up later
             raise
         # crash tests: the vendor has the batch, the caller has not stored its handle yet
         await reached("batch-created")

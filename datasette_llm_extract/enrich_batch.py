@@ -126,6 +126,10 @@ async def submit(datasette, job: dict) -> dict:
     except BaseException as e:
         if _not_created(e):
             await store.update_job(state, job["id"], batch_json=json.dumps(NOT_SUBMITTED))
+        elif getattr(e, "cancelled_batch_ids", None):
+            # parts submit_batch made and cancelled itself when a later one failed: never adopted
+            mark["cancelled"] = e.cancelled_batch_ids
+            await store.update_job(state, job["id"], batch_json=json.dumps(mark))
         raise
     await store.update_job(state, job["id"], batch_json=json.dumps(handle))
     return handle
@@ -155,6 +159,10 @@ async def recover(datasette, job: dict, mark: dict) -> tuple[dict | None, str, b
             raise
         return None, (f"The last submit was interrupted before its batch id was kept. {e} Nothing is "
                       "submitted until it is known whether one of these is this job's batch."), True
+    if handle is not None and mark.get("cancelled"):
+        # parts our own submit cancelled: their answers are kept, their unrun rows sent again
+        handle["rerun_cancelled"] = [i for p in handle["parts"] if p["batch_id"] in mark["cancelled"]
+                                     for i in p["custom_ids"]]
     if handle is None:
         await store.update_job(state, job["id"], batch_json=json.dumps(NOT_SUBMITTED))
         return None, ("The last submit was interrupted before its batch id was kept, and "
@@ -183,8 +191,11 @@ async def collect(datasette, job: dict, handle: dict, actor=None) -> dict:
     direct = job["write_mode"] == "direct" and job["phase"] == "rest"
     counts = {"done": 0, "failed": 0, "written": 0}
     to_write = []
+    rerun = set(handle.get("rerun_cancelled") or [])
     async for result in fetch_batch_results(config, handle, datasette=datasette, ref=f"enrich:{job['id']}",
                                             actor=actor):
+        if result.error_class == "cancelled" and result.custom_id in rerun:
+            continue  # never run: the row stays pending and is submitted again after this batch
         row_id = row_of(result.custom_id)
         row = await _read_row(db, job["table_name"], job["source_columns"],
                               [] if job["linked_table"] else names, row_id)
@@ -232,9 +243,9 @@ async def step(datasette, job: dict, actor=None) -> tuple[str, str]:
                f"{counts['failed']} failed, {counts['written']} written.")
     state = await state_db(datasette)
     left = len(await _pending(state, job))
-    if left:  # rows the adopted batch did not hold (a submit cut off between two parts)
+    if left:  # rows an adopted batch did not hold or run (a submit cut off between two parts)
         await store.update_job(state, job["id"], batch_json=json.dumps(NOT_SUBMITTED))
-        return "batch", f"{message} {left} row(s) were in no batch found: they are submitted next."
+        return "batch", f"{message} {left} row(s) were not run by the batch found: they are submitted next."
     final = "review" if job["phase"] == "sample" or job["write_mode"] == "review" else "done"
     return final, message
 

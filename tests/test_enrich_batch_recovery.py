@@ -290,10 +290,68 @@ def test_a_submit_cut_off_between_parts_adopts_those_made_and_submits_the_rest(t
         adopted = cli(args(config))
         assert "adopted" in adopted.output, adopted.output
         assert "6 row(s) answered, 0 failed, 6 written" in adopted.output, adopted.output
-        assert "2 row(s) were in no batch found: they are submitted next" in adopted.output
+        assert "2 row(s) were not run by the batch found: they are submitted next" in adopted.output
         rest = cli(args(config))
         assert "Submitted 2 row(s)" in rest.output, rest.output
         collected = cli(args(config))
         assert "2 row(s) answered, 0 failed, 2 written" in collected.output, collected.output
     assert creates(fake) == 3
     assert_applied_once(tmp_path, db, fake)
+
+
+def test_parts_our_submit_cancelled_keep_their_answers_and_rerun_the_rest(tmp_path, setup, monkeypatch):
+    """Anthropic, parts of 3: part 2's create answers 500 after creating it, so submit_batch
+    cancels part 1 (the mark notes it) and the error may leave part 2 running. The next run
+    adopts both: part 1's answered row and part 2's rows are kept, part 1's cancelled rows and
+    the rows of part 3 (never made) are submitted again, alone."""
+    from datasette.cli import cli as datasette_cli
+
+    from datasette_llm_core import batches
+    from datasette_llm_core.errors import ModelError
+    from datasette_llm_extract import enrich_batch
+
+    db, args = setup
+    real_submit, real_part = batches.submit_batch, batches._submit_anthropic
+    made = []
+
+    async def three_a_part(config, model, requests, **kw):
+        return await real_submit(config, model, requests, max_requests=3, **kw)
+
+    async def second_fails_after_creating(*a, **kw):
+        part = await real_part(*a, **kw)
+        made.append(part["batch_id"])
+        if len(made) == 2:
+            raise ModelError("Creating the Anthropic message batch: server error (500)", status=500,
+                             retryable=True, error_class="server_error")
+        return part
+
+    # 3 steps to finish: the retrieve submit_batch makes before cancelling part 1 does not end it
+    with FakeBatchAPI(polls_to_finish=3, answer=batch_answer) as fake, FakeOpenAIServer(handler=answer) as chat:
+        config = write_config(tmp_path, "anthropic", fake, chat)
+        monkeypatch.setattr(enrich_batch, "submit_batch", three_a_part)
+        monkeypatch.setattr(batches, "_submit_anthropic", second_fails_after_creating)
+        first = CliRunner().invoke(datasette_cli, args(config))
+        assert first.exit_code == 1 and "were cancelled" in first.output, first.output
+        monkeypatch.setattr(enrich_batch, "submit_batch", real_submit)
+        monkeypatch.setattr(batches, "_submit_anthropic", real_part)
+        mark, _ = job_state(tmp_path)
+        assert mark["cancelled"] == made[:1] and "batch_id" not in mark, mark
+        for _ in range(3):  # part 1 ends cancelled (1 of its 3 requests answered first), part 2 ends
+            fake.tick()
+        adopted = cli(args(config))
+        assert "adopted" in adopted.output, adopted.output
+        assert "4 row(s) answered, 0 failed, 4 written" in adopted.output, adopted.output
+        assert "4 row(s) were not run by the batch found: they are submitted next" in adopted.output
+        assert "Submitted 4 row(s)" in cli(args(config)).output
+        for _ in range(3):
+            fake.tick()
+        collected = cli(args(config))
+        assert "4 row(s) answered, 0 failed, 4 written" in collected.output, collected.output
+    assert creates(fake) == 3
+    _, items = job_state(tmp_path)
+    assert items == {i: ("done", 1) for i in range(1, ROWS + 1)}
+    state = sqlite3.connect(tmp_path / "state.db")
+    answered = state.execute("select count(*) from llm_calls where call_group like 'batch:%' and outcome = 'ok'"
+                             ).fetchone()[0]
+    state.close()
+    assert answered == ROWS  # no row answered (and paid) twice
