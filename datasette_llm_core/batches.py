@@ -27,8 +27,9 @@ the resolved ``api_key`` string). Nothing here needs Datasette::
   and requests the vendor returned nothing for (``error_class`` ``missing``).
   Answers to a schema are checked to be JSON objects (prose, cut off and
   refusals are errors quoting what the model said).
-- ``find_batch`` rebuilds a lost OpenAI handle from the ``submission_id``
-  written into its batches' metadata (Anthropic batches carry none).
+- ``find_batch`` rebuilds a lost handle: OpenAI from the ``submission_id``
+  written into its batches' metadata; Anthropic (no metadata) from the
+  results of the batches created since the submission began, once ended.
 - With ``datasette=`` given, each result is logged in ``llm_calls`` (kind
   ``chat``, ``call_group`` ``batch:<vendor batch id>``, cost at the batch
   price).
@@ -65,6 +66,7 @@ from .batchformat import (
 from .calllog import redact
 from .config import ModelConfig
 from .errors import ConfigError, ModelError
+from .testpoints import reached
 from .types import ChatRequest, Message
 
 __all__ = [
@@ -269,15 +271,21 @@ async def submit_batch(provider_config: dict, model: str, requests: list[BatchRe
         except BaseException as e:
             if parts:
                 await _cancel_parts(provider, client, config, parts, quiet=True)
+                cancelled = [p["batch_id"] for p in parts]
                 if isinstance(e, ModelError):
-                    raise ModelError(
+                    error = ModelError(
                         f"{e} Batch part {len(parts) + 1} of {len(ranges)} could not be submitted, so "
                         f"the {len(parts)} part(s) already submitted were cancelled: nothing of this "
                         "batch is running. Try again later.",
                         status=e.status, retryable=e.retryable, retry_after=e.retry_after,
                         error_class=e.error_class, model_id=e.model_id,
-                    ) from e
+                    )
+                    error.cancelled_batch_ids = cancelled
+                    raise error from e
+                e.cancelled_batch_ids = cancelled  # for a caller that looks the submission up later
             raise
+        # crash tests: the vendor has the batch, the caller has not stored its handle yet
+        await reached("batch-created")
     return {
         "provider": config.provider,
         "batch_id": parts[0]["batch_id"],
@@ -356,23 +364,44 @@ async def _listed(client, token: str) -> list:
     return found
 
 
-async def find_batch(provider_config: dict, model: str, submission_id: str, *, retries: int = RETRIES,
-                     backoff: float = BACKOFF, sleep: Sleep | None = None) -> dict | None:
-    """The handle of the OpenAI batch submitted with ``submission_id``, None if there is none
+#: Seconds a vendor's clock may be behind ours when ``find_batch`` compares creation times.
+CLOCK_SKEW = 300.0
+
+
+async def find_batch(provider_config: dict, model: str, submission_id: str, *,
+                     custom_ids: list[str] | None = None, created_after: float | None = None,
+                     retries: int = RETRIES, backoff: float = BACKOFF,
+                     sleep: Sleep | None = None) -> dict | None:
+    """The handle of the batch submitted with ``submission_id``, None if there is none
     (for a process that died between submitting and storing the handle).
 
-    Its ``parts`` are those found; ``parts_expected`` says how many were meant
-    (fewer were found when the process died between two parts: cancel those
-    and submit again). Anthropic batches carry no metadata to be found by:
-    ``ConfigError``.
+    OpenAI: found by the submission token in its batches' metadata. Its
+    ``parts`` are those found; ``parts_expected`` says how many were meant
+    (fewer were found when the process died between two parts).
+
+    Anthropic message batches carry no metadata, so they are found by their
+    results: give ``custom_ids`` (the submitted ids, which must carry
+    something unique to this submission, e.g. ``submission_id`` itself) and
+    ``created_after`` (epoch seconds, taken before submitting). The batches
+    created since then with no more requests than that are candidates; one
+    whose results name our ids is ours. Results can be read only once a batch
+    has ended, so while a candidate is still running this raises ``ModelError``
+    (``error_class`` ``batch_unconfirmed``, retryable): ask again later, and do
+    not submit meanwhile. The handle's ``parts`` hold the ids their results
+    named; ``missing_ids`` the submitted ids no batch found holds. Results
+    are read as answers to a schema (``plain_ids`` cannot be recovered).
     """
     config = _config(provider_config, model)
-    if config.provider != "openai":
-        raise ConfigError(
-            "Anthropic message batches cannot be found again by a submission id (they carry no "
-            "metadata): look for the batch on the Message Batches page of the Anthropic console."
-        )
     kw = dict(retries=retries, backoff=backoff, sleep=sleep)
+    if config.provider != "openai":
+        if not custom_ids or created_after is None:
+            raise ConfigError(
+                "Anthropic message batches carry no metadata: find_batch needs the submitted "
+                "custom_ids (unique to this submission) and created_after to find one by its results."
+            )
+        async with _client(config) as (provider, client):
+            return await _find_anthropic(provider, client, config, model, submission_id, custom_ids,
+                                         created_after, **kw)
     async with _client(config) as (provider, client):
         batches = await _call(provider, config, "Listing OpenAI batches",
                               lambda: _listed(client, submission_id), **kw)
@@ -398,6 +427,66 @@ async def find_batch(provider_config: dict, model: str, submission_id: str, *, r
         "structured": _structured(config), "total": sum(len(p["custom_ids"]) for p in parts),
         "submitted_at": dt.datetime.fromtimestamp(first.created_at, dt.timezone.utc).isoformat(),
         "parts": parts, "parts_expected": expected,
+    }
+
+
+async def _find_anthropic(provider, client, config, model, submission_id, custom_ids, created_after,
+                          **kw) -> dict | None:
+    ours = set(custom_ids)
+    since = created_after - CLOCK_SKEW
+
+    async def candidates() -> list:
+        found = []
+        async for batch in client.messages.batches.list(limit=100):  # most recent first
+            if batch.created_at.timestamp() < since:
+                break
+            counts = batch.request_counts
+            total = counts.processing + counts.succeeded + counts.errored + counts.canceled + counts.expired
+            if 0 < total <= len(ours):
+                found.append(batch)
+            if len(found) >= FIND_LIMIT:
+                break
+        return found
+
+    batches = await _call(provider, config, "Listing Anthropic message batches", candidates, **kw)
+    parts, running = [], []
+    for batch in reversed(batches):  # oldest first: the order the parts were created in
+        if batch.processing_status != "ended":
+            running.append(batch)
+            continue
+        ids: list[str] = []
+        lines = _result_lines(provider, client, config, batch, None, **kw)
+        try:
+            async for custom_id, _ in lines:
+                if custom_id not in ours:
+                    ids = []  # another submission's batch: one id says so
+                    break
+                if custom_id not in ids:
+                    ids.append(custom_id)
+        finally:
+            await lines.aclose()
+        if ids:
+            parts.append({"batch_id": batch.id, "input_file_id": None, "custom_ids": ids,
+                          "plain_ids": [], "created_at": batch.created_at})
+    covered = {i for p in parts for i in p["custom_ids"]}
+    if running and covered != ours:
+        listed = ", ".join(f"{b.id} (created {b.created_at.isoformat(timespec='seconds')})" for b in running[:5])
+        raise ModelError(
+            f"Message batch(es) {listed} may hold this submission's requests; Anthropic shows a batch's "
+            "request ids only in its results, once it has ended. Look again later (within 24 hours), and do "
+            "not submit these requests again meanwhile.", retryable=True, error_class="batch_unconfirmed",
+            model_id=config.id)
+    if not parts:
+        return None
+    first = parts[0].pop("created_at")
+    for part in parts[1:]:
+        part.pop("created_at")
+    return {
+        "provider": "anthropic", "batch_id": parts[0]["batch_id"], "input_file_id": None,
+        "model": _model_name(config, model), "model_id": config.id, "submission_id": submission_id,
+        "structured": _structured(config), "total": len(covered),
+        "submitted_at": first.astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
+        "parts": parts, "missing_ids": [i for i in custom_ids if i not in covered],
     }
 
 

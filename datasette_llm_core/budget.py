@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import BudgetError
-from .types import ChatRequest, ImagePart, PdfPart
+from .types import ChatRequest, ImagePart, ImageUrlPart, PdfPart, PdfUrlPart
 
 CHARS_PER_TOKEN = 4
 #: Rough allowance for one image (Anthropic ~1,600 for a 1.15 MP image, OpenAI ~800-1,100).
@@ -55,10 +55,12 @@ def estimate(request: ChatRequest, model) -> tuple[int, int, float | None]:
     input_tokens = math.ceil(request.text_length() / CHARS_PER_TOKEN) + 8 * len(request.messages)
     for message in request.messages:
         for part in message.parts:
-            if isinstance(part, ImagePart):
+            if isinstance(part, (ImagePart, ImageUrlPart)):
                 input_tokens += TOKENS_PER_IMAGE
             elif isinstance(part, PdfPart):
                 input_tokens += TOKENS_PER_PDF_PAGE * pdf_pages(part.data)
+            elif isinstance(part, PdfUrlPart):  # never fetched here: counted as one page
+                input_tokens += TOKENS_PER_PDF_PAGE
     if request.json_schema is not None:
         input_tokens += text_tokens(str(request.json_schema))
     output_guess = min(request.max_tokens, max(MIN_OUTPUT_GUESS, input_tokens))

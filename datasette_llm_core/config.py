@@ -64,6 +64,13 @@ class ModelConfig(BaseModel):
         None, description="OpenAI-format models: which parameter carries max_tokens"
     )
     batch_size: int | None = Field(None, ge=1, le=2048, description="Embedding models: texts per call")
+    accepts_urls: bool | None = Field(
+        None,
+        description="Images and PDFs given by https URL are sent as URL parts for the provider to "
+        "fetch (the suite never fetches them): default true for openai (images only: Chat "
+        "Completions takes no PDF URL) and anthropic without base_url, false otherwise; set "
+        "true for a server at base_url that fetches URLs itself",
+    )
     structured_output: Literal["tool", "native"] | None = Field(
         None,
         description="Anthropic: a forced output-only tool (default, every model) or the "

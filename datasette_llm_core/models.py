@@ -22,6 +22,8 @@ CAPABILITY_LABELS = {
     "images": "image input",
     "pdfs": "PDF input",
     "streaming": "streaming",
+    "image_urls": "image URLs (fetched by the model's provider: accepts_urls)",
+    "pdf_urls": "PDF URLs (fetched by the model's provider: accepts_urls)",
 }
 
 
@@ -38,6 +40,9 @@ class ChatModel:
     supports_schema: ClassVar[bool] | bool = True
     supports_images: ClassVar[bool] | bool = False
     supports_pdfs: ClassVar[bool] | bool = False
+    #: Images / PDFs given by ``https://`` URL, fetched by the provider (the suite never fetches).
+    accepts_image_urls: ClassVar[bool] | bool = False
+    accepts_pdf_urls: ClassVar[bool] | bool = False
     #: USD per million input / output tokens, for estimates; None if unknown.
     input_cost_per_mtok: float | None = None
     output_cost_per_mtok: float | None = None
@@ -60,6 +65,10 @@ class ChatModel:
             caps.add("images")
         if self.supports_pdfs:
             caps.add("pdfs")
+        if self.supports_images and self.accepts_image_urls:
+            caps.add("image_urls")
+        if self.supports_pdfs and self.accepts_pdf_urls:
+            caps.add("pdf_urls")
         return caps
 
     def check(self, request: ChatRequest) -> None:

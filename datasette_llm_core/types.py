@@ -27,7 +27,37 @@ class PdfPart:
     filename: str = "document.pdf"
 
 
-Part = Union[TextPart, ImagePart, PdfPart]
+def _shown_url(url: str) -> str:
+    from .calllog import redact_url
+
+    return redact_url(url) or ""
+
+
+@dataclass(repr=False)
+class ImageUrlPart:
+    """An image the model's provider fetches itself (an ``https://`` URL): the suite never
+    fetches it. Sent only to a model that accepts URLs (``accepts_image_urls``)."""
+
+    url: str
+
+    def __repr__(self) -> str:  # never a URL's credentials in a log or traceback
+        return f"ImageUrlPart({_shown_url(self.url)!r})"
+
+
+@dataclass(repr=False)
+class PdfUrlPart:
+    """A PDF the model's provider fetches itself (``accepts_pdf_urls``)."""
+
+    url: str
+    filename: str = "document.pdf"
+
+    def __repr__(self) -> str:
+        return f"PdfUrlPart({_shown_url(self.url)!r})"
+
+
+Part = Union[TextPart, ImagePart, PdfPart, ImageUrlPart, PdfUrlPart]
+#: Parts that are not text: files, sent as data or by URL.
+FILE_PARTS = (ImagePart, PdfPart, ImageUrlPart, PdfUrlPart)
 
 
 @dataclass
@@ -72,6 +102,10 @@ class ChatRequest:
                     needed.add("images")
                 elif isinstance(part, PdfPart):
                     needed.add("pdfs")
+                elif isinstance(part, ImageUrlPart):
+                    needed |= {"images", "image_urls"}
+                elif isinstance(part, PdfUrlPart):
+                    needed |= {"pdfs", "pdf_urls"}
         return needed
 
     def text_length(self) -> int:

@@ -69,10 +69,51 @@ def check_columns(table_columns: list[str], source: list[str], spec: TableSpec, 
             )
 
 
-def row_files(row: dict, source: list[str]) -> list:
-    """Images and PDFs stored as blobs in the source columns, as model input parts
-    (sent natively: the model must read images / PDFs; the suite never fetches URLs)."""
-    from datasette_llm_core.types import ImagePart, PdfPart
+#: How a URL's path must end to be sent as an image or a PDF by URL (query and fragment aside).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+PDF_SUFFIXES = (".pdf",)
+#: What a column marked as holding file URLs holds (``url_columns``).
+URL_KINDS = ("image", "pdf")
+
+
+def file_url_kind(value, marked: str | None = None) -> str | None:
+    """``"image"`` or ``"pdf"`` when the cell ``value`` is one ``https://`` URL to send by URL
+    (the provider fetches it, the suite never does), else None (the cell stays text).
+
+    The kind comes from the column's mark (``url_columns``), else from how the URL's
+    path ends. Only https: the vendors fetch public https URLs, and a plain-http
+    address can be changed in transit between the host and the vendor."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text.lower().startswith("https://") or any(c.isspace() for c in text) or len(text) > 2048:
+        return None
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    if marked in URL_KINDS:
+        return marked
+    path = parts.path.lower()
+    if path.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if path.endswith(PDF_SUFFIXES):
+        return "pdf"
+    return None
+
+
+def row_files(row: dict, source: list[str], url_columns: dict | None = None) -> list:
+    """Images and PDFs in the source columns, as model input parts: blobs sent as data,
+    ``https://`` URLs of images and PDFs (or any https URL in a column marked in
+    ``url_columns``) sent as URL parts for the provider to fetch (the suite never fetches
+    a URL). The model must read images / PDFs (by URL: ``accepts_urls``)."""
+    from urllib.parse import unquote, urlsplit
+
+    from datasette_llm_core.types import ImagePart, ImageUrlPart, PdfPart, PdfUrlPart
 
     from .documents import sniff
 
@@ -85,18 +126,32 @@ def row_files(row: dict, source: list[str]) -> list:
                 out.append(ImagePart(value, kind))
             elif kind == "application/pdf":
                 out.append(PdfPart(value, f"{name}.pdf"))
+        elif (kind := file_url_kind(value, (url_columns or {}).get(name))) is not None:
+            url = value.strip()
+            if kind == "image":
+                out.append(ImageUrlPart(url))
+            else:
+                filename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])[:100] or f"{name}.pdf"
+                out.append(PdfUrlPart(url, filename))
     return out
 
 
-def row_document(row: dict, source: list[str]) -> str:
+def row_document(row: dict, source: list[str], url_columns: dict | None = None) -> str:
     """The text the model reads for one row: each source column labelled (an image or PDF
-    blob is named here and attached, see ``row_files``)."""
+    blob, or a URL sent by URL, is named here and attached, see ``row_files``)."""
+    from datasette_llm_core.calllog import redact_url
+
     from .documents import sniff
 
     parts = []
     for name in source:
         value = row.get(name)
         if value is None:
+            continue
+        kind = file_url_kind(value, (url_columns or {}).get(name))
+        if kind is not None:
+            # the model gets the URL itself as a part; here it is named without credentials
+            parts.append(f"[{name}]\n(attached {kind} from {redact_url(value.strip())})")
             continue
         if isinstance(value, bytes):
             kind = sniff(value)

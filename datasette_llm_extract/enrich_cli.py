@@ -42,8 +42,21 @@ def _spec(ds, schema: str | None, template: str | None) -> tuple[dict, str, str]
     raise click.ClickException(f"No template named {template!r} (templates: {names}).")
 
 
+def _url_columns(values) -> dict | None:
+    """``--url-column scan:image`` (or ``filing:pdf``) as {column: kind}."""
+    from .enrich import URL_KINDS
+
+    out = {}
+    for value in values or ():
+        name, _, kind = value.rpartition(":")
+        if not name or kind not in URL_KINDS:
+            raise click.BadParameter(f"{value!r}: give COLUMN:image or COLUMN:pdf.", param_hint="--url-column")
+        out[name] = kind
+    return out or None
+
+
 async def _enrich(db_path, table, source, where, template, schema, instructions, model, config, limit,
-                  since_last, max_cost, estimate_only, batch) -> dict:
+                  since_last, max_cost, estimate_only, batch, url_columns=None) -> dict:
     from datasette.database import Database
 
     from datasette_llm_core.state import state_db
@@ -61,7 +74,7 @@ async def _enrich(db_path, table, source, where, template, schema, instructions,
                           instructions=instructions or template_instructions, model_id=model,
                           selection={"where": where} if where else {}, row_limit=limit, sample_size=0,
                           write_mode="direct", max_cost=max_cost, template=key, since_last=since_last,
-                          batch=batch)
+                          batch=batch, url_columns=url_columns)
     if estimate_only:
         return {"estimate": await jobs.estimate(ds, req)}
     state = await state_db(ds)
@@ -115,8 +128,11 @@ def register(group) -> None:
     @click.option("--batch", is_flag=True,
                   help="Send the rows through the provider's batch API (OpenAI, Anthropic): half the price, "
                   "results within 24 h; run the command again to collect them")
+    @click.option("--url-column", "url_column", multiple=True, metavar="COLUMN:image|pdf",
+                  help="A source column whose https URLs are images or PDFs, sent by URL for the model's "
+                  "provider to fetch (URLs ending .jpg/.png/.gif/.webp/.pdf are sent so anyway)")
     def enrich_command(database, table, source, where, template, schema, instructions, model, config, limit,
-                       since_last, max_cost, estimate_only, batch):
+                       since_last, max_cost, estimate_only, batch, url_column):
         """Fill new columns of TABLE's rows in DATABASE: the model reads the --source columns of each row.
 
         Resumable: run the same command again after an interruption and it goes on
@@ -127,7 +143,8 @@ def register(group) -> None:
 
         try:
             out = asyncio.run(_enrich(database, table, source, where, template, schema, instructions, model,
-                                      config, limit, since_last, max_cost, estimate_only, batch))
+                                      config, limit, since_last, max_cost, estimate_only, batch,
+                                      _url_columns(url_column)))
         except JobError as e:
             raise click.ClickException(str(e)) from None
         except LLMSuiteError as e:

@@ -33,6 +33,7 @@ from . import enrich_store as store
 from .engine import IMAGE_TOKENS, PDF_PAGE_TOKENS
 from .enrich import (
     ENRICH_PROMPT_VERSION,
+    URL_KINDS,
     EnrichError,
     check_columns,
     enrich_row,
@@ -151,6 +152,9 @@ class JobRequest:
     since_last: bool = False
     #: Send the rows through the provider's batch API (enrich_batch) instead of one call each.
     batch: bool = False
+    #: Source columns whose https URLs are files to send by URL: {column: "image" | "pdf"}
+    #: (URLs whose path ends like an image or a PDF are sent so without it).
+    url_columns: dict | None = None
 
 
 async def prepare(datasette, req: JobRequest) -> dict:
@@ -182,6 +186,12 @@ async def prepare(datasette, req: JobRequest) -> dict:
         check_columns(columns, list(req.source_columns or []), spec, linked=bool(linked), refillable=earlier)
     except EnrichError as e:
         raise JobError(str(e)) from None
+    if req.url_columns is not None and not isinstance(req.url_columns, dict):
+        raise JobError('url_columns is an object: {"column": "image" or "pdf"}.')
+    for name, kind in (req.url_columns or {}).items():
+        if name not in (req.source_columns or []) or kind not in URL_KINDS:
+            raise JobError(f"url_columns marks {name!r} as {kind!r}: mark source columns only, as "
+                           f"{' or '.join(URL_KINDS)}.")
     if req.write_mode not in ("review", "direct"):
         raise JobError("write_mode is review or direct.")
     if req.sample_size < 0 or (req.row_limit is not None and req.row_limit < 1):
@@ -209,15 +219,28 @@ async def _check_files(db, req: JobRequest, model, rows: list) -> None:
     kinds = set()
     for rowid, _ in rows:
         row = await _read_row(db, req.table, req.source_columns, [], rowid)
-        kinds |= {type(f).__name__ for f in row_files(row or {}, req.source_columns)}
+        kinds |= {type(f).__name__ for f in row_files(row or {}, req.source_columns, req.url_columns)}
     if "ImagePart" in kinds and not model.supports_images:
         raise JobError(f"The source columns hold images and model {model.model_id!r} cannot read images: "
                        "pick a model with image input, or other source columns.")
     if "PdfPart" in kinds and not model.supports_pdfs:
         raise JobError(f"The source columns hold PDFs and model {model.model_id!r} cannot read PDFs: "
                        "pick a model that reads PDFs, or other source columns.")
+    never = "The suite never fetches a URL itself: the model's provider must."
+    if "ImageUrlPart" in kinds and "image_urls" not in model.capabilities():
+        raise JobError(f"The source columns hold image URLs and model {model.model_id!r} cannot read URL "
+                       f"columns. {never} Pick a model that reads images by URL (OpenAI, Anthropic; a server "
+                       "that fetches them itself: accepts_urls: true in its model config), or leave those "
+                       "columns out of the sources.")
+    if "PdfUrlPart" in kinds and "pdf_urls" not in model.capabilities():
+        why = (" (OpenAI's Chat Completions takes PDFs as file data, not by URL)"
+               if model.provider == "openai" else "")
+        raise JobError(f"The source columns hold PDF URLs and model {model.model_id!r} cannot read PDF URL "
+                       f"columns{why}. {never} Pick a model that reads PDFs by URL (Anthropic), or leave "
+                       "those columns out of the sources.")
     if kinds and req.batch:
-        raise JobError("Batch mode sends text only: run rows with images or PDFs without --batch.")
+        raise JobError("Batch mode sends text only: run rows with images or PDFs (or their URLs) "
+                       "without --batch.")
 
 
 async def estimate(datasette, req: JobRequest) -> dict:
@@ -229,11 +252,14 @@ async def estimate(datasette, req: JobRequest) -> dict:
     files_seen = []
     for rowid, _ in sample:
         row = await _read_row(parts["db"], req.table, req.source_columns, [], rowid)
-        docs.append(row_document(row or {}, req.source_columns))
-        files_seen += row_files(row or {}, req.source_columns)
+        docs.append(row_document(row or {}, req.source_columns, req.url_columns))
+        files_seen += row_files(row or {}, req.source_columns, req.url_columns)
     est = estimate_rows(parts["spec"], req.instructions, docs, linked=bool(parts["linked"]))
-    est["input_tokens"] += sum(IMAGE_TOKENS for f in files_seen if type(f).__name__ == "ImagePart")
-    est["input_tokens"] += sum(PDF_PAGE_TOKENS for f in files_seen if type(f).__name__ == "PdfPart")
+    # a URL's file is not fetched to count it: an image by URL as an image, a PDF by URL as one page
+    est["input_tokens"] += sum(IMAGE_TOKENS for f in files_seen
+                               if type(f).__name__ in ("ImagePart", "ImageUrlPart"))
+    est["input_tokens"] += sum(PDF_PAGE_TOKENS for f in files_seen
+                               if type(f).__name__ in ("PdfPart", "PdfUrlPart"))
     scale = len(rows) / len(sample) if sample else 0
     input_tokens, output_tokens = int(est["input_tokens"] * scale), int(est["output_tokens"] * scale)
     cost = parts["model"].estimate_cost(input_tokens, output_tokens)
@@ -265,6 +291,7 @@ async def create(datasette, actor, req: JobRequest, *, start: bool = True) -> st
         "sample_size": sample, "max_cost": parts["max_cost"],
         "high_water": max(r for r, _ in parts["rows"]),
         "batch_json": "{}" if req.batch else None,
+        "url_columns_json": json.dumps(req.url_columns) if req.url_columns else None,
     }, items)
     if start:
         await start_job(datasette, job_id, actor, from_status={"pending"})
@@ -374,10 +401,12 @@ async def run(datasette, job_id: str, actor: dict | None = None, handle: JobHand
                                           input_tokens=0, output_tokens=0, cost=None, previous=None)
                 continue
             previous = None if job["linked_table"] else {n: row.get(n) for n in names}
-            result = await enrich_row(gateway, spec, job["instructions"], row_document(row, job["source_columns"]),
+            urls = job.get("url_columns")
+            result = await enrich_row(gateway, spec, job["instructions"],
+                                      row_document(row, job["source_columns"], urls),
                                       model_id=job["model_id"], linked=bool(job["linked_table"]), actor=actor,
                                       ref=f"enrich:{job_id}", budget=budget,
-                                      files=row_files(row, job["source_columns"]))
+                                      files=row_files(row, job["source_columns"], urls))
             if result.error and "budget" in result.error.lower() and "exceeded" in result.error.lower():
                 over_budget = True  # not this row's fault: it stays pending for a resume with more budget
                 continue
@@ -565,8 +594,11 @@ async def resume(datasette, actor, job: dict, *, max_cost: float | None = None) 
     state = await state_db(datasette)
     if max_cost is not None:
         await store.update_job(state, job["id"], max_cost=max_cost)
-    if job["batch"] and "submitting" in job["batch"] and "batch_id" not in job["batch"]:
-        await store.update_job(state, job["id"], batch_json="{}")  # the journalist checked: submit again
+    mark = job["batch"]
+    if mark and "submitting" in mark and "batch_id" not in mark and not mark.get("submission_id"):
+        # a mark from before submissions carried an id: the journalist checked by hand, submit again
+        # (a mark with one stays: the next step looks the batch up by it)
+        await store.update_job(state, job["id"], batch_json="{}")
     if not await start_job(datasette, job["id"], actor, from_status=store.RESUMABLE):
         raise JobError("The job is already running.", 409)
 

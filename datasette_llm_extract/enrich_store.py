@@ -97,7 +97,15 @@ create table if not exists llm_enrich_items (
     )
 
 
-register_migrations("enrich", [("0001_enrich", _m0001_enrich)])
+def _m0002_url_columns(conn: sqlite3.Connection) -> None:
+    columns = {r[1] for r in conn.execute("pragma table_info(llm_enrich_jobs)")}
+    if "url_columns_json" not in columns:
+        # a block comment: a "--" one would swallow the ")" SQLite appends after the column
+        conn.execute("alter table llm_enrich_jobs add column url_columns_json text /* JSON object: source "
+                     "column -> image | pdf, its https URLs sent as files by URL (null: none marked) */")
+
+
+register_migrations("enrich", [("0001_enrich", _m0001_enrich), ("0002_url_columns", _m0002_url_columns)])
 
 
 def new_job_id() -> str:
@@ -105,7 +113,7 @@ def new_job_id() -> str:
 
 
 _JSON_FIELDS = {"source_columns_json": "source_columns", "schema_json": "schema",
-                "selection_json": "selection", "batch_json": "batch"}
+                "selection_json": "selection", "batch_json": "batch", "url_columns_json": "url_columns"}
 
 
 def _job(row) -> dict:

@@ -367,6 +367,7 @@ async def api_create(datasette, request):
             row_limit=data.get("row_limit"), sample_size=int(data.get("sample_size", 20)),
             write_mode=data.get("write_mode") or "review", max_cost=data.get("max_cost"),
             linked_table=data.get("linked_table"), template=data.get("template"), batch=bool(data.get("batch")),
+            url_columns=data.get("url_columns") or None,
         )
         if data.get("estimate_only"):
             return Response.json({"ok": True, **await jobs.estimate(datasette, req)})

@@ -8,7 +8,8 @@ One object serves both vendors' endpoints, shaped as they document them:
   ``POST /v1/batches/{id}/cancel``. Statuses validating -> in_progress ->
   finalizing -> completed (or failed, expired, cancelling -> cancelled);
   ``request_counts``; output and error files with one line per request.
-- Anthropic: ``POST /v1/messages/batches``, ``GET
+- Anthropic: ``POST /v1/messages/batches``, ``GET /v1/messages/batches``
+  (list, most recent first, ``limit`` and ``after_id``), ``GET
   /v1/messages/batches/{id}``, ``POST /v1/messages/batches/{id}/cancel``,
   ``GET /v1/messages/batches/{id}/results`` (JSONL at ``results_url``);
   ``processing_status`` in_progress -> (canceling ->) ended; result types
@@ -112,6 +113,14 @@ class FakeBatchAPI:
                   times: int = 1, after: bool = False, truncate: bool = False) -> None:
         for _ in range(times):
             self.faults.append(Fault(method, path, status, retry_after, after, truncate))
+
+    def tick(self) -> None:
+        """Time passes at the vendor: every batch advances one step, as a retrieve would."""
+        with self._lock:
+            for batch in self.openai.values():
+                self._openai_advance(batch)
+            for batch in self.anthropic.values():
+                self._anthropic_advance(batch)
 
     def calls(self, method: str, path_regex: str) -> int:
         return sum(1 for m, p, _ in self.log if m == method and re.fullmatch(path_regex, p))
@@ -228,6 +237,8 @@ class FakeBatchAPI:
                 return self._json(self._openai_object(batch))
         if method == "POST" and path == "/v1/messages/batches":
             return self._anthropic_create(body, headers)
+        if method == "GET" and path == "/v1/messages/batches":
+            return self._anthropic_list(query, headers)
         if (g := m(r"/v1/messages/batches/([^/]+)(/cancel|/results)?", path)):
             batch = self.anthropic.get(g[1])
             if batch is None:
@@ -461,6 +472,23 @@ class FakeBatchAPI:
         self.next_batch_fate = None
         self.anthropic[batch["id"]] = batch
         return self._json(self._anthropic_object(batch, headers))
+
+    def _anthropic_list(self, query: str, headers: dict):
+        """Most recent first, ``limit`` 1-1000 (default 20), ``after_id`` pages to older batches."""
+        from urllib.parse import parse_qs
+
+        params = {k: v[0] for k, v in parse_qs(query).items()}
+        limit = int(params.get("limit", 20))
+        if not 1 <= limit <= 1000:
+            return self._error(400, "limit: Input should be between 1 and 1000", True)
+        ids = list(reversed(self.anthropic))
+        if params.get("after_id") in self.anthropic:
+            ids = ids[ids.index(params["after_id"]) + 1:]
+        elif params.get("before_id") in self.anthropic:
+            ids = ids[:ids.index(params["before_id"])][-limit:]
+        page = [self._anthropic_object(self.anthropic[i], headers) for i in ids[:limit]]
+        return self._json({"data": page, "has_more": len(ids) > limit,
+                           "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None})
 
     def _anthropic_advance(self, batch: dict) -> None:
         if batch["status"] == "ended":

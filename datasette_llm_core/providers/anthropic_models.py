@@ -31,7 +31,9 @@ from ..types import (
     ChatRequest,
     ChatResponse,
     ImagePart,
+    ImageUrlPart,
     PdfPart,
+    PdfUrlPart,
     StreamEnd,
     StreamEvent,
     TextDelta,
@@ -114,6 +116,11 @@ def to_anthropic_messages(request: ChatRequest) -> list[dict]:
                         "source": {"type": "base64", "media_type": part.media_type, "data": _b64(part.data)},
                     }
                 )
+            elif isinstance(part, ImageUrlPart):
+                blocks.append({"type": "image", "source": {"type": "url", "url": part.url}})
+            elif isinstance(part, PdfUrlPart):
+                blocks.append({"type": "document", "source": {"type": "url", "url": part.url},
+                               "title": part.filename})
             elif isinstance(part, PdfPart):
                 blocks.append(
                     {
@@ -150,6 +157,7 @@ class AnthropicChatModel(ChatModel):
         context_tokens: int | None = None,
         timeout: float | None = None,
         structured_output: str | None = None,
+        accepts_urls: bool | None = None,
     ) -> None:
         self.model_id = model_id
         #: "tool" (forced output-only tool) or "native" (output_config json_schema).
@@ -163,6 +171,10 @@ class AnthropicChatModel(ChatModel):
             self.supports_schema = "schema" in supports
             self.supports_images = "images" in supports
             self.supports_pdfs = "pdfs" in supports
+        # Anthropic fetches image and PDF URLs itself (``source: {type: url}``); another server
+        # at base_url (llama.cpp's /v1/messages) only when its config says so.
+        vendor = not connection.base_url
+        self.accepts_image_urls = self.accepts_pdf_urls = vendor if accepts_urls is None else accepts_urls
         self.input_cost_per_mtok = input_cost_per_mtok
         self.output_cost_per_mtok = output_cost_per_mtok
         if context_tokens:

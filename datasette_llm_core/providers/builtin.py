@@ -168,9 +168,11 @@ def build_chat_model(config: ModelConfig, environ=None, default_timeout: float |
         timeout=config.timeout,
     )
     if config.provider == "anthropic":
-        model = AnthropicChatModel(config.id, structured_output=config.structured_output, **common)
+        model = AnthropicChatModel(config.id, structured_output=config.structured_output,
+                                   accepts_urls=config.accepts_urls, **common)
     else:
-        model = OpenAIChatModel(config.id, max_tokens_param=config.max_tokens_param, **common)
+        model = OpenAIChatModel(config.id, max_tokens_param=config.max_tokens_param,
+                                accepts_urls=config.accepts_urls, **common)
     model.max_output_tokens = config.max_output_tokens
     model.concurrency = config.concurrency
     model.first_byte_timeout = config.first_byte_timeout

@@ -7,7 +7,9 @@ at ``base_url``, key optional).
 
 Structured output uses ``response_format: json_schema`` (strict when the
 schema allows it), streams ask for ``stream_options.include_usage``, images
-go as data URLs and PDFs as base64 ``file`` parts.
+go as data URLs and PDFs as base64 ``file`` parts; an image URL goes as an
+``image_url`` part with that URL (OpenAI fetches it; Chat Completions takes no
+PDF by URL, so PDF URLs are refused before sending).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from typing import Any, AsyncIterator
 from ..errors import OutputError
 from ..models import ChatModel
 from ..types import (
+    FILE_PARTS,
     ChatRequest,
     ChatResponse,
     ImagePart,
+    ImageUrlPart,
     PdfPart,
+    PdfUrlPart,
     StreamEnd,
     StreamEvent,
     TextDelta,
@@ -98,9 +103,7 @@ def to_openai_messages(request: ChatRequest) -> list[dict]:
     if request.system:
         messages.append({"role": "system", "content": request.system})
     for message in request.messages:
-        if message.role == "assistant" or all(
-            not isinstance(p, (ImagePart, PdfPart)) for p in message.parts
-        ):
+        if message.role == "assistant" or all(not isinstance(p, FILE_PARTS) for p in message.parts):
             # Parts are separate paragraphs (task, document, reply format): a
             # blank line between them, never glued ("...it.Document to...").
             text = "\n\n".join(t for t in (getattr(p, "text", "") for p in message.parts) if t)
@@ -115,6 +118,10 @@ def to_openai_messages(request: ChatRequest) -> list[dict]:
                         "image_url": {"url": f"data:{part.media_type};base64,{_b64(part.data)}"},
                     }
                 )
+            elif isinstance(part, ImageUrlPart):
+                content.append({"type": "image_url", "image_url": {"url": part.url}})
+            elif isinstance(part, PdfUrlPart):
+                raise ValueError("The Chat Completions format takes PDFs as file data only, not by URL.")
             elif isinstance(part, PdfPart):
                 content.append(
                     {
@@ -147,6 +154,7 @@ class OpenAIChatModel(ChatModel):
         context_tokens: int | None = None,
         timeout: float | None = None,
         max_tokens_param: str | None = None,
+        accepts_urls: bool | None = None,
     ) -> None:
         self.model_id = model_id
         self.connection = connection
@@ -158,6 +166,10 @@ class OpenAIChatModel(ChatModel):
         self.supports_schema = "schema" in caps
         self.supports_images = "images" in caps
         self.supports_pdfs = "pdfs" in caps
+        # OpenAI fetches image URLs itself; another server at base_url only when its config says so.
+        vendor = connection.name == "openai" and not connection.base_url
+        self.accepts_image_urls = vendor if accepts_urls is None else accepts_urls
+        self.accepts_pdf_urls = False  # Chat Completions: PDFs as file data only
         self.input_cost_per_mtok = input_cost_per_mtok
         self.output_cost_per_mtok = output_cost_per_mtok
         if context_tokens:
