@@ -33,7 +33,7 @@ from .types import ChatRequest, Message
 PAGE = "/-/llm-models"
 TEST_PROMPT = "Reply with the single word OK."
 TEST_PROMPT_VERSION = "model-test-1"
-CAPABILITY_ORDER = ("streaming", "schema", "images", "pdfs")
+CAPABILITY_ORDER = ("streaming", "schema", "images", "pdfs", "image_urls", "pdf_urls")
 
 
 @dataclass

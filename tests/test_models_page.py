@@ -49,6 +49,9 @@ def make_ds(fake_server, **extra) -> Datasette:
              "supports": ["streaming", "schema"]},
             {"id": "gemini-flash", "provider": "llm", "model": "scripted-sync"},
             {"id": "keyless", "provider": "llm", "model": "scripted-async"},
+            {"id": "vision", "provider": "openai-compatible", "model": "fake-vision",
+             "base_url": fake_server.base_url, "api_key_env": "MODELS_PAGE_KEY",
+             "supports": ["images"], "accepts_urls": True},
         ],
         "defaults": {"answer": "house"},
         "fallback": {"answer": ["gemini-flash", "ghost"]},
@@ -99,6 +102,9 @@ async def test_page_lists_sources_capabilities_prices_and_chains(ds):
     # every row has its own Test form, asking for the right kind of call
     assert 'name="kind" value="chat"' in rows["house"] and 'name="model_id" value="house"' in rows["house"]
     assert 'name="kind" value="embed"' in rows["hash-embed"]
+    # whether the provider fetches image / PDF URLs for the model (enrichment's URL columns)
+    assert 'llm-core-yes">image URLs' in rows["vision"] and 'llm-core-no">PDF URLs' in rows["vision"]
+    assert 'llm-core-no">image URLs' in rows["house"]
     # the fallback chain, with the unregistered model flagged
     assert "gemini-flash &rarr; ghost <span class=\"llm-core-unavailable\">(not registered)" in html
     assert FAKE_KEY not in html
