@@ -64,6 +64,13 @@ class RerankSettings:
     min_relevance: float = DEFAULT_MIN_RELEVANCE
     vector_weight: float = DEFAULT_VECTOR_WEIGHT
 
+    @property
+    def reranker_chars(self) -> int:
+        """Characters of a row offered to the cross-encoder: more than its word
+        pieces can hold (about 4-5 characters each), so the budget, not the
+        character cut, decides how much it reads."""
+        return max(self.passage_chars, 5 * self.max_tokens)
+
 
 def combined_logit(logit: float, cosine: float | None, weight: float) -> float:
     """The cross-encoder's logit plus ``weight`` x (cosine - ``VECTOR_CENTER``).
@@ -136,6 +143,20 @@ def best_passage(question: str, text: str, chars: int = PASSAGE_CHARS) -> str:
     return text[start:end].strip()
 
 
+def reranker_passage(question: str, text: str, title: str | None, chars: int = PASSAGE_CHARS) -> str:
+    """What the cross-encoder reads for one row: ``best_passage``, with the
+    row's title line kept in front when the text starts with it (a SciFact
+    abstract's title, a lawsuit's case name): the title is often the densest
+    statement of what the row is about, and the best passage of a long text
+    seldom includes it."""
+    text = text or ""
+    title = (title or "").strip()
+    if not title or len(text) <= chars or not text.startswith(title):
+        return best_passage(question, text, chars)
+    body = text[len(title):].lstrip(" \n.:-")
+    return title + "\n" + best_passage(question, body, chars)
+
+
 def _words_of(question: str) -> list[str]:
     return [w.lower() for w in re.findall(r"\w{3,}", question)]
 
@@ -152,6 +173,7 @@ def rerank(
     settings: RerankSettings = RerankSettings(),
     *,
     text_of: Callable[[Any], str] = lambda h: h.text,
+    title_of: Callable[[Any], str | None] = lambda h: getattr(h, "title", None),
     cosine_of: Callable[[Any], float | None] = lambda h: getattr(h, "vector_score", None),
 ) -> list[tuple[Any, float | None, str]]:
     """``(hit, calibrated score or None, passage)`` with the top ``depth`` hits
@@ -161,7 +183,8 @@ def rerank(
     head = list(hits[: max(0, settings.depth)])
     tail = list(hits[max(0, settings.depth):])
     passages = [best_passage(question, text_of(h), settings.passage_chars) for h in hits]
-    logits = list(score(question, passages[: len(head)])) if head else []
+    read = [reranker_passage(question, text_of(h), title_of(h), settings.reranker_chars) for h in head]
+    logits = list(score(question, read)) if head else []
     logits = [combined_logit(x, cosine_of(h), settings.vector_weight) for x, h in zip(logits, head)]
     order = sorted(range(len(head)), key=lambda i: -logits[i])
     out = [(head[i], calibrated(logits[i]), passages[i]) for i in order]

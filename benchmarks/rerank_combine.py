@@ -1,0 +1,107 @@
+"""Orders built from cached cross-encoder scores (rerank_cache_scifact.py report).
+
+A combination is (first-stage fusion, depth reranked, cosine weight, full-text
+weight): the top ``depth`` of the fused order are sorted by
+
+    logit + cos_w * (cosine - 0.5) + fts_w / (5 + full-text rank)
+
+(rows the full-text search did not find get no full-text term), the rest keep
+their fused order. ``cos_w`` is rerank.py's vector weight; ``fts_w`` adds the
+keyword evidence the fusion had. Every combination is tuned on the
+even-numbered judged claims and scored on the odd-numbered ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+from datasette_llm_rag.evaluate import ndcg_at, read_qrels
+
+DEPTHS = (6, 8, 10, 12)
+COS_WEIGHTS = (0, 5, 10, 20, 30, 40, 60, 80)
+FTS_WEIGHTS = (0, 5, 20)
+HYB_WEIGHTS = (0, 10, 30, 60)
+
+
+def order(claim: dict, logits: dict, fusion: str, depth: int, cos_w: float, fts_w: float,
+          hyb_w: float = 0.0) -> list[str] | None:
+    first = claim["orders"][fusion]
+    place = {d: i for i, d in enumerate(first[:depth])}
+    head = first[:depth]
+    if any(d not in logits for d in head):
+        return None
+
+    def key(doc: str) -> float:
+        cos = claim["cos"].get(doc)
+        rank = claim["fts"].get(doc)
+        value = logits[doc] + cos_w * ((cos if cos is not None else 0.5) - 0.5)
+        if fts_w and rank:
+            value += fts_w / (5 + rank)
+        if hyb_w:
+            value += hyb_w / (5 + place[doc] + 1)
+        return value
+
+    return sorted(head, key=lambda d: -key(d)) + first[depth:]
+
+
+def combined_variant(cache: dict, name: str) -> dict:
+    """``max:a+b`` or ``mean:a+b``: one logit per pair from two cached variants
+    (the passage read two ways)."""
+    how, _, parts = name.partition(":")
+    if how not in ("max", "mean") or "+" not in parts:
+        return {}
+    a, b = (cache["scores"].get(p, {}) for p in parts.split("+", 1))
+    out = {}
+    for q in set(a) & set(b):
+        docs = set(a[q]) & set(b[q])
+        out[q] = {d: (max(a[q][d], b[q][d]) if how == "max" else (a[q][d] + b[q][d]) / 2) for d in docs}
+    return out
+
+
+def mean_ndcg(cache, qrels, qids, make) -> tuple[float, int]:
+    values = []
+    for qid in qids:
+        ranked = make(qid)
+        if ranked is None:
+            return float("nan"), 0
+        values.append(ndcg_at(ranked, qrels[qid]))
+    return (sum(values) / len(values) if values else float("nan")), len(values)
+
+
+def report(args, cache: dict) -> None:
+    qrels, _info = read_qrels(os.path.join(args.data, "qrels_train.tsv"))
+    index_of = {q: i for i, q in enumerate(qrels)}
+    variants = args.variants.split(",") if args.variants else sorted(cache["scores"])
+    for variant in variants:
+        scored = cache["scores"].get(variant) or combined_variant(cache, variant)
+        qids = [q for q in qrels if q in scored and q in cache["claims"] and scored[q]]
+        tune = [q for q in qids if index_of[q] % 2 == 0]
+        held = [q for q in qids if index_of[q] % 2 == 1]
+        print(f"\n## {variant}: {len(qids)} claims scored ({len(tune)} tuning, {len(held)} held out)")
+
+        for fusion in ("shipped", "bge"):
+            def hybrid(q, f=fusion):
+                return cache["claims"][q]["orders"][f]
+
+            parts = [mean_ndcg(cache, qrels, s, hybrid) for s in (tune, held, qids)]
+            print(f"hybrid {fusion}: tune {parts[0][0]:.4f}  held-out {parts[1][0]:.4f}  all {parts[2][0]:.4f}")
+        results = []
+        grid = itertools.product(("shipped", "bge"), DEPTHS, COS_WEIGHTS, FTS_WEIGHTS, HYB_WEIGHTS)
+        for fusion, depth, cos_w, fts_w, hyb_w in grid:
+            def make(q, f=fusion, d=depth, c=cos_w, t=fts_w, h=hyb_w, s=scored):
+                return order(cache["claims"][q], s[q], f, d, c, t, h)
+            t = mean_ndcg(cache, qrels, tune, make)
+            if not t[1]:
+                continue
+            results.append((t[0], fusion, depth, cos_w, fts_w, hyb_w, make))
+        results.sort(key=lambda r: -r[0])
+        print("| fusion | depth | cos_w | fts_w | hyb_w | tune | held-out | all |")
+        print("|---|---|---|---|---|---|---|---|")
+        marks = [r for r in results if r[1:6] in {("shipped", 12, 10, 0, 0), ("bge", 12, 10, 0, 0),
+                                                  ("bge", 12, 20, 0, 0), ("bge", 10, 20, 0, 0),
+                                                  ("bge", 12, 40, 0, 0), ("bge", 10, 40, 0, 0)}]
+        for r in results[:10] + marks:
+            held_v = mean_ndcg(cache, qrels, held, r[6])[0]
+            all_v = mean_ndcg(cache, qrels, qids, r[6])[0]
+            print(f"| {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[0]:.4f} | {held_v:.4f} | {all_v:.4f} |")
