@@ -42,7 +42,7 @@ from rag_data import RESULTS, scifact_docs, scifact_queries  # noqa: E402
 
 from datasette_llm_rag.fusion import fusion_for  # noqa: E402
 from datasette_llm_rag.livecheck import live_rows_fn, pk_key, reconcile  # noqa: E402
-from datasette_llm_rag.rerank import RerankSettings, rerank, vector_weight_for  # noqa: E402
+from datasette_llm_rag.rerank import RerankSettings, rerank, table_weights_for, vector_weight_for  # noqa: E402
 from datasette_llm_rag.store import RagIndex  # noqa: E402
 
 K = 8  # rows the question box keeps (retrieval.DEFAULT_K)
@@ -102,7 +102,8 @@ def main() -> None:
 
     shipped = RerankSettings()
     settings = RerankSettings(depth=args.depth or shipped.depth, max_tokens=args.tokens or shipped.max_tokens,
-                              vector_weight=vector_weight_for(model.model_id, None))
+                              vector_weight=vector_weight_for(model.model_id, None),
+                              table_weights=table_weights_for(model.model_id, None))
     encoder = CrossEncoder(threads=args.threads)
     source = sqlite3.connect(f"file:{path}.source.db?mode=ro", uri=True, check_same_thread=False)
     wanted_n = max(2 * K, settings.depth)

@@ -2,6 +2,7 @@
 
     python benchmarks/rerank_cache_scifact.py score --variant tbest-128 [--every 1 --offset 0 --limit 809]
     python benchmarks/rerank_cache_scifact.py report [--variants tbest-128,best-64]
+    python benchmarks/rerank_cache_scifact.py table [--variants best-64,tbest-64]
 
 ``score`` takes the judged train claims (every ``--every``-th from
 ``--offset``), the union of the hybrid top ``--depth`` under the shipped
@@ -189,13 +190,20 @@ def main() -> None:
     r = sub.add_parser("report")
     r.add_argument("--data", default=SCIFACT)
     r.add_argument("--variants", default=None)
+    t = sub.add_parser("table")
+    t.add_argument("--data", default=SCIFACT)
+    t.add_argument("--variants", default=None)
     args = parser.parse_args()
     if args.command == "score":
         score(args)
-    else:
+    elif args.command == "report":
         from rerank_combine import report
 
         report(args, load_all())
+    else:
+        from rerank_combine import summary
+
+        summary(args, load_all())
 
 
 if __name__ == "__main__":

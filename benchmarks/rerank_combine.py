@@ -19,9 +19,9 @@ import os
 from datasette_llm_rag.evaluate import ndcg_at, read_qrels
 
 DEPTHS = (6, 8, 10, 12)
-COS_WEIGHTS = (0, 5, 10, 20, 30, 40, 60, 80)
-FTS_WEIGHTS = (0, 5, 20)
-HYB_WEIGHTS = (0, 10, 30, 60)
+COS_WEIGHTS = (0, 10, 20, 40, 80, 120, 160)
+FTS_WEIGHTS = (0, 5, 20, 40)
+HYB_WEIGHTS = (0, 10, 30, 60, 100)
 
 
 def order(claim: dict, logits: dict, fusion: str, depth: int, cos_w: float, fts_w: float,
@@ -105,3 +105,63 @@ def report(args, cache: dict) -> None:
             held_v = mean_ndcg(cache, qrels, held, r[6])[0]
             all_v = mean_ndcg(cache, qrels, qids, r[6])[0]
             print(f"| {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[0]:.4f} | {held_v:.4f} | {all_v:.4f} |")
+
+
+def summary(args, cache: dict) -> None:
+    """The table of docs/rag-evaluation.md: fixed settings, then the best
+    tie-break combination chosen on the tuning half, for each 64-word-piece
+    variant scored on every claim."""
+    qrels, _info = read_qrels(os.path.join(args.data, "qrels_train.tsv"))
+    index_of = {q: i for i, q in enumerate(qrels)}
+    variants = args.variants.split(",") if args.variants else ["best-64", "tbest-64"]
+    scores = {v: cache["scores"].get(v) or combined_variant(cache, v) for v in variants}
+    qids = [q for q in qrels if q in cache["claims"] and all(scores[v].get(q) for v in variants)]
+    halves = ([q for q in qids if index_of[q] % 2 == 0], [q for q in qids if index_of[q] % 2 == 1], qids)
+    print(f"{len(qids)} claims ({len(halves[0])} tuning, {len(halves[1])} held out); variants {variants}")
+    print("| order | tuning half | held-out half | all |\n|---|---|---|---|")
+
+    def line(label, make):
+        values = [mean_ndcg(cache, qrels, h, make)[0] for h in halves]
+        print(f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+
+    for fusion, label in (("shipped", "rrf_k=10, 1 : 1.5"), ("bge", "rrf_k=5, 1 : 1")):
+        line(f"hybrid ({label})", lambda q, f=fusion: cache["claims"][q]["orders"][f])
+    for v in variants:
+        s = scores[v]
+        for fusion, w in (("shipped", 10), ("bge", 10), ("bge", 20), ("bge", 40)):
+            line(f"{v}, {fusion} fusion, cosine weight {w}",
+                 lambda q, f=fusion, w=w, s=s: order(cache["claims"][q], s[q], f, 12, w, 0, 0))
+        best = None
+        for depth, cos_w, fts_w, hyb_w in itertools.product(DEPTHS, COS_WEIGHTS, FTS_WEIGHTS, HYB_WEIGHTS):
+            def make(q, d=depth, c=cos_w, t=fts_w, h=hyb_w, s=s):
+                return order(cache["claims"][q], s[q], "bge", d, c, t, h)
+            value = mean_ndcg(cache, qrels, halves[0], make)[0]
+            if best is None or value > best[0]:
+                best = (value, (depth, cos_w, fts_w, hyb_w), make)
+        d, c, t, h = best[1]
+        line(f"{v}, bge fusion, first stage weighed in, best of the tuning half (depth {d}, cosine {c}, "
+             f"full-text {t}, fused rank {h})", best[2])
+        line(f"{v}, as shipped (rerank.rerank, bge-small defaults)",
+             lambda q, s=s: shipped_order(cache["claims"][q], s[q]))
+
+
+def shipped_order(claim: dict, logits: dict, model_id: str = "bge-small-en-v1.5") -> list[str]:
+    """The order the question box gives (rerank.rerank with the model's default
+    settings and fusion), from the cached logits: the check that the library
+    function does what the tuned combination above does."""
+    from types import SimpleNamespace
+
+    from datasette_llm_rag.rerank import (
+        RerankSettings,
+        rerank,
+        table_weights_for,
+        vector_weight_for,
+    )
+
+    fused = claim["orders"]["bge" if model_id == "bge-small-en-v1.5" else "shipped"]
+    hits = [SimpleNamespace(doc=d, table="docs", vector_score=claim["cos"].get(d), fts_rank=claim["fts"].get(d),
+                            text="", title=None) for d in fused]
+    settings = RerankSettings(vector_weight=vector_weight_for(model_id, None),
+                              table_weights=table_weights_for(model_id, None))
+    ranked = rerank("", hits, lambda _q, ps: [logits[h.doc] for h in hits[: len(ps)]], settings)
+    return [h.doc for h, _s, _p in ranked]

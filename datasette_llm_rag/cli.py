@@ -190,7 +190,7 @@ def register(cli: click.Group) -> None:
 
         from .evaluate import CachingEmbedder, EvalSettings, evaluate, format_table, read_dataset
         from .fusion import fusion_for
-        from .rerank import RerankSettings, vector_weight_for
+        from .rerank import RerankSettings, table_weights_for, vector_weight_for
 
         err = click.get_text_stream("stderr")
         state: dict = {}
@@ -221,7 +221,8 @@ def register(cli: click.Group) -> None:
                 corpus, queries, qrels, embedder, limit=limit, progress=progress,
                 settings_list=[EvalSettings(rrf_k=rrf_k, depth=depth, weights=(1.0, fts_weight))],
                 reranker=reranker, rerank_settings=RerankSettings(
-                    depth=rerank_depth, vector_weight=vector_weight_for(model.model_id, None)),
+                    depth=rerank_depth, vector_weight=vector_weight_for(model.model_id, None),
+                    table_weights=table_weights_for(model.model_id, None)),
             )
         except LLMSuiteError as e:
             raise click.ClickException(str(e)) from None

@@ -56,6 +56,28 @@ def vector_weight_for(model_id: str | None, configured: float | None) -> float:
     return DEFAULT_VECTOR_WEIGHT if model_id in TUNED_VECTOR_MODELS else 0.0
 
 
+#: Weights of the first-stage evidence counted *within a table* (see
+#: ``table_evidence``): (cosine, full-text rank, fused rank). Tuned for
+#: bge-small on the even-numbered SciFact train claims with cached
+#: cross-encoder scores (benchmarks/rerank_cache_scifact.py); other models
+#: get none unless configured.
+TABLE_WEIGHTS_BY_MODEL: dict[str, tuple[float, float, float]] = {
+    "bge-small-en-v1.5": (110.0, 20.0, 60.0),
+}
+NO_TABLE_WEIGHTS = (0.0, 0.0, 0.0)
+#: Offset of the rank terms ``1 / (RANK_K + rank)``, as in the fusion.
+RANK_K = 5
+
+
+def table_weights_for(model_id: str | None, configured: Sequence[float] | None) -> tuple[float, float, float]:
+    """The within-table weights to use: the configured ones, else the tuned
+    default of the index's model, else none."""
+    if configured is not None:
+        cos, fts, rank = (float(x) for x in configured)
+        return cos, fts, rank
+    return TABLE_WEIGHTS_BY_MODEL.get(model_id or "", NO_TABLE_WEIGHTS)
+
+
 @dataclass
 class RerankSettings:
     depth: int = DEFAULT_DEPTH
@@ -63,13 +85,15 @@ class RerankSettings:
     passage_chars: int = PASSAGE_CHARS
     min_relevance: float = DEFAULT_MIN_RELEVANCE
     vector_weight: float = DEFAULT_VECTOR_WEIGHT
+    table_weights: tuple[float, float, float] = NO_TABLE_WEIGHTS
 
     @property
     def reranker_chars(self) -> int:
-        """Characters of a row offered to the cross-encoder: more than its word
-        pieces can hold (about 4-5 characters each), so the budget, not the
-        character cut, decides how much it reads."""
-        return max(self.passage_chars, 5 * self.max_tokens)
+        """Characters of the best passage given to the cross-encoder: five per
+        word piece of the budget (a little more than the pair can hold), so the
+        window is chosen around the question's words at the size it reads
+        (320 at 64 word pieces; SciFact measured with exactly this)."""
+        return 5 * self.max_tokens
 
 
 def combined_logit(logit: float, cosine: float | None, weight: float) -> float:
@@ -83,6 +107,52 @@ def combined_logit(logit: float, cosine: float | None, weight: float) -> float:
     if not weight or cosine is None:
         return float(logit)
     return float(logit) + weight * (float(cosine) - VECTOR_CENTER)
+
+
+def table_evidence(
+    head: Sequence[Any],
+    weights: Sequence[float],
+    *,
+    table_of: Callable[[Any], Any],
+    cosine_of: Callable[[Any], float | None],
+    fts_rank_of: Callable[[Any], int | None],
+) -> list[float]:
+    """What the first stage knew about each candidate, in logit units around
+    0, when every candidate comes from one table; nothing (zeros) when they
+    come from several.
+
+    ``cos_w x cosine + fts_w / (RANK_K + full-text rank) + rank_w / (RANK_K +
+    place in the fused order)``, minus its mean over the candidates. Within
+    one table these signals are comparable and, on SciFact, better than the
+    cross-encoder alone, so they order the rows with the cross-encoder
+    breaking near ties. Across tables they are not comparable (a long
+    passage's cosines and keyword ranks sit on another scale than a short
+    row's: the lawsuits/speeches failure), so a mixed list is ordered by the
+    cross-encoder's one scale (plus ``vector_weight``). Counting the evidence
+    within each table of a mixed list, centred per table, was measured too:
+    it interleaves the tables (benchmarks/bench_multitable.py: right table
+    in the top 6, 4.8 against 5.2 of 6).
+    """
+    cos_w, fts_w, rank_w = (float(w) for w in weights)
+    if not (cos_w or fts_w or rank_w) or len({table_of(h) for h in head}) > 1:
+        return [0.0] * len(head)
+    raw, groups = [], {}
+    for i, hit in enumerate(head):
+        table = table_of(hit)
+        members = groups.setdefault(table, [])
+        members.append(i)
+        cos = cosine_of(hit)
+        fts = fts_rank_of(hit)
+        value = cos_w * (float(cos) if cos is not None else 0.0)
+        value += fts_w / (RANK_K + fts) if fts else 0.0
+        value += rank_w / (RANK_K + len(members))
+        raw.append(value)
+    out = [0.0] * len(head)
+    for members in groups.values():
+        mean = sum(raw[i] for i in members) / len(members)
+        for i in members:
+            out[i] = raw[i] - mean
+    return out
 
 
 def sentences(text: str) -> list[tuple[int, int]]:
@@ -143,20 +213,6 @@ def best_passage(question: str, text: str, chars: int = PASSAGE_CHARS) -> str:
     return text[start:end].strip()
 
 
-def reranker_passage(question: str, text: str, title: str | None, chars: int = PASSAGE_CHARS) -> str:
-    """What the cross-encoder reads for one row: ``best_passage``, with the
-    row's title line kept in front when the text starts with it (a SciFact
-    abstract's title, a lawsuit's case name): the title is often the densest
-    statement of what the row is about, and the best passage of a long text
-    seldom includes it."""
-    text = text or ""
-    title = (title or "").strip()
-    if not title or len(text) <= chars or not text.startswith(title):
-        return best_passage(question, text, chars)
-    body = text[len(title):].lstrip(" \n.:-")
-    return title + "\n" + best_passage(question, body, chars)
-
-
 def _words_of(question: str) -> list[str]:
     return [w.lower() for w in re.findall(r"\w{3,}", question)]
 
@@ -173,19 +229,24 @@ def rerank(
     settings: RerankSettings = RerankSettings(),
     *,
     text_of: Callable[[Any], str] = lambda h: h.text,
-    title_of: Callable[[Any], str | None] = lambda h: getattr(h, "title", None),
     cosine_of: Callable[[Any], float | None] = lambda h: getattr(h, "vector_score", None),
+    table_of: Callable[[Any], Any] = lambda h: getattr(h, "table", None),
+    fts_rank_of: Callable[[Any], int | None] = lambda h: getattr(h, "fts_rank", None),
 ) -> list[tuple[Any, float | None, str]]:
     """``(hit, calibrated score or None, passage)`` with the top ``depth`` hits
     reordered by ``score(question, passages)`` (logits, combined with the
-    cosine when ``vector_weight`` is set), the rest after them in their given
-    order. Ties keep the given order."""
+    cosine when ``vector_weight`` is set and with the first-stage evidence
+    within each table when ``table_weights`` are), the rest after them in
+    their given order. Ties keep the given order."""
     head = list(hits[: max(0, settings.depth)])
     tail = list(hits[max(0, settings.depth):])
     passages = [best_passage(question, text_of(h), settings.passage_chars) for h in hits]
-    read = [reranker_passage(question, text_of(h), title_of(h), settings.reranker_chars) for h in head]
+    read = [best_passage(question, text_of(h), settings.reranker_chars) for h in head]
     logits = list(score(question, read)) if head else []
     logits = [combined_logit(x, cosine_of(h), settings.vector_weight) for x, h in zip(logits, head)]
+    extra = table_evidence(head, settings.table_weights, table_of=table_of, cosine_of=cosine_of,
+                           fts_rank_of=fts_rank_of)
+    logits = [x + e for x, e in zip(logits, extra)]
     order = sorted(range(len(head)), key=lambda i: -logits[i])
     out = [(head[i], calibrated(logits[i]), passages[i]) for i in order]
     out += [(h, None, passages[len(head) + n]) for n, h in enumerate(tail)]

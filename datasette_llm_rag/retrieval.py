@@ -382,12 +382,13 @@ async def rerank_rows(question: str, rows: list[RowHit], settings, model_id: str
 
     from datasette_llm_core.embeddings.cross_encoder import CrossEncoder
 
-    from .rerank import RerankSettings, rerank, vector_weight_for
+    from .rerank import RerankSettings, rerank, table_weights_for, vector_weight_for
 
     encoder = CrossEncoder()
     rsettings = RerankSettings(depth=settings.depth, max_tokens=settings.max_tokens,
                                min_relevance=settings.min_relevance,
-                               vector_weight=vector_weight_for(model_id, settings.vector_weight))
+                               vector_weight=vector_weight_for(model_id, settings.vector_weight),
+                               table_weights=table_weights_for(model_id, settings.table_weights))
 
     def run():
         return rerank(question, rows,
