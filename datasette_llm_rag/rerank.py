@@ -7,7 +7,11 @@ cross-encoder reads the question with each candidate's best passage and gives
 one score on one scale, so the top ``depth`` candidates are reordered by it
 and the reader sees ``sigmoid(logit)`` as "relevance NN%": the numbers shown
 follow the order shown. Candidates below ``depth`` keep their fused order
-after the reranked ones and are shown without a percentage.
+after the reranked ones and are shown without a percentage. When every
+candidate comes from one table, what the first stage knew (cosine, keyword
+and fused ranks, comparable within a table) is added to the logit, and the
+cross-encoder breaks near ties (``table_evidence``; SciFact,
+docs/rag-evaluation.md).
 
 ``best_passage`` picks the run of whole sentences (at most ``chars``
 characters) that holds most of the question's words, so long rows are judged
@@ -56,8 +60,8 @@ def vector_weight_for(model_id: str | None, configured: float | None) -> float:
     return DEFAULT_VECTOR_WEIGHT if model_id in TUNED_VECTOR_MODELS else 0.0
 
 
-#: Weights of the first-stage evidence counted *within a table* (see
-#: ``table_evidence``): (cosine, full-text rank, fused rank). Tuned for
+#: Weights of the first-stage evidence added when every candidate comes from
+#: one table (see ``table_evidence``): (cosine, full-text rank, fused rank). Tuned for
 #: bge-small on the even-numbered SciFact train claims with cached
 #: cross-encoder scores (benchmarks/rerank_cache_scifact.py); other models
 #: get none unless configured.
@@ -70,8 +74,8 @@ RANK_K = 5
 
 
 def table_weights_for(model_id: str | None, configured: Sequence[float] | None) -> tuple[float, float, float]:
-    """The within-table weights to use: the configured ones, else the tuned
-    default of the index's model, else none."""
+    """The first-stage weights to use (``table_evidence``): the configured
+    ones, else the tuned default of the index's model, else none."""
     if configured is not None:
         cos, fts, rank = (float(x) for x in configured)
         return cos, fts, rank
@@ -134,25 +138,16 @@ def table_evidence(
     in the top 6, 4.8 against 5.2 of 6).
     """
     cos_w, fts_w, rank_w = (float(w) for w in weights)
-    if not (cos_w or fts_w or rank_w) or len({table_of(h) for h in head}) > 1:
+    if not head or not (cos_w or fts_w or rank_w) or len({table_of(h) for h in head}) > 1:
         return [0.0] * len(head)
-    raw, groups = [], {}
-    for i, hit in enumerate(head):
-        table = table_of(hit)
-        members = groups.setdefault(table, [])
-        members.append(i)
-        cos = cosine_of(hit)
-        fts = fts_rank_of(hit)
+    raw = []
+    for place, hit in enumerate(head, start=1):
+        cos, fts = cosine_of(hit), fts_rank_of(hit)
         value = cos_w * (float(cos) if cos is not None else 0.0)
         value += fts_w / (RANK_K + fts) if fts else 0.0
-        value += rank_w / (RANK_K + len(members))
-        raw.append(value)
-    out = [0.0] * len(head)
-    for members in groups.values():
-        mean = sum(raw[i] for i in members) / len(members)
-        for i in members:
-            out[i] = raw[i] - mean
-    return out
+        raw.append(value + rank_w / (RANK_K + place))
+    mean = sum(raw) / len(raw)
+    return [x - mean for x in raw]
 
 
 def sentences(text: str) -> list[tuple[int, int]]:
@@ -235,9 +230,9 @@ def rerank(
 ) -> list[tuple[Any, float | None, str]]:
     """``(hit, calibrated score or None, passage)`` with the top ``depth`` hits
     reordered by ``score(question, passages)`` (logits, combined with the
-    cosine when ``vector_weight`` is set and with the first-stage evidence
-    within each table when ``table_weights`` are), the rest after them in
-    their given order. Ties keep the given order."""
+    cosine when ``vector_weight`` is set, and with the first-stage evidence
+    when ``table_weights`` are and every candidate comes from one table), the
+    rest after them in their given order. Ties keep the given order."""
     head = list(hits[: max(0, settings.depth)])
     tail = list(hits[max(0, settings.depth):])
     passages = [best_passage(question, text_of(h), settings.passage_chars) for h in hits]
