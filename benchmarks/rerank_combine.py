@@ -143,12 +143,14 @@ def summary(args, cache: dict) -> None:
              f"full-text {t}, fused rank {h})", best[2])
         line(f"{v}, as shipped (rerank.rerank, bge-small defaults)",
              lambda q, s=s: shipped_order(cache["claims"][q], s[q]))
+        if v == variants[0]:
+            print(f"  {v}, as shipped: " + relevance_split(cache, qrels, qids, s))
+            print(f"  {v}, without the first stage: " + relevance_split(cache, qrels, qids, s, (0, 0, 0)))
 
 
-def shipped_order(claim: dict, logits: dict, model_id: str = "bge-small-en-v1.5") -> list[str]:
-    """The order the question box gives (rerank.rerank with the model's default
-    settings and fusion), from the cached logits: the check that the library
-    function does what the tuned combination above does."""
+def shipped_ranked(claim: dict, logits: dict, model_id: str = "bge-small-en-v1.5",
+                   table_weights: tuple | None = None) -> list:
+    """``rerank.rerank``'s output for one claim from the cached logits."""
     from types import SimpleNamespace
 
     from datasette_llm_rag.rerank import (
@@ -162,6 +164,31 @@ def shipped_order(claim: dict, logits: dict, model_id: str = "bge-small-en-v1.5"
     hits = [SimpleNamespace(doc=d, table="docs", vector_score=claim["cos"].get(d), fts_rank=claim["fts"].get(d),
                             text="", title=None) for d in fused]
     settings = RerankSettings(vector_weight=vector_weight_for(model_id, None),
-                              table_weights=table_weights_for(model_id, None))
-    ranked = rerank("", hits, lambda _q, ps: [logits[h.doc] for h in hits[: len(ps)]], settings)
+                              table_weights=table_weights if table_weights is not None
+                              else table_weights_for(model_id, None))
+    return rerank("", hits, lambda _q, ps: [logits[h.doc] for h in hits[: len(ps)]], settings)
+
+
+def relevance_split(cache: dict, qrels: dict, qids: list, scored: dict, table_weights=None,
+                    threshold: float = 0.5) -> str:
+    """Precision and recall of ``min_relevance`` over the reranked rows."""
+    marked = hits = judged = 0
+    for q in qids:
+        for h, score, _p in shipped_ranked(cache["claims"][q], scored[q], table_weights=table_weights):
+            if score is None:
+                continue
+            relevant = qrels[q].get(h.doc, 0) > 0
+            judged += relevant
+            if score >= threshold:
+                marked += 1
+                hits += relevant
+    return (f"min_relevance {threshold}: {marked / len(qids):.2f} rows a claim marked relevant, "
+            f"precision {hits / max(1, marked):.2f}, recall {hits / max(1, judged):.2f}")
+
+
+def shipped_order(claim: dict, logits: dict, model_id: str = "bge-small-en-v1.5") -> list[str]:
+    """The order the question box gives (rerank.rerank with the model's default
+    settings and fusion), from the cached logits: the check that the library
+    function does what the tuned combination above does."""
+    ranked = shipped_ranked(claim, logits, model_id)
     return [h.doc for h, _s, _p in ranked]
