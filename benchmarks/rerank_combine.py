@@ -1,14 +1,17 @@
-"""Orders built from cached cross-encoder scores (rerank_cache_scifact.py report).
+"""Orders built from cached cross-encoder scores (rerank_cache_scifact.py report / table).
 
-A combination is (first-stage fusion, depth reranked, cosine weight, full-text
-weight): the top ``depth`` of the fused order are sorted by
+A combination is (first-stage fusion, depth reranked, cosine weight,
+full-text weight, fused-rank weight): the top ``depth`` of the fused order
+are sorted by
 
-    logit + cos_w * (cosine - 0.5) + fts_w / (5 + full-text rank)
+    logit + cos_w * (cosine - 0.5) + fts_w / (5 + full-text rank) + hyb_w / (5 + fused place)
 
 (rows the full-text search did not find get no full-text term), the rest keep
-their fused order. ``cos_w`` is rerank.py's vector weight; ``fts_w`` adds the
-keyword evidence the fusion had. Every combination is tuned on the
-even-numbered judged claims and scored on the odd-numbered ones.
+their fused order. On one table this is the order rerank.rerank gives with
+``vector_weight + table_weights[0] = cos_w`` and ``table_weights[1:] =
+(fts_w, hyb_w)``; ``shipped_order`` runs rerank.rerank itself. Every
+combination is tuned on the even-numbered judged claims and scored on the
+odd-numbered ones.
 """
 
 from __future__ import annotations
