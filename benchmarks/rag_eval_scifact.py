@@ -91,7 +91,8 @@ def main() -> None:
     print(results[0].read.summary())
     if reranker is not None:
         print(f"rerank: depth {rsettings.depth}, {rsettings.max_tokens} word pieces per pair, "
-              f"passages of {rsettings.passage_chars} characters")
+              f"best window of {rsettings.reranker_chars} characters read, {rsettings.passage_chars} shown; "
+              f"cosine weight {rsettings.vector_weight}, first-stage weights {rsettings.table_weights}")
     print(f"load average after the run: {os.getloadavg()[0]:.1f}")
     print(f"default settings (rrf_k={settings[0].rrf_k}, depth={settings[0].depth}, weights={settings[0].weights}):")
     print(format_table(results[0]))
