@@ -231,6 +231,7 @@ class _Server:
                 return
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.2)
+        self.stop()  # never leave a server behind (one outlived a timed-out run under load)
         raise AssertionError("server did not start: " + self.log.read_text()[-2000:])
 
     def get(self, path) -> tuple[int, str]:
