@@ -38,7 +38,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from datasette_llm_rag.evaluate import CachingEmbedder, ndcg_at  # noqa: E402
-from datasette_llm_rag.rerank import RerankSettings, best_passage, rerank  # noqa: E402
+from datasette_llm_rag.fusion import fusion_for  # noqa: E402
+from datasette_llm_rag.rerank import RerankSettings, best_passage, rerank, table_weights_for  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 RAW = os.path.join(ROOT, "demo_data", "raw")
@@ -182,6 +183,10 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=RerankSettings.depth)
     parser.add_argument("--tokens", type=int, default=RerankSettings.max_tokens)
     parser.add_argument("--weights", default="0,5,10,20,30", help="vector weights to compare")
+    parser.add_argument("--rrf-k", type=int, default=None, help="fusion constant (default: the model's)")
+    parser.add_argument("--table-weights", default=None,
+                        help="cosine,full-text,rank weights within tables (default: the model's; 0,0,0: none)")
+    parser.add_argument("--fts-weight", default=None, help="full-text weight in the fusion (default: the model's)")
     args = parser.parse_args()
     from datasette_llm_core.embeddings import local_model
     from datasette_llm_core.embeddings.cross_encoder import CrossEncoder
@@ -200,6 +205,7 @@ def main() -> None:
     settings = RerankSettings(depth=args.depth, max_tokens=args.tokens)
     weights = [float(w) for w in args.weights.split(",")]
     report: dict = {"sizes": sizes, "models": {}}
+    print(f"rerank depth {settings.depth}, {settings.max_tokens} word pieces", flush=True)
     for model_id in args.models.split(","):
         model = local_model(model_id)
         cache = os.path.join(RESULTS, f"multitable-{model.model_id}.npz")
@@ -214,6 +220,13 @@ def main() -> None:
         print(f"\n{model.model_id}: {stats.added} entries indexed in {time.perf_counter() - t0:.0f}s "
               f"({embedder.embedded} embedded now)", flush=True)
         index = RagIndex(side)
+        rrf_k, fusion_weights = fusion_for(model.model_id, args.rrf_k,
+                                           float(args.fts_weight) if args.fts_weight is not None else None)
+        fusion = {"rrf_k": rrf_k, "weights": fusion_weights}
+        table_weights = table_weights_for(
+            model.model_id, [float(x) for x in args.table_weights.split(",")] if args.table_weights else None)
+        print(f"first-stage weights within tables (cosine, full text, fused rank): {table_weights}")
+        print(f"fusion: rrf_k={rrf_k}, weights {fusion_weights[0]} : {fusion_weights[1]}", flush=True)
         rows_out, pairs, rerank_ms, embed_ms, search_ms, rerank_cpu_ms = [], {}, [], [], [], []
         model.embed_sync(["warm up"], kind="query")
         encoder.score("warm up", ["warm up"])
@@ -222,7 +235,7 @@ def main() -> None:
             qvec = model.embed_sync([question], kind="query")[0]  # uncached: timed
             embed_ms.append(1000 * (time.perf_counter() - t))
             t = time.perf_counter()
-            hits = index.search_hybrid(question, qvec, max(20, settings.depth))
+            hits = index.search_hybrid(question, qvec, max(20, settings.depth), **fusion)
             search_ms.append(1000 * (time.perf_counter() - t))
             seen, uniq = set(), []
             for h in hits:  # one hit per row, as the question box shows them
@@ -231,7 +244,7 @@ def main() -> None:
                     seen.add(key)
                     uniq.append(h)
             t, c = time.perf_counter(), time.process_time()
-            passages = [best_passage(question, h.text, settings.passage_chars) for h in uniq]
+            passages = [best_passage(question, h.text, settings.reranker_chars) for h in uniq[: settings.depth]]
             logits = encoder.score(question, passages[: settings.depth], max_tokens=settings.max_tokens)
             rerank_ms.append(1000 * (time.perf_counter() - t))
             rerank_cpu_ms.append(1000 * (time.process_time() - c))
@@ -242,7 +255,8 @@ def main() -> None:
                    "top6_tables_hybrid": [h.table for h in uniq[:6]]}
             for w in weights:
                 ranked = rerank(question, uniq, lambda q, p, _l=logits: _l,
-                                RerankSettings(depth=settings.depth, vector_weight=w))
+                                RerankSettings(depth=settings.depth, vector_weight=w,
+                                               table_weights=table_weights))
                 after = ["{}|{}".format(h.table, json.dumps(h.pk)) for h, _s, _p in ranked]
                 row[f"rerank_ndcg_{w}"] = ndcg_at(after, gains)
                 row[f"top6_right_{w}"] = sum(h.table == table for h, _s, _p in ranked[:6])

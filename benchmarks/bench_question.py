@@ -40,8 +40,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_search import LIVE_TABLES, build  # noqa: E402
 from rag_data import RESULTS, scifact_docs, scifact_queries  # noqa: E402
 
+from datasette_llm_rag.fusion import fusion_for  # noqa: E402
 from datasette_llm_rag.livecheck import live_rows_fn, pk_key, reconcile  # noqa: E402
-from datasette_llm_rag.rerank import RerankSettings, rerank, vector_weight_for  # noqa: E402
+from datasette_llm_rag.rerank import RerankSettings, rerank, table_weights_for, vector_weight_for  # noqa: E402
 from datasette_llm_rag.store import RagIndex  # noqa: E402
 
 K = 8  # rows the question box keeps (retrieval.DEFAULT_K)
@@ -101,16 +102,18 @@ def main() -> None:
 
     shipped = RerankSettings()
     settings = RerankSettings(depth=args.depth or shipped.depth, max_tokens=args.tokens or shipped.max_tokens,
-                              vector_weight=vector_weight_for(model.model_id, None))
+                              vector_weight=vector_weight_for(model.model_id, None),
+                              table_weights=table_weights_for(model.model_id, None))
     encoder = CrossEncoder(threads=args.threads)
     source = sqlite3.connect(f"file:{path}.source.db?mode=ro", uri=True, check_same_thread=False)
     wanted_n = max(2 * K, settings.depth)
+    rrf_k, weights = fusion_for(model.model_id)  # as retrieval.retrieve fuses
 
     def embed(q):
         return model.embed_sync([q], kind="query")[0]
 
     def retrieve(q, qvec):
-        hits = index.search_hybrid(q, qvec, wanted_n)
+        hits = index.search_hybrid(q, qvec, wanted_n, rrf_k=rrf_k, weights=weights)
         wanted: dict = {}
         for h in hits:
             wanted.setdefault(h.table, []).append(list(h.pk))
@@ -136,7 +139,7 @@ def main() -> None:
         # plain search (search.json without rerank: hybrid top 10 with the vector
         # the question box already has), timed in turn with the question
         c, t = time.process_time(), time.perf_counter()
-        index.search_hybrid(q, qvecs[i], 10)
+        index.search_hybrid(q, qvecs[i], 10, rrf_k=rrf_k, weights=weights)
         steps["plain"].append(time.perf_counter() - t)
         cpu["plain"].append(time.process_time() - c)
         t_all, c_all = time.perf_counter(), time.process_time()

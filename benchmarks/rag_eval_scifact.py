@@ -44,7 +44,7 @@ def main() -> None:
         print(f"SciFact not found under {args.data}: skipping")
         return
     from datasette_llm_core.embeddings import local_model
-    from datasette_llm_rag.rerank import RerankSettings
+    from datasette_llm_rag.rerank import RerankSettings, table_weights_for, vector_weight_for
 
     model = local_model(args.model)
     cache = args.cache or os.path.join(HERE, "results", f"scifact-{model.model_id}.npz")
@@ -56,14 +56,19 @@ def main() -> None:
 
         reranker = CrossEncoder()
         rsettings = RerankSettings(depth=args.rerank_depth or rsettings.depth,
-                                   max_tokens=args.rerank_tokens or rsettings.max_tokens)
+                                   max_tokens=args.rerank_tokens or rsettings.max_tokens,
+                                   vector_weight=vector_weight_for(model.model_id, None),
+                                   table_weights=table_weights_for(model.model_id, None))
     print(f"model {model.model_id}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
           flush=True)
 
     def progress(stage, done, total):
         if total and (done == total or done % 500 == 0 or stage == "searching" and done % 50 == 0):
             print(f"  {stage}: {done}/{total} ({time.perf_counter() - started:.0f}s)", flush=True)
-    settings = [EvalSettings()]
+    from datasette_llm_rag.fusion import fusion_for
+
+    rrf_k, weights = fusion_for(model.model_id)  # as the question box fuses for this model
+    settings = [EvalSettings(rrf_k=rrf_k, weights=weights)]
     if args.sweep or args.split:
         settings += [
             EvalSettings(rrf_k=k, depth=d, weights=w)
@@ -86,7 +91,8 @@ def main() -> None:
     print(results[0].read.summary())
     if reranker is not None:
         print(f"rerank: depth {rsettings.depth}, {rsettings.max_tokens} word pieces per pair, "
-              f"passages of {rsettings.passage_chars} characters")
+              f"best window of {rsettings.reranker_chars} characters read, {rsettings.passage_chars} shown; "
+              f"cosine weight {rsettings.vector_weight}, first-stage weights {rsettings.table_weights}")
     print(f"load average after the run: {os.getloadavg()[0]:.1f}")
     print(f"default settings (rrf_k={settings[0].rrf_k}, depth={settings[0].depth}, weights={settings[0].weights}):")
     print(format_table(results[0]))

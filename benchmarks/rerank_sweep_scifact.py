@@ -1,5 +1,10 @@
 """How the cross-encoder reorders SciFact's hybrid results, at two token budgets.
 
+Superseded by rerank_cache_scifact.py, which caches the scores for every claim
+and measures the shipped combination (first-stage evidence on one table);
+kept because docs/rag-evaluation.md quotes its first table. "(shipped)" below
+means shipped before that change.
+
     python benchmarks/rerank_sweep_scifact.py [--every 4 --offset 1 --limit 120] [--depth 12]
 
 For a subset of the judged train claims (every ``--every``-th, starting at

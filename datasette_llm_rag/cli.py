@@ -174,9 +174,10 @@ def register(cli: click.Group) -> None:
     @click.option("--rerank/--no-rerank", default=True, show_default=True,
                   help="Also score hybrid + cross-encoder rerank")
     @click.option("--rerank-depth", type=int, default=12, show_default=True)
-    @click.option("--rrf-k", type=int, default=10, show_default=True)
-    @click.option("--fts-weight", type=float, default=1.5, show_default=True,
-                  help="Weight of the full-text ranking in the fusion (vector: 1)")
+    @click.option("--rrf-k", type=int, default=None,
+                  help="Fusion constant (default: the model's, as the question box uses it)")
+    @click.option("--fts-weight", type=float, default=None,
+                  help="Weight of the full-text ranking in the fusion, vector 1 (default: the model's)")
     @click.option("--depth", type=int, default=100, show_default=True, help="Results per method fused")
     def evaluate_cmd(corpus, queries, qrels, limit, cache, model_id, rerank, rerank_depth, rrf_k,
                      fts_weight, depth):
@@ -188,7 +189,8 @@ def register(cli: click.Group) -> None:
         from datasette_llm_core.embeddings import local_model
 
         from .evaluate import CachingEmbedder, EvalSettings, evaluate, format_table, read_dataset
-        from .rerank import RerankSettings
+        from .fusion import fusion_for
+        from .rerank import RerankSettings, table_weights_for, vector_weight_for
 
         err = click.get_text_stream("stderr")
         state: dict = {}
@@ -205,6 +207,7 @@ def register(cli: click.Group) -> None:
             _c, _q, _r, read = read_dataset(corpus, queries, qrels)
             click.echo(f"Read {read.summary()}")
             model = local_model(model_id)
+            rrf_k, (_vw, fts_weight) = fusion_for(model.model_id, rrf_k, fts_weight)
             embedder = CachingEmbedder(model, cache)
             if cache:
                 click.echo(f"{model.model_id}: {embedder.cached_at_start:,} vectors in the cache {cache}")
@@ -217,7 +220,9 @@ def register(cli: click.Group) -> None:
             [result] = evaluate(
                 corpus, queries, qrels, embedder, limit=limit, progress=progress,
                 settings_list=[EvalSettings(rrf_k=rrf_k, depth=depth, weights=(1.0, fts_weight))],
-                reranker=reranker, rerank_settings=RerankSettings(depth=rerank_depth),
+                reranker=reranker, rerank_settings=RerankSettings(
+                    depth=rerank_depth, vector_weight=vector_weight_for(model.model_id, None),
+                    table_weights=table_weights_for(model.model_id, None)),
             )
         except LLMSuiteError as e:
             raise click.ClickException(str(e)) from None

@@ -23,6 +23,28 @@ STOPWORDS = frozenset(
     """.split()
 )
 
+#: Fusion settings (rrf_k, (vector weight, full-text weight)) per embedding
+#: model, tuned on SciFact train claims (docs/rag-evaluation.md) and checked on
+#: benchmarks/bench_multitable.py. bge-small's cosines rank SciFact well on
+#: their own, so its vector ranks count as much as the keyword ranks and the
+#: first places of each list weigh more (k=5); the MiniLM setting is the one
+#: tuned when it was the only model. Any other model gets the MiniLM setting.
+FUSION_BY_MODEL: dict[str, tuple[int, tuple[float, float]]] = {
+    "bge-small-en-v1.5": (5, (1.0, 1.0)),
+    "all-MiniLM-L6-v2": (10, (1.0, 1.5)),
+}
+DEFAULT_FUSION: tuple[int, tuple[float, float]] = (10, (1.0, 1.5))
+
+
+def fusion_for(model_id: str | None, rrf_k: int | None = None,
+               fts_weight: float | None = None) -> tuple[int, tuple[float, float]]:
+    """``(rrf_k, (vector weight, full-text weight))`` for an index of
+    ``model_id``: the configured values where given, else the model's tuned
+    defaults."""
+    k, (vw, fw) = FUSION_BY_MODEL.get(model_id or "", DEFAULT_FUSION)
+    return (k if rrf_k is None else int(rrf_k)), (vw, fw if fts_weight is None else float(fts_weight))
+
+
 def rrf(
     rankings: Sequence[Iterable[Hashable]],
     *,

@@ -8,6 +8,8 @@ Example (metadata.yml on Datasette 0.65, datasette.yaml on 1.0)::
           embedding_model: all-MiniLM-L6-v2   # optional, else the gateway default
           sidecar_dir: null                   # optional folder for every sidecar
           full_text: memory                   # or sqlite: rank with FTS5's bm25() in SQLite
+          rrf_k: 5                            # optional: fusion constant (default per model)
+          fts_weight: 1.0                     # optional: full-text weight in the fusion
           rerank:                             # cross-encoder reranking (per database too)
             answers: true                     # question box and written answers
             search: false                     # search.json (?rerank=1 per request)
@@ -89,6 +91,13 @@ class RerankConfig(BaseModel):
         "10 for the local embedding models it was tuned on, 0 for any other model, whose cosines "
         "live on another scale)",
     )
+    table_weights: list[float] | None = Field(
+        None, min_length=3, max_length=3,
+        description="When every reranked candidate comes from one table, weights of the first-stage "
+        "evidence added to the reranker's logit: [cosine, full-text rank, fused rank] (default: "
+        "[110, 20, 60] for bge-small-en-v1.5, tuned on SciFact; [0, 0, 0], the reranker alone, for "
+        "any other model). Candidates from several tables are always ordered by the reranker",
+    )
 
 
 class DatabaseConfig(BaseModel):
@@ -118,7 +127,16 @@ class RagConfig(BaseModel):
         None, description="Embedding model id; None means the gateway's default"
     )
     sidecar_dir: str | None = Field(None, description="Folder for sidecars named <db>.llm-rag.db")
-    rrf_k: int = Field(10, ge=1, description="Reciprocal rank fusion constant (tuned on SciFact)")
+    rrf_k: int | None = Field(
+        None, ge=1,
+        description="Reciprocal rank fusion constant (default: tuned per embedding model on SciFact, "
+        "5 for bge-small-en-v1.5, 10 otherwise; fusion.py)",
+    )
+    fts_weight: float | None = Field(
+        None, ge=0.0, le=10.0,
+        description="Weight of the full-text ranks in the fusion, the vector ranks' being 1 (default: "
+        "1 for bge-small-en-v1.5, 1.5 otherwise)",
+    )
     full_text: Literal["memory", "sqlite"] = Field(
         "memory",
         description="Where full-text ranking runs: 'memory' (FTS5's ranking from postings held in "

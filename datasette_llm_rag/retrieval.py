@@ -21,6 +21,7 @@ from datasette_llm_core import permissions
 from datasette_llm_core.errors import ConfigError, LLMSuiteError
 from datasette_llm_core.gateway import llm_gateway
 
+from .fusion import fusion_for
 from .ragconfig import RagConfig, rag_config_for
 
 #: Longest question accepted, in characters.
@@ -345,8 +346,10 @@ async def retrieve(
     index_errors(database, index.check_model, model_id)
     qvec = await embed_query(datasette, actor, question, model_id)
     wanted = max(k * 2, settings.depth) if use_rerank else k * 2
+    rrf_k, weights = fusion_for(model_id, config.rrf_k, config.fts_weight)
     hits = index_errors(
-        database, index.search_hybrid, question, qvec, wanted, tables=allowed, rrf_k=config.rrf_k
+        database, index.search_hybrid, question, qvec, wanted, tables=allowed, rrf_k=rrf_k,
+        weights=weights,
     )
     rows = _to_row_hits(datasette, database, hits, set(allowed), min_score(config))
     rows = await check_live(datasette, database, config, rows)
@@ -379,12 +382,13 @@ async def rerank_rows(question: str, rows: list[RowHit], settings, model_id: str
 
     from datasette_llm_core.embeddings.cross_encoder import CrossEncoder
 
-    from .rerank import RerankSettings, rerank, vector_weight_for
+    from .rerank import RerankSettings, rerank, table_weights_for, vector_weight_for
 
     encoder = CrossEncoder()
     rsettings = RerankSettings(depth=settings.depth, max_tokens=settings.max_tokens,
                                min_relevance=settings.min_relevance,
-                               vector_weight=vector_weight_for(model_id, settings.vector_weight))
+                               vector_weight=vector_weight_for(model_id, settings.vector_weight),
+                               table_weights=table_weights_for(model_id, settings.table_weights))
 
     def run():
         return rerank(question, rows,

@@ -24,7 +24,7 @@ def free_port() -> int:
 def wait_until_serving(proc: subprocess.Popen, url: str, tail: Callable[[], str], *,
                        timeout: float = 60.0) -> None:
     """Poll ``url`` until it answers 200; fail with ``tail()`` (the log's end) if the
-    process exits or the deadline passes first."""
+    process exits or the deadline passes first (the process is then stopped)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -36,6 +36,7 @@ def wait_until_serving(proc: subprocess.Popen, url: str, tail: Callable[[], str]
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
+    stop_process(proc)  # never leave a server behind (one outlived a timed-out run under load)
     raise AssertionError("server did not start: " + tail())
 
 
