@@ -1,0 +1,145 @@
+"""The enrichment sample is reviewed in the extraction grid, in Chromium against a real
+``datasette serve``: rows start undecided, selecting a row highlights its quote in that
+row's own source text (here a quote found only in the row's second source column), a
+re-asked row says what the model first gave, keyboard accept/reject and an edit are
+written, the rejected row's cells stay NULL and the undecided row stays for later."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from ..enrich_helpers import EnrichServer, table_rows
+from ..fake_openai_server import FakeOpenAIServer, Reply, last_user_text
+from .conftest import EXPECT_TIMEOUT
+
+pytestmark = pytest.mark.browser
+expect = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'"
+).expect
+
+#: id -> (title, notes): the model reads both columns; every quote is in ``notes`` only.
+INSPECTIONS = {
+    1: ("Elm Street bakery", "Inspected 2024-05-01. The owner was fined 300 dollars."),
+    2: ("Oak Avenue deli", "Inspected 2024-06-02. Penalty: two hundred fifty dollars."),
+    3: ("Pine Road cafe", "Inspected 2024-07-03. The owner was fined 120 dollars."),
+    4: ("Birch Lane grill", "Inspected 2024-08-04. The owner was fined 80 dollars."),
+}
+QUOTE_1 = "The owner was fined 300 dollars."
+COLUMNS = [{"name": "fine", "type": "number", "description": "fine in dollars"},
+           {"name": "inspected", "type": "date", "description": "inspection date"}]
+
+
+def model(request: dict) -> Reply:
+    """Answers from the row's own text; the deli's fine comes first as words (invalid), then
+    as a number when re-asked."""
+    text = last_user_text(request)
+    if "failed validation" in text:
+        return Reply(content=json.dumps({"rows": [{"_llm_row_id": "R1", "fine": 250, "inspected": "2024-06-02"}]}))
+    for title, notes in INSPECTIONS.values():
+        if title in text:
+            date = notes.split(" ")[1].rstrip(".")
+            if "two hundred" in notes:
+                return Reply(content=json.dumps({"rows": [{"fine": "two hundred fifty", "inspected": date,
+                                                           "source_quote": "Penalty: two hundred fifty dollars."}]}))
+            fine = int(notes.split("fined ")[1].split(" ")[0])
+            return Reply(content=json.dumps({"rows": [{"fine": fine, "inspected": date,
+                                                       "source_quote": f"The owner was fined {fine} dollars."}]}))
+    return Reply(content='{"rows": []}')
+
+
+@pytest.fixture(scope="module")
+def review_server(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("enrich-grid")
+    db = tmp_path / "news.db"
+    conn = sqlite3.connect(db)
+    conn.execute("create table inspections (id integer primary key, title text, notes text)")
+    conn.executemany("insert into inspections values (?, ?, ?)", [(i, t, n) for i, (t, n) in INSPECTIONS.items()])
+    conn.commit()
+    conn.close()
+    with FakeOpenAIServer(handler=model) as fake:
+        server = EnrichServer(tmp_path, db, fake.base_url)
+        server.start()
+        try:
+            yield server, db
+        finally:
+            server.stop()
+
+
+def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems):
+    server, db = review_server
+    base = f"http://127.0.0.1:{server.port}"
+    status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
+        "database": "news", "table": "inspections", "source_columns": ["title", "notes"], "columns": COLUMNS,
+        "sample_size": 4})
+    assert status == 201, data
+    job = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running"))
+    assert job["status"] == "review", job
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(EXPECT_TIMEOUT)
+    context.add_cookies([{"name": "ds_actor", "value": server.cookie.split("=", 1)[1], "url": base}])
+    page = context.new_page()
+    problems.watch(page)
+    try:
+        page.goto(base + data["url"])
+        rows = page.locator("#llm-grid-body tr.llm-row")
+        expect(rows).to_have_count(4)
+        for i in range(4):  # nothing is accepted for the reviewer
+            expect(rows.nth(i).locator("input[type=radio][value=pending]")).to_be_checked()
+        expect(page.locator("#llm-undecided")).to_have_text("4 row(s) undecided")
+        expect(page.locator(".llm-enrich-facts")).to_contain_text("fake")
+        expect(page.locator(".llm-enrich-facts")).to_contain_text("prompt enrich-v1")
+
+        row = {i: page.locator(f'#llm-grid-body tr.llm-row[data-row-id="{i}"]') for i in INSPECTIONS}
+        # typed controls: a number box, a date picker
+        expect(row[1].locator("input[name$='-col-1']")).to_have_attribute("type", "date")
+        # the re-asked row says what the model first gave
+        expect(row[2].locator(".llm-was-reask")).to_contain_text("two hundred fifty")
+
+        # selecting the row highlights its quote inside that row's own source block
+        row[1].locator(".llm-rownum").click()
+        mark = page.locator("pre.llm-source mark")
+        expect(mark).to_have_count(1)
+        assert mark.text_content() == QUOTE_1
+        doc = row[1].get_attribute("data-document")
+        block = page.locator(f"#llm-source-{doc}")
+        expect(block.locator("mark")).to_have_text(QUOTE_1)
+        expect(block).to_contain_text("Elm Street bakery")  # the row's first source column is shown too
+        source_text = block.text_content()
+        assert source_text.index("[notes]") < source_text.index(QUOTE_1)
+        expect(page.locator(f"#llm-document-{doc} h3 a")).to_have_attribute("href", "/news/inspections/1")
+
+        # keyboard: a accepts and moves on; e edits; r rejects
+        row[1].focus()
+        page.keyboard.press("a")
+        expect(row[1].locator("input[type=radio][value=accept]")).to_be_checked()
+        expect(row[2]).to_be_focused()
+        page.keyboard.press("e")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("260")
+        page.keyboard.press("Escape")
+        page.keyboard.press("a")
+        expect(row[2].locator("input[type=radio][value=accept]")).to_be_checked()
+        expect(row[3]).to_be_focused()
+        page.keyboard.press("r")
+        expect(row[3].locator("input[type=radio][value=reject]")).to_be_checked()
+        expect(page.locator("#llm-undecided")).to_have_text("1 row(s) undecided")
+        page.locator("#llm-insert").click()
+        expect(page.locator(".llm-enrich-message")).to_contain_text("2 row(s) written")
+
+        values = {r[0]: r[1:] for r in table_rows(db, "select id, fine, inspected from inspections")}
+        assert values[1] == (300.0, "2024-05-01")
+        assert values[2] == (260.0, "2024-06-02")  # the reviewer's edit
+        assert values[3] == (None, None)  # rejected: nothing written
+        assert values[4] == (None, None)  # undecided: stays for later
+
+        # after the write: the edit is labelled, the undecided row can still be decided
+        expect(row[2].locator(".llm-was-edit")).to_contain_text("250")
+        expect(row[4].locator("input[type=radio][value=pending]")).to_be_checked()
+        expect(page.locator("#llm-undecided")).to_have_text("1 row(s) undecided")
+        expect(row[1].locator("input[type=radio]")).to_have_count(0)  # written rows are settled
+    finally:
+        context.close()
