@@ -64,13 +64,17 @@ def test_extract_into_new_columns_from_a_filtered_table(browser, enrich_server, 
         expect(page.locator(".llm-enrich-banner")).to_contain_text("review, 3 done, 0 failed of 10")
         page.locator(".llm-enrich-banner a").click()
         assert page.url == job_page
-        rows = page.locator(".llm-enrich-grid tbody tr")
+        # the review grid of extraction: every row starts undecided
+        rows = page.locator("#llm-grid-body tr.llm-row")
         expect(rows).to_have_count(3)
-        expect(page.locator(".llm-enrich-grid")).to_contain_text("✓ in the row")
-        first, second = (rows.nth(i).get_attribute("data-row") for i in range(2))
-        page.get_by_label(f"Decision for row {second}").select_option("rejected")
-        page.get_by_label(f"fine of row {first}").fill("1234")
-        page.get_by_role("button", name="Write accepted rows").click()
+        expect(page.locator("#llm-undecided")).to_have_text("3 row(s) undecided")
+        expect(page.locator(".llm-grid .llm-quote-text")).to_have_count(3)
+        expect(page.locator(".llm-grid")).not_to_contain_text("Quote not found")
+        first, second = (rows.nth(i).get_attribute("data-row-id") for i in range(2))
+        page.get_by_role("button", name="Accept all valid rows").click()
+        rows.nth(1).locator("input[type=radio][value=reject]").check()
+        rows.nth(0).locator("[name$='-col-1']").fill("1234")
+        page.locator("#llm-insert").click()
         expect(page.locator(".llm-enrich-message")).to_contain_text("2 row(s) written")
         values = dict(table_rows(db, "select id, fine from complaints where fine is not null"))
         assert values[int(first)] == 1234 and int(second) not in values and len(values) == 2
