@@ -131,7 +131,7 @@ def _item_view(item: dict) -> dict:
             "quote": first.get("quote"), "quote_found": first.get("quote_found"),
             "valid": bool(item["valid"]), "errors": first.get("errors") or [], "decision": item["decision"],
             "edited": item["edited"] is not None, "written": bool(item["written"]), "model_id": item["model_id"],
-            "previous": item["previous"]}
+            "previous": item["previous"], "review": item.get("review")}
 
 
 # --- start page ------------------------------------------------------------------------
