@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from ..enrich_helpers import EnrichServer, answer, make_db, table_rows
-from ..fake_openai_server import FakeOpenAIServer
+from ..enrich_helpers import answer, make_db, serving, table_rows
 from .conftest import EXPECT_TIMEOUT
+from .helpers import root_page_of
 
 pytestmark = pytest.mark.browser
 expect = pytest.importorskip(
@@ -22,23 +22,13 @@ def enrich_server(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("enrich-browser")
     db = tmp_path / "news.db"
     make_db(db, rows=30)
-    with FakeOpenAIServer(handler=answer) as fake:
-        server = EnrichServer(tmp_path, db, fake.base_url)
-        server.start()
-        try:
-            yield server, db
-        finally:
-            server.stop()
+    with serving(tmp_path, db, answer) as server:
+        yield server, db
 
 
 def test_extract_into_new_columns_from_a_filtered_table(browser, enrich_server, problems):
     server, db = enrich_server
-    base = f"http://127.0.0.1:{server.port}"
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(EXPECT_TIMEOUT)
-    context.add_cookies([{"name": "ds_actor", "value": server.cookie.split("=", 1)[1], "url": base}])
-    page = context.new_page()
-    problems.watch(page)
+    context, page, base = root_page_of(browser, server, problems, EXPECT_TIMEOUT)
     try:
         page.goto(base + "/news/complaints?borough=Bronx")
         page.locator("details.actions-menu-links summary").first.click()

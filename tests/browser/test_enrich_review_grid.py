@@ -11,9 +11,10 @@ import sqlite3
 
 import pytest
 
-from ..enrich_helpers import EnrichServer, table_rows
-from ..fake_openai_server import FakeOpenAIServer, Reply, last_user_text
+from ..enrich_helpers import serving, table_rows
+from ..fake_openai_server import Reply, last_user_text
 from .conftest import EXPECT_TIMEOUT
+from .helpers import root_page_of
 
 pytestmark = pytest.mark.browser
 expect = pytest.importorskip(
@@ -59,18 +60,12 @@ def review_server(tmp_path_factory):
     conn.executemany("insert into inspections values (?, ?, ?)", [(i, t, n) for i, (t, n) in INSPECTIONS.items()])
     conn.commit()
     conn.close()
-    with FakeOpenAIServer(handler=model) as fake:
-        server = EnrichServer(tmp_path, db, fake.base_url)
-        server.start()
-        try:
-            yield server, db
-        finally:
-            server.stop()
+    with serving(tmp_path, db, model) as server:
+        yield server, db
 
 
 def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems):
     server, db = review_server
-    base = f"http://127.0.0.1:{server.port}"
     status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
         "database": "news", "table": "inspections", "source_columns": ["title", "notes"], "columns": COLUMNS,
         "sample_size": 4})
@@ -78,11 +73,7 @@ def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems
     job = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running"))
     assert job["status"] == "review", job
 
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(EXPECT_TIMEOUT)
-    context.add_cookies([{"name": "ds_actor", "value": server.cookie.split("=", 1)[1], "url": base}])
-    page = context.new_page()
-    problems.watch(page)
+    context, page, base = root_page_of(browser, server, problems, EXPECT_TIMEOUT)
     try:
         page.goto(base + data["url"])
         rows = page.locator("#llm-grid-body tr.llm-row")
