@@ -47,12 +47,14 @@ def _record_decision(item: dict, k: int) -> tuple[str, dict | None]:
 
 
 def grid(items: list[dict], documents: dict[int, str | None], columns: list[dict], *, linked: bool,
-         editable: bool, row_href: Callable[[dict], str | None] = lambda item: None) -> tuple[list[dict], list[dict]]:
+         editable: bool, row_href: Callable[[dict], str | None] = lambda item: None,
+         model_id: str | None = None) -> tuple[list[dict], list[dict]]:
     """``(rows, sources)`` for the grid include and the source blocks include.
 
     ``documents``: rowid -> the text the model read for that row (``enrich.row_document``
     of the row as it is now; None when the row is gone). Quote offsets are computed on
-    exactly the text shown (canonical line breaks, as the page's ``<pre>`` holds it)."""
+    exactly the text shown (canonical line breaks, as the page's ``<pre>`` holds it).
+    A row answered by another model than the job's ``model_id`` (a fallback) says which."""
     rows: list[dict] = []
     sources: list[dict] = []
     for item in items:
@@ -65,7 +67,7 @@ def grid(items: list[dict], documents: dict[int, str | None], columns: list[dict
             sources.append({"idx": doc_idx, "name": _label(item), "href": href, "text": text,
                             "details": f"{len(text)} characters read by the model"})
         records = item["records"] if item["status"] == "done" else []
-        base = {"row_id": item["row_id"], "href": href, "document": doc_idx, "model_id": item.get("model_id"),
+        base = {"row_id": item["row_id"], "href": href, "document": doc_idx, "model_id": item.get("model_id") if item.get("model_id") != model_id else None,
                 "written": bool(item["written"]), "duplicate": None}
         if not records:
             why = item.get("error") or ("the model found no records in this row" if linked else "no answer")

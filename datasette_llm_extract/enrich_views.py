@@ -252,7 +252,7 @@ async def review_grid(datasette, job: dict) -> dict:
 
     editable = job["status"] in jobs.WRITABLE
     rows, documents = enrich_review.grid(shown, texts, job["schema"]["columns"], linked=bool(job["linked_table"]),
-                                         editable=editable, row_href=row_href)
+                                         editable=editable, row_href=row_href, model_id=job["model_id"])
     return {"rows": rows, "documents": documents, "more_items": more}
 
 

@@ -47,6 +47,10 @@ def test_quote_offsets_count_characters_of_the_text_shown():
     assert text.index("[notes]") < row["quote_start"]
     assert row["document"] == sources[0]["idx"] == 0 and row["default_decision"] == "pending"
     assert row["ref"] == "7:0" and row["editable"]
+    assert row["model_id"] == "m"  # no job model given: every answer says its model
+    rows, _ = enrich_review.grid([item(7, [record(40, "x")])], {7: doc}, COLUMNS, linked=False, editable=True,
+                                 model_id="m")
+    assert rows[0]["model_id"] is None  # the job's own model is not repeated on each row
 
 
 def test_a_quote_missing_from_the_row_as_it_is_now_is_flagged_not_highlighted():

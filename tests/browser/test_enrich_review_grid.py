@@ -64,7 +64,7 @@ def review_server(tmp_path_factory):
         yield server, db
 
 
-def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems):
+def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems, shots):
     server, db = review_server
     status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
         "database": "news", "table": "inspections", "source_columns": ["title", "notes"], "columns": COLUMNS,
@@ -99,6 +99,7 @@ def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems
         block = page.locator(f"#llm-source-{doc}")
         expect(block.locator("mark")).to_have_text(QUOTE_1)
         expect(block).to_contain_text("Elm Street bakery")  # the row's first source column is shown too
+        shots(page, "enrich-review-grid", full_page=True)
         source_text = block.text_content()
         assert source_text.index("[notes]") < source_text.index(QUOTE_1)
         expect(page.locator(f"#llm-document-{doc} h3 a")).to_have_attribute("href", "/news/inspections/1")
