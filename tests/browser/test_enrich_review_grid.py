@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 
 from ..enrich_helpers import serving, table_rows
-from ..fake_openai_server import Reply, last_user_text
+from ..fake_openai_server import Reply, all_text, last_user_text
 from .conftest import EXPECT_TIMEOUT
 from .helpers import root_page_of
 
@@ -35,8 +35,11 @@ COLUMNS = [{"name": "fine", "type": "number", "description": "fine in dollars"},
 
 def model(request: dict) -> Reply:
     """Answers from the row's own text; the deli's fine comes first as words (invalid), then
-    as a number when re-asked."""
+    as a number when re-asked; a one-to-many job gets two records of the bakery."""
     text = last_user_text(request)
+    if "several records" in all_text(request):  # the one-to-many job: two records from row 1
+        return Reply(content=json.dumps({"rows": [{"amount": 300, "source_quote": QUOTE_1},
+                                                  {"amount": 1, "source_quote": "Inspected 2024-05-01."}]}))
     if "failed validation" in text:
         return Reply(content=json.dumps({"rows": [{"_llm_row_id": "R1", "fine": 250, "inspected": "2024-06-02"}]}))
     for title, notes in INSPECTIONS.values():
@@ -133,5 +136,36 @@ def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems
         expect(row[4].locator("input[type=radio][value=pending]")).to_be_checked()
         expect(page.locator("#llm-undecided")).to_have_text("1 row(s) undecided")
         expect(row[1].locator("input[type=radio]")).to_have_count(0)  # written rows are settled
+    finally:
+        context.close()
+
+
+def test_linked_table_records_are_reviewed_one_by_one(browser, review_server, problems):
+    """A row holding two records (a one-to-many job into a new linked table): one grid row
+    each, under the source row's name, each decided and edited on its own."""
+    server, db = review_server
+    status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
+        "database": "news", "table": "inspections", "source_columns": ["title", "notes"],
+        "columns": [{"name": "amount", "type": "number"}], "linked_table": "amounts",
+        "filter": {"id": "1"}, "sample_size": 1})
+    assert status == 201, data
+    job = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running"))
+    assert job["status"] == "review", job
+    context, page, base = root_page_of(browser, server, problems, EXPECT_TIMEOUT)
+    try:
+        page.goto(base + data["url"])
+        rows = page.locator("#llm-grid-body tr.llm-row")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0).locator(".llm-rownum")).to_have_text("Row 1, record 1 of 2")
+        expect(rows.nth(1).locator(".llm-rownum")).to_have_text("Row 1, record 2 of 2")
+        rows.nth(1).locator(".llm-rownum").click()  # both records quote the same row's own text
+        expect(page.locator("#llm-source-0 mark")).to_have_text("Inspected 2024-05-01.")
+        rows.nth(0).locator("[name$='-col-0']").fill("301")
+        rows.nth(0).locator("input[type=radio][value=accept]").check()
+        rows.nth(1).locator("input[type=radio][value=reject]").check()
+        expect(page.locator("#llm-undecided")).to_have_text("0 row(s) undecided")
+        page.locator("#llm-insert").click()
+        expect(page.locator(".llm-enrich-message")).to_contain_text("1 row(s) written")
+        assert table_rows(db, "select _llm_source_row, amount, _llm_quote from amounts") == [(1, 301.0, QUOTE_1)]
     finally:
         context.close()
