@@ -390,7 +390,8 @@ async def job_action(datasette, request):
             # the review is shown again with the reason, the reviewer's choices kept
             context = await _job_context(datasette, request, await store.get_job(await state_db(datasette), job["id"]))
             context.update(error=str(e), row_errors=e.row_errors)
-            _keep_submitted(context, data)
+            if e.row_errors:  # the rows are the ones the form showed: its choices go back on them
+                _keep_submitted(context, data)
             return await _render_job(datasette, request, context, status=e.status)
         return Response.redirect(job_url(datasette, request.url_vars["job_id"]) + "?" + urlencode({"message": str(e)}))
     if is_json:
