@@ -197,8 +197,15 @@ async def test_forged_row_refused_invalid_row_not_written_until_fixed(enrich_ds)
     assert await _decisions(ds, jar, page) == before
     assert "fine" not in [c[1] for c in _values(tmp_path / "news.db", "pragma table_info(notes)")]
 
-    # an invalid row accepted as the model gave it: refused with its reason, the choices kept
     i1, i2 = idx["1"], idx["2"]
+    # a form for a list that changed since (row 1's place now holds row 2): refused, not put back on the page
+    r = await post_form(ds, page + "/write", {f"row-{i1}-decision": "reject", f"row-{i1}-item": refs[str(i2)]}, jar,
+                        token_page=page)
+    assert r.status_code == 409 and "changed since the page was shown" in r.text
+    assert r.text.count('value="pending" checked') == 3 and 'value="reject" checked' not in r.text
+    assert await _decisions(ds, jar, page) == before
+
+    # an invalid row accepted as the model gave it: refused with its reason, the choices kept
     form = {f"row-{i1}-decision": "accept", f"row-{i1}-item": refs[str(i1)], f"row-{i1}-col-0": "100",
             f"row-{i1}-col-1": "2024-01-02",
             f"row-{i2}-decision": "accept", f"row-{i2}-item": refs[str(i2)], f"row-{i2}-col-0": "still lots",
