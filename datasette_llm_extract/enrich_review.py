@@ -67,7 +67,8 @@ def grid(items: list[dict], documents: dict[int, str | None], columns: list[dict
             sources.append({"idx": doc_idx, "name": _label(item), "href": href, "text": text,
                             "details": f"{len(text)} characters read by the model"})
         records = item["records"] if item["status"] == "done" else []
-        base = {"row_id": item["row_id"], "href": href, "document": doc_idx, "model_id": item.get("model_id") if item.get("model_id") != model_id else None,
+        fallback = item.get("model_id") if item.get("model_id") != model_id else None
+        base = {"row_id": item["row_id"], "href": href, "document": doc_idx, "model_id": fallback,
                 "written": bool(item["written"]), "duplicate": None}
         if not records:
             why = item.get("error") or ("the model found no records in this row" if linked else "no answer")
