@@ -67,18 +67,22 @@ def review_server(tmp_path_factory):
         yield server, db
 
 
+def sample_ready(server, **job) -> str:
+    """Start a job on the inspections' title and notes; the job page's path once its sample is ready."""
+    status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
+        "database": "news", "table": "inspections", "source_columns": ["title", "notes"], **job})
+    assert status == 201, data
+    done = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running"))
+    assert done["status"] == "review", done
+    return data["url"]
+
+
 def test_sample_reviewed_in_the_extraction_grid(browser, review_server, problems, shots):
     server, db = review_server
-    status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
-        "database": "news", "table": "inspections", "source_columns": ["title", "notes"], "columns": COLUMNS,
-        "sample_size": 4})
-    assert status == 201, data
-    job = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running"))
-    assert job["status"] == "review", job
-
+    url = sample_ready(server, columns=COLUMNS, sample_size=4)
     context, page, base = root_page_of(browser, server, problems, EXPECT_TIMEOUT)
     try:
-        page.goto(base + data["url"])
+        page.goto(base + url)
         rows = page.locator("#llm-grid-body tr.llm-row")
         expect(rows).to_have_count(4)
         for i in range(4):  # nothing is accepted for the reviewer
@@ -144,16 +148,11 @@ def test_linked_table_records_are_reviewed_one_by_one(browser, review_server, pr
     """A row holding two records (a one-to-many job into a new linked table): one grid row
     each, under the source row's name, each decided and edited on its own."""
     server, db = review_server
-    status, data = server.request("POST", "/-/llm-extract/enrich/api/jobs", {
-        "database": "news", "table": "inspections", "source_columns": ["title", "notes"],
-        "columns": [{"name": "amount", "type": "number"}], "linked_table": "amounts",
-        "filter": {"id": "1"}, "sample_size": 1})
-    assert status == 201, data
-    job = server.wait_job(data["id"], lambda j: j["status"] not in ("pending", "running"))
-    assert job["status"] == "review", job
+    url = sample_ready(server, columns=[{"name": "amount", "type": "number"}], linked_table="amounts",
+                       filter={"id": "1"}, sample_size=1)
     context, page, base = root_page_of(browser, server, problems, EXPECT_TIMEOUT)
     try:
-        page.goto(base + data["url"])
+        page.goto(base + url)
         rows = page.locator("#llm-grid-body tr.llm-row")
         expect(rows).to_have_count(2)
         expect(rows.nth(0).locator(".llm-rownum")).to_have_text("Row 1, record 1 of 2")
