@@ -199,14 +199,19 @@ class RowResult:
         return json.dumps(self.records, ensure_ascii=False, default=str)
 
 
-def _record(values: dict, raw: dict, errors: list[str], document: str, files: list | None = None) -> dict:
-    """``quote_found`` is None when the row's source is an attached image or PDF: nothing to check it in."""
+def _record(values: dict, raw: dict, errors: list[str], document: str, files: list | None = None,
+            replaced: dict | None = None) -> dict:
+    """``quote_found`` is None when the row's source is an attached image or PDF: nothing to check it in.
+    ``replaced``: the values the model first gave, when a re-ask corrected them (the review shows them)."""
     quote = raw.get(QUOTE_FIELD)
     quote = quote.strip() if isinstance(quote, str) and quote.strip() else None
     found = bool(quote) and locate_quote(document, quote) is not None
     if files and not found:
         found = None
-    return {"values": values, "quote": quote, "quote_found": found, "valid": not errors, "errors": errors}
+    record = {"values": values, "quote": quote, "quote_found": found, "valid": not errors, "errors": errors}
+    if replaced is not None:
+        record["replaced"] = replaced
+    return record
 
 
 def _parse(text: str) -> tuple[list[dict], list[str]]:
@@ -285,12 +290,14 @@ async def finish_answer(out: RowResult, gateway, spec: TableSpec, instructions: 
         except Exception as e:  # noqa: BLE001
             out.warnings.append(f"the re-ask failed: {e}")
     for i, (raw, values, errors) in enumerate(checked):
+        replaced = None
         if i in fixes:
+            replaced = {n: raw.get(n) for n in spec.column_names()}
             raw = fixes[i]
             values, errors = validate_row(model, raw)
         if not errors and all(v is None for v in values.values()):
             errors = ["the model found no values"]
-        out.records.append(_record(values, raw, errors, document, files))
+        out.records.append(_record(values, raw, errors, document, files, replaced))
     return out
 
 

@@ -62,9 +62,11 @@ ESTIMATE_ROWS = 200
 class JobError(Exception):
     """Bad input or a state that forbids the action; nothing was written."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, row_errors: dict[int, list[str]] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        #: Review grid row (idx) -> why its values cannot be written.
+        self.row_errors = row_errors or {}
 
 
 @dataclass
@@ -321,6 +323,16 @@ def _values_of(item: dict, records: list[dict]) -> dict:
     return (records[0].get("values") if records else None) or {}
 
 
+def _linked_records(item: dict) -> list[dict]:
+    """The records of a one-to-many item to write: those the reviewer accepted (with their
+    edits) when it was reviewed record by record, else every valid one."""
+    review = item.get("review")
+    if not review:
+        return [r for r in item["records"] if r.get("valid")]
+    return [{**r, "values": d.get("values") or r.get("values")}
+            for r, d in zip(item["records"], review) if d.get("decision") == "accepted"]
+
+
 async def _write_items(datasette, job: dict, items: list[dict]) -> int:
     """Write answered items into the table (new columns or linked table), then mark them written."""
     if not items:
@@ -330,9 +342,9 @@ async def _write_items(datasette, job: dict, items: list[dict]) -> int:
     for item in items:
         item.setdefault("records", json.loads(item["records_json"]) if item.get("records_json") else [])
         item.setdefault("edited", json.loads(item["edited_json"]) if item.get("edited_json") else None)
+        item.setdefault("review", json.loads(item["review_json"]) if item.get("review_json") else None)
     if job["linked_table"]:
-        fn = write_linked_fn(job["linked_table"], spec, job["id"],
-                             [(i["row_id"], [r for r in i["records"] if r.get("valid")]) for i in items])
+        fn = write_linked_fn(job["linked_table"], spec, job["id"], [(i["row_id"], _linked_records(i)) for i in items])
     else:
         fn = write_values_fn(job["table_name"], spec, [(i["row_id"], _values_of(i, i["records"])) for i in items])
     await db.execute_write_fn(fn, block=True)
@@ -641,17 +653,81 @@ async def review(datasette, job: dict, decisions: dict[int, tuple[str, dict | No
     return {"saved": len(clean)}
 
 
+#: Job statuses in which reviewed rows can be decided and written.
+WRITABLE = ("review", "done", "paused", "cancelled")
+
+
+async def review_grid(datasette, job: dict, rows: list[dict], posted: dict[int, dict]) -> dict:
+    """Record the review grid's decisions (``enrich_review.form_decisions``) for the rows the page
+    showed (``enrich_review.grid``). An accepted row must validate (``check_edit``) with the
+    reviewer's values: otherwise nothing is saved and ``JobError.row_errors`` says why, per row."""
+    from .enrich_review import item_decision, submitted
+
+    if job["status"] not in WRITABLE:
+        raise JobError(f"A {job['status']} job cannot be reviewed now: wait for it to stop.", 409)
+    spec = TableSpec(**job["schema"])
+    names = spec.column_names()
+    by_idx = {r["idx"]: r for r in rows}
+    row_errors: dict[int, list[str]] = {}
+    decisions: dict[int, tuple[str, dict | None]] = {}
+    reviews: dict[int, list[dict]] = {}
+    state = await state_db(datasette)
+    stored = {i["row_id"]: i for i in await store.items_by_id(state, job["id"], {r["row_id"] for r in rows})}
+    for idx, choice in sorted(posted.items()):
+        row = by_idx[idx]
+        item = stored.get(row["row_id"])
+        if item is None or item["written"]:
+            raise JobError(f"{row['label']} was written or changed meanwhile: reload the page. Nothing was saved.", 409)
+        edited = row["edited"]
+        if choice["decision"] == "accepted":
+            values, errors = check_edit(spec, submitted(row["values"], names, choice["values"]))
+            if errors:
+                row_errors[idx] = errors
+                continue
+            model_values = {n: row["values"].get(n) for n in names}
+            edited = None if values == model_values else values
+        if job["linked_table"]:
+            review = reviews.setdefault(row["row_id"], item["review"] or [
+                {"decision": item["decision"] if r.get("valid") else "pending", "values": None}
+                for r in item["records"]])
+            review[row["record"]] = {"decision": choice["decision"], "values": edited}
+        else:
+            decisions[row["row_id"]] = (choice["decision"], edited)
+    if row_errors:
+        raise JobError(f"{len(row_errors)} accepted row(s) have invalid values: fix them or reject them. "
+                       "Nothing was saved.", row_errors=row_errors)
+    for row_id, review in reviews.items():
+        decisions[row_id] = (item_decision(review), None)
+    await store.set_decisions(state, job["id"], decisions, reviews)
+    return {"saved": len(posted)}
+
+
 async def write_accepted(datasette, job: dict) -> dict:
     """Write the accepted rows of a job held for review (valid ones, or corrected)."""
-    if job["status"] not in ("review", "done", "paused", "cancelled"):
+    if job["status"] not in WRITABLE:
         raise JobError(f"A {job['status']} job cannot be written now.", 409)
     state = await state_db(datasette)
     accepted = [i for i in await store.items(state, job["id"], limit=MAX_ROWS, status="done")
-                if i["decision"] == "accepted" and not i["written"] and (i["valid"] or i["edited"])]
+                if i["decision"] == "accepted" and not i["written"] and (i["valid"] or i["edited"] or i["review"])]
     written = await _write_items(datasette, job, accepted)
     if job["status"] == "review" and job["phase"] == "rest":
         await store.update_job(state, job["id"], only_status={"review"}, status="done")
     return {"written": written}
+
+
+async def source_documents(db, table: str, source: list[str], row_ids: list[int]) -> dict[int, str]:
+    """rowid -> the text the model reads for that row now (``row_document``); deleted rows are missing."""
+    out: dict[int, str] = {}
+    present = set(await table_columns(db, table))
+    cols = [c for c in source if c in present]
+    for start in range(0, len(row_ids), 500):
+        chunk = row_ids[start:start + 500]
+        result = await db.execute(
+            f"select rowid, {quote_identifiers(cols)} from {quote_identifier(table)}"  # noqa: S608 - quoted names
+            f" where rowid in ({', '.join('?' for _ in chunk)})", chunk)
+        for r in result.rows:
+            out[r[0]] = row_document(dict(zip(cols, tuple(r)[1:])), source)
+    return out
 
 
 async def undo(datasette, actor, job: dict) -> dict:

@@ -105,7 +105,18 @@ def _m0002_url_columns(conn: sqlite3.Connection) -> None:
                      "column -> image | pdf, its https URLs sent as files by URL (null: none marked) */")
 
 
-register_migrations("enrich", [("0001_enrich", _m0001_enrich), ("0002_url_columns", _m0002_url_columns)])
+def _m0003_record_review(conn: sqlite3.Connection) -> None:
+    columns = {r[1] for r in conn.execute("pragma table_info(llm_enrich_items)")}
+    if "review_json" not in columns:
+        # Block comment: SQLite copies it into the stored table definition.
+        conn.execute(
+            "alter table llm_enrich_items add column review_json text"
+            " /* one-to-many: JSON list, per record, of {decision, values: the reviewer's edit or null} */"
+        )
+
+
+register_migrations("enrich", [("0001_enrich", _m0001_enrich), ("0002_url_columns", _m0002_url_columns),
+                               ("0003_record_review", _m0003_record_review)])
 
 
 def new_job_id() -> str:
@@ -310,24 +321,49 @@ async def items(db, job_id: str, *, sample_only: bool = False, limit: int = 500,
         sql += " and status = ?"
         params.append(status)
     rows = await db.execute(sql + " order by row_id limit ? offset ?", [*params, limit, offset])
-    out = []
-    for r in rows.rows:
-        d = dict(r)
-        d["records"] = json.loads(d["records_json"]) if d["records_json"] else []
-        d["edited"] = json.loads(d["edited_json"]) if d["edited_json"] else None
-        d["previous"] = json.loads(d["previous_json"]) if d["previous_json"] else None
-        d["pk"] = json.loads(d["pk_json"]) if d["pk_json"] else None
-        out.append(d)
-    return out
+    return [_item(r) for r in rows.rows]
 
 
-async def set_decisions(db, job_id: str, decisions: dict[int, tuple[str, dict | None]]) -> None:
+async def review_items(db, job_id: str, *, sample_only: bool, limit: int = 200) -> list[dict]:
+    """Answered items to review: undecided ones first, then decided and written ones, by rowid."""
+    sql = "select * from llm_enrich_items where job_id = ? and status != 'pending'"
+    if sample_only:
+        sql += " and sample = 1"
+    rows = await db.execute(sql + " order by (written = 1 or decision != 'pending'), row_id limit ?", [job_id, limit])
+    return [_item(r) for r in rows.rows]
+
+
+async def items_by_id(db, job_id: str, row_ids: set[int]) -> list[dict]:
+    ids = sorted(row_ids)
+    if not ids:
+        return []
+    rows = await db.execute(f"select * from llm_enrich_items where job_id = ? and row_id in ({', '.join('?' for _ in ids)})",  # noqa: S608
+                            [job_id, *ids])
+    return [_item(r) for r in rows.rows]
+
+
+def _item(row) -> dict:
+    d = dict(row)
+    for column, key in (("records_json", "records"), ("edited_json", "edited"), ("previous_json", "previous"),
+                        ("pk_json", "pk"), ("review_json", "review")):
+        d[key] = json.loads(d[column]) if d.get(column) else ([] if key == "records" else None)
+    return d
+
+
+async def set_decisions(db, job_id: str, decisions: dict[int, tuple[str, dict | None]],
+                        reviews: dict[int, list[dict]] | None = None) -> None:
+    """Decisions (and edited values) of unwritten items; ``reviews``: per-record decisions of
+    one-to-many items."""
+    reviews = reviews or {}
+
     def fn(conn):
         with conn:
             for row_id, (decision, edited) in decisions.items():
-                conn.execute("update llm_enrich_items set decision = ?, edited_json = ? where job_id = ?"
-                             " and row_id = ? and written = 0",
-                             (decision, json.dumps(edited) if edited is not None else None, job_id, row_id))
+                review = reviews.get(row_id)
+                conn.execute("update llm_enrich_items set decision = ?, edited_json = ?, review_json = ?"
+                             " where job_id = ? and row_id = ? and written = 0",
+                             (decision, json.dumps(edited) if edited is not None else None,
+                              json.dumps(review) if review is not None else None, job_id, row_id))
 
     await _write(db, fn)
 

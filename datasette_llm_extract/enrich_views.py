@@ -22,10 +22,12 @@ from datasette_llm_core.gateway import llm_gateway
 from datasette_llm_core.state import STATE_DB_NAME, state_db
 
 from . import enrich_jobs as jobs
+from . import enrich_review, review
 from . import enrich_store as store
 from .enrich_jobs import JobError, JobRequest
 from .schema import COLUMN_TYPES, TableSpec
 from .service import can_write
+from .views import _csrf
 
 PREFIX = "/-/llm-extract/enrich"
 JOB_ID = r"(?P<job_id>[0-9a-f]{16})"
@@ -129,7 +131,7 @@ def _item_view(item: dict) -> dict:
             "quote": first.get("quote"), "quote_found": first.get("quote_found"),
             "valid": bool(item["valid"]), "errors": first.get("errors") or [], "decision": item["decision"],
             "edited": item["edited"] is not None, "written": bool(item["written"]), "model_id": item["model_id"],
-            "previous": item["previous"]}
+            "previous": item["previous"], "review": item.get("review")}
 
 
 # --- start page ------------------------------------------------------------------------
@@ -226,25 +228,77 @@ async def start_page(datasette, request):
 
 # --- job page, JSON, actions ------------------------------------------------------------
 
-async def job_page(datasette, request):
-    try:
-        job = await job_for(datasette, request.actor, request.url_vars["job_id"])
-    except JobError as e:
-        _raise(e)
+#: Items shown in the review grid at once (undecided ones first).
+REVIEW_ITEMS = 200
+
+
+async def review_grid(datasette, job: dict) -> dict:
+    """The review grid of a job (``enrich_review.grid``): the same list when the page is shown
+    and when its form comes back, so the form's row numbers map to the same items."""
     state = await state_db(datasette)
     reviewing = job["status"] == "review" or (job["write_mode"] == "review" and job["rows_done"])
-    shown = await store.items(state, job["id"], sample_only=job["phase"] == "sample", limit=200,
-                              status=None) if reviewing else []
-    context = {
-        "job": job_summary(datasette, job), "items": [_item_view(i) for i in shown if i["status"] != "pending"],
+    if not reviewing:
+        return {"rows": [], "documents": [], "more_items": False}
+    shown = await store.review_items(state, job["id"], sample_only=job["phase"] == "sample",
+                                     limit=REVIEW_ITEMS + 1)
+    more, shown = len(shown) > REVIEW_ITEMS, shown[:REVIEW_ITEMS]
+    db = datasette.databases[job["database_name"]]
+    texts = await jobs.source_documents(db, job["table_name"], job["source_columns"], [i["row_id"] for i in shown])
+
+    def row_href(item):
+        pk = item["pk"] if item["pk"] else [item["row_id"]]
+        return datasette.urls.row(job["database_name"], job["table_name"],
+                                  ",".join(tilde_encode(str(v)) for v in pk))
+
+    editable = job["status"] in jobs.WRITABLE
+    rows, documents = enrich_review.grid(shown, texts, job["schema"]["columns"], linked=bool(job["linked_table"]),
+                                         editable=editable, row_href=row_href, model_id=job["model_id"])
+    return {"rows": rows, "documents": documents, "more_items": more}
+
+
+async def _job_context(datasette, request, job: dict) -> dict:
+    grid = await review_grid(datasette, job)
+    rows = grid["rows"]
+    return {
+        "job": job_summary(datasette, job), **grid, "columns": job["schema"]["columns"],
         "spec": TableSpec(**job["schema"]), "active": job["status"] in store.ACTIVE,
+        "reviewable": any(r["editable"] for r in rows), "decisions": review.DECISIONS,
+        "undecided": sum(1 for r in rows if r["editable"] and r["default_decision"] == "pending"),
+        "row_errors": {}, "error": None, "csrf": _csrf(request),
         "action_url": lambda a: job_url(datasette, job["id"], f"/{a}"),
         "table_url": datasette.urls.table(job["database_name"], job["table_name"]),
         "linked_url": datasette.urls.table(job["database_name"], job["linked_table"]) if job["linked_table"] else None,
         "message": request.args.get("message"), "fmt_time": lambda t: time.strftime(
             "%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "",
     }
-    return Response.html(await datasette.render_template("llm_extract_enrich_job.html", context, request=request))
+
+
+async def _render_job(datasette, request, context: dict, status: int = 200) -> Response:
+    return Response.html(await datasette.render_template("llm_extract_enrich_job.html", context, request=request),
+                         status=status)
+
+
+async def job_page(datasette, request):
+    try:
+        job = await job_for(datasette, request.actor, request.url_vars["job_id"])
+    except JobError as e:
+        _raise(e)
+    return await _render_job(datasette, request, await _job_context(datasette, request, job))
+
+
+def _keep_submitted(context: dict, form: dict) -> None:
+    """The page shown again after a refused form keeps the reviewer's decisions and values."""
+    for row in context["rows"]:
+        idx = row["idx"]
+        decision = (form.get(f"row-{idx}-decision") or [None])[0]
+        if decision and row["editable"]:
+            row["default_decision"] = decision
+        for cell in row["cells"]:
+            key = f"row-{idx}-col-{cell['n']}"
+            if key in form and row["editable"]:
+                cell["text"] = form[key][0]
+                cell["control"] = review.control(context["columns"][cell["n"]], form[key][0])
+    context["undecided"] = sum(1 for r in context["rows"] if r["editable"] and r["default_decision"] == "pending")
 
 
 async def job_json(datasette, request):
@@ -282,25 +336,14 @@ async def _read_body(request) -> tuple[dict, bool]:
     return form, False
 
 
-def _decisions_from_form(form: dict, spec: TableSpec) -> dict[int, tuple[str, dict | None]]:
-    out = {}
-    for key, value in form.items():
-        if not key.startswith("decision-"):
-            continue
-        row_id = int(key.split("-", 1)[1])
-        edited = None
-        if (form.get(f"edit-{row_id}") or [""])[0] == "1":
-            edited = {c.name: ((form.get(f"value-{row_id}-{c.name}") or [""])[0] or None) for c in spec.columns}
-        out[row_id] = (value[0], edited)
-    return out
-
-
 async def job_action(datasette, request):
     if request.method != "POST":
         return Response.json({"ok": False, "error": "POST to this address."}, status=405)
     action = request.url_vars["action"]
     actor = request.actor
     is_json = False
+    job = None
+    data: dict = {}
     try:
         data, is_json = await _read_body(request)
         job = await job_for(datasette, actor, request.url_vars["job_id"])
@@ -320,9 +363,14 @@ async def job_action(datasette, request):
             if is_json:
                 decisions = {int(k): (v.get("decision", "accepted"), v.get("values"))
                              for k, v in (data.get("decisions") or {}).items()}
+                result = await jobs.review(datasette, job, decisions)
             else:
-                decisions = _decisions_from_form(data, spec)
-            result = await jobs.review(datasette, job, decisions)
+                grid = await review_grid(datasette, job)
+                try:
+                    posted = enrich_review.form_decisions(data, grid["rows"], spec.column_names())
+                except enrich_review.ReviewError as e:
+                    raise JobError(str(e), e.status) from None
+                result = await jobs.review_grid(datasette, job, grid["rows"], posted)
             if action == "write":
                 result.update(await jobs.write_accepted(datasette, await store.get_job(await state_db(datasette),
                                                                                         job["id"])))
@@ -338,6 +386,13 @@ async def job_action(datasette, request):
         if is_json or bodies.media_type(request.headers.get("content-type")) == bodies.JSON_TYPE:
             return Response.json({"ok": False, "error": str(e)}, status=e.status)
         _raise(e)
+        if action in ("review", "write") and job is not None:
+            # the review is shown again with the reason, the reviewer's choices kept
+            context = await _job_context(datasette, request, await store.get_job(await state_db(datasette), job["id"]))
+            context.update(error=str(e), row_errors=e.row_errors)
+            if e.row_errors:  # the rows are the ones the form showed: its choices go back on them
+                _keep_submitted(context, data)
+            return await _render_job(datasette, request, context, status=e.status)
         return Response.redirect(job_url(datasette, request.url_vars["job_id"]) + "?" + urlencode({"message": str(e)}))
     if is_json:
         return Response.json({"ok": True, "message": message, **result})

@@ -4,12 +4,13 @@ a ``datasette serve`` process configured for it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
 import time
 
-from .fake_openai_server import Reply, last_user_text
+from .fake_openai_server import FakeOpenAIServer, Reply, last_user_text
 from .test_crash_recovery import Server
 
 BOROUGHS = ["Bronx", "Queens", "Brooklyn"]
@@ -88,3 +89,15 @@ def table_rows(db, sql: str, params=()) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def serving(tmp_path, db, handler):
+    """An ``EnrichServer`` of ``db`` whose model is a fake OpenAI server answering with ``handler``."""
+    with FakeOpenAIServer(handler=handler) as fake:
+        server = EnrichServer(tmp_path, db, fake.base_url)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

@@ -303,7 +303,7 @@
     var undecided = editable.filter(function (r) { return decisionOf(r) === "pending"; }).length;
     var accepted = editable.filter(function (r) { return decisionOf(r) === "accept"; }).length;
     if (out) { out.textContent = undecided + " row(s) undecided"; }
-    if (insert) { insert.textContent = "Insert the accepted rows (" + accepted + ")"; }
+    if (insert) { insert.textContent = (insert.getAttribute("data-label") || "Insert the accepted rows") + " (" + accepted + ")"; }
   }
 
   function moveTo(row) {
@@ -373,7 +373,8 @@
     area.style.height = (area.scrollHeight + 2) + "px";
   }
 
-  function initRun(root) {
+  /* The review grid (llm_extract_grid.html): the run page's and the enrichment job page's. */
+  function initGrid(root) {
     if (!SIZES_ITSELF) {
       root.addEventListener("input", function (e) { grow(e.target); });
       new MutationObserver(function () { root.querySelectorAll("textarea.llm-value").forEach(grow); })
@@ -383,6 +384,10 @@
     document.querySelectorAll("tr.llm-row").forEach(bindRow);
     document.querySelectorAll(".llm-value").forEach(function (n) { n.setAttribute("data-initial", n.value); });
     initReview(root);
+  }
+
+  function initRun(root) {
+    initGrid(root);
     if (root.getAttribute("data-active") !== "1" || !window.EventSource) { return; }
     var columns = readJSON(root, "data-columns") || [];
     var body = root.querySelector("#llm-grid-body");
@@ -473,5 +478,6 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll('[data-llm-extract="start"]').forEach(initStart);
     document.querySelectorAll('[data-llm-extract="run"]').forEach(initRun);
+    document.querySelectorAll('[data-llm-extract="review"]').forEach(initGrid);
   });
 })();

@@ -38,3 +38,15 @@ def assert_status(page, url: str, status: int) -> None:
     4xx document as a console error, which the suite treats as a failure)."""
     response = page.request.get(url, max_redirects=0)
     assert response.status == status, f"{url}: expected HTTP {status}, got {response.status}"
+
+
+def root_page_of(browser, server, problems, timeout: int):
+    """(context, page, base URL) signed in as root on a test's own ``datasette serve``
+    (``tests.test_crash_recovery.Server``); close the context when done."""
+    base = f"http://127.0.0.1:{server.port}"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(timeout)
+    context.add_cookies([{"name": "ds_actor", "value": server.cookie.split("=", 1)[1], "url": base}])
+    page = context.new_page()
+    problems.watch(page)
+    return context, page, base

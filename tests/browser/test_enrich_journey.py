@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from ..enrich_helpers import EnrichServer, answer, make_db, table_rows
-from ..fake_openai_server import FakeOpenAIServer
+from ..enrich_helpers import answer, make_db, serving, table_rows
 from .conftest import EXPECT_TIMEOUT
+from .helpers import root_page_of
 
 pytestmark = pytest.mark.browser
 expect = pytest.importorskip(
@@ -22,23 +22,13 @@ def enrich_server(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("enrich-browser")
     db = tmp_path / "news.db"
     make_db(db, rows=30)
-    with FakeOpenAIServer(handler=answer) as fake:
-        server = EnrichServer(tmp_path, db, fake.base_url)
-        server.start()
-        try:
-            yield server, db
-        finally:
-            server.stop()
+    with serving(tmp_path, db, answer) as server:
+        yield server, db
 
 
 def test_extract_into_new_columns_from_a_filtered_table(browser, enrich_server, problems):
     server, db = enrich_server
-    base = f"http://127.0.0.1:{server.port}"
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(EXPECT_TIMEOUT)
-    context.add_cookies([{"name": "ds_actor", "value": server.cookie.split("=", 1)[1], "url": base}])
-    page = context.new_page()
-    problems.watch(page)
+    context, page, base = root_page_of(browser, server, problems, EXPECT_TIMEOUT)
     try:
         page.goto(base + "/news/complaints?borough=Bronx")
         page.locator("details.actions-menu-links summary").first.click()
@@ -64,13 +54,17 @@ def test_extract_into_new_columns_from_a_filtered_table(browser, enrich_server, 
         expect(page.locator(".llm-enrich-banner")).to_contain_text("review, 3 done, 0 failed of 10")
         page.locator(".llm-enrich-banner a").click()
         assert page.url == job_page
-        rows = page.locator(".llm-enrich-grid tbody tr")
+        # the review grid of extraction: every row starts undecided
+        rows = page.locator("#llm-grid-body tr.llm-row")
         expect(rows).to_have_count(3)
-        expect(page.locator(".llm-enrich-grid")).to_contain_text("✓ in the row")
-        first, second = (rows.nth(i).get_attribute("data-row") for i in range(2))
-        page.get_by_label(f"Decision for row {second}").select_option("rejected")
-        page.get_by_label(f"fine of row {first}").fill("1234")
-        page.get_by_role("button", name="Write accepted rows").click()
+        expect(page.locator("#llm-undecided")).to_have_text("3 row(s) undecided")
+        expect(page.locator(".llm-grid .llm-quote-text")).to_have_count(3)
+        expect(page.locator(".llm-grid")).not_to_contain_text("Quote not found")
+        first, second = (rows.nth(i).get_attribute("data-row-id") for i in range(2))
+        page.get_by_role("button", name="Accept all valid rows").click()
+        rows.nth(1).locator("input[type=radio][value=reject]").check()
+        rows.nth(0).locator("[name$='-col-1']").fill("1234")
+        page.locator("#llm-insert").click()
         expect(page.locator(".llm-enrich-message")).to_contain_text("2 row(s) written")
         values = dict(table_rows(db, "select id, fine from complaints where fine is not null"))
         assert values[int(first)] == 1234 and int(second) not in values and len(values) == 2
