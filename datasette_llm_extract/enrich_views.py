@@ -176,8 +176,19 @@ def _request_from_form(database: str, table: str, form: dict) -> JobRequest:
         model_id=one("model") or None, selection={"args": _filter_args(one("filter"))},
         row_limit=_number(one("row_limit"), int), sample_size=_number(one("sample_size"), int, 20),
         write_mode=one("write_mode", "review") or "review", max_cost=_number(one("max_cost"), float),
-        linked_table=one("linked_table") or None,
+        linked_table=one("linked_table") or None, url_columns=_url_columns_from_form(form),
     )
+
+
+def _url_columns_from_form(form: dict) -> dict | None:
+    """The source columns the journalist marked as holding image or PDF URLs
+    (``url-<column>``: ``image`` / ``pdf``; blank: text, file URLs found by their ending)."""
+    marked = {}
+    for name in form.get("source") or []:
+        kind = (form.get(f"url-{name}") or [""])[0]
+        if kind:
+            marked[name] = kind  # an unknown kind is refused by jobs.prepare, with what to pick
+    return marked or None
 
 
 async def start_page(datasette, request):
@@ -216,6 +227,7 @@ async def start_page(datasette, request):
         "database": database, "table": table, "columns": columns, "filter": query,
         "filter_text": urlencode(sorted(args.items()), doseq=True),
         "form": {k: v for k, v in form.items()}, "chosen_sources": form.get("source") or [],
+        "url_kinds": [("", "text"), ("image", "image URLs"), ("pdf", "PDF URLs")],
         "builder": _columns_from_form(form) + [{}] * BUILDER_ROWS, "builder_rows": BUILDER_ROWS,
         "types": COLUMN_TYPES, "models": [m.model_id for m in gateway.chat_models()],
         "estimate": estimate, "error": error, "table_url": datasette.urls.table(database, table),

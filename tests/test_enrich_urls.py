@@ -10,6 +10,7 @@ OpenAI-compatible server (a real HTTP server)."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
@@ -259,3 +260,36 @@ async def test_the_api_estimate_says_which_models_read_url_columns(tmp_path):
     assert status == 400 and "url_columns" in data["error"], data
     status, data = await post(model="fetching", url_columns=["scan"])
     assert status == 400 and "url_columns is an object" in data["error"], data
+
+
+async def test_the_start_page_marks_a_column_as_holding_image_urls(tmp_path):
+    """The web form's "What <column> holds" select reaches the job: an address with no
+    file ending counts as an image only once its column is marked, and a mark the suite
+    does not know is refused with what to pick."""
+    from .extract_web_helpers import V1, cookies, post_form
+
+    db = tmp_path / "news.db"
+    make_scans_db(db)
+    fetching = {"provider": "openai-compatible", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                "supports": ["streaming", "schema", "images"], "accepts_urls": True,
+                "input_cost_per_mtok": 1, "output_cost_per_mtok": 1}
+    config = {"plugins": {"datasette-llm-newsroom": {
+        "state_database": str(tmp_path / "state.db"), "models": [{"id": "fetching", **fetching}]}}}
+    ds = Datasette([str(db)], **({"config": config} if V1 else {"metadata": config}))
+    if V1:
+        ds.root_enabled = True
+    page = "/-/llm-extract/enrich/new/news/complaints"
+    assert 'name="url-page"' in (await ds.client.get(page, cookies=cookies(ds, "root"))).text
+    form = {"source": ["narrative", "page"], "col-0-name": "fine", "col-0-type": "integer",
+            "model": "fetching", "action": "estimate"}
+
+    async def tokens(**marks) -> int:
+        r = await post_form(ds, page, {**form, **marks}, cookies(ds, "root"))
+        assert r.status_code == 200, r.text
+        return int(re.search(r"About ([\d,]+) input", r.text).group(1).replace(",", ""))
+
+    plain = await tokens()
+    marked = await tokens(**{"url-page": "image"})
+    assert marked > plain + 400  # 2 of the 3 "page" cells are https addresses: now images
+    r = await post_form(ds, page, {**form, "url-page": "video"}, cookies(ds, "root"))
+    assert r.status_code == 400 and "url_columns marks" in r.text and "image or pdf" in r.text

@@ -35,7 +35,7 @@ def test_extract_into_new_columns_from_a_filtered_table(browser, enrich_server, 
         page.locator("a", has_text="Extract into new columns").click()  # role menuitem on 1.0
         expect(page.locator(".llm-enrich-filter")).to_contain_text("borough=Bronx")
 
-        page.get_by_label("narrative").check()
+        page.get_by_role("checkbox", name="narrative", exact=True).check()
         page.get_by_label("Column 1 name").fill("reported")
         page.get_by_label("Column 1 type").select_option("date")
         page.get_by_label("Column 2 name").fill("fine")
