@@ -27,7 +27,7 @@ from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.sql import quote_identifier
 
 from .lexical import TermEncoder
-from .quant import choose_centre, decode_centre, encode_centre, quantize
+from .quant import choose_centre, decode_centre, encode_centre, quantize, residual_codes
 from .ragconfig import SECTION, RagConfig, TableConfig, parse_rag_config
 from .sidecar import (
     bump_generation,
@@ -313,11 +313,17 @@ def _write_batch(
         if new_centre:
             side.execute("insert or replace into meta (key, value) values ('centre', ?)",
                          (encode_centre(centre),))
-        q8, scale = quantize(vectors - centre if centre is not None else vectors)
+        shifted = vectors - centre if centre is not None else vectors
+        q8, scale = quantize(shifted)
         dims = q8.shape[1] if q8.ndim == 2 else 0
         codes = q8.tobytes()  # slicing one bytes object beats a numpy index per row
+        half = (dims + 1) // 2
+        rest = residual_codes(shifted, q8, scale).tobytes() if dims else b""
         scales = scale.tolist()
-        vec_rows = [(e, codes[j * dims : (j + 1) * dims], scales[j]) for j, e in enumerate(vec_ids)]
+        vec_rows = [
+            (e, codes[j * dims : (j + 1) * dims], scales[j], rest[j * half : (j + 1) * half])
+            for j, e in enumerate(vec_ids)
+        ]
         if inserts:
             side.executemany(
                 "insert into entries (id, tbl, pk, chunk, text, hash, title) "
@@ -335,7 +341,7 @@ def _write_batch(
                 "update entries set text = ?, hash = ?, title = ? where id = ?", updates
             )
         side.executemany(
-            "insert or replace into vectors (entry_id, q8, scale) values (?, ?, ?)", vec_rows
+            "insert or replace into vectors (entry_id, q8, scale, r4) values (?, ?, ?, ?)", vec_rows
         )
         if encoder.pending:
             side.executemany("insert into terms (id, term) values (?, ?)", encoder.pending)
