@@ -15,9 +15,9 @@ scan over one-bit codes of the mean-centred vectors (48 bytes per vector),
 each differing sign weighted by the query's own coordinate, picks 2% of the
 rows (at least 4,000) as candidates, which are then rescored with their
 int8 vectors; the best 32 are rescored again with their int8 rounding
-residuals, read from the sidecar (quant.py). The ``tables`` argument of every search restricts it
-to those tables *inside* the search, so rows of other tables can never come
-back, whatever the fusion does.
+residuals, read from the sidecar (quant.py). The ``tables`` argument of
+every search restricts it to those tables *inside* the search, so rows of
+other tables can never come back, whatever the fusion does.
 """
 
 from __future__ import annotations
@@ -516,6 +516,9 @@ class RagIndex:
         apart, about the int8 rounding error, so the int8 order swaps
         near-ties; with the residual a score is within ~2e-5 of float32.
         Rows without a residual (written before schema 3) keep their score.
+        A row rewritten since the snapshot was loaded (the next search
+        reloads it) gets a residual of its new vector: an error no larger
+        than int8's own, for one search.
         """
         head = pos[:rows]
         ids = state.ids[head].tolist()
