@@ -42,8 +42,13 @@ from .textbuild import chunk_text, make_builder, text_hash
 EmbedFn = Callable[..., Awaitable[np.ndarray]]
 ProgressFn = Callable[[int, int], Any]
 
-#: Entries written per sidecar transaction.
+#: Entries written per sidecar transaction, at most...
 WRITE_BATCH = 5000
+#: ...and at most about this many characters of text: 5,000 long abstracts in
+#: one transaction (SQLite's pending FTS5 data, postings, the batch's texts)
+#: raised indexing's peak memory by ~130 MB over 1,000 (docs/rag-benchmarks.md);
+#: 5,000 rows of ~300 characters stay one transaction, as before.
+WRITE_CHARS = 2_000_000
 
 
 @dataclass
@@ -551,6 +556,7 @@ async def refresh_index(
         done = 0
         pending_items: list[tuple[str, tuple]] = []
         pending_vecs: list[np.ndarray] = []
+        pending_chars = 0
         for start in range(0, total, size):
             batch = todo[start : start + size]
             texts = [item[3] if kind == "new" else item[1] for kind, item in batch]
@@ -565,12 +571,13 @@ async def refresh_index(
                 )
             pending_items.extend(batch)
             pending_vecs.append(vectors)
+            pending_chars += sum(map(len, texts))
             done += len(batch)
-            if len(pending_items) >= WRITE_BATCH or done == total:
+            if len(pending_items) >= WRITE_BATCH or pending_chars >= WRITE_CHARS or done == total:
                 next_id = await asyncio.to_thread(
                     _write_batch, side, next_id, pending_items, np.concatenate(pending_vecs), encoder
                 )
-                pending_items, pending_vecs = [], []
+                pending_items, pending_vecs, pending_chars = [], [], 0
             if progress:
                 progress(done, total)
         if not meta_written and dims:
