@@ -20,6 +20,7 @@
    64). Skips parts 1-3.
 
     python benchmarks/bench_index.py --memory 5183 --model bge-small-en-v1.5
+    python benchmarks/bench_index.py --memory 100000 --pool   # the indexer alone, no model
 """
 
 from __future__ import annotations
