@@ -20,6 +20,7 @@
    64). Skips parts 1-3.
 
     python benchmarks/bench_index.py --memory 5183 --model bge-small-en-v1.5
+    python benchmarks/bench_index.py --memory 100000 --pool   # the indexer alone, no model
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def main() -> None:
     parser.add_argument("--spread", action="store_true",
                         help="--memory N: N abstracts evenly spaced over all 5,183 sorted by length (the "
                         "longest included, which set the peak), instead of the first N")
+    parser.add_argument("--pool", action="store_true",
+                        help="--memory N: the indexer alone, with an embedder returning fixed vectors (no model; "
+                        "N may exceed 5,183: the abstracts repeat)")
     parser.add_argument("--before", action="store_true",
                         help="--memory: also run the batching before the memory fix (needs ~3 GB)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -226,9 +230,12 @@ def memory_child(args) -> None:
     """One indexing run in this (fresh) process; prints peak RSS and speed as JSON."""
     import resource
 
-    from datasette_llm_core.embeddings import local_model
+    if args.pool:
+        model = PoolEmbedder()
+    else:
+        from datasette_llm_core.embeddings import local_model
 
-    model = local_model(args.model)
+        model = local_model(args.model)
     if args.child == "raw":
         return raw_child(model, args)
     if args.child == "before":
@@ -240,7 +247,10 @@ def memory_child(args) -> None:
     side = os.path.join(RESULTS, f"bench-mem-{tag}.llm-rag.db")
     make_source(db, texts)
     clear(side)
-    model.embed_sync(texts[:2])
+    if not args.pool:
+        model.embed_sync(texts[:2])
+    count = len(texts)
+    del texts  # only the indexer's own copies count
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cpu = time.process_time()
     stats = asyncio.run(refresh_index(db, "bench", BODY_ONLY, model, sidecar=side))
@@ -248,8 +258,8 @@ def memory_child(args) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     clear(side)
     clear(db)
-    print(json.dumps({"peak_mb": peak, "after_load_mb": base, "texts_per_s": len(texts) / stats.seconds,
-                      "texts_per_cpu_s": len(texts) / cpu}))
+    print(json.dumps({"peak_mb": peak, "after_load_mb": base, "texts_per_s": count / stats.seconds,
+                      "texts_per_cpu_s": count / cpu}))
 
 
 def raw_child(model, args) -> None:
@@ -279,15 +289,19 @@ def memory(args) -> None:
     out = {}
     # raw model first, then the indexer as shipped; the batching before the
     # memory fix (fixed batches of 64: about 3 GB over SciFact) only with --before
-    for mode in ("raw", "shipped") + (("before",) if args.before else ()):
+    modes = ("shipped",) if args.pool else ("raw", "shipped") + (("before",) if args.before else ())
+    for mode in modes:
         run = subprocess.run([sys.executable, __file__, "--child", mode, "--memory", str(args.memory),
-                              "--model", args.model] + (["--spread"] if args.spread else []),
+                              "--model", args.model] + (["--spread"] if args.spread else [])
+                             + (["--pool"] if args.pool else []),
                              capture_output=True, text=True, check=True)
         out[mode] = json.loads(run.stdout.strip().splitlines()[-1])
         r = out[mode]
         print(f"  {mode:8}: peak {r['peak_mb']:.0f} MB (model loaded: {r['after_load_mb']:.0f} MB), "
               f"{r['texts_per_s']:.1f} texts/s, {r['texts_per_cpu_s']:.1f} texts per CPU-second "
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    if args.pool:
+        return
     raw, shipped = out["raw"], out["shipped"]
     print(f"  indexer/raw model: throughput {shipped['texts_per_s'] / raw['texts_per_s']:.2f}x wall-clock, "
           f"{shipped['texts_per_cpu_s'] / raw['texts_per_cpu_s']:.2f}x per CPU-second; "

@@ -32,7 +32,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rag_data import RESULTS, augment, model_vectors, real_vectors, rss_mb, synthetic_vectors  # noqa: E402
+from rag_data import (  # noqa: E402
+    RESULTS,
+    augment,
+    augment_mix,
+    model_vectors,
+    real_vectors,
+    rss_mb,
+    synthetic_vectors,
+)
 
 from datasette_llm_rag.indexer import _write_batch  # noqa: E402
 from datasette_llm_rag.livecheck import live_rows_fn, pk_key, reconcile  # noqa: E402
@@ -47,7 +55,16 @@ LIVE_TABLES = parse_rag_config(
 ).databases["bench"].tables
 
 
-def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.ndarray, text_mode: str):
+def grow(base: np.ndarray, n: int, growth: str):
+    return augment_mix(base, n) if growth == "mix" else augment(base, n)
+
+
+def sidecar_name(n: int, text: str, growth: str) -> str:
+    return os.path.join(RESULTS, f"bench-search-{n}-{text}{'-mix' if growth == 'mix' else ''}.llm-rag.db")
+
+
+def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.ndarray, text_mode: str,
+          growth: str = "copies"):
     """Write n vectors into a fresh sidecar, and the rows they index into a
     source database beside it; return exact top-K ids per query."""
     for suffix in ("", "-wal", "-shm", ".source.db"):
@@ -64,7 +81,7 @@ def build(path: str, base: np.ndarray, texts: list[str], n: int, queries: np.nda
     best_ids = np.zeros((len(queries), K), np.int64)
     next_id = 1
     started = time.perf_counter()
-    for block, src in augment(base, n):
+    for block, src in grow(base, n, growth):
         items = []
         for j, s in enumerate(src.tolist()):
             row = next_id + j
@@ -152,13 +169,13 @@ def run_size(n, base, qvec, texts, query_texts, args):
     pick = rng.choice(len(qvec), size=min(args.queries, len(qvec)), replace=False)
     queries = qvec[pick]
     qtexts = [query_texts[i] for i in pick]
-    path = os.path.join(RESULTS, f"bench-search-{n}-{args.text}.llm-rag.db")
+    path = sidecar_name(n, args.text, args.growth)
     truth_path = path + ".truth.npy"
     if args.keep and all(os.path.exists(p) for p in (path, truth_path, path + ".source.db")):
         truth = np.load(truth_path)
         print("  reusing the sidecar and ground truth kept by an earlier --keep run")
     else:
-        truth = build(path, base, texts, n, queries, args.text)
+        truth = build(path, base, texts, n, queries, args.text, args.growth)
         np.save(truth_path, truth)
 
     # Memory: load the index in a fresh process, so nothing freed by the build
@@ -180,6 +197,13 @@ def run_size(n, base, qvec, texts, query_texts, args):
     for i, q in enumerate(queries):
         got = {h.pk[0] for h in index.search_vector(q, K)}
         recalls.append(len(got & set(truth[i].tolist())) / K)
+    # The same sidecar searched as before residuals (int8 scores only), in turn
+    # with the shipped search below: recall here, latency there.
+    before = RagIndex(path, refine=0)
+    before_recalls = []
+    for i, q in enumerate(queries):
+        got = {h.pk[0] for h in before.search_vector(q, K)}
+        before_recalls.append(len(got & set(truth[i].tolist())) / K)
     # The ceiling the int8 codes allow: every stored vector scored, no prefilter.
     state = index._current()
     int8_recalls = []
@@ -206,13 +230,16 @@ def run_size(n, base, qvec, texts, query_texts, args):
         return [h for h in hits if reconcile(h.text, h.title, h.chunk, live.get((h.table, pk_key(h.pk))))]
 
     assert check(source) == {} and len(hybrid_live(0)) == 2 * K  # nothing dropped: the rows are all live
-    vec_t, hyb_t, filt_t, hyb2_t, live_t = interleaved([
+    vec_t, hyb_t, filt_t, hyb2_t, live_t, vec0_t, hyb0_t = interleaved([
         lambda i: index.search_vector(queries[i], K),
         lambda i: index.search_hybrid(qtexts[i], queries[i], K),
         lambda i: index.search_vector(queries[i], K, tables=["docs"]),
         lambda i: index.search_hybrid(qtexts[i], queries[i], 2 * K),
         hybrid_live,
+        lambda i: before.search_vector(queries[i], K),
+        lambda i: before.search_hybrid(qtexts[i], queries[i], K),
     ], len(queries))
+    before.close()
     source.close()
     per_query_ratio = float(np.median(np.asarray(hyb_t) / np.asarray(vec_t)))
     fts_t, _ = timed(lambda i: index.search_fts(qtexts[i % len(qtexts)], K), len(queries))
@@ -232,7 +259,7 @@ def run_size(n, base, qvec, texts, query_texts, args):
 
     # Baselines over the same vectors.
     full = np.empty((n, base.shape[1]), np.float32)
-    for start, (block, _src) in zip(range(0, n, 100_000), augment(base, n)):
+    for start, (block, _src) in zip(range(0, n, 100_000), grow(base, n, args.growth)):
         full[start : start + len(block)] = block
 
     def exact(i):
@@ -289,7 +316,14 @@ def run_size(n, base, qvec, texts, query_texts, args):
         "live_check_cost_ms": live_med - h2_med,
         "hybrid_2k_cpu_median_ms": cpu_ms(hyb2_t),
         "hybrid_2k_live_check_cpu_median_ms": cpu_ms(live_t),
+        "growth": args.growth,
         "recall_at_10": float(np.mean(recalls)),
+        "recall_at_10_int8_only": float(np.mean(before_recalls)),
+        "vector_int8_only_median_ms": ms(vec0_t)[0],
+        "hybrid_int8_only_median_ms": ms(hyb0_t)[0],
+        "hybrid_int8_only_p95_ms": ms(hyb0_t)[1],
+        "vector_int8_only_cpu_median_ms": cpu_ms(vec0_t),
+        "hybrid_int8_only_cpu_median_ms": cpu_ms(hyb0_t),
         "recall_min": float(np.min(recalls)),
         "recall_at_10_int8_exact": float(np.mean(int8_recalls)),
         "recall_at_10_int8_centred_exact": float(np.mean(centred_recalls)),
@@ -315,6 +349,9 @@ def run_size(n, base, qvec, texts, query_texts, args):
           f"{result['recall_at_10']:.4f} (min {result['recall_min']:.1f}); every int8 vector scored: "
           f"{result['recall_at_10_int8_exact']:.4f}, with the whole set's mean as centre "
           f"{result['recall_at_10_int8_centred_exact']:.4f} (first {len(int8_recalls)} queries)")
+    print(f"  int8 only (before residuals), same sidecar, timed in turn: recall@10 "
+          f"{result['recall_at_10_int8_only']:.4f}; vector {ms(vec0_t)[0]:.2f} ms, hybrid {ms(hyb0_t)[0]:.2f} ms "
+          f"p50 ({ms(hyb0_t)[1]:.2f} p95; CPU {cpu_ms(vec0_t):.2f} / {cpu_ms(hyb0_t):.2f} ms)")
     print(f"  filtered (90%)  median {f_med:.2f} ms")
     print(f"  fts only        median {fts_med:.2f} ms; FTS5 bm25() in SQLite {fts5_med:.1f} ms "
           f"({fts5_med / fts_med:.0f}x slower), top-10 overlap with it "
@@ -372,6 +409,10 @@ def main() -> None:
                         "latency of the search machinery, not retrieval quality)")
     parser.add_argument("--model", help="vectors of this local model (e.g. bge-small-en-v1.5) instead of "
                         "MiniLM's, from results/scifact-<model>.npz (what is missing is embedded)")
+    parser.add_argument("--growth", choices=["copies", "mix"], default="copies",
+                        help="how vectors beyond the real ones are made: 'copies' (a real vector plus half the "
+                        "difference of two others, the original benchmark) or 'mix' (distinct blends of 2-3 real "
+                        "vectors plus data-shaped noise, matched to the real data's neighbour statistics)")
     parser.add_argument("--docs", type=int, default=0, help="with --model: only the first N abstracts (-1: those already in the cache)")
     args = parser.parse_args()
     os.makedirs(RESULTS, exist_ok=True)
@@ -391,9 +432,10 @@ def main() -> None:
     if os.path.exists(out):
         with open(out) as f:
             previous = {r["n"]: r for r in json.load(f)}
-    previous.update({r["n"]: r for r in results})
+    previous = {(r["n"], r.get("growth", "copies")): r for r in previous.values()}
+    previous.update({(r["n"], r["growth"]): r for r in results})
     with open(out, "w") as f:
-        json.dump(sorted(previous.values(), key=lambda r: r["n"]), f, indent=2)
+        json.dump(sorted(previous.values(), key=lambda r: (r["n"], r["growth"])), f, indent=2)
     print(f"\nresults appended to {out}")
 
 

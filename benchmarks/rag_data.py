@@ -182,3 +182,44 @@ def augment(base: np.ndarray, n: int, *, alpha: float = 0.5, sigma: float = 0.15
             out[extra] += (sigma / np.sqrt(d)) * rng.standard_normal((k, d), dtype=np.float32)
             out[extra] /= np.linalg.norm(out[extra], axis=1, keepdims=True)
         yield out, src
+
+
+def augment_mix(base: np.ndarray, n: int, *, alpha: float = 10.0, beta: float = 0.6, seed: int = 0,
+                block: int = 100_000):
+    """Like ``augment``, but every further row is a distinct blend, not a near-copy.
+
+    Row i < len(base) is base[i]; each further row is the mean of the real
+    vectors plus a blend of the residuals (vector minus mean) of 2 or 3
+    random real vectors, weights Dirichlet(``alpha``) divided by their norm,
+    mixed with a ``beta`` share of noise shaped like the data (a Gaussian
+    combination of 16 more residuals), renormalised. Both parts keep the real
+    data's mean and covariance. The defaults were chosen by growing 1,000 real
+    bge-small vectors to 5,183 and comparing with the real 5,183 (docs/rag-
+    benchmarks.md): nearest-neighbour cosines 0.815/0.861/0.905 (10/50/90%)
+    against 0.802/0.855/0.907, pairwise 0.527/0.640/0.726 against 0.526/0.634/0.728;
+    ``augment`` gives 0.893/0.912/0.927 and 0.412/0.542/0.648.
+    Also yields the base row of each grown row's largest weight.
+    """
+    rng = np.random.default_rng(seed)
+    m, d = base.shape
+    mean = base.mean(0)
+    resid = (base - mean).astype(np.float32)
+    for start in range(0, n, block):
+        size = min(block, n - start)
+        idx = np.arange(start, start + size)
+        out = base[np.minimum(idx, m - 1)].astype(np.float32).copy()
+        src = np.minimum(idx, m - 1)
+        extra = idx >= m
+        k = int(extra.sum())
+        if k:
+            w = rng.dirichlet(np.full(3, alpha), k)
+            w[rng.integers(2, 4, k) == 2, 2] = 0.0
+            w /= np.linalg.norm(w, axis=1, keepdims=True)
+            ids = rng.integers(0, m, (k, 3))
+            blend = np.einsum("kj,kjd->kd", w.astype(np.float32), resid[ids])
+            z = rng.standard_normal((k, 16)).astype(np.float32) / 4.0
+            noise = np.einsum("kj,kjd->kd", z, resid[rng.integers(0, m, (k, 16))])
+            v = mean + np.sqrt(1 - beta**2) * blend + beta * noise
+            out[extra] = v / np.linalg.norm(v, axis=1, keepdims=True)
+            src[extra] = ids[np.arange(k), w.argmax(1)]
+        yield out, src

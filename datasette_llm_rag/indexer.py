@@ -27,7 +27,7 @@ from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.sql import quote_identifier
 
 from .lexical import TermEncoder
-from .quant import choose_centre, decode_centre, encode_centre, quantize
+from .quant import choose_centre, decode_centre, encode_centre, quantize, residual_codes
 from .ragconfig import SECTION, RagConfig, TableConfig, parse_rag_config
 from .sidecar import (
     bump_generation,
@@ -42,8 +42,13 @@ from .textbuild import chunk_text, make_builder, text_hash
 EmbedFn = Callable[..., Awaitable[np.ndarray]]
 ProgressFn = Callable[[int, int], Any]
 
-#: Entries written per sidecar transaction.
+#: Entries written per sidecar transaction, at most...
 WRITE_BATCH = 5000
+#: ...and at most about this many characters of text: 5,000 long abstracts in
+#: one transaction (SQLite's pending FTS5 data, postings, the batch's texts)
+#: raised indexing's peak memory by ~130 MB over 1,000 (docs/rag-benchmarks.md);
+#: 5,000 rows of ~300 characters stay one transaction, as before.
+WRITE_CHARS = 2_000_000
 
 
 @dataclass
@@ -313,11 +318,17 @@ def _write_batch(
         if new_centre:
             side.execute("insert or replace into meta (key, value) values ('centre', ?)",
                          (encode_centre(centre),))
-        q8, scale = quantize(vectors - centre if centre is not None else vectors)
+        shifted = vectors - centre if centre is not None else vectors
+        q8, scale = quantize(shifted)
         dims = q8.shape[1] if q8.ndim == 2 else 0
         codes = q8.tobytes()  # slicing one bytes object beats a numpy index per row
+        half = (dims + 1) // 2
+        rest = residual_codes(shifted, q8, scale).tobytes() if dims else b""
         scales = scale.tolist()
-        vec_rows = [(e, codes[j * dims : (j + 1) * dims], scales[j]) for j, e in enumerate(vec_ids)]
+        vec_rows = [
+            (e, codes[j * dims : (j + 1) * dims], scales[j], rest[j * half : (j + 1) * half])
+            for j, e in enumerate(vec_ids)
+        ]
         if inserts:
             side.executemany(
                 "insert into entries (id, tbl, pk, chunk, text, hash, title) "
@@ -335,7 +346,7 @@ def _write_batch(
                 "update entries set text = ?, hash = ?, title = ? where id = ?", updates
             )
         side.executemany(
-            "insert or replace into vectors (entry_id, q8, scale) values (?, ?, ?)", vec_rows
+            "insert or replace into vectors (entry_id, q8, scale, r4) values (?, ?, ?, ?)", vec_rows
         )
         if encoder.pending:
             side.executemany("insert into terms (id, term) values (?, ?)", encoder.pending)
@@ -545,6 +556,7 @@ async def refresh_index(
         done = 0
         pending_items: list[tuple[str, tuple]] = []
         pending_vecs: list[np.ndarray] = []
+        pending_chars = 0
         for start in range(0, total, size):
             batch = todo[start : start + size]
             texts = [item[3] if kind == "new" else item[1] for kind, item in batch]
@@ -559,12 +571,13 @@ async def refresh_index(
                 )
             pending_items.extend(batch)
             pending_vecs.append(vectors)
+            pending_chars += sum(map(len, texts))
             done += len(batch)
-            if len(pending_items) >= WRITE_BATCH or done == total:
+            if len(pending_items) >= WRITE_BATCH or pending_chars >= WRITE_CHARS or done == total:
                 next_id = await asyncio.to_thread(
                     _write_batch, side, next_id, pending_items, np.concatenate(pending_vecs), encoder
                 )
-                pending_items, pending_vecs = [], []
+                pending_items, pending_vecs, pending_chars = [], [], 0
             if progress:
                 progress(done, total)
         if not meta_written and dims:

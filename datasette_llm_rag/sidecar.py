@@ -14,7 +14,10 @@ Schema (created by the migrations below, tracked with ``PRAGMA user_version``):
 - ``entries``: one row per indexed chunk of a source row.
 - ``vectors``: the chunk's embedding, int8 scalar-quantised with one scale per
   vector (``v ~= q8 * scale + centre``): a quarter of float32's size, and enough to
-  rescore candidates to better than 0.98 recall against exact float32 search.
+  rescore candidates to better than 0.98 recall against exact float32 search;
+  since schema version 3 also ``r4``, what the int8 rounding lost (quant.py,
+  ``meta.residual`` names the format), read only to rescore a search's best
+  few rows. Rows written before have none and are scored from ``q8`` alone.
 - ``entries_fts``: an FTS5 index of the entries' text (external content,
   tokenizer ``porter unicode61 remove_diacritics 2``). New entries are added
   to it by the indexer in bulk (three times faster than a trigger per row);
@@ -36,6 +39,7 @@ from datasette_llm_core.errors import ConfigError
 from datasette_llm_core.suitefiles import SIDECAR_APPLICATION_ID
 
 from .lexical import FTS5_TOKENIZER, TOKENIZER_VERSION, TermEncoder
+from .quant import RESIDUAL_FORMAT
 from .ragconfig import SECTION, RagConfig, parse_rag_config
 
 SIDECAR_SUFFIX = ".llm-rag.db"
@@ -173,10 +177,28 @@ def retokenize(conn: sqlite3.Connection) -> None:
     bump_generation(conn)
 
 
+def _m0003_residual(conn: sqlite3.Connection) -> None:
+    # Nullable: vectors written before keep none. No data is rewritten, and a
+    # reader of schema 2 (or a read-only copy not yet upgraded) still works.
+    conn.execute(
+        "alter table vectors add column r4 blob "
+        "/* 4-bit codes of v - (q8 * scale + centre) in steps of scale/14, two per byte; null: none */"
+    )
+    conn.execute(
+        "insert into meta (key, value) values ('residual', ?) "
+        "on conflict(key) do update set value = excluded.value",
+        (RESIDUAL_FORMAT,),
+    )
+
+
 MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = [
     ("0001_initial", _m0001_initial),
     ("0002_fts5", _m0002_fts5),
+    ("0003_residual", _m0003_residual),
 ]
+#: The oldest schema a reader can search as it is (later migrations only add
+#: what makes search better, and a read-only copy cannot be upgraded).
+READABLE_VERSION = 2
 
 
 def _apply_migrations(conn: sqlite3.Connection) -> None:
@@ -346,7 +368,7 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> None:
     if "meta" in names:
         row = conn.execute("select value from meta where key = 'tokenizer'").fetchone()
         tokenizer = row[0] if row else None
-    if "entries" in names and (version < len(MIGRATIONS) or tokenizer != TOKENIZER_VERSION):
+    if "entries" in names and (version < READABLE_VERSION or tokenizer != TOKENIZER_VERSION):
         raise SidecarError(
             f"The search index {path} was built by an older version of this plugin: "
             "upgrade it with `datasette llm-rag index DB_PATH` (or Refresh on the index "

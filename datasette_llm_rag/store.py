@@ -12,11 +12,12 @@ Vectors stay int8-quantised in memory (one byte per dimension plus one scale
 per vector: 384 MB for a million MiniLM vectors instead of 1.5 GB). Small
 indexes are searched exactly. Larger ones are searched in two steps: a
 scan over one-bit codes of the mean-centred vectors (48 bytes per vector),
-each differing sign weighted by the query's own coordinate, picks 1% of the
+each differing sign weighted by the query's own coordinate, picks 2% of the
 rows (at least 4,000) as candidates, which are then rescored with their
-int8 vectors. The ``tables`` argument of every search restricts it
-to those tables *inside* the search, so rows of other tables can never come
-back, whatever the fusion does.
+int8 vectors; the best 32 are rescored again with their int8 rounding
+residuals, read from the sidecar (quant.py). The ``tables`` argument of
+every search restricts it to those tables *inside* the search, so rows of
+other tables can never come back, whatever the fusion does.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 from .fusion import rrf_arrays
 from .lexical import LexicalIndex, fts5_query
-from .quant import decode_centre, dequantize
+from .quant import RESIDUAL_FORMAT, decode_centre, dequantize, residual_values
 from .sidecar import REBUILD_HINT, ModelMismatchError, SidecarError, open_sidecar, read_meta
 
 #: Below this many vectors search is exact over dequantised float32.
@@ -43,6 +44,9 @@ EXACT_LIMIT = 20_000
 #: Fusion settings tuned on SciFact (docs/rag-evaluation.md).
 DEFAULT_RRF_K = 10
 DEFAULT_WEIGHTS = (1.0, 1.5)
+#: A search's best rows rescored with their residuals: enough to reorder the
+#: int8 near-ties around a top 10 (recall@10 needed ~20 at 1M, docs/rag-benchmarks.md).
+REFINE = 32
 #: Rows per block when scanning codes (fits in L2 cache with the temporaries).
 BLOCK = 1 << 16
 
@@ -81,6 +85,8 @@ class _Loaded:
         self.mu: np.ndarray | None = None
         #: subtracted from every vector before quantising (quant.py); None: not centred
         self.centre: np.ndarray | None = None
+        #: the sidecar keeps residuals (quant.RESIDUAL_FORMAT) to rescore the best rows with
+        self.residual = False
         self.generation = ""
         self.meta: dict[str, str] = {}
         self.masks: dict[frozenset, np.ndarray] = {}
@@ -127,13 +133,21 @@ class RagIndex:
     """The loaded search index of one sidecar file. Thread-safe."""
 
     def __init__(
-        self, path: str, *, exact_limit: int = EXACT_LIMIT, threads: int = 2, full_text: str = "memory"
+        self,
+        path: str,
+        *,
+        exact_limit: int = EXACT_LIMIT,
+        threads: int = 2,
+        full_text: str = "memory",
+        refine: int = REFINE,
     ) -> None:
         self.path = os.path.abspath(path)
         #: "memory": full-text ranking from postings loaded with the vectors;
         #: "sqlite": FTS5's bm25() in SQLite at each search (nothing loaded).
         self.full_text = full_text
         self.exact_limit = exact_limit
+        #: best rows rescored with their residuals (0: int8 scores only, as before schema 3)
+        self.refine = refine
         self._state: _Loaded | None = None
         self._signature: tuple | None = None
         self._load_lock = threading.Lock()
@@ -210,6 +224,7 @@ class RagIndex:
                 state.generation = state.meta.get("generation", "")
                 dims = int(state.meta.get("dimensions") or 0)
                 state.centre = decode_centre(state.meta.get("centre"), dims)
+                state.residual = state.meta.get("residual") == RESIDUAL_FORMAT
                 n = conn.execute("select count(*) from vectors").fetchone()[0]
                 state.ids = np.empty(n, np.int64)
                 state.tcode = np.empty(n, np.int16)
@@ -461,11 +476,16 @@ class RagIndex:
         if n == 0 or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         mask = self._mask(state, tables)
+        # With residuals, the int8 top ``max(k, refine)`` is rescored exactly
+        # enough to order near-ties, then cut to k.
+        refine = self.refine if state.residual else 0
+        kk = max(k, refine)
         if state.exact:
             scores = _dot(state.q8, q) * state.scale + _offset(state, q)
             if mask is not None:
                 scores = np.where(mask, scores, -np.inf)
-            pos = _top(scores, k)
+            pos = _top(scores, kk)
+            scores = scores[pos]
         else:
             dist, hist = self._hamming(state, q, mask)
             want = candidates or default_candidates(n, k)
@@ -478,11 +498,47 @@ class RagIndex:
             if len(pos) > 2 * want:  # many ties at the cutoff: keep the closest
                 pos = pos[np.argpartition(dist[pos], want)[:want]]
             scores = _dot(state.q8[pos], q) * state.scale[pos] + _offset(state, q)
-            order = _top(scores, k)
-            pos = pos[order]
-        scores = scores[pos] if state.exact else scores[order]
+            order = _top(scores, kk)
+            pos, scores = pos[order], scores[order]
         keep = np.isfinite(scores)
-        return pos[keep], scores[keep]
+        pos, scores = pos[keep], scores[keep]
+        if refine and len(pos):
+            pos, scores = self._refine(state, q, pos, scores, refine)
+        return pos[:k], scores[:k]
+
+    def _refine(
+        self, state: _Loaded, q: np.ndarray, pos: np.ndarray, scores: np.ndarray, rows: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Add to the int8 scores of the first ``rows`` positions what rounding
+        lost (their residuals, read from the sidecar), and re-sort.
+
+        A million vectors put a question's 10th and 11th best rows ~7e-4
+        apart, about the int8 rounding error, so the int8 order swaps
+        near-ties; with the residual a score is within ~2e-5 of float32.
+        Rows without a residual (written before schema 3) keep their score.
+        A row rewritten since the snapshot was loaded (the next search
+        reloads it) gets a residual of its new vector: an error no larger
+        than int8's own, for one search.
+        """
+        head = pos[:rows]
+        ids = state.ids[head].tolist()
+        found = self._query(
+            "select entry_id, r4 from vectors where entry_id in ({}) and r4 is not null".format(
+                ",".join("?" * len(ids))
+            ),
+            ids,
+        )
+        half = (state.dims + 1) // 2
+        found = [(i, r) for i, r in found if r is not None and len(r) == half]
+        if not found:
+            return pos, scores
+        at = {i: j for j, i in enumerate(ids)}
+        where = np.fromiter((at[i] for i, _ in found), np.int64, len(found))
+        codes = np.frombuffer(b"".join(r for _, r in found), np.uint8).reshape(len(found), half)
+        scores = scores.copy()
+        scores[where] += _dot_float(residual_values(codes, state.dims), q) * state.scale[head[where]]
+        order = np.argsort(-scores, kind="stable")
+        return pos[order], scores[order]
 
     def search_vector(
         self, query_vec: Any, k: int = 10, tables: Iterable[str] | None = None
@@ -715,16 +771,22 @@ def _dot(codes: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.einsum("ij,j->i", codes, q.astype(np.float32, copy=False), dtype=np.float32)
 
 
+def _dot_float(rows: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Float32 rows times the query, in the calling thread (see ``_dot``)."""
+    return np.einsum("ij,j->i", rows, q.astype(np.float32, copy=False))
+
+
 def _offset(state: _Loaded, q: np.ndarray) -> float:
     """``q . centre``: what every int8 dot product lacks when codes are of ``v - centre``."""
     return float(q @ state.centre) if state.centre is not None else 0.0
 
 
 def default_candidates(n: int, k: int) -> int:
-    """How many binary-code candidates to rescore with int8 vectors: 1% of
-    the rows, at least 4,000 (recall@10 0.98 against exact search needed
-    about that many at 100k bge-small vectors, docs/rag-benchmarks.md)."""
-    return int(min(n, max(20 * k, 4000, n // 100)))
+    """How many binary-code candidates to rescore with int8 vectors: 2% of
+    the rows, at least 4,000. recall@10 against exact search needed about
+    4,000 at 100k bge-small vectors; at 1M (near-copies, with residual
+    rescoring) 1% gave 0.982, 2% 0.988 for 2.5 ms more CPU (docs/rag-benchmarks.md)."""
+    return int(min(n, max(20 * k, 4000, n // 50)))
 
 
 def _release_free_memory() -> None:
