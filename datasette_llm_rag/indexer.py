@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -170,37 +171,78 @@ def plan_table(
     return TablePlan(table, config, pk_columns, list(wanted), config.title_column)
 
 
-def _iter_source_rows(conn: sqlite3.Connection, plan: TablePlan) -> Iterable[tuple[str, str, str | None]]:
-    """``(pk_json, text, title)`` for every row of a planned table."""
-    key_cols = plan.pk_columns or ["rowid"]
+def _row_reader(plan: TablePlan) -> tuple[str, int, Callable[[tuple], tuple[str, str, str | None]]]:
+    """The select list for a planned table, its key's width, and the function turning
+    one selected row into ``(pk_json, text, title)``."""
     key_sql = (
         ", ".join(quote_identifier(c) for c in plan.pk_columns) if plan.pk_columns else "rowid"
     )
+    nkey = len(plan.pk_columns) or 1
     value_cols = list(plan.text_columns)
     title_at = None
     if plan.title_column:
         if plan.title_column not in value_cols:
             value_cols.append(plan.title_column)
         title_at = value_cols.index(plan.title_column)
-    sql = "select {}, {} from {}".format(
-        key_sql, ", ".join(quote_identifier(c) for c in value_cols), quote_identifier(plan.name)
-    )
-    nkey = len(key_cols)
     dumps = json.dumps
     build = make_builder(plan.config, value_cols)
-    cursor = conn.execute(sql)
+
+    def convert(row: tuple) -> tuple[str, str, str | None]:
+        if nkey == 1 and type(row[0]) is int:
+            pk = f"[{row[0]}]"  # same text as json.dumps([n]), much faster
+        else:
+            pk = dumps(list(row[:nkey]))
+        values = row[nkey:]
+        title = values[title_at] if title_at is not None else None
+        return pk, build(values), (None if title is None else str(title))
+
+    select = "{}, {}".format(key_sql, ", ".join(quote_identifier(c) for c in value_cols))
+    return select, nkey, convert
+
+
+def _iter_source_rows(conn: sqlite3.Connection, plan: TablePlan) -> Iterable[tuple[str, str, str | None]]:
+    """``(pk_json, text, title)`` for every row of a planned table (one statement: read
+    it to the end without awaiting in between)."""
+    select, _, convert = _row_reader(plan)
+    cursor = conn.execute("select {} from {}".format(select, quote_identifier(plan.name)))
     while True:
         rows = cursor.fetchmany(5000)
         if not rows:
             break
         for row in rows:
-            if nkey == 1 and type(row[0]) is int:
-                pk = f"[{row[0]}]"  # same text as json.dumps([n]), much faster
-            else:
-                pk = dumps(list(row[:nkey]))
-            values = row[nkey:]
-            title = values[title_at] if title_at is not None else None
-            yield pk, build(values), (None if title is None else str(title))
+            yield convert(row)
+
+
+def _source_pages(
+    conn: sqlite3.Connection, plan: TablePlan, page: int = 1000
+) -> Iterator[tuple[str, str, str | None]]:
+    """Every row like ``_iter_source_rows``, but read a page at a time by key, each page
+    a finished statement: between pages (while the rows are embedded) no read is open on
+    the source, so nothing holds a lock that would stop Datasette writing to it."""
+    select, nkey, convert = _row_reader(plan)
+    table = quote_identifier(plan.name)
+    try:  # a rowid table is paged by rowid, whatever its primary key
+        conn.execute(f"select rowid from {table} limit 0").fetchall()
+        order, width = "rowid", 1
+        select = "rowid, " + select
+    except Exception:  # noqa: BLE001 - WITHOUT ROWID: by its primary key
+        order, width = ", ".join(quote_identifier(c) for c in plan.pk_columns), nkey
+    after: tuple | None = None
+    while True:
+        where = ""
+        if after is not None:
+            marks = ", ".join("?" * width)
+            where = f" where ({order}) > ({marks})" if width > 1 else f" where {order} > ?"
+        rows = conn.execute(
+            f"select {select} from {table}{where} order by {order} limit {int(page)}", after or ()
+        ).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            yield convert(row[1:] if order == "rowid" else row)
+        after = tuple(rows[-1][:width])
+        if len(rows) < page:
+            return
 
 
 # ---------------------------------------------------------------- planning
@@ -208,14 +250,24 @@ def _iter_source_rows(conn: sqlite3.Connection, plan: TablePlan) -> Iterable[tup
 
 @dataclass
 class _Work:
-    new: list[tuple[str, str, int, str, str, str | None]] = field(default_factory=list)
-    # (tbl, pk, chunk, text, hash, title) -> to embed and insert
-    changed: list[tuple[int, str, str, str | None]] = field(default_factory=list)
-    # (entry id, text, hash, title) -> to embed and update
+    """What a refresh must do, without the texts: they are read again, a write batch at a
+    time, by ``_items_to_embed`` (holding every new row's text made a first index of a
+    large table cost memory in proportion to the table)."""
+
+    new: int = 0  # chunks to embed and insert
+    changed: int = 0  # chunks to embed again and update
+    all_new: set[str] = field(default_factory=set)  # tables with no entries yet: every chunk is new
+    new_keys: set[tuple[str, str, int]] = field(default_factory=set)  # (tbl, pk, chunk)
+    changed_ids: dict[tuple[str, str, int], int] = field(default_factory=dict)  # -> entry id
     retitle: list[tuple[str | None, int]] = field(default_factory=list)  # (title, id)
     gone: list[int] = field(default_factory=list)  # entry ids to delete
     unchanged: int = 0
     rows: int = 0
+
+
+def _pieces(plan: TablePlan, text: str) -> list[str]:
+    chunk_chars = plan.config.chunk_chars
+    return chunk_text(text, chunk_chars) if chunk_chars else [text]
 
 
 def _plan_work(
@@ -233,19 +285,26 @@ def _plan_work(
                 "select id, pk, chunk, hash, title from entries where tbl = ?", (plan.name,)
             )
         }
-        chunk_chars = plan.config.chunk_chars
+        fresh = not existing  # (existing empties as rows are matched: decide once)
+        if fresh:
+            work.all_new.add(plan.name)
         for pk, text, title in _iter_source_rows(source, plan):
             work.rows += 1
             if not text:
                 continue
-            pieces = chunk_text(text, chunk_chars) if chunk_chars else [text]
+            pieces = _pieces(plan, text)
+            if fresh:
+                work.new += len(pieces)
+                continue
             for number, piece in enumerate(pieces):
                 h = text_hash(piece)
                 old = existing.pop((pk, number), None)
                 if old is None:
-                    work.new.append((plan.name, pk, number, piece, h, title))
+                    work.new += 1
+                    work.new_keys.add((plan.name, pk, number))
                 elif old[1] != h:
-                    work.changed.append((old[0], piece, h, title))
+                    work.changed += 1
+                    work.changed_ids[(plan.name, pk, number)] = old[0]
                 else:
                     work.unchanged += 1
                     if old[2] != title:
@@ -259,6 +318,32 @@ def _plan_work(
         ) if configured else side.execute("select id from entries"):
             work.gone.append(id_)
     return work
+
+
+def _items_to_embed(
+    source: sqlite3.Connection, plans: list[TablePlan], work: _Work
+) -> Iterator[tuple[str, tuple]]:
+    """The planned chunks with their texts, read again from the source in its order:
+    ``("new", (tbl, pk, chunk, text, hash, title))`` or ``("changed", (id, text, hash,
+    title))``. A row that changed since planning is embedded as it is now; one added
+    since is left for the next refresh (unless its table was empty: all of it is new)."""
+    for plan in plans:
+        fresh = plan.name in work.all_new
+        if not fresh and not work.new_keys and not work.changed_ids:
+            continue
+        for pk, text, title in _source_pages(source, plan):
+            if not text:
+                continue
+            for number, piece in enumerate(_pieces(plan, text)):
+                key = (plan.name, pk, number)
+                if fresh or key in work.new_keys:
+                    yield "new", (plan.name, pk, number, piece, text_hash(piece), title)
+                elif key in work.changed_ids:
+                    yield "changed", (work.changed_ids[key], piece, text_hash(piece), title)
+
+
+def _take(items: Iterator, n: int) -> list:
+    return list(itertools.islice(items, n))
 
 
 # ---------------------------------------------------------------- writing
@@ -537,17 +622,14 @@ async def refresh_index(
             set(config.databases[db_name].tables),
         )
         stats = IndexStats(
-            added=len(work.new),
-            updated=len(work.changed),
+            added=work.new,
+            updated=work.changed,
             deleted=len(work.gone),
             unchanged=work.unchanged,
             rows=work.rows,
             sidecar=path,
         )
-        todo: list[tuple[str, Any]] = [("new", e) for e in work.new] + [
-            ("changed", c) for c in work.changed
-        ]
-        total = len(todo)
+        total = work.new + work.changed
         if progress:
             progress(0, total)
         meta_written = "embedding_model" in read_meta(side)
@@ -557,8 +639,9 @@ async def refresh_index(
         pending_items: list[tuple[str, tuple]] = []
         pending_vecs: list[np.ndarray] = []
         pending_chars = 0
-        for start in range(0, total, size):
-            batch = todo[start : start + size]
+        items = _items_to_embed(src, plans, work) if total else iter(())
+        batch = await run(_take, items, size)
+        while batch:
             texts = [item[3] if kind == "new" else item[1] for kind, item in batch]
             vectors = await _call_embed(embed_fn, texts)
             if not meta_written:
@@ -573,19 +656,22 @@ async def refresh_index(
             pending_vecs.append(vectors)
             pending_chars += sum(map(len, texts))
             done += len(batch)
-            if len(pending_items) >= WRITE_BATCH or pending_chars >= WRITE_CHARS or done == total:
+            batch = await run(_take, items, size)  # read ahead: is this the last?
+            if not batch:
+                total = done  # rows deleted (or added to an empty table) since planning
+            if not batch or len(pending_items) >= WRITE_BATCH or pending_chars >= WRITE_CHARS:
                 next_id = await asyncio.to_thread(
                     _write_batch, side, next_id, pending_items, np.concatenate(pending_vecs), encoder
                 )
                 pending_items, pending_vecs, pending_chars = [], [], 0
             if progress:
-                progress(done, total)
+                progress(done, max(total, done))
         if not meta_written and dims:
             await asyncio.to_thread(_init_meta, side, mid, dims)
         await asyncio.to_thread(_delete_and_retitle, side, work.gone, work.retitle)
         if tables is None:  # a refresh of every configured table
             await asyncio.to_thread(_in_transaction, side, _record_source_mtime, seen)
-        stats.embedded = total
+        stats.embedded = done
         stats.seconds = time.perf_counter() - started
         return stats
     finally:
@@ -643,8 +729,8 @@ async def verify(
             "select count(*) from entries where id not in (select entry_id from vectors)" + only, args
         ).fetchone()[0]
         report = VerifyReport(
-            stale=len(work.changed),
-            missing=len(work.new),
+            stale=work.changed,
+            missing=work.new,
             orphaned=len(work.gone) + no_vector,
             indexed_model=meta.get("embedding_model"),
             configured_model=configured,

@@ -335,3 +335,108 @@ def test_source_is_read_with_datasettes_sqlite_library(tmp_path):
             conn.execute("insert into articles values (2, 'x', 'y')")
     finally:
         conn.close()
+
+
+async def test_the_source_is_not_locked_while_rows_are_embedded(tmp_path):
+    """The rows' texts are read again a page at a time while they are embedded (the plan
+    holds no texts, so a first index of a large table does not cost memory in proportion
+    to it). Between pages no read is open on the source: a write to it (Datasette
+    inserting extracted rows, rollback-journal mode) never waits for the index."""
+    articles = [(i, f"Story {i}", f"Council story {i} about the budget and road {i}.") for i in range(1, 2501)]
+    db = make_db(tmp_path / "news.db", articles, [])
+    model = HashEmbeddingModel()
+    model.batch_size = 200
+    writes = []
+
+    async def embed(texts, *, kind):
+        writer = sqlite3.connect(db, timeout=0)  # "database is locked" at once if a read is open
+        try:
+            writer.execute("insert into notes (body) values (?)", (f"written while embedding {len(writes)}",))
+            writer.commit()
+        finally:
+            writer.close()
+        writes.append(len(texts))
+        return model.embed_sync(texts)
+
+    stats = await refresh_index(db, "news", config(), model, embed=embed, tables=["articles"])
+    assert sum(writes) == stats.embedded == stats.added == 2500 and len(writes) == 13
+    assert (await verify(db, "news", config(), model, tables=["articles"])).ok
+
+
+async def test_pages_follow_the_key_of_every_kind_of_table(tmp_path):
+    """Rowid tables are paged by rowid (a text key included), WITHOUT ROWID tables by their
+    primary key (a compound one too): every row is embedded exactly once."""
+    from datasette_llm_rag import indexer
+
+    path = tmp_path / "keys.db"
+    conn = sqlite3.connect(path)
+    conn.execute("create table plain (body text)")
+    conn.execute("create table texty (code text primary key, body text)")
+    conn.execute("create table pair (a text, b integer, body text, primary key (a, b)) without rowid")
+    for n in range(2345):
+        conn.execute("insert into plain values (?)", (f"plain {n}",))
+        conn.execute("insert into texty values (?, ?)", (f"k{n:05d}-{'z' if n % 2 else 'a'}", f"texty {n}"))
+        conn.execute("insert into pair values (?, ?, ?)", (f"g{n % 7}", n, f"pair {n}"))
+    conn.commit()
+    conn.close()
+    rag = {"databases": {"keys": {"tables": {"plain": {}, "texty": {"columns": ["body"]},
+                                              "pair": {"columns": ["body"]}}}}}
+    model = HashEmbeddingModel()
+    stats = await refresh_index(str(path), "keys", rag, model)
+    assert stats.embedded == stats.added == 3 * 2345
+    # the plan of a first index holds no row at all; a partial one only the missing keys
+    side = sqlite3.connect(stats.sidecar)
+    side.execute("delete from vectors where entry_id in (select id from entries where tbl = 'pair' and id % 2)")
+    side.execute("delete from entries where tbl = 'pair' and id % 2")
+    side.commit()
+    source, side_ro = indexer.open_source(str(path)), indexer.open_sidecar(stats.sidecar)
+    try:
+        plans = [indexer.plan_table(source, "keys", n, parse_rag_config(rag).databases["keys"].tables[n])
+                 for n in ("plain", "pair")]
+        work = indexer._plan_work(source, side_ro, plans, False, {"plain", "texty", "pair"})
+        assert work.all_new == set() and work.new == len(work.new_keys) > 1000
+        assert all(key[0] == "pair" and len(key) == 3 for key in work.new_keys)  # keys, no texts
+    finally:
+        source.close()
+        side_ro.close()
+        side.close()
+    await refresh_index(str(path), "keys", rag, model)
+    assert (await verify(str(path), "keys", rag, model)).ok
+    source = indexer.open_source(str(path))
+    try:
+        cfg = parse_rag_config(rag)
+        for name in ("plain", "texty", "pair"):
+            plan = indexer.plan_table(source, "keys", name, cfg.databases["keys"].tables[name])
+            paged = list(indexer._source_pages(source, plan, page=100))
+            assert sorted(paged) == sorted(indexer._iter_source_rows(source, plan)), name
+            assert len(paged) == len(set(p[0] for p in paged)) == 2345, name
+    finally:
+        source.close()
+
+
+async def test_rows_changed_between_planning_and_embedding_are_embedded_as_they_are_now(tmp_path):
+    """The texts are read when embedded: a row edited after the plan was made is stored
+    with its new text (and hash), one deleted meanwhile is skipped, and the next refresh
+    finds nothing to do."""
+    articles = [(i, f"Story {i}", f"Council story {i}.") for i in range(1, 3001)]
+    db = make_db(tmp_path / "news.db", articles, [])
+    model = HashEmbeddingModel()
+    model.batch_size = 500  # the first call comes before the source's third page (of 1,000) is read
+    calls = []
+
+    async def embed(texts, *, kind):
+        if not calls:
+            conn = sqlite3.connect(db)
+            conn.execute("update articles set body = 'Rewritten after planning.' where id = 2500")
+            conn.execute("delete from articles where id = 2600")
+            conn.commit()
+            conn.close()
+        calls.append(len(texts))
+        return model.embed_sync(texts)
+
+    stats = await refresh_index(db, "news", config(), model, embed=embed, tables=["articles"])
+    assert stats.embedded == 2999
+    report = await verify(db, "news", config(), model, tables=["articles"])
+    assert report.ok, report
+    again = await refresh_index(db, "news", config(), model, tables=["articles"])
+    assert again.embedded == 0
