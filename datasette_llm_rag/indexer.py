@@ -171,6 +171,14 @@ def plan_table(
     return TablePlan(table, config, pk_columns, list(wanted), config.title_column)
 
 
+def _value_columns(plan: TablePlan) -> list[str]:
+    """The columns read besides the key: the text columns, then the title column."""
+    value_cols = list(plan.text_columns)
+    if plan.title_column and plan.title_column not in value_cols:
+        value_cols.append(plan.title_column)
+    return value_cols
+
+
 def _row_reader(plan: TablePlan) -> tuple[str, int, Callable[[tuple], tuple[str, str, str | None]]]:
     """The select list for a planned table, its key's width, and the function turning
     one selected row into ``(pk_json, text, title)``."""
@@ -178,12 +186,8 @@ def _row_reader(plan: TablePlan) -> tuple[str, int, Callable[[tuple], tuple[str,
         ", ".join(quote_identifier(c) for c in plan.pk_columns) if plan.pk_columns else "rowid"
     )
     nkey = len(plan.pk_columns) or 1
-    value_cols = list(plan.text_columns)
-    title_at = None
-    if plan.title_column:
-        if plan.title_column not in value_cols:
-            value_cols.append(plan.title_column)
-        title_at = value_cols.index(plan.title_column)
+    value_cols = _value_columns(plan)
+    title_at = value_cols.index(plan.title_column) if plan.title_column else None
     dumps = json.dumps
     build = make_builder(plan.config, value_cols)
 
@@ -219,27 +223,40 @@ def _source_pages(
     """Every row like ``_iter_source_rows``, but read a page at a time by key, each page
     a finished statement: between pages (while the rows are embedded) no read is open on
     the source, so nothing holds a lock that would stop Datasette writing to it."""
-    select, nkey, convert = _row_reader(plan)
+    _, _, convert = _row_reader(plan)
     table = quote_identifier(plan.name)
+    if plan.pk_columns:
+        keys = [quote_identifier(c) for c in plan.pk_columns]
+    else:
+        keys = ["rowid"]
+    values = [quote_identifier(c) for c in _value_columns(plan)]
     try:  # a rowid table is paged by rowid, whatever its primary key
         conn.execute(f"select rowid from {table} limit 0").fetchall()
-        order, width = "rowid", 1
-        select = "rowid, " + select
+        by_rowid = True
     except Exception:  # noqa: BLE001 - WITHOUT ROWID: by its primary key
-        order, width = ", ".join(quote_identifier(c) for c in plan.pk_columns), nkey
+        by_rowid = False
+    if by_rowid:
+        order = "rowid"
+        width = 1
+        columns = ", ".join(["rowid"] + keys + values)
+    else:
+        order = ", ".join(keys)
+        width = len(keys)
+        columns = ", ".join(keys + values)
+    marks = ", ".join("?" * width)
     after: tuple | None = None
     while True:
-        where = ""
-        if after is not None:
-            marks = ", ".join("?" * width)
-            where = f" where ({order}) > ({marks})" if width > 1 else f" where {order} > ?"
+        if after is None:
+            where = ""
+        else:
+            where = f" where ({order}) > ({marks})"
         rows = conn.execute(
-            f"select {select} from {table}{where} order by {order} limit {int(page)}", after or ()
+            f"select {columns} from {table}{where} order by {order} limit {int(page)}", after or ()
         ).fetchall()
         if not rows:
             return
         for row in rows:
-            yield convert(row[1:] if order == "rowid" else row)
+            yield convert(row[1:] if by_rowid else row)
         after = tuple(rows[-1][:width])
         if len(rows) < page:
             return
