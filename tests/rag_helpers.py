@@ -42,3 +42,25 @@ class TableVectors(EmbeddingModel):
 
     async def embed(self, texts, *, kind):
         return np.stack([self.vectors[t] for t in texts]).astype(np.float32)
+
+
+def write_vectors(path: str, docs: np.ndarray, *, block: int = 2000) -> None:
+    """A sidecar at ``path`` holding ``docs`` (one row of table ``docs`` each, text
+    ``doc N``) written by the indexer's own batch writer, ``block`` rows a transaction."""
+    from datasette_llm_rag.indexer import _write_batch
+    from datasette_llm_rag.sidecar import init_meta, open_sidecar
+    from datasette_llm_rag.textbuild import text_hash
+
+    side = open_sidecar(path, create=True)
+    side.execute("begin")
+    init_meta(side, "test-model", docs.shape[1])
+    side.execute("commit")
+    next_id = 1
+    for start in range(0, len(docs), block):
+        rows = docs[start : start + block]
+        items = [
+            ("new", ("docs", f"[{next_id + j}]", 0, f"doc {next_id + j}", text_hash(f"doc {next_id + j}"), None))
+            for j in range(len(rows))
+        ]
+        next_id = _write_batch(side, next_id, items, rows)
+    side.close()

@@ -15,10 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datasette_llm_rag.indexer import _write_batch
-from datasette_llm_rag.sidecar import init_meta, open_sidecar
 from datasette_llm_rag.store import RagIndex, _binary_words, query_planes
-from datasette_llm_rag.textbuild import text_hash
+
+from .rag_helpers import write_vectors
 
 DIMS = 384
 
@@ -54,19 +53,7 @@ def grown(tmp_path_factory):
     docs = _grown(_anisotropic(1000, 1), 30_000, 3)
     queries = _anisotropic(60, 2)
     path = str(tmp_path_factory.mktemp("prefilter") / "grown.llm-rag.db")
-    side = open_sidecar(path, create=True)
-    side.execute("begin")
-    init_meta(side, "test-model", DIMS)
-    side.execute("commit")
-    next_id = 1
-    for start in range(0, len(docs), 10_000):
-        block = docs[start : start + 10_000]
-        items = [
-            ("new", ("docs", f"[{next_id + j}]", 0, f"doc {next_id + j}", text_hash(f"doc {next_id + j}"), None))
-            for j in range(len(block))
-        ]
-        next_id = _write_batch(side, next_id, items, block)
-    side.close()
+    write_vectors(path, docs, block=10_000)
     index = RagIndex(path, exact_limit=1000)
     yield index, docs, queries
     index.close()

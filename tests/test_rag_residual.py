@@ -22,9 +22,11 @@ from datasette_llm_rag.quant import (
     residual_codes,
     residual_values,
 )
-from datasette_llm_rag.sidecar import MIGRATIONS, init_meta, open_sidecar
+from datasette_llm_rag.sidecar import MIGRATIONS, open_sidecar
 from datasette_llm_rag.store import RagIndex
 from datasette_llm_rag.textbuild import text_hash
+
+from .rag_helpers import write_vectors
 
 DIMS = 64
 
@@ -61,22 +63,6 @@ def _near_ties(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return docs.astype(np.float32), queries.astype(np.float32)
 
 
-def _write(path: str, docs: np.ndarray) -> None:
-    side = open_sidecar(path, create=True)
-    side.execute("begin")
-    init_meta(side, "test-model", DIMS)
-    side.execute("commit")
-    next_id = 1
-    for start in range(0, len(docs), 2000):
-        block = docs[start : start + 2000]
-        items = [
-            ("new", ("docs", f"[{next_id + j}]", 0, f"doc {next_id + j}", text_hash(f"doc {next_id + j}"), None))
-            for j in range(len(block))
-        ]
-        next_id = _write_batch(side, next_id, items, block)
-    side.close()
-
-
 def _recall(index: RagIndex, docs: np.ndarray, queries: np.ndarray) -> float:
     got = []
     for q in queries:
@@ -90,7 +76,7 @@ def _recall(index: RagIndex, docs: np.ndarray, queries: np.ndarray) -> float:
 def ties(tmp_path_factory):
     docs, queries = _near_ties(6000, 1)
     path = str(tmp_path_factory.mktemp("residual") / "ties.llm-rag.db")
-    _write(path, docs)
+    write_vectors(path, docs)
     return path, docs, queries
 
 
@@ -118,7 +104,7 @@ def test_rescoring_the_best_rows_orders_near_ties_as_float32_does(ties, exact_li
 def test_a_schema_2_sidecar_is_searched_as_before_and_upgraded_in_place(tmp_path):
     docs, queries = _near_ties(3000, 2)
     path = str(tmp_path / "old.llm-rag.db")
-    _write(path, docs)
+    write_vectors(path, docs)
     new = RagIndex(path, refine=0)
     expected = [[h.entry_id for h in new.search_vector(q, 10)] for q in queries]
     new.close()
